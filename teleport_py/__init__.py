@@ -1,0 +1,1 @@
+"""teleport_py: a Kubernetes access plane on Twisted."""

@@ -1,0 +1,89 @@
+"""The ``role`` resource as value objects.
+
+These classes are what the rest of the code base (the RBAC engine above all)
+works with. They are built only by the validating parser in
+``teleport_py.resources.parse`` (from YAML a user wrote, or from JSON stored in
+the backend), so anything holding a ``Role`` may assume it is well-formed.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import attrs
+
+ROLE_VERSIONS = ("v7", "v8")
+
+#: Verbs a ``kubernetes_resources`` rule may list; ``*`` must stand alone.
+KUBE_VERBS = (
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "exec",
+    "portforward",
+)
+
+#: Teleport's default ``max_session_ttl`` (30 hours), in seconds.
+DEFAULT_MAX_SESSION_TTL = 30 * 3600.0
+
+
+@attrs.frozen
+class KubernetesResource:
+    """One entry of ``kubernetes_resources``.
+
+    ``kind`` is a v7 singular kind (``pod``, ``namespace``, ``*``) or a v8
+    plural resource name (``pods``, ``deployments``, ``*``); ``api_group`` is
+    only meaningful for v8 (``""`` = core, ``*`` = any). ``namespace`` and
+    ``name`` are globs or ``^regex$``.
+    """
+
+    kind: str
+    namespace: str = ""
+    name: str = ""
+    verbs: tuple[str, ...] = ()
+    api_group: str = ""
+
+
+@attrs.frozen
+class Rule:
+    """An entry of ``rules``: which Teleport resources an identity may manage
+    through the Auth API (``tctl``), e.g. ``resources: [role], verbs: [create]``."""
+
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+
+@attrs.frozen
+class RoleConditions:
+    """The ``allow`` or ``deny`` half of a role spec.
+
+    ``kubernetes_labels`` maps an exact label key (or ``*``) to the list of
+    value patterns; values may still hold ``{{internal.x}}`` / ``{{external.x}}``
+    trait templates, which the RBAC engine expands per user.
+    """
+
+    kubernetes_labels: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, hash=False)
+    kubernetes_groups: tuple[str, ...] = ()
+    kubernetes_users: tuple[str, ...] = ()
+    kubernetes_resources: tuple[KubernetesResource, ...] = ()
+    rules: tuple[Rule, ...] = ()
+
+
+@attrs.frozen
+class RoleOptions:
+    max_session_ttl: float = DEFAULT_MAX_SESSION_TTL
+
+
+@attrs.frozen
+class Role:
+    name: str
+    version: str = "v7"
+    allow: RoleConditions = RoleConditions()
+    deny: RoleConditions = RoleConditions()
+    options: RoleOptions = RoleOptions()
+    description: str = ""
+    labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
