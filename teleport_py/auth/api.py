@@ -1,0 +1,311 @@
+"""The Auth service's HTTP API: JSON over mutual TLS.
+
+Who is calling comes from the client certificate TLS verified against the
+cluster's CAs, never from anything in the request, with one exception that is
+itself anchored in a certificate: a *proxy* may forward a request on behalf of
+a user whose certificate it verified, by passing that certificate along
+(``Teleport-User-Certificate``); we verify it again here against the user CA.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from teleport_py.auth.errors import AccessDenied, AuthError, BadParameter
+from teleport_py.auth.server import AuthServer
+from teleport_py.pki import HostIdentity, IdentityError, UserIdentity, identity_from_certificate
+
+MAX_BODY = 1 << 20
+USER_CERT_HEADER = b"teleport-user-certificate"
+CLIENT_ADDR_HEADER = b"teleport-client-address"
+
+
+class Unauthenticated:
+    """The caller presented no certificate (join, ping, public CAs)."""
+
+
+def _peer_certificate(request) -> x509.Certificate | None:
+    transport = request.channel.transport if request.channel else None
+    get = getattr(transport, "getPeerCertificate", None)
+    cert = get() if get else None
+    return cert.to_cryptography() if cert is not None else None
+
+
+def _client_addr(request) -> str:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", "") or ""
+
+
+def _parse_time(value: str, field: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadParameter(f"{field}: not an RFC 3339 time: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+class AuthAPI(resource.Resource):
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, auth: AuthServer):
+        super().__init__()
+        self.auth = auth
+        self.routes: dict[tuple[bytes, str], Callable] = {
+            (b"GET", "ping"): self.ping,
+            (b"GET", "cas"): self.cas,
+            (b"POST", "join"): self.join,
+            (b"POST", "login"): self.login,
+            (b"POST", "signup"): self.signup,
+            (b"POST", "certs/user"): self.reissue,
+            (b"GET", "whoami"): self.whoami,
+            (b"GET", "status"): self.status,
+            (b"POST", "resources"): self.upsert,
+            (b"GET", "resources/*"): self.list_resources,
+            (b"GET", "resources/*/*"): self.get_resource,
+            (b"DELETE", "resources/*/*"): self.delete_resource,
+            (b"POST", "users"): self.create_user,
+            (b"PATCH", "users/*"): self.update_user,
+            (b"POST", "users/*/reset"): self.reset_user,
+            (b"POST", "tokens"): self.create_token,
+            (b"POST", "heartbeats/kube"): self.heartbeat,
+            (b"GET", "kube_clusters"): self.kube_clusters,
+            (b"POST", "events"): self.append_events,
+            (b"GET", "events"): self.search_events,
+        }
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _route(self, method: bytes, path: list[str]):
+        for (m, pattern), handler in self.routes.items():
+            parts = pattern.split("/")
+            if m == method and len(parts) == len(path) and all(p == "*" or p == q for p, q in zip(parts, path)):
+                return handler, [q for p, q in zip(parts, path) if p == "*"]
+        return None, []
+
+    def render(self, request):
+        path = [p.decode("utf-8", "replace") for p in request.postpath if p]
+        if not path or path[0] != "v1":
+            return self._error(request, AuthError("not found"), 404)
+        handler, args = self._route(request.method, path[1:])
+        if handler is None:
+            return self._error(request, AuthError(f"no such API call {request.method.decode()} {request.path.decode()}"), 404)
+        d = Deferred.fromCoroutine(self._run(handler, request, args))
+        d.addErrback(lambda f: self.log.failure("auth API handler failed", f))
+        return server.NOT_DONE_YET
+
+    async def _run(self, handler, request, args):
+        finished = []
+        request.notifyFinish().addBoth(finished.append)
+        try:
+            caller = self.caller(request)
+            body = self._body(request)
+            result = await handler(caller, request, body, *args)
+            status, payload = 200, result
+        except AuthError as e:
+            status, payload = e.status, e.to_json()
+            if isinstance(e, AccessDenied):
+                self.log.info("denied {method} {path}: {message}", method=request.method, path=request.path, message=e.message)
+        except Exception:
+            self.log.failure("auth API error on {path}", path=request.path)
+            status, payload = 500, AuthError("internal error").to_json()
+        if finished:
+            return
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.write(json.dumps(payload).encode("utf-8"))
+        request.finish()
+
+    def _error(self, request, error: AuthError, status: int):
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(error.to_json()).encode("utf-8")
+
+    @staticmethod
+    def _body(request) -> Any:
+        if request.method in (b"GET", b"DELETE"):
+            return None
+        data = request.content.read(MAX_BODY + 1) if request.content else b""
+        if len(data) > MAX_BODY:
+            raise BadParameter("request body too large")
+        if not data:
+            return {}
+        try:
+            body = json.loads(data)
+        except ValueError:
+            raise BadParameter("request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadParameter("request body must be a JSON object")
+        return body
+
+    def caller(self, request):
+        """Identity from the verified client certificate (or a proxy-forwarded
+        user certificate, verified here again)."""
+        cert = _peer_certificate(request)
+        if cert is None:
+            return Unauthenticated()
+        try:
+            identity = identity_from_certificate(cert, user_ca=self.auth.user_ca.certificate, host_ca=self.auth.host_ca.certificate)
+        except IdentityError as e:
+            raise AccessDenied(f"unrecognized client certificate: {e}") from None
+        forwarded = request.getHeader(USER_CERT_HEADER)
+        if forwarded is None:
+            return identity
+        if not (isinstance(identity, HostIdentity) and identity.system_role == "proxy"):
+            raise AccessDenied("only a proxy may forward a user's identity")
+        try:
+            user_cert = x509.load_pem_x509_certificate(base64.b64decode(forwarded))
+            user = identity_from_certificate(user_cert, user_ca=self.auth.user_ca.certificate, host_ca=None)
+        except (ValueError, IdentityError):
+            raise AccessDenied("invalid forwarded user certificate") from None
+        now = datetime.fromtimestamp(self.auth.reactor.seconds(), timezone.utc)
+        if not isinstance(user, UserIdentity) or not (
+            user_cert.not_valid_before_utc <= now < user_cert.not_valid_after_utc
+        ):
+            raise AccessDenied("forwarded user certificate is expired or not a user certificate")
+        return user
+
+    def _client(self, caller, request) -> str:
+        """The end client's address: from the proxy's header when a proxy relays."""
+        forwarded = request.getHeader(CLIENT_ADDR_HEADER)
+        if forwarded and isinstance(caller, HostIdentity) and caller.system_role == "proxy":
+            return forwarded.decode("ascii", "replace")[:64]
+        return _client_addr(request)
+
+    @staticmethod
+    def _authenticated(caller):
+        if isinstance(caller, Unauthenticated):
+            raise AccessDenied("a client certificate is required")
+        return caller
+
+    @staticmethod
+    def _str(body, field: str, required: bool = True) -> str:
+        value = body.get(field, "" if not required else None)
+        if not isinstance(value, str) or (required and not value):
+            raise BadParameter(f"{field}: required string")
+        return value
+
+    @staticmethod
+    def _ttl(body) -> float | None:
+        ttl = body.get("ttl")
+        if ttl is None:
+            return None
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0:
+            raise BadParameter("ttl: must be a positive number of seconds")
+        return float(ttl)
+
+    # -- handlers --------------------------------------------------------------
+
+    async def ping(self, caller, request, body):
+        return {"cluster_name": self.auth.cluster_name, "server_version": "teleport_py"}
+
+    async def cas(self, caller, request, body):
+        return self.auth.cas_pem()
+
+    async def join(self, caller, request, body):
+        return await self.auth.join(
+            self._str(body, "token"), self._str(body, "role"), self._str(body, "public_key"),
+            self._str(body, "host_id"), self._str(body, "nodename", required=False),
+            [d for d in body.get("dns_names", []) if isinstance(d, str)][:16], _client_addr(request),
+        )
+
+    async def login(self, caller, request, body):
+        return await self.auth.login(
+            self._authenticated(caller), self._str(body, "user"), self._str(body, "password"),
+            self._str(body, "public_key"), ttl=self._ttl(body),
+            kube_cluster=self._str(body, "kube_cluster", required=False), client_addr=self._client(caller, request),
+        )
+
+    async def signup(self, caller, request, body):
+        user = await self.auth.complete_signup(self._authenticated(caller), self._str(body, "token"), self._str(body, "password"))
+        return {"user": user}
+
+    async def reissue(self, caller, request, body):
+        return await self.auth.reissue_user_cert(
+            self._authenticated(caller), self._str(body, "public_key"),
+            self._str(body, "kube_cluster", required=False), self._ttl(body),
+        )
+
+    async def whoami(self, caller, request, body):
+        caller = self._authenticated(caller)
+        if isinstance(caller, UserIdentity):
+            return {"user": caller.username, "roles": list(caller.roles), "expires": caller.expires.isoformat()}
+        return {"host_id": caller.host_id, "system_role": caller.system_role}
+
+    async def status(self, caller, request, body):
+        return await self.auth.status(self._authenticated(caller))
+
+    async def upsert(self, caller, request, body):
+        return await self.auth.upsert_resource(self._authenticated(caller), body.get("resource"), bool(body.get("force")))
+
+    async def list_resources(self, caller, request, body, kind):
+        return {"items": await self.auth.list_resources(self._authenticated(caller), kind)}
+
+    async def get_resource(self, caller, request, body, kind, name):
+        return await self.auth.get_resource(self._authenticated(caller), kind, name)
+
+    async def delete_resource(self, caller, request, body, kind, name):
+        await self.auth.delete_resource(self._authenticated(caller), kind, name)
+        return {}
+
+    async def create_user(self, caller, request, body):
+        from teleport_py.auth.server import _validated
+
+        user = _validated(
+            {
+                "kind": "user",
+                "version": "v2",
+                "metadata": {"name": self._str(body, "name")},
+                "spec": {"roles": body.get("roles") or [], "traits": body.get("traits") or {}},
+            },
+            "user",
+        )
+        return await self.auth.create_user(self._authenticated(caller), user)
+
+    async def update_user(self, caller, request, body, name):
+        user = await self.auth.update_user(
+            self._authenticated(caller), name, roles=body.get("roles"), traits=body.get("traits")
+        )
+        return {"name": user.name, "roles": list(user.roles)}
+
+    async def reset_user(self, caller, request, body, name):
+        return await self.auth.reset_user(self._authenticated(caller), name)
+
+    async def create_token(self, caller, request, body):
+        roles = body.get("roles") or ["kube"]
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise BadParameter("roles: must be a list of strings")
+        return await self.auth.create_join_token(self._authenticated(caller), roles, self._ttl(body))
+
+    async def heartbeat(self, caller, request, body):
+        await self.auth.heartbeat_kube_server(self._authenticated(caller), body.get("resource"))
+        return {}
+
+    async def kube_clusters(self, caller, request, body):
+        return {"items": await self.auth.list_kube_clusters_for(self._authenticated(caller))}
+
+    async def append_events(self, caller, request, body):
+        batch = body.get("events")
+        if not isinstance(batch, list):
+            raise BadParameter("events: must be a list")
+        return {"stored": await self.auth.append_events(self._authenticated(caller), batch)}
+
+    async def search_events(self, caller, request, body):
+        args = {k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()}
+        now = datetime.fromtimestamp(self.auth.reactor.seconds(), timezone.utc)
+        start = _parse_time(args["from"][0], "from") if "from" in args else now - timedelta(days=1)
+        end = _parse_time(args["to"][0], "to") if "to" in args else now + timedelta(seconds=1)
+        try:
+            limit = int(args.get("limit", ["1000"])[0])
+        except ValueError:
+            raise BadParameter("limit: must be an integer") from None
+        types = [t for v in args.get("type", []) for t in v.split(",") if t]
+        items = await self.auth.search_events(self._authenticated(caller), start, end, types, limit)
+        return {"items": items}

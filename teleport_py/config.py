@@ -1,0 +1,277 @@
+"""The teleport.yaml configuration file (``version: v3``), the subset we support.
+
+Parsing is strict: an unknown or misspelled key is an error naming the key,
+because a silently ignored setting in an access plane is a security bug
+(a typo in ``enabled`` must not quietly start, or fail to start, a service).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from typing import Any, Mapping
+
+import attrs
+import yaml
+
+DEFAULT_AUTH_PORT = 3025
+DEFAULT_PROXY_PORT = 3080
+DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, located by its dotted key path."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+def default_data_dir() -> str:
+    """Teleport's /var/lib/teleport for root; a per-user directory otherwise,
+    so that a plain ``twistd -n teleport`` works without privileges."""
+    if os.geteuid() == 0:
+        return "/var/lib/teleport"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "teleport-py")
+
+
+@attrs.frozen
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def server_endpoint(self) -> str:
+        """A twisted endpoint description to listen on this address."""
+        interface = self.host.replace(":", r"\:")
+        return f"tcp:{self.port}:interface={interface}" if self.host else f"tcp:{self.port}"
+
+    def connect_host(self) -> str:
+        """Where a client on this machine should dial for a wildcard listen address."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+
+
+def parse_address(value: Any, path: str, default_port: int) -> Address:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(path, "must be an address like host:port")
+    text = value.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        host, port_text = text, ""
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        return Address(host, default_port)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(path, f"invalid port {port_text!r}")
+    return Address(host, int(port_text))
+
+
+@attrs.frozen
+class AuthConfig:
+    listen_addr: Address = Address("0.0.0.0", DEFAULT_AUTH_PORT)
+    cluster_name: str = ""
+    authentication_type: str = "local"
+    second_factor: str = "off"
+
+
+@attrs.frozen
+class ProxyConfig:
+    web_listen_addr: Address = Address("0.0.0.0", DEFAULT_PROXY_PORT)
+    public_addr: tuple[Address, ...] = ()
+    https_keypairs: tuple[tuple[str, str], ...] = ()  # (key_file, cert_file)
+
+
+@attrs.frozen
+class KubeConfig:
+    kubeconfig_file: str = ""
+    kube_cluster_name: str = ""
+    labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen
+class Config:
+    nodename: str
+    data_dir: str
+    auth_servers: tuple[Address, ...] = ()
+    proxy_server: Address | None = None
+    join_token: str = ""
+    join_method: str = "token"
+    auth: AuthConfig | None = None
+    proxy: ProxyConfig | None = None
+    kube: KubeConfig | None = None
+    source: str = "<defaults>"
+
+    @property
+    def cluster_name(self) -> str:
+        return (self.auth.cluster_name if self.auth else "") or self.nodename
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(section: Mapping[str, Any], path: str, known: tuple[str, ...]) -> None:
+    for key in section:
+        if key not in known:
+            where = f"{path}.{key}" if path else str(key)
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suffix = f" (did you mean {hint[0]}?)" if hint else f" (known keys: {', '.join(known)})"
+            raise ConfigError(where, "unknown key" + suffix)
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def _enabled(section: Mapping[str, Any], path: str, default: bool) -> bool:
+    value = section.get("enabled", default)
+    if isinstance(value, str) and value.lower() in ("yes", "no", "true", "false"):
+        return value.lower() in ("yes", "true")
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}.enabled", "must be true or false")
+    return value
+
+
+def parse_config(text: str | None, source: str = "<defaults>") -> Config:
+    """Parse a teleport.yaml. ``None`` means no file: auth+proxy on defaults."""
+    if text is None:
+        doc: Mapping[str, Any] = {}
+    else:
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(where, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+        doc = _mapping(loaded, "")
+    _check_keys(doc, "", ("version", "teleport", "auth_service", "proxy_service", "kubernetes_service"))
+    version = doc.get("version", "v3")
+    if version != "v3":
+        raise ConfigError("version", f"unsupported config version {version!r}; only v3 is supported")
+
+    tp = _mapping(doc.get("teleport"), "teleport")
+    _check_keys(tp, "teleport", ("nodename", "data_dir", "auth_server", "proxy_server", "join_params"))
+    nodename = _string(tp.get("nodename", socket.gethostname()), "teleport.nodename")
+    data_dir = _string(tp.get("data_dir", default_data_dir()), "teleport.data_dir")
+    auth_servers: tuple[Address, ...] = ()
+    if "auth_server" in tp:
+        auth_servers = (parse_address(tp["auth_server"], "teleport.auth_server", DEFAULT_AUTH_PORT),)
+    proxy_server = None
+    if "proxy_server" in tp:
+        proxy_server = parse_address(tp["proxy_server"], "teleport.proxy_server", DEFAULT_PROXY_PORT)
+    jp = _mapping(tp.get("join_params"), "teleport.join_params")
+    _check_keys(jp, "teleport.join_params", ("token_name", "method"))
+    join_token = _string(jp.get("token_name", ""), "teleport.join_params.token_name")
+    join_method = _string(jp.get("method", "token"), "teleport.join_params.method")
+    if join_method != "token":
+        raise ConfigError("teleport.join_params.method", f"unsupported join method {join_method!r}; only 'token'")
+
+    # With no file at all Teleport's defaults run auth and proxy; in a file,
+    # each service is on unless it says enabled: false, as in teleport.yaml.
+    no_file = text is None
+    auth = proxy = kube = None
+    a = _mapping(doc.get("auth_service"), "auth_service")
+    _check_keys(a, "auth_service", ("enabled", "listen_addr", "cluster_name", "authentication"))
+    if _enabled(a, "auth_service", True):
+        authn = _mapping(a.get("authentication"), "auth_service.authentication")
+        _check_keys(authn, "auth_service.authentication", ("type", "second_factor"))
+        authn_type = _string(authn.get("type", "local"), "auth_service.authentication.type")
+        if authn_type != "local":
+            raise ConfigError("auth_service.authentication.type", f"unsupported type {authn_type!r}; only 'local'")
+        second_factor = authn.get("second_factor", "off")
+        if second_factor is False:
+            second_factor = "off"
+        if second_factor != "off":
+            raise ConfigError("auth_service.authentication.second_factor", "only 'off' is supported")
+        auth = AuthConfig(
+            listen_addr=parse_address(a.get("listen_addr", "0.0.0.0:3025"), "auth_service.listen_addr", DEFAULT_AUTH_PORT),
+            cluster_name=_string(a.get("cluster_name", ""), "auth_service.cluster_name"),
+        )
+
+    p = _mapping(doc.get("proxy_service"), "proxy_service")
+    _check_keys(p, "proxy_service", ("enabled", "web_listen_addr", "public_addr", "https_keypairs"))
+    if _enabled(p, "proxy_service", True):
+        public = p.get("public_addr", [])
+        if isinstance(public, str):
+            public = [public]
+        if not isinstance(public, list):
+            raise ConfigError("proxy_service.public_addr", "must be an address or a list of addresses")
+        keypairs = []
+        for i, kp in enumerate(p.get("https_keypairs") or []):
+            where = f"proxy_service.https_keypairs[{i}]"
+            kp = _mapping(kp, where)
+            _check_keys(kp, where, ("key_file", "cert_file"))
+            if "key_file" not in kp or "cert_file" not in kp:
+                raise ConfigError(where, "needs both key_file and cert_file")
+            keypairs.append((_string(kp["key_file"], where + ".key_file"), _string(kp["cert_file"], where + ".cert_file")))
+        proxy = ProxyConfig(
+            web_listen_addr=parse_address(
+                p.get("web_listen_addr", "0.0.0.0:3080"), "proxy_service.web_listen_addr", DEFAULT_PROXY_PORT
+            ),
+            public_addr=tuple(
+                parse_address(v, f"proxy_service.public_addr[{i}]", DEFAULT_PROXY_PORT) for i, v in enumerate(public)
+            ),
+            https_keypairs=tuple(keypairs),
+        )
+
+    k = _mapping(doc.get("kubernetes_service"), "kubernetes_service")
+    _check_keys(k, "kubernetes_service", ("enabled", "kubeconfig_file", "kube_cluster_name", "labels"))
+    if _enabled(k, "kubernetes_service", not no_file and "kubernetes_service" in doc):
+        labels = _mapping(k.get("labels"), "kubernetes_service.labels")
+        for key, value in labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ConfigError(f"kubernetes_service.labels.{key}", "labels map strings to strings")
+        kube = KubeConfig(
+            kubeconfig_file=_string(k.get("kubeconfig_file", ""), "kubernetes_service.kubeconfig_file"),
+            kube_cluster_name=_string(k.get("kube_cluster_name", ""), "kubernetes_service.kube_cluster_name"),
+            labels=dict(labels),
+        )
+        if not kube.kubeconfig_file and not kube.kube_cluster_name:
+            raise ConfigError(
+                "kubernetes_service",
+                "set kubeconfig_file, or kube_cluster_name to use the in-cluster service account",
+            )
+
+    if no_file:
+        kube = None
+    return Config(
+        nodename=nodename,
+        data_dir=data_dir,
+        auth_servers=auth_servers,
+        proxy_server=proxy_server,
+        join_token=join_token,
+        join_method=join_method,
+        auth=auth,
+        proxy=proxy,
+        kube=kube,
+        source=source,
+    )
+
+
+def load_config(path: str | None) -> Config:
+    """Load ``path``; ``None`` means embedded defaults (no file read)."""
+    if path is None:
+        return parse_config(None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
+    return parse_config(text, source=path)
