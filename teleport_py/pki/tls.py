@@ -1,0 +1,117 @@
+"""TLS connection creators that trust our CAs and nothing else.
+
+Built on Twisted's ``CertificateOptions``/``optionsForClientTLS`` so OpenSSL
+does the chain, expiry and purpose checks (a server checks client
+certificates for the ``sslclient`` purpose, a client checks the server for
+``sslserver``, which is what stops a clientAuth-only user certificate from
+serving TLS), and service_identity checks the host name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from attrs import frozen
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet import ssl
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    ISSLTransport,
+)
+from zope.interface import implementer
+
+from teleport_py.pki.keys import certificate_pem, private_key_pem
+
+_MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+def _twisted_certificate(cert: x509.Certificate) -> ssl.Certificate:
+    return ssl.Certificate.loadPEM(certificate_pem(cert))
+
+
+def _twisted_private_certificate(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> ssl.PrivateCertificate:
+    return ssl.PrivateCertificate.loadPEM(certificate_pem(cert) + private_key_pem(key))
+
+
+def server_tls_options(
+    certificate: x509.Certificate,
+    private_key: ec.EllipticCurvePrivateKey,
+    *,
+    trusted_cas: Sequence[x509.Certificate] = (),
+    require_client_certificate: bool,
+    alpn: Sequence[bytes] | None = None,
+) -> IOpenSSLServerConnectionCreator:
+    """Server side: verify any client certificate against ``trusted_cas`` only.
+
+    With ``require_client_certificate=False`` a client may still come without
+    a certificate (login and join endpoints), but one presenting a
+    certificate that does not verify is refused during the handshake.
+    """
+    if require_client_certificate and not trusted_cas:
+        raise ValueError("requiring client certificates needs at least one trusted CA")
+    own = _twisted_private_certificate(certificate, private_key)
+    return ssl.CertificateOptions(
+        privateKey=own.privateKey.original,
+        certificate=own.original,
+        verify=bool(trusted_cas),
+        caCerts=[_twisted_certificate(ca).original for ca in trusted_cas] or None,
+        requireCertificate=require_client_certificate,
+        raiseMinimumTo=_MINIMUM_VERSION,
+        acceptableProtocols=alpn,
+    )
+
+
+def client_tls_options(
+    hostname: str,
+    *,
+    trusted_cas: Sequence[x509.Certificate],
+    certificate: x509.Certificate | None = None,
+    private_key: ec.EllipticCurvePrivateKey | None = None,
+    alpn: Sequence[bytes] | None = None,
+    server_name: str | None = None,
+) -> IOpenSSLClientConnectionCreator:
+    """Client side: the server must chain to ``trusted_cas`` (never the system store) and match ``hostname``.
+
+    ``server_name`` is the SNI to send when it differs from the name we
+    verify, e.g. ``kube-teleport-proxy-alpn.<proxy>`` to reach the proxy's
+    kube listener while verifying the proxy's own name.
+    """
+    if not trusted_cas:
+        raise ValueError("a TLS client needs at least one trusted CA")
+    if (certificate is None) != (private_key is None):
+        raise ValueError("a client certificate needs its private key, and the reverse")
+    client_certificate = None if certificate is None else _twisted_private_certificate(certificate, private_key)
+    creator = ssl.optionsForClientTLS(
+        hostname,
+        trustRoot=ssl.trustRootFromCertificates([_twisted_certificate(ca) for ca in trusted_cas]),
+        clientCertificate=client_certificate,
+        acceptableProtocols=alpn,
+        extraCertificateOptions={"raiseMinimumTo": _MINIMUM_VERSION},
+    )
+    if server_name is None:
+        return creator
+    return _SendServerName(creator, server_name.encode("ascii"))
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+@frozen
+class _SendServerName:
+    """Replace the SNI Twisted derived from the verified host name."""
+
+    creator: IOpenSSLClientConnectionCreator
+    server_name: bytes
+
+    def clientConnectionForTLS(self, tlsProtocol):
+        connection = self.creator.clientConnectionForTLS(tlsProtocol)
+        connection.set_tlsext_host_name(self.server_name)
+        return connection
+
+
+def peer_certificate(transport) -> x509.Certificate | None:
+    """The certificate the peer presented (and TLS verified), once the handshake is done."""
+    if not ISSLTransport.providedBy(transport):
+        return None
+    peer = transport.getPeerCertificate()
+    return None if peer is None else peer.to_cryptography()
