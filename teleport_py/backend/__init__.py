@@ -1,0 +1,17 @@
+"""Key/value storage for the Auth service; see docs/backend.md."""
+
+from .interface import DELETE, PUT, BackendClosedError, Event, IBackend, Item, IWatcher
+from .memory import MemoryBackend
+from .sqlite import SQLiteBackend
+
+__all__ = [
+    "DELETE",
+    "PUT",
+    "BackendClosedError",
+    "Event",
+    "IBackend",
+    "IWatcher",
+    "Item",
+    "MemoryBackend",
+    "SQLiteBackend",
+]
