@@ -1,0 +1,195 @@
+"""
+RFC 6455 frames and messages, sans-IO, for either side of a connection.
+
+Written for a relay that reads BOTH directions of someone else's
+connection: the parser is told whether the frames it sees must be masked
+(client to server) or unmasked (server to client), never answers anything,
+and leaves extension bits for the caller to judge.
+"""
+
+import struct
+
+import attrs
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+_KNOWN_OPCODES = {OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG}
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_MESSAGE_TOO_BIG = 1009
+_CLOSE_CODES_NEVER_SENT = {1004, 1005, 1006, 1015}
+
+#: Default bounds: kube messages are at most a few tens of KiB.
+MAX_FRAME_PAYLOAD = 16 * 1024 * 1024
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+
+class WebSocketError(Exception):
+    """The one exception WebSocket parsing raises on bad bytes."""
+
+
+@attrs.frozen
+class WsFrame:
+    opcode: int
+    fin: bool
+    payload: bytes
+    rsv: int = 0  # the three RSV bits, as a number 0-7
+
+
+@attrs.frozen
+class Message:
+    """A whole data message, or a control frame (close, ping, pong)."""
+    opcode: int
+    payload: bytes
+
+
+def is_control(opcode: int) -> bool:
+    return opcode >= 0x8
+
+
+def apply_mask(mask: bytes, payload: bytes) -> bytes:
+    """XOR with the 4-byte key; masking and unmasking are the same."""
+    length = len(payload)
+    key = (mask * (length // 4 + 1))[:length]
+    return (int.from_bytes(payload, "big")
+            ^ int.from_bytes(key, "big")).to_bytes(length, "big")
+
+
+class FrameParser:
+    """Parses the frames of one direction of a WebSocket connection.
+
+    expect_masked: True for client-to-server bytes, False for
+    server-to-client, None to accept both (RFC 6455 requires one or the
+    other, so None is only for tests and tunnels of unknown origin).
+    """
+
+    def __init__(self, expect_masked: bool | None,
+                 max_payload: int = MAX_FRAME_PAYLOAD) -> None:
+        self._expect_masked = expect_masked
+        self._max_payload = max_payload
+        self._buffer = bytearray()
+        self._failed = False
+
+    def feed(self, data: bytes) -> list[WsFrame]:
+        if self._failed:
+            raise WebSocketError("parser already failed")
+        self._buffer += data
+        frames = []
+        try:
+            while (frame := self._next_frame()) is not None:
+                frames.append(frame)
+        except WebSocketError:
+            self._failed = True
+            raise
+        return frames
+
+    def _next_frame(self) -> WsFrame | None:
+        buffer = self._buffer
+        if len(buffer) < 2:
+            return None
+        first, second = buffer[0], buffer[1]
+        fin, rsv, opcode = bool(first & 0x80), (first >> 4) & 0x7, first & 0xF
+        masked, length = bool(second & 0x80), second & 0x7F
+        if opcode not in _KNOWN_OPCODES:
+            raise WebSocketError(f"reserved opcode {opcode:#x}")
+        if self._expect_masked is not None and masked != self._expect_masked:
+            raise WebSocketError("frame masking does not match its direction")
+        if is_control(opcode) and (not fin or length > 125):
+            raise WebSocketError("control frames must be single and short")
+        offset = 2
+        if length >= 126:
+            size = 2 if length == 126 else 8
+            if len(buffer) < offset + size:
+                return None
+            (length,) = struct.unpack_from("!H" if size == 2 else "!Q", buffer, 2)
+            offset += size
+        if length > self._max_payload:
+            raise WebSocketError(f"frame of {length} bytes is too large")
+        mask_size = 4 if masked else 0
+        end = offset + mask_size + length
+        if len(buffer) < end:
+            return None
+        payload = bytes(buffer[offset + mask_size:end])
+        if masked:
+            payload = apply_mask(bytes(buffer[offset:offset + 4]), payload)
+        del buffer[:end]
+        return WsFrame(opcode, fin, payload, rsv)
+
+
+class MessageAssembler:
+    """Joins fragmented data frames into messages.
+
+    Control frames may arrive between the fragments of a message; they are
+    returned at once, as one-frame messages.
+    """
+
+    def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+        self._max_message_size = max_message_size
+        self._opcode: int | None = None
+        self._fragments: list[bytes] = []
+        self._size = 0
+
+    def feed(self, frame: WsFrame) -> list[Message]:
+        if is_control(frame.opcode):
+            return [Message(frame.opcode, frame.payload)]
+        if frame.opcode == OP_CONTINUATION:
+            if self._opcode is None:
+                raise WebSocketError("continuation frame outside a message")
+        elif self._opcode is not None:
+            raise WebSocketError("new message before the last one finished")
+        else:
+            self._opcode = frame.opcode
+        self._size += len(frame.payload)
+        if self._size > self._max_message_size:
+            raise WebSocketError(f"message larger than {self._max_message_size} bytes")
+        self._fragments.append(frame.payload)
+        if not frame.fin:
+            return []
+        message = Message(self._opcode, b"".join(self._fragments))
+        self._opcode, self._fragments, self._size = None, [], 0
+        return [message]
+
+
+def encode_frame(opcode: int, payload: bytes, *, mask: bytes | None,
+                 fin: bool = True) -> bytes:
+    """Encode one frame; clients pass a fresh random 4-byte `mask`."""
+    header = bytearray([(0x80 if fin else 0) | opcode])
+    mask_bit = 0x80 if mask is not None else 0
+    length = len(payload)
+    if length < 126:
+        header.append(mask_bit | length)
+    elif length < 2**16:
+        header += struct.pack("!BH", mask_bit | 126, length)
+    else:
+        header += struct.pack("!BQ", mask_bit | 127, length)
+    if mask is None:
+        return bytes(header) + payload
+    if len(mask) != 4:
+        raise ValueError("a WebSocket mask is 4 bytes")
+    return bytes(header) + mask + apply_mask(mask, payload)
+
+
+def parse_close(payload: bytes) -> tuple[int | None, str]:
+    """Close payload -> (code, reason); (None, "") when it has no code."""
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise WebSocketError("close payload of one byte")
+    (code,) = struct.unpack_from("!H", payload)
+    if code < 1000 or code in _CLOSE_CODES_NEVER_SENT or 1016 <= code < 3000 \
+            or code >= 5000:
+        raise WebSocketError(f"invalid close code {code}")
+    try:
+        return code, payload[2:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WebSocketError("close reason is not UTF-8") from e
+
+
+def encode_close(code: int, reason: str = "") -> bytes:
+    return struct.pack("!H", code) + reason.encode("utf-8")
