@@ -1,0 +1,369 @@
+"""One suite run against every backend, plus SQLite's own guarantees: files,
+persistence, durability across kill -9, and a model-based comparison."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sqlite3
+import stat
+import sys
+import tempfile
+import textwrap
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
+from twisted.internet.threads import blockingCallFromThread, deferToThread
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from teleport_py.backend import (
+    DELETE,
+    PUT,
+    BackendClosedError,
+    Event,
+    IBackend,
+    Item,
+    IWatcher,
+    MemoryBackend,
+    SQLiteBackend,
+)
+from teleport_py.backend.sqlite import prefix_end
+
+SWEEP = 1.0
+
+
+def async_test(function):
+    @functools.wraps(function)
+    def wrapper(self):
+        return ensureDeferred(function(self))
+
+    return wrapper
+
+
+class ClockedReactor:
+    """The real reactor for threads and triggers, a ``Clock`` for time: TTLs
+    stay deterministic while SQLite still runs on its own thread."""
+
+    def __init__(self, clock: Clock):
+        self._clock = clock
+
+    def seconds(self):
+        return self._clock.seconds()
+
+    def callLater(self, *args, **kwargs):
+        return self._clock.callLater(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(reactor, name)
+
+
+class BackendTestsMixin:
+    """Semantics every ``IBackend`` must share. Subclasses provide
+    ``open_backend(clock) -> Deferred[IBackend]``."""
+
+    @async_test
+    async def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.backend = await self.open_backend(self.clock)
+        self.addCleanup(self.backend.close)
+
+    async def advance(self, seconds):
+        """Move time, then wait for any sweep it started: operations complete
+        in order, so a read queued after the sweep waits for it."""
+        self.clock.advance(seconds)
+        await self.backend.get("/barrier")
+
+    def test_provides_interface(self):
+        self.assertTrue(verifyObject(IBackend, self.backend))
+
+    @async_test
+    async def test_put_get(self):
+        self.assertIsNone(await self.backend.get("/roles/a"))
+        stored = await self.backend.put("/roles/a", b"v1")
+        self.assertEqual((stored.key, stored.value, stored.expires), ("/roles/a", b"v1", None))
+        self.assertEqual(await self.backend.get("/roles/a"), stored)
+        again = await self.backend.put("/roles/a", b"v2", expires=2000.0)
+        self.assertGreater(again.revision, stored.revision)
+        self.assertEqual(await self.backend.get("/roles/a"), Item("/roles/a", b"v2", 2000.0, again.revision))
+
+    @async_test
+    async def test_revisions_increase_across_all_writes(self):
+        events = []
+        self.backend.watch("/", events.append)
+        first = await self.backend.put("/a", b"1")
+        await self.backend.delete("/a")
+        second = await self.backend.create("/b", b"2")
+        await self.backend.compare_and_swap("/b", b"2", b"3")
+        await self.backend.delete_range("/")
+        revisions = [event.item.revision for event in events]
+        self.assertEqual(revisions, sorted(set(revisions)))
+        self.assertEqual(len(revisions), 5)
+        self.assertLess(first.revision, second.revision)
+
+    @async_test
+    async def test_create(self):
+        created = await self.backend.create("/tokens/t", b"one", expires=1010.0)
+        self.assertEqual(created.value, b"one")
+        self.assertIsNone(await self.backend.create("/tokens/t", b"two"))
+        self.assertEqual((await self.backend.get("/tokens/t")).value, b"one")
+        self.clock.advance(10)
+        recreated = await self.backend.create("/tokens/t", b"three")
+        self.assertEqual((await self.backend.get("/tokens/t")), recreated)
+
+    @async_test
+    async def test_update(self):
+        self.assertIsNone(await self.backend.update("/users/alice", b"x"))
+        self.assertIsNone(await self.backend.get("/users/alice"))
+        await self.backend.put("/users/alice", b"old", expires=1005.0)
+        updated = await self.backend.update("/users/alice", b"new", expires=1005.0)
+        self.assertEqual((await self.backend.get("/users/alice")), updated)
+        self.clock.advance(5)
+        self.assertIsNone(await self.backend.update("/users/alice", b"newer"))
+        self.assertIsNone(await self.backend.get("/users/alice"))
+
+    @async_test
+    async def test_compare_and_swap(self):
+        self.assertIsNone(await self.backend.compare_and_swap("/ca", b"", b"x"))
+        self.assertIsNone(await self.backend.get("/ca"))
+        await self.backend.put("/ca", b"v1")
+        self.assertIsNone(await self.backend.compare_and_swap("/ca", b"wrong", b"v2"))
+        self.assertEqual((await self.backend.get("/ca")).value, b"v1")
+        swapped = await self.backend.compare_and_swap("/ca", b"v1", b"v2", expires=1001.0)
+        self.assertEqual(await self.backend.get("/ca"), swapped)
+        self.clock.advance(1)
+        self.assertIsNone(await self.backend.compare_and_swap("/ca", b"v2", b"v3"))
+        self.assertIsNone(await self.backend.get("/ca"))
+
+    @async_test
+    async def test_racing_compare_and_swap_has_one_winner(self):
+        await self.backend.put("/lock", b"free")
+        results = await gatherResults(
+            [self.backend.compare_and_swap("/lock", b"free", owner) for owner in (b"alpha", b"beta", b"gamma")]
+        )
+        winners = [result for result in results if result is not None]
+        self.assertEqual(len(winners), 1)
+        self.assertEqual(await self.backend.get("/lock"), winners[0])
+
+    @async_test
+    async def test_delete(self):
+        self.assertFalse(await self.backend.delete("/x"))
+        await self.backend.put("/x", b"1")
+        self.assertTrue(await self.backend.delete("/x"))
+        self.assertIsNone(await self.backend.get("/x"))
+        self.assertFalse(await self.backend.delete("/x"))
+        await self.backend.put("/y", b"1", expires=1001.0)
+        self.clock.advance(1)
+        self.assertFalse(await self.backend.delete("/y"))
+
+    @async_test
+    async def test_range_is_sorted_and_exact(self):
+        keys = ["/roles/b", "/roles/ab", "/roles/a/x", "/roles/a", "/roles%", "/roles_", "/roles/a%", "/rolez", "/r"]
+        for key in keys:
+            await self.backend.put(key, key.encode())
+
+        async def keys_under(prefix, limit=None):
+            return [item.key for item in await self.backend.get_range(prefix, limit)]
+
+        self.assertEqual(await keys_under(""), sorted(keys))
+        self.assertEqual(await keys_under("/roles/"), ["/roles/a", "/roles/a%", "/roles/a/x", "/roles/ab", "/roles/b"])
+        self.assertEqual(await keys_under("/roles/a/"), ["/roles/a/x"])
+        self.assertEqual(await keys_under("/roles/a"), ["/roles/a", "/roles/a%", "/roles/a/x", "/roles/ab"])
+        self.assertEqual(await keys_under("/roles%"), ["/roles%"])
+        self.assertEqual(await keys_under("/roles_"), ["/roles_"])
+        self.assertEqual(await keys_under("/r_les"), [])
+        self.assertEqual(await keys_under("/roles/", limit=2), ["/roles/a", "/roles/a%"])
+        self.assertEqual(await keys_under("/roles/", limit=0), [])
+
+    @async_test
+    async def test_range_with_non_ascii_keys(self):
+        keys = ["/u/\U0010ffff", "/u/\u00ff", "/u/\u00ff\U0010ffff", "/u/z", "/u\U0010ffff", "/v"]
+        for key in keys:
+            await self.backend.put(key, b"")
+        self.assertEqual([item.key for item in await self.backend.get_range("/u/")], sorted(keys)[:4])
+        self.assertEqual(
+            [item.key for item in await self.backend.get_range("/u/\u00ff")], ["/u/\u00ff", "/u/\u00ff\U0010ffff"]
+        )
+        self.assertEqual([item.key for item in await self.backend.get_range("/u/\U0010ffff")], ["/u/\U0010ffff"])
+
+    @async_test
+    async def test_delete_range(self):
+        for key in ["/s/a", "/s/a/1", "/s/a/2", "/s/ab", "/s/b"]:
+            await self.backend.put(key, b"")
+        await self.backend.put("/s/a/3", b"", expires=1001.0)
+        self.clock.advance(1)
+        self.assertEqual(await self.backend.delete_range("/s/a/"), 2)
+        self.assertEqual([item.key for item in await self.backend.get_range("/s/")], ["/s/a", "/s/ab", "/s/b"])
+        self.assertEqual(await self.backend.delete_range("/nothing"), 0)
+
+    @async_test
+    async def test_expired_items_are_invisible_at_once(self):
+        await self.backend.put("/hb/k1", b"alive", expires=1030.0)
+        await self.backend.put("/hb/k2", b"forever")
+        self.clock.advance(29.5)
+        self.assertEqual(len(await self.backend.get_range("/hb/")), 2)
+        # No sweep has run: visibility must not depend on it.
+        self.clock.advance(0.5)
+        self.assertIsNone(await self.backend.get("/hb/k1"))
+        self.assertEqual([item.key for item in await self.backend.get_range("/hb/")], ["/hb/k2"])
+
+    @async_test
+    async def test_watch_put_and_delete(self):
+        events, others = [], []
+        self.backend.watch("/roles/", events.append)
+        self.backend.watch("/users/", others.append)
+        put = await self.backend.put("/roles/r", b"v")
+        await self.backend.put("/rolesX", b"v")
+        self.assertTrue(await self.backend.delete("/roles/r"))
+        self.assertFalse(await self.backend.delete("/roles/r"))
+        await self.backend.create("/roles/x", b"v")
+        self.assertIsNone(await self.backend.create("/roles/x", b"w"))
+        self.assertEqual(
+            [(event.type, event.item.key, event.item.value) for event in events],
+            [(PUT, "/roles/r", b"v"), (DELETE, "/roles/r", b"v"), (PUT, "/roles/x", b"v")],
+        )
+        self.assertEqual(events[0], Event(PUT, put))
+        self.assertEqual(others, [])
+
+    @async_test
+    async def test_watch_stop(self):
+        events = []
+        watcher = self.backend.watch("/", events.append)
+        self.assertTrue(verifyObject(IWatcher, watcher))
+        await self.backend.put("/a", b"")
+        watcher.stop()
+        watcher.stop()
+        await self.backend.put("/b", b"")
+        self.assertEqual([event.item.key for event in events], ["/a"])
+
+    @async_test
+    async def test_watch_sees_expiry(self):
+        events = []
+        await self.backend.put("/hb/gone", b"last", expires=1005.0)
+        await self.backend.put("/hb/stays", b"", expires=2000.0)
+        self.backend.watch("/hb/", events.append)
+        await self.advance(4)
+        self.assertEqual(events, [])
+        await self.advance(SWEEP)
+        self.assertEqual([(event.type, event.item.key, event.item.value) for event in events], [(DELETE, "/hb/gone", b"last")])
+        # The sweep keeps running after its first pass.
+        await self.backend.put("/hb/later", b"", expires=self.clock.seconds() + 1)
+        await self.advance(SWEEP)
+        self.assertEqual([event.item.key for event in events], ["/hb/gone", "/hb/later", "/hb/later"])
+
+    @async_test
+    async def test_failing_callback_is_isolated(self):
+        seen = []
+
+        def broken(event):
+            raise RuntimeError("callback bug")
+
+        self.backend.watch("/", broken)
+        self.backend.watch("/", seen.append)
+        stored = await self.backend.put("/a", b"1")
+        self.assertEqual(seen, [Event(PUT, stored)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(await self.backend.get("/a"), stored)
+
+    @async_test
+    async def test_callback_may_stop_another_watcher(self):
+        seen = []
+        watchers = []
+        watchers.append(self.backend.watch("/", lambda event: [watcher.stop() for watcher in watchers]))
+        watchers.append(self.backend.watch("/", seen.append))
+        await self.backend.put("/a", b"")
+        await self.backend.put("/b", b"")
+        self.assertLessEqual(len(seen), 1)
+        self.assertNotIn("/b", [event.item.key for event in seen])
+
+    @async_test
+    async def test_bad_arguments_fail_the_deferred(self):
+        for call, error in [
+            (lambda: self.backend.put("", b""), ValueError),
+            (lambda: self.backend.put(b"/bytes", b""), TypeError),
+            (lambda: self.backend.put("/\ud800", b""), UnicodeEncodeError),
+            (lambda: self.backend.put("/k", "text"), TypeError),
+            (lambda: self.backend.put("/k", b"", expires=float("nan")), ValueError),
+            (lambda: self.backend.put("/k", b"", expires="soon"), TypeError),
+            (lambda: self.backend.compare_and_swap("/k", None, b""), TypeError),
+            (lambda: self.backend.get_range("/", limit=-1), ValueError),
+            (lambda: self.backend.get(None), TypeError),
+            (lambda: self.backend.delete_range(None), TypeError),
+        ]:
+            result = call()
+            self.assertIsInstance(result, Deferred)
+            await self.assertFailure(result, error)
+        self.assertEqual(await self.backend.get_range(""), [])
+
+    @async_test
+    async def test_closed_backend_fails_closed(self):
+        events = []
+        self.backend.watch("/", events.append)
+        await self.backend.close()
+        await self.backend.close()
+        await self.assertFailure(self.backend.put("/a", b""), BackendClosedError)
+        await self.assertFailure(self.backend.get("/a"), BackendClosedError)
+        self.assertRaises(BackendClosedError, self.backend.watch, "/", events.append)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(events, [])
+
+
+class MemoryBackendTests(BackendTestsMixin, TestCase):
+    def open_backend(self, clock):
+        return succeed(MemoryBackend(clock, sweep_interval=SWEEP))
+
+
+class SQLiteBackendTests(BackendTestsMixin, TestCase):
+    def open_backend(self, clock):
+        self.path = os.path.join(self.mktemp(), "backend.sqlite")
+        os.makedirs(os.path.dirname(self.path))
+        return SQLiteBackend.open(ClockedReactor(clock), self.path, sweep_interval=SWEEP)
+
+    async def reopen(self):
+        await self.backend.close()
+        self.backend = await SQLiteBackend.open(ClockedReactor(self.clock), self.path, sweep_interval=SWEEP)
+        self.addCleanup(self.backend.close)
+
+    @async_test
+    async def test_persists_across_reopen(self):
+        kept = await self.backend.put("/ca/user", b"\x00key", expires=5000.0)
+        await self.backend.put("/gone", b"")
+        await self.backend.delete("/gone")
+        await self.reopen()
+        self.assertEqual(await self.backend.get_range(""), [kept])
+        later = await self.backend.put("/next", b"")
+        self.assertGreater(later.revision, kept.revision + 1)
+
+    @async_test
+    async def test_files_are_private(self):
+        await self.backend.put("/ca/user", b"secret")
+        for suffix in ("", "-wal", "-shm"):
+            self.assertEqual(stat.S_IMODE(os.stat(self.path + suffix).st_mode), 0o600, suffix)
+
+    @async_test
+    async def test_existing_file_is_tightened(self):
+        await self.backend.close()
+        os.chmod(self.path, 0o644)
+        await self.reopen()
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    @async_test
+    async def test_not_a_database_fails_to_open(self):
+        path = self.mktemp()
+        with open(path, "wb") as garbage:
+            garbage.write(b"this is not sqlite" * 512)
+        os.chmod(path, 0o600)
+        await self.assertFailure(SQLiteBackend.open(ClockedReactor(self.clock), path), sqlite3.DatabaseError)
+
+    def test_prefix_end(self):
+        self.assertEqual(prefix_end(b"/a"), b"/b")
+        self.assertEqual(prefix_end(b"/a\xff\xff"), b"/b")
+        self.assertIsNone(prefix_end(b""))
+        self.assertIsNone(prefix_end(b"\xff"))
