@@ -1,0 +1,404 @@
+"""Decide what one user may do on one Kubernetes cluster, from Teleport roles.
+
+Every decision is "deny wins": a matching deny rule beats any allow rule, and
+anything no allow rule grants is refused. Roles are evaluated in their v8 form;
+v7 roles are converted first, the way Teleport converts them (``as_v8``).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import attrs
+
+from teleport_py.rbac.match import WILDCARD, InvalidPattern, match_labels, match_value
+from teleport_py.rbac.request import RequestInfo
+from teleport_py.resources.role import KUBE_VERBS, KubernetesResource, Role, RoleConditions
+from teleport_py.resources.traits import expand
+
+ALL_AUTHENTICATED = "system:authenticated"
+IMPERSONATION_DENIED = "impersonation request has been denied"
+_READ_VERBS = frozenset({"get", "list", "watch"})
+_COLLECTION_VERBS = frozenset({"list", "watch", "deletecollection"})
+
+#: v7 singular kind -> (v8 resource, API group), as Teleport maps them.
+V7_KINDS = {
+    "pod": ("pods", ""),
+    "secret": ("secrets", ""),
+    "configmap": ("configmaps", ""),
+    "namespace": ("namespaces", ""),
+    "service": ("services", ""),
+    "serviceaccount": ("serviceaccounts", ""),
+    "kube_node": ("nodes", ""),
+    "persistentvolume": ("persistentvolumes", ""),
+    "persistentvolumeclaim": ("persistentvolumeclaims", ""),
+    "deployment": ("deployments", "apps"),
+    "replicaset": ("replicasets", "apps"),
+    "statefulset": ("statefulsets", "apps"),
+    "daemonset": ("daemonsets", "apps"),
+    "clusterrole": ("clusterroles", "rbac.authorization.k8s.io"),
+    "kube_role": ("roles", "rbac.authorization.k8s.io"),
+    "clusterrolebinding": ("clusterrolebindings", "rbac.authorization.k8s.io"),
+    "rolebinding": ("rolebindings", "rbac.authorization.k8s.io"),
+    "cronjob": ("cronjobs", "batch"),
+    "job": ("jobs", "batch"),
+    "certificatesigningrequest": ("certificatesigningrequests", "certificates.k8s.io"),
+    "ingress": ("ingresses", "networking.k8s.io"),
+}
+#: v7 kinds that are cluster-scoped: v7 ignored ``namespace`` on them.
+V7_CLUSTER_WIDE_KINDS = ("namespace", "kube_node", "persistentvolume", "clusterrole",
+                         "clusterrolebinding", "certificatesigningrequest")
+
+#: Well-known cluster-scoped resources, used when the caller cannot tell
+#: (from API discovery) whether a resource is namespaced.
+CLUSTER_SCOPED_RESOURCES = frozenset({
+    ("", "namespaces"), ("", "nodes"), ("", "persistentvolumes"), ("", "componentstatuses"),
+    ("rbac.authorization.k8s.io", "clusterroles"),
+    ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    ("certificates.k8s.io", "certificatesigningrequests"),
+    ("storage.k8s.io", "storageclasses"), ("storage.k8s.io", "csidrivers"),
+    ("storage.k8s.io", "csinodes"), ("storage.k8s.io", "volumeattachments"),
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("apiregistration.k8s.io", "apiservices"),
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations"),
+    ("scheduling.k8s.io", "priorityclasses"), ("node.k8s.io", "runtimeclasses"),
+    ("networking.k8s.io", "ingressclasses"),
+})
+
+_EVERYTHING_V7 = KubernetesResource(kind=WILDCARD, namespace=WILDCARD, name=WILDCARD, verbs=(WILDCARD,))
+_EVERYTHING_V8 = attrs.evolve(_EVERYTHING_V7, api_group=WILDCARD)
+
+
+class AccessDenied(Exception):
+    """A request is refused: ``message`` is shown to the user, ``reason`` goes to the audit log."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or message
+
+
+def _convert_v7(resource: KubernetesResource) -> list[KubernetesResource]:
+    """One v7 ``kubernetes_resources`` entry as the v8 entries Teleport reads it as."""
+    if resource.kind == "namespace":
+        namespace = "^.+$" if resource.name == WILDCARD else resource.name
+        return [
+            KubernetesResource(kind=WILDCARD, api_group=WILDCARD, namespace=namespace,
+                               name=WILDCARD, verbs=resource.verbs),
+            KubernetesResource(kind="namespaces", name=namespace, verbs=resource.verbs),
+        ]
+    namespace = "" if resource.kind in V7_CLUSTER_WIDE_KINDS else resource.namespace
+    kind, api_group = V7_KINDS.get(resource.kind, (resource.kind, WILDCARD))
+    converted = [KubernetesResource(kind=kind, api_group=api_group, namespace=namespace,
+                                    name=resource.name, verbs=resource.verbs)]
+    if kind == WILDCARD:
+        # v7 wildcards reached cluster-wide kinds whatever their namespace said.
+        converted += [
+            KubernetesResource(kind=V7_KINDS[v7_kind][0], api_group=WILDCARD,
+                               name=resource.name, verbs=resource.verbs)
+            for v7_kind in V7_CLUSTER_WIDE_KINDS if v7_kind != "namespace"
+        ]
+    return converted
+
+
+def as_v8(role: Role) -> Role:
+    """The v8 role that decides exactly like ``role``.
+
+    Also fills Teleport's default: a role that selects clusters but lists no
+    ``kubernetes_resources`` grants every resource on them.
+    """
+    allow = role.allow
+    if allow.kubernetes_labels and not allow.kubernetes_resources:
+        default = _EVERYTHING_V8 if role.version == "v8" else _EVERYTHING_V7
+        allow = attrs.evolve(allow, kubernetes_resources=(default,))
+    if role.version == "v8":
+        return attrs.evolve(role, allow=allow)
+
+    def convert(conditions: RoleConditions) -> RoleConditions:
+        resources = tuple(r for old in conditions.kubernetes_resources for r in _convert_v7(old))
+        return attrs.evolve(conditions, kubernetes_resources=resources)
+
+    return attrs.evolve(role, version="v8", allow=convert(allow), deny=convert(role.deny))
+
+
+@attrs.frozen
+class _Target:
+    """The object a request or a listed item touches, in v8 terms."""
+
+    resource: str
+    api_group: str
+    namespace: str
+    name: str
+    verb: str
+
+    @property
+    def is_namespace(self) -> bool:
+        return self.resource == "namespaces" and self.api_group == ""
+
+
+def _verb_allowed(verbs: Sequence[str], verb: str) -> bool:
+    return bool(verbs) and (verbs[0] == WILDCARD or verb in verbs)
+
+
+def _kind_matches(rule: KubernetesResource, target: _Target) -> bool:
+    return rule.kind in (target.resource, WILDCARD) and match_value(rule.api_group, target.api_group)
+
+
+def _matches(rule: KubernetesResource, target: _Target, allow: bool) -> bool:
+    """Whether one v8 rule covers one object (Teleport's KubeResourceMatchesRegex)."""
+    if not _verb_allowed(rule.verbs, target.verb):
+        return False
+    if target.is_namespace and target.verb in _READ_VERBS and allow:
+        # Seeing a namespace is implied by access to anything inside it.
+        if rule.kind != "namespaces" and rule.namespace:
+            return match_value(rule.namespace, target.name)
+        if rule.kind == "namespaces" and rule.name:
+            return match_value(rule.name, target.name)
+    if not _kind_matches(rule, target):
+        return False
+    if target.is_namespace:
+        return match_value(_namespace_scope(rule), target.name)
+    if not match_value(rule.name, target.name):
+        return False
+    if not target.namespace and rule.namespace not in ("", WILDCARD):
+        return False  # a rule scoped to namespaces never reaches cluster-scoped objects
+    return match_value(rule.namespace, target.namespace)
+
+
+def _could_match(rule: KubernetesResource, target: _Target, cluster_scoped: bool, allow: bool) -> bool:
+    """For a list/watch: could ``rule`` (allow) match some item, or does it
+    (deny) match every item? (Teleport's KubeResourceCouldMatchRules.)"""
+    if not _verb_allowed(rule.verbs, target.verb):
+        return False
+    if allow and target.is_namespace and target.verb in _READ_VERBS:
+        if rule.kind != "namespaces" and rule.namespace:
+            return True
+    if not _kind_matches(rule, target):
+        return False
+    if target.is_namespace and not allow:
+        return _namespace_scope(rule) == WILDCARD
+    if cluster_scoped:
+        return allow or rule.name == WILDCARD
+    if allow:
+        return not target.namespace or match_value(rule.namespace, target.namespace)
+    if rule.name != WILDCARD or not rule.namespace:
+        return False
+    if not target.namespace:
+        return rule.namespace == WILDCARD
+    return match_value(rule.namespace, target.namespace)
+
+
+def _namespace_scope(rule: KubernetesResource) -> str:
+    """The pattern a rule matches namespace objects' names with."""
+    if rule.kind == "namespaces" or (rule.kind == WILDCARD and rule.namespace in ("", WILDCARD)):
+        return rule.name
+    return rule.namespace
+
+
+class AccessChecker:
+    """One user's roles, applied to Kubernetes clusters and requests."""
+
+    def __init__(self, username: str, roles: Sequence[Role], traits: Mapping[str, Sequence[str]]) -> None:
+        self.username = username
+        self.roles = tuple(as_v8(role) for role in roles)
+        self.traits = traits
+
+    # -- clusters -----------------------------------------------------------
+
+    def _labels_match(self, selector: Mapping[str, Sequence[str]], labels: Mapping[str, str]) -> tuple[bool, str]:
+        expanded = {key: self._expand(values) for key, values in selector.items()}
+        try:
+            return match_labels({key: values for key, values in expanded.items() if values}, labels)
+        except InvalidPattern as error:
+            raise AccessDenied("access denied: a role holds an invalid pattern", str(error)) from None
+
+    def _allow_roles(self, cluster_labels: Mapping[str, str]) -> list[Role]:
+        return [role for role in self.roles if self._labels_match(role.allow.kubernetes_labels, cluster_labels)[0]]
+
+    def _cluster_denial(self, cluster_labels: Mapping[str, str]) -> str | None:
+        """Why the cluster is out of reach, or ``None`` if it is not."""
+        for role in self.roles:
+            if self._labels_match(role.deny.kubernetes_labels, cluster_labels)[0]:
+                return f"deny kubernetes_labels of role {role.name!r} match"
+        misses = []
+        for role in self.roles:
+            matched, why = self._labels_match(role.allow.kubernetes_labels, cluster_labels)
+            if matched:
+                return None
+            misses.append(f"{role.name}: {why}")
+        return "no role's kubernetes_labels match (" + "; ".join(misses) + ")"
+
+    def check_cluster(self, cluster_name: str, cluster_labels: Mapping[str, str]) -> None:
+        """Refuse unless some role's ``kubernetes_labels`` select the cluster and no deny does."""
+        denial = self._cluster_denial(cluster_labels)
+        if denial is not None:
+            raise AccessDenied(f'access to kubernetes cluster "{cluster_name}" denied', denial)
+
+    # -- impersonation ------------------------------------------------------
+
+    def _expand(self, values: Iterable[str]) -> list[str]:
+        try:
+            return expand(values, self.traits)
+        except ValueError as error:
+            raise AccessDenied("access denied: a role holds a malformed trait template", str(error)) from None
+
+    def kube_principals(self, cluster_labels: Mapping[str, str]) -> tuple[frozenset[str], frozenset[str]]:
+        """Kubernetes users and groups: union over the allow roles selecting the
+        cluster, minus every role's deny. No user configured: the Teleport username."""
+        users: set[str] = set()
+        groups: set[str] = set()
+        for role in self._allow_roles(cluster_labels):
+            users.update(self._expand(role.allow.kubernetes_users))
+            groups.update(self._expand(role.allow.kubernetes_groups))
+        users = users or {self.username}
+        for role in self.roles:
+            users.difference_update(self._expand(role.deny.kubernetes_users))
+            groups.difference_update(self._expand(role.deny.kubernetes_groups))
+        groups.add(ALL_AUTHENTICATED)
+        return frozenset(users), frozenset(groups)
+
+    def impersonation(
+        self, cluster_labels: Mapping[str, str], requested_user: str | None, requested_groups: Sequence[str]
+    ) -> tuple[str, tuple[str, ...]]:
+        """The user and groups to send upstream, honouring the client's own
+        ``Impersonate-User``/``Impersonate-Group`` only within what roles allow."""
+        users, groups = self.kube_principals(cluster_labels)
+        if requested_user:
+            if requested_user not in users:
+                raise AccessDenied(f'{IMPERSONATION_DENIED}, user header "{requested_user}" is not allowed in roles')
+            user = requested_user
+        elif len(users) == 1:
+            (user,) = users
+        elif not users:
+            raise AccessDenied(f"{IMPERSONATION_DENIED}, no kubernetes user is allowed",
+                               "every kubernetes user is denied")
+        else:
+            raise AccessDenied("please select a user to impersonate, refusing to select a user "
+                               "due to several kubernetes_users set up for this user")
+        for group in requested_groups:
+            if group not in groups:
+                raise AccessDenied(f'{IMPERSONATION_DENIED}, group header "{group}" value is not allowed in roles')
+        chosen = set(requested_groups) or set(groups)
+        return user, tuple(sorted(chosen | {ALL_AUTHENTICATED}))
+
+    # -- resources ----------------------------------------------------------
+
+    def _resources(self, cluster_labels: Mapping[str, str]) -> tuple[list[tuple[str, KubernetesResource]], ...]:
+        """(role name, rule) pairs: allow rules of roles selecting the cluster,
+        deny rules of every role (deny is greedy, as in Teleport)."""
+        allowed = [(role.name, rule) for role in self._allow_roles(cluster_labels)
+                   for rule in self._expand_rule(role.allow.kubernetes_resources)]
+        denied = [(role.name, rule) for role in self.roles
+                  for rule in self._expand_rule(role.deny.kubernetes_resources)]
+        return allowed, denied
+
+    def _expand_rule(self, rules: Iterable[KubernetesResource]) -> list[KubernetesResource]:
+        """Trait templates in ``namespace``/``name`` become one rule per value."""
+        return [
+            attrs.evolve(rule, namespace=namespace, name=name)
+            for rule in rules
+            for namespace in (self._expand([rule.namespace]) if rule.namespace else [""])
+            for name in (self._expand([rule.name]) if rule.name else [""])
+        ]
+
+    def check_request(
+        self, info: RequestInfo, cluster_labels: Mapping[str, str], *, namespace_scoped: bool | None = None
+    ) -> None:
+        """Refuse a request ``kubernetes_resources`` do not allow.
+
+        Discovery and other non-resource paths only need cluster access. A
+        list or watch without a name passes if some rule could match one of
+        its items (the caller then filters items with ``allows_item``); it is
+        refused outright when nothing could match or a deny covers it all.
+        ``namespace_scoped`` comes from API discovery when the caller knows
+        it; otherwise well-known resources and the path decide.
+        """
+        denial = self._cluster_denial(cluster_labels)
+        if denial is not None:
+            raise AccessDenied(self._forbidden(info, "no access to this kubernetes cluster"), denial)
+        if not info.is_resource_request:
+            return
+        try:
+            allowed, denied = self._resources(cluster_labels)
+            if not info.resource or info.verb not in KUBE_VERBS:
+                raise AccessDenied(self._forbidden(info, "request not understood"),
+                                   f"unclassified request verb={info.verb!r} path={info.path!r}")
+            cluster_scoped = self._cluster_scoped(info, namespace_scoped)
+            target = _Target(info.resource, info.api_group, "" if cluster_scoped else info.namespace,
+                             info.name, info.verb)
+            if info.verb in _COLLECTION_VERBS and not info.name:
+                self._check_collection(info, target, cluster_scoped, allowed, denied)
+            else:
+                self._check_object(info, target, allowed, denied)
+        except InvalidPattern as error:
+            raise AccessDenied(self._forbidden(info, "a teleport role holds an invalid pattern"), str(error)) from None
+
+    def _check_object(self, info, target, allowed, denied) -> None:
+        for role, rule in denied:
+            if _matches(rule, target, allow=False):
+                raise AccessDenied(self._forbidden(info, f"denied by teleport role {role!r}"),
+                                   f"deny kubernetes_resources of role {role!r} match")
+        if not any(_matches(rule, target, allow=True) for _, rule in allowed):
+            raise AccessDenied(self._forbidden(info, "no teleport role allows it"),
+                               "no allow kubernetes_resources match")
+
+    def _check_collection(self, info, target, cluster_scoped, allowed, denied) -> None:
+        for role, rule in denied:
+            if _could_match(rule, target, cluster_scoped, allow=False):
+                raise AccessDenied(self._forbidden(info, f"denied by teleport role {role!r}"),
+                                   f"deny kubernetes_resources of role {role!r} cover the collection")
+        if info.verb == "deletecollection":
+            # The API server would delete every item at once, so every item
+            # must be allowed and none may be denied: nothing can be filtered.
+            partial = any(_could_match(rule, target, cluster_scoped, allow=True) for _, rule in denied)
+            if partial or not any(_covers(rule, target, cluster_scoped) for _, rule in allowed):
+                raise AccessDenied(self._forbidden(info, "teleport roles do not allow every item"),
+                                   "deletecollection needs access to the whole collection")
+            return
+        if not any(_could_match(rule, target, cluster_scoped, allow=True) for _, rule in allowed):
+            raise AccessDenied(self._forbidden(info, "no teleport role allows any of it"),
+                               "no allow kubernetes_resources could match")
+
+    def allows_item(self, info: RequestInfo, namespace: str, name: str, cluster_labels: Mapping[str, str]) -> bool:
+        """Whether one item of a list/watch response may be shown."""
+        target = _Target(info.resource, info.api_group, namespace, name, info.verb)
+        if target.is_namespace:
+            target = attrs.evolve(target, namespace="")
+        try:
+            allowed, denied = self._resources(cluster_labels)
+            return (not any(_matches(rule, target, allow=False) for _, rule in denied)
+                    and any(_matches(rule, target, allow=True) for _, rule in allowed))
+        except (InvalidPattern, AccessDenied):
+            return False
+
+    @staticmethod
+    def _cluster_scoped(info: RequestInfo, namespace_scoped: bool | None) -> bool:
+        if (info.api_group, info.resource) == ("", "namespaces"):
+            return True
+        if namespace_scoped is not None:
+            return not namespace_scoped
+        if info.namespace:
+            return False
+        return (info.api_group, info.resource) in CLUSTER_SCOPED_RESOURCES or bool(info.name)
+
+    def _forbidden(self, info: RequestInfo, why: str) -> str:
+        """A Kubernetes-style Forbidden message (what kubectl users recognize)."""
+        if not info.is_resource_request:
+            return f'forbidden: User "{self.username}" cannot {info.verb} path "{info.path}": {why}'
+        resource = info.resource + (f"/{info.subresource}" if info.subresource else "")
+        subject = f'{resource} "{info.name}"' if info.name else resource
+        scope = (f'in the namespace "{info.namespace}"'
+                 if info.namespace and info.resource != "namespaces" else "at the cluster scope")
+        return (f'{subject} is forbidden: User "{self.username}" cannot {info.verb or "access"} '
+                f'resource "{resource}" in API group "{info.api_group}" {scope}: {why}')
+
+
+def _covers(rule: KubernetesResource, target: _Target, cluster_scoped: bool) -> bool:
+    """Whether an allow rule grants every item of a collection."""
+    if not (_verb_allowed(rule.verbs, target.verb) and _kind_matches(rule, target) and rule.name == WILDCARD):
+        return False
+    if cluster_scoped:
+        return rule.namespace in ("", WILDCARD)
+    if not target.namespace:
+        return rule.namespace == WILDCARD
+    return bool(rule.namespace) and match_value(rule.namespace, target.namespace)
