@@ -27,6 +27,64 @@ KUBE_VERBS = (
     "portforward",
 )
 
+#: Role v7 ``kind`` values (Teleport's singular names), each with the API
+#: group and plural resource name it stands for in a request and in v8.
+V7_KINDS: Mapping[str, tuple[str, str]] = {
+    "pod": ("", "pods"),
+    "secret": ("", "secrets"),
+    "configmap": ("", "configmaps"),
+    "namespace": ("", "namespaces"),
+    "service": ("", "services"),
+    "serviceaccount": ("", "serviceaccounts"),
+    "kube_node": ("", "nodes"),
+    "persistentvolume": ("", "persistentvolumes"),
+    "persistentvolumeclaim": ("", "persistentvolumeclaims"),
+    "deployment": ("apps", "deployments"),
+    "replicaset": ("apps", "replicasets"),
+    "statefulset": ("apps", "statefulsets"),
+    "daemonset": ("apps", "daemonsets"),
+    "clusterrole": ("rbac.authorization.k8s.io", "clusterroles"),
+    "kube_role": ("rbac.authorization.k8s.io", "roles"),
+    "clusterrolebinding": ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    "rolebinding": ("rbac.authorization.k8s.io", "rolebindings"),
+    "cronjob": ("batch", "cronjobs"),
+    "job": ("batch", "jobs"),
+    "certificatesigningrequest": ("certificates.k8s.io", "certificatesigningrequests"),
+    "ingress": ("networking.k8s.io", "ingresses"),
+}
+
+#: v7 kinds that are not namespaced: their entries need no ``namespace``.
+V7_CLUSTER_WIDE_KINDS = frozenset(
+    {"namespace", "kube_node", "persistentvolume", "clusterrole", "clusterrolebinding", "certificatesigningrequest"}
+)
+
+#: Resources of the core API group (``api_group: ""``) in v8 roles; any other
+#: kind needs its ``api_group`` spelled out.
+CORE_RESOURCES = frozenset(
+    {
+        "bindings",
+        "componentstatuses",
+        "configmaps",
+        "endpoints",
+        "events",
+        "limitranges",
+        "namespaces",
+        "nodes",
+        "persistentvolumeclaims",
+        "persistentvolumes",
+        "pods",
+        "podtemplates",
+        "replicationcontrollers",
+        "resourcequotas",
+        "secrets",
+        "serviceaccounts",
+        "services",
+    }
+)
+
+#: Verbs a ``rules`` entry may list (``*`` grants them all), as in Teleport.
+RULE_VERBS = ("create", "read", "readnosecrets", "list", "update", "delete")
+
 #: Teleport's default ``max_session_ttl`` (30 hours), in seconds.
 DEFAULT_MAX_SESSION_TTL = 30 * 3600.0
 
