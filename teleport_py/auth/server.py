@@ -63,6 +63,9 @@ KUBE_SERVER_TTL = 90.0
 KINDS = ("role", "user", "token", "kube_server")
 JOIN_ROLES = {"kube": "Kube", "proxy": "Proxy"}
 RULE_VERBS = ("list", "read", "create", "update", "delete")
+#: The name every client verifies the auth server's certificate against.
+AUTH_SERVER_NAME = "auth.teleport.cluster.local"
+RESERVED_DNS_SUFFIX = "teleport.cluster.local"
 
 Identity = UserIdentity | HostIdentity
 
@@ -511,6 +514,9 @@ class AuthServer:
             )
             self.log.warn("refused join role={role} host={host}: {reason}", role=system_role, host=host_id, reason=reason)
             raise failure
+        # Names under teleport.cluster.local identify cluster services (the
+        # auth server above all): a joining host must not be able to claim them.
+        dns_names = [n for n in dns_names if not n.lower().rstrip(".").endswith(RESERVED_DNS_SUFFIX)]
         cert = self.issue_host_identity(_load_public_key(public_key_pem), host_id, nodename, system_role, dns_names)
         await self.audit.emit(
             events.INSTANCE_JOIN, role=system_role, host_id=host_id, nodename=nodename,

@@ -1,0 +1,177 @@
+"""A client for the Auth API (treq), used by tctl, the proxy and agents.
+
+The transport is pluggable: tctl dials the auth address directly; an agent
+reaches Auth through a reverse-tunnel stream (``endpoint_factory``) and still
+speaks TLS end to end with its own host certificate. Either way the server
+certificate must chain to the cluster's host CA and name the auth service.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+from urllib.parse import urlencode
+
+import treq
+from treq.client import HTTPClient
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from teleport_py.auth.errors import AuthError, error_from_json
+from teleport_py.auth.server import AUTH_SERVER_NAME
+from teleport_py.pki import client_tls_options
+
+MAX_RESPONSE = 64 << 20
+
+
+@implementer(IPolicyForHTTPS)
+class ClusterTLSPolicy:
+    """Verify the server against the cluster's host CA under a fixed name,
+    presenting our certificate (if any)."""
+
+    def __init__(self, trusted_cas, certificate=None, private_key=None, server_name: str = AUTH_SERVER_NAME):
+        self.trusted_cas = list(trusted_cas)
+        self.certificate = certificate
+        self.private_key = private_key
+        self.server_name = server_name
+
+    def creatorForNetloc(self, hostname, port):
+        return client_tls_options(
+            self.server_name,
+            trusted_cas=self.trusted_cas,
+            certificate=self.certificate,
+            private_key=self.private_key,
+        )
+
+
+class AuthClient:
+    def __init__(self, http: HTTPClient, base_url: str, headers: dict[bytes, list[bytes]] | None = None):
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.headers = headers or {}
+
+    @classmethod
+    def direct(cls, reactor, address: str, *, trusted_cas: Iterable, certificate=None, private_key=None) -> "AuthClient":
+        policy = ClusterTLSPolicy(trusted_cas, certificate, private_key)
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        agent = Agent(reactor, contextFactory=policy, pool=pool)
+        return cls(HTTPClient(agent), f"https://{address}")
+
+    @classmethod
+    def over_endpoints(cls, reactor, endpoint_factory) -> "AuthClient":
+        """``endpoint_factory.endpointForURI(uri)`` supplies connected-TLS endpoints."""
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        agent = Agent.usingEndpointFactory(reactor, endpoint_factory, pool=pool)
+        return cls(HTTPClient(agent), "http://auth")
+
+    def with_headers(self, headers: dict[bytes, list[bytes]]) -> "AuthClient":
+        merged = dict(self.headers)
+        merged.update(headers)
+        return AuthClient(self.http, self.base_url, merged)
+
+    async def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> Any:
+        url = f"{self.base_url}/v1/{path}"
+        if params:
+            url += "?" + urlencode(params, doseq=True)
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        headers = dict(self.headers)
+        if data is not None:
+            headers[b"content-type"] = [b"application/json"]
+        response = await self.http.request(method, url, data=data, headers=headers)
+        content = await treq.content(response)
+        if len(content) > MAX_RESPONSE:
+            raise AuthError("auth server response too large")
+        try:
+            payload = json.loads(content) if content else {}
+        except ValueError:
+            raise AuthError(f"auth server answered HTTP {response.code} with a non-JSON body") from None
+        if response.code >= 400:
+            raise error_from_json(response.code, payload)
+        return payload
+
+    # Convenience wrappers, one per API call.
+    def ping(self):
+        return self.call("GET", "ping")
+
+    def cas(self):
+        return self.call("GET", "cas")
+
+    def status(self):
+        return self.call("GET", "status")
+
+    def whoami(self):
+        return self.call("GET", "whoami")
+
+    def upsert(self, resource: dict, force: bool = False):
+        return self.call("POST", "resources", {"resource": resource, "force": force})
+
+    async def list(self, kind: str) -> list[dict]:
+        return (await self.call("GET", f"resources/{kind}"))["items"]
+
+    def get(self, kind: str, name: str):
+        return self.call("GET", f"resources/{kind}/{name}")
+
+    def delete(self, kind: str, name: str):
+        return self.call("DELETE", f"resources/{kind}/{name}")
+
+    def create_user(self, name: str, roles: list[str], traits: dict[str, list[str]] | None = None):
+        return self.call("POST", "users", {"name": name, "roles": roles, "traits": traits or {}})
+
+    def update_user(self, name: str, roles: list[str] | None = None, traits: dict[str, list[str]] | None = None):
+        body: dict[str, Any] = {}
+        if roles is not None:
+            body["roles"] = roles
+        if traits is not None:
+            body["traits"] = traits
+        return self.call("PATCH", f"users/{name}", body)
+
+    def reset_user(self, name: str):
+        return self.call("POST", f"users/{name}/reset", {})
+
+    def signup(self, token: str, password: str):
+        return self.call("POST", "signup", {"token": token, "password": password})
+
+    def login(self, user: str, password: str, public_key_pem: str, ttl: float | None = None, kube_cluster: str = ""):
+        body = {"user": user, "password": password, "public_key": public_key_pem, "kube_cluster": kube_cluster}
+        if ttl:
+            body["ttl"] = ttl
+        return self.call("POST", "login", body)
+
+    def reissue(self, public_key_pem: str, kube_cluster: str = "", ttl: float | None = None):
+        body: dict[str, Any] = {"public_key": public_key_pem, "kube_cluster": kube_cluster}
+        if ttl:
+            body["ttl"] = ttl
+        return self.call("POST", "certs/user", body)
+
+    def create_token(self, roles: list[str], ttl: float | None = None):
+        body: dict[str, Any] = {"roles": roles}
+        if ttl is not None:
+            body["ttl"] = ttl
+        return self.call("POST", "tokens", body)
+
+    def join(self, token: str, role: str, public_key_pem: str, host_id: str, nodename: str, dns_names=()):
+        return self.call(
+            "POST",
+            "join",
+            {"token": token, "role": role, "public_key": public_key_pem, "host_id": host_id,
+             "nodename": nodename, "dns_names": list(dns_names)},
+        )
+
+    def heartbeat_kube(self, resource: dict):
+        return self.call("POST", "heartbeats/kube", {"resource": resource})
+
+    async def kube_clusters(self) -> list[dict]:
+        return (await self.call("GET", "kube_clusters"))["items"]
+
+    def append_events(self, events: list[dict]):
+        return self.call("POST", "events", {"events": events})
+
+    async def search_events(self, start: str | None = None, end: str | None = None, types=(), limit: int = 1000):
+        params: dict[str, Any] = {"limit": str(limit)}
+        if start:
+            params["from"] = start
+        if end:
+            params["to"] = end
+        if types:
+            params["type"] = ",".join(types)
+        return (await self.call("GET", "events", params=params))["items"]

@@ -1,0 +1,26 @@
+"""``twistd teleport``: every role enabled in the configuration, in one process.
+
+With no config at all this is Teleport's quick start: auth + proxy on
+embedded defaults (SQLite under the data dir, self-signed CAs).
+"""
+from twisted.application import service
+
+from teleport_py.plugin_options import ServiceOptions
+
+
+class Options(ServiceOptions):
+    pass
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options.loaded
+    top = service.MultiService()
+    auth = None
+    if config.auth is not None:
+        from teleport_py.auth.service import AuthService
+
+        auth = AuthService(reactor, config)
+        auth.setServiceParent(top)
+    return top

@@ -1,0 +1,324 @@
+"""AuthServer logic: CAs, users, login, tokens, joins, authorization, audit.
+
+Runs against the in-memory backend with the real reactor (password hashing
+uses its thread pool); time-dependent checks shift the auth server's clock.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from teleport_py import events
+from teleport_py.auth.errors import AccessDenied, AlreadyExists, BadParameter, LimitExceeded, NotFound
+from teleport_py.auth.server import AuthServer
+from teleport_py.backend import MemoryBackend
+from teleport_py.pki import HostIdentity, UserIdentity, generate_private_key, identity_from_certificate, load_certificate_pem
+from teleport_py.resources import parse_yaml, resource_to_dict
+
+KUBE_ACCESS = """
+kind: role
+metadata:
+  name: kube-access
+version: v7
+spec:
+  allow:
+    kubernetes_labels:
+      '*': '*'
+    kubernetes_resources:
+      - kind: '*'
+        namespace: '*'
+        name: '*'
+        verbs: ['*']
+    kubernetes_groups:
+      - viewers
+  deny: {}
+"""
+PASSWORD = "correct horse battery"
+
+
+class ShiftedClock:
+    """The real reactor, with ``seconds()`` movable forward for expiry tests."""
+
+    def __init__(self, real):
+        self._real = real
+        self.offset = 0.0
+
+    def seconds(self):
+        return self._real.seconds() + self.offset
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def public_pem() -> str:
+    return (
+        generate_private_key()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+ADMIN = HostIdentity(host_id="admin-test", nodename="test", system_role="admin", teleport_cluster="example")
+PROXY = HostIdentity(host_id="proxy-1", nodename="test", system_role="proxy", teleport_cluster="example")
+
+
+def d(coro):
+    return Deferred.fromCoroutine(coro)
+
+
+class AuthServerTests(TestCase):
+    async def _setup(self):
+        self.clock = ShiftedClock(reactor)
+        self.backend = MemoryBackend(self.clock)
+        self.addCleanup(self.backend.close)
+        self.auth = await AuthServer.initialize(self.clock, self.backend, "example")
+        return self.auth
+
+    async def _user(self, name="alice", roles=("access",)):
+        result = await self.auth.create_user(ADMIN, parse_yaml(f"kind: user\nversion: v2\nmetadata: {{name: {name}}}\nspec: {{roles: [{', '.join(roles)}]}}\n")[0])
+        await self.auth.complete_signup(PROXY, result["token"], PASSWORD)
+        return result
+
+    def test_initialize_is_idempotent(self):
+        async def go():
+            auth = await self._setup()
+            again = await AuthServer.initialize(self.clock, self.backend, "example")
+            self.assertEqual(auth.user_ca.certificate, again.user_ca.certificate)
+            self.assertEqual(auth.host_ca.certificate, again.host_ca.certificate)
+            self.assertNotEqual(auth.user_ca.certificate, auth.host_ca.certificate)
+            names = [r["metadata"]["name"] for r in await auth.list_resources(ADMIN, "role")]
+            self.assertIn("access", names)
+            self.assertIn("editor", names)
+            with self.assertRaises(RuntimeError):
+                await AuthServer.initialize(self.clock, self.backend, "other-cluster")
+
+        return d(go())
+
+    def test_create_role_and_conflicts(self):
+        async def go():
+            auth = await self._setup()
+            doc = resource_to_dict(parse_yaml(KUBE_ACCESS)[0])
+            result = await auth.upsert_resource(ADMIN, doc)
+            self.assertTrue(result["created"])
+            with self.assertRaises(AlreadyExists):
+                await auth.upsert_resource(ADMIN, doc)
+            result = await auth.upsert_resource(ADMIN, doc, force=True)
+            self.assertFalse(result["created"])
+            stored = await auth.get_resource(ADMIN, "role", "kube-access")
+            self.assertEqual(stored["spec"]["allow"]["kubernetes_groups"], ["viewers"])
+
+        return d(go())
+
+    def test_invalid_role_names_field_and_stores_nothing(self):
+        async def go():
+            auth = await self._setup()
+            doc = resource_to_dict(parse_yaml(KUBE_ACCESS)[0])
+            doc["spec"]["allow"]["kubernetes_resources"][0]["verbs"] = ["gett"]
+            with self.assertRaises(BadParameter) as cm:
+                await auth.upsert_resource(ADMIN, doc)
+            self.assertIn("verbs", str(cm.exception))
+            with self.assertRaises(NotFound):
+                await auth.get_resource(ADMIN, "role", "kube-access")
+
+        return d(go())
+
+    def test_signup_and_login(self):
+        async def go():
+            auth = await self._setup()
+            await auth.upsert_resource(ADMIN, resource_to_dict(parse_yaml(KUBE_ACCESS)[0]))
+            await self._user(roles=("access", "kube-access"))
+            result = await auth.login(PROXY, "alice", PASSWORD, public_pem(), client_addr="10.0.0.1")
+            cert = load_certificate_pem(result["cert"].encode())
+            identity = identity_from_certificate(cert, user_ca=auth.user_ca.certificate, host_ca=auth.host_ca.certificate)
+            self.assertIsInstance(identity, UserIdentity)
+            self.assertEqual(identity.username, "alice")
+            self.assertEqual(identity.roles, ("access", "kube-access"))
+            lifetime = identity.expires - datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+            self.assertLessEqual(lifetime, timedelta(hours=12))
+            self.assertGreater(lifetime, timedelta(hours=11))
+            logins = await auth.audit.search(
+                datetime.now(timezone.utc) - timedelta(minutes=5), datetime.now(timezone.utc) + timedelta(minutes=5),
+                [events.USER_LOGIN],
+            )
+            self.assertEqual([e["success"] for e in logins], [True])
+
+        return d(go())
+
+    def test_signup_token_single_use_and_weak_password(self):
+        async def go():
+            auth = await self._setup()
+            user = parse_yaml("kind: user\nversion: v2\nmetadata: {name: bob}\nspec: {roles: [access]}\n")[0]
+            result = await auth.create_user(ADMIN, user)
+            with self.assertRaises(BadParameter):
+                await auth.complete_signup(PROXY, result["token"], "short")
+            await auth.complete_signup(PROXY, result["token"], PASSWORD)
+            with self.assertRaises(NotFound):
+                await auth.complete_signup(PROXY, result["token"], PASSWORD + "x")
+            with self.assertRaises(AccessDenied):
+                await auth.complete_signup(
+                    UserIdentity(username="bob", roles=("access",), expires=datetime.now(timezone.utc)), "t", PASSWORD
+                )
+
+        return d(go())
+
+    def test_wrong_password_and_unknown_user_look_the_same(self):
+        async def go():
+            auth = await self._setup()
+            await self._user()
+            errors = []
+            for user, password in (("alice", "wrong password!!"), ("nobody", PASSWORD)):
+                try:
+                    await auth.login(PROXY, user, password, public_pem())
+                except AccessDenied as e:
+                    errors.append(str(e))
+            self.assertEqual(len(errors), 2)
+            self.assertEqual(errors[0], errors[1])
+            failures = await auth.audit.search(
+                datetime.now(timezone.utc) - timedelta(minutes=5), datetime.now(timezone.utc) + timedelta(minutes=5),
+                [events.USER_LOGIN],
+            )
+            self.assertEqual([(e["user"], e["success"]) for e in failures], [("alice", False), ("nobody", False)])
+
+        return d(go())
+
+    def test_lockout_after_repeated_failures(self):
+        async def go():
+            auth = await self._setup()
+            await self._user()
+            for _ in range(auth.limiter.max_failures):
+                with self.assertRaises(AccessDenied):
+                    await auth.login(PROXY, "alice", "wrong password!!", public_pem())
+            with self.assertRaises(LimitExceeded):
+                await auth.login(PROXY, "alice", PASSWORD, public_pem())
+            self.clock.offset += auth.limiter.lockout + 1
+            await auth.login(PROXY, "alice", PASSWORD, public_pem())
+
+        return d(go())
+
+    def test_login_only_through_proxy(self):
+        async def go():
+            auth = await self._setup()
+            await self._user()
+            kube = HostIdentity(host_id="k", nodename="k", system_role="kube", teleport_cluster="example")
+            with self.assertRaises(AccessDenied):
+                await auth.login(kube, "alice", PASSWORD, public_pem())
+
+        return d(go())
+
+    def test_ttl_capped_by_max_session_ttl(self):
+        async def go():
+            auth = await self._setup()
+            role = KUBE_ACCESS.replace("spec:\n", "spec:\n  options:\n    max_session_ttl: 1h\n")
+            await auth.upsert_resource(ADMIN, resource_to_dict(parse_yaml(role)[0]))
+            await self._user(roles=("kube-access",))
+            result = await auth.login(PROXY, "alice", PASSWORD, public_pem(), ttl=48 * 3600)
+            cert = load_certificate_pem(result["cert"].encode())
+            lifetime = cert.not_valid_after_utc - datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+            self.assertLessEqual(lifetime, timedelta(hours=1))
+
+        return d(go())
+
+    def test_reissue_never_outlives_caller(self):
+        async def go():
+            auth = await self._setup()
+            await self._user()
+            caller = UserIdentity(
+                username="alice", roles=("access",), teleport_cluster="example",
+                expires=datetime.fromtimestamp(self.clock.seconds() + 600, timezone.utc),
+            )
+            result = await auth.reissue_user_cert(caller, public_pem(), "", None)
+            cert = load_certificate_pem(result["cert"].encode())
+            self.assertLessEqual(cert.not_valid_after_utc, caller.expires)
+            with self.assertRaises(NotFound):
+                await auth.reissue_user_cert(caller, public_pem(), "no-such-cluster", None)
+
+        return d(go())
+
+    def test_join_with_kube_token(self):
+        async def go():
+            auth = await self._setup()
+            token = (await auth.create_join_token(ADMIN, ["kube"], 1800))["metadata"]["name"]
+            result = await auth.join(token, "kube", public_pem(), "host-1", "node1", ["kube.example.com", "auth.teleport.cluster.local"])
+            cert = load_certificate_pem(result["cert"].encode())
+            identity = identity_from_certificate(cert, user_ca=auth.user_ca.certificate, host_ca=auth.host_ca.certificate)
+            self.assertEqual((identity.system_role, identity.host_id), ("kube", "host-1"))
+            from cryptography import x509
+
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+            self.assertIn("kube.example.com", names)
+            self.assertNotIn("auth.teleport.cluster.local", names)
+            # Wrong role, unknown token, expired token: all refused the same way and audited.
+            with self.assertRaises(AccessDenied):
+                await auth.join(token, "proxy", public_pem(), "host-2", "node2")
+            with self.assertRaises(AccessDenied):
+                await auth.join("0" * 32, "kube", public_pem(), "host-3", "node3")
+            self.clock.offset += 1801
+            with self.assertRaises(AccessDenied):
+                await auth.join(token, "kube", public_pem(), "host-4", "node4")
+            joins = await auth.audit.search(
+                datetime.now(timezone.utc) - timedelta(minutes=5), datetime.now(timezone.utc) + timedelta(hours=1),
+                [events.INSTANCE_JOIN],
+            )
+            self.assertEqual([e["success"] for e in joins], [True, False, False, False])
+            self.assertTrue(all(token not in str(e) for e in joins), "the token secret leaked into the audit log")
+
+        return d(go())
+
+    def test_rules_authorize_users(self):
+        async def go():
+            auth = await self._setup()
+            editor = UserIdentity(username="ed", roles=("editor",), expires=datetime.now(timezone.utc) + timedelta(hours=1))
+            plain = UserIdentity(username="al", roles=("access",), expires=datetime.now(timezone.utc) + timedelta(hours=1))
+            doc = resource_to_dict(parse_yaml(KUBE_ACCESS)[0])
+            with self.assertRaises(AccessDenied):
+                await auth.upsert_resource(plain, doc)
+            await auth.upsert_resource(editor, doc)
+            kube = HostIdentity(host_id="k", nodename="k", system_role="kube", teleport_cluster="example")
+            with self.assertRaises(AccessDenied):
+                await auth.list_resources(kube, "user")
+
+        return d(go())
+
+    def test_update_user_roles(self):
+        async def go():
+            auth = await self._setup()
+            await auth.upsert_resource(ADMIN, resource_to_dict(parse_yaml(KUBE_ACCESS)[0]))
+            await self._user()
+            user = await auth.update_user(ADMIN, "alice", roles=["access", "kube-access"])
+            self.assertEqual(user.roles, ("access", "kube-access"))
+            with self.assertRaises(BadParameter):
+                await auth.update_user(ADMIN, "alice", roles=["nope"])
+            with self.assertRaises(BadParameter):
+                await auth.delete_resource(ADMIN, "role", "kube-access")
+
+        return d(go())
+
+    def test_heartbeats_and_cluster_listing(self):
+        async def go():
+            auth = await self._setup()
+            kube = HostIdentity(host_id="agent-1", nodename="n", system_role="kube", teleport_cluster="example")
+            server = {
+                "kind": "kube_server", "version": "v3", "metadata": {"name": "my-cluster"},
+                "spec": {"host_id": "agent-1", "hostname": "n", "version": "teleport_py",
+                         "cluster": {"kind": "kube_cluster", "version": "v3",
+                                     "metadata": {"name": "my-cluster", "labels": {"env": "prod"}}, "spec": {}}},
+            }
+            await auth.heartbeat_kube_server(kube, server)
+            other = HostIdentity(host_id="agent-2", nodename="n", system_role="kube", teleport_cluster="example")
+            with self.assertRaises(AccessDenied):
+                await auth.heartbeat_kube_server(other, server)
+            self.assertEqual(await auth.kube_clusters(), {"my-cluster": {"env": "prod"}})
+            await self._user(roles=("access",))
+            alice = UserIdentity(username="alice", roles=("access",), expires=datetime.now(timezone.utc) + timedelta(hours=1))
+            self.assertEqual(
+                await auth.list_kube_clusters_for(alice), [{"name": "my-cluster", "labels": {"env": "prod"}}]
+            )
+            self.clock.offset += 200
+            self.assertEqual(await auth.kube_clusters(), {})
+
+        return d(go())

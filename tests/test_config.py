@@ -1,0 +1,87 @@
+"""teleport.yaml parsing: strict keys, defaults, addresses."""
+from twisted.trial.unittest import SynchronousTestCase
+
+from teleport_py.config import Address, ConfigError, load_config, parse_address, parse_config
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_no_file_runs_auth_and_proxy(self):
+        config = parse_config(None)
+        self.assertIsNotNone(config.auth)
+        self.assertIsNotNone(config.proxy)
+        self.assertIsNone(config.kube)
+        self.assertEqual(config.auth.listen_addr, Address("0.0.0.0", 3025))
+        self.assertEqual(config.proxy.web_listen_addr, Address("0.0.0.0", 3080))
+
+    def test_full_file(self):
+        config = parse_config(
+            """
+version: v3
+teleport:
+  nodename: node1
+  data_dir: /tmp/x
+  proxy_server: proxy.example.com:3080
+  join_params: {token_name: abc, method: token}
+auth_service:
+  enabled: false
+proxy_service:
+  enabled: no
+kubernetes_service:
+  enabled: true
+  kubeconfig_file: /etc/kube.yaml
+  labels: {env: prod}
+""",
+            "f.yaml",
+        )
+        self.assertIsNone(config.auth)
+        self.assertIsNone(config.proxy)
+        self.assertEqual(config.kube.kubeconfig_file, "/etc/kube.yaml")
+        self.assertEqual(dict(config.kube.labels), {"env": "prod"})
+        self.assertEqual(config.proxy_server, Address("proxy.example.com", 3080))
+        self.assertEqual(config.join_token, "abc")
+        self.assertEqual(config.nodename, "node1")
+
+    def test_unknown_key_is_named(self):
+        with self.assertRaises(ConfigError) as cm:
+            parse_config("version: v3\nauth_service:\n  listen_adr: 127.0.0.1:1\n")
+        self.assertEqual(cm.exception.path, "auth_service.listen_adr")
+        self.assertIn("did you mean listen_addr", str(cm.exception))
+
+    def test_unknown_top_level_key(self):
+        with self.assertRaises(ConfigError) as cm:
+            parse_config("version: v3\nssh_service: {enabled: false}\n")
+        self.assertEqual(cm.exception.path, "ssh_service")
+
+    def test_bad_enabled_value(self):
+        with self.assertRaises(ConfigError) as cm:
+            parse_config("auth_service:\n  enabled: maybe\n")
+        self.assertEqual(cm.exception.path, "auth_service.enabled")
+
+    def test_broken_yaml_has_location(self):
+        with self.assertRaises(ConfigError) as cm:
+            parse_config("auth_service: [\n")
+        self.assertIn("line", str(cm.exception))
+
+    def test_wrong_version(self):
+        with self.assertRaises(ConfigError) as cm:
+            parse_config("version: v2\n")
+        self.assertEqual(cm.exception.path, "version")
+
+    def test_kube_service_needs_credentials_source(self):
+        with self.assertRaises(ConfigError) as cm:
+            parse_config("kubernetes_service:\n  enabled: true\n")
+        self.assertEqual(cm.exception.path, "kubernetes_service")
+
+    def test_addresses(self):
+        self.assertEqual(parse_address("example.com", "x", 3080), Address("example.com", 3080))
+        self.assertEqual(parse_address("[::1]:5", "x", 1), Address("::1", 5))
+        self.assertEqual(parse_address("https://h:443", "x", 1), Address("h", 443))
+        with self.assertRaises(ConfigError):
+            parse_address("h:99999", "x", 1)
+        self.assertEqual(Address("::", 3).server_endpoint(), r"tcp:3:interface=\:\:")
+        self.assertEqual(Address("0.0.0.0", 3).connect_host(), "127.0.0.1")
+
+    def test_missing_file(self):
+        with self.assertRaises(ConfigError) as cm:
+            load_config("/nonexistent/teleport.yaml")
+        self.assertIn("cannot read", str(cm.exception))
