@@ -205,12 +205,12 @@ class BackendTestsMixin:
 
     @async_test
     async def test_expired_items_are_invisible_at_once(self):
-        await self.backend.put("/hb/k1", b"alive", expires=1030.0)
+        await self.backend.put("/hb/k1", b"alive", expires=1030.25)
         await self.backend.put("/hb/k2", b"forever")
-        self.clock.advance(29.5)
+        await self.advance(30)
         self.assertEqual(len(await self.backend.get_range("/hb/")), 2)
-        # No sweep has run: visibility must not depend on it.
-        self.clock.advance(0.5)
+        # Between sweeps: visibility must not wait for one.
+        self.clock.advance(0.25)
         self.assertIsNone(await self.backend.get("/hb/k1"))
         self.assertEqual([item.key for item in await self.backend.get_range("/hb/")], ["/hb/k2"])
 
@@ -348,6 +348,13 @@ class SQLiteBackendTests(BackendTestsMixin, TestCase):
             self.assertEqual(stat.S_IMODE(os.stat(self.path + suffix).st_mode), 0o600, suffix)
 
     @async_test
+    async def test_uses_write_ahead_log(self):
+        await self.backend.put("/a", b"")
+        inspector = sqlite3.connect(self.path)
+        self.addCleanup(inspector.close)
+        self.assertEqual(inspector.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+
+    @async_test
     async def test_existing_file_is_tightened(self):
         await self.backend.close()
         os.chmod(self.path, 0o644)
@@ -367,3 +374,213 @@ class SQLiteBackendTests(BackendTestsMixin, TestCase):
         self.assertEqual(prefix_end(b"/a\xff\xff"), b"/b")
         self.assertIsNone(prefix_end(b""))
         self.assertIsNone(prefix_end(b"\xff"))
+
+    @async_test
+    async def test_acknowledged_writes_survive_kill_9(self):
+        await self.backend.close()
+        writer = _KilledWriter(acknowledgements=40)
+        project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        environment = {**os.environ, "PYTHONPATH": project_root}
+        reactor.spawnProcess(writer, sys.executable, [sys.executable, "-c", _WRITER, self.path], env=environment)
+        ended = await writer.ended
+        self.assertEqual(ended.signal, signal.SIGKILL, writer.errors)
+        self.assertGreaterEqual(len(writer.acknowledged), 40)
+        self.backend = await SQLiteBackend.open(ClockedReactor(self.clock), self.path)
+        self.addCleanup(self.backend.close)
+        stored = {item.key: item.value for item in await self.backend.get_range("/durable/")}
+        for number in writer.acknowledged:
+            self.assertEqual(stored.get(f"/durable/{number:08d}"), b"%d" % number)
+
+
+# Writes forever, printing each number once its put has fired; the test kills it.
+_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    from twisted.internet import defer, task
+    from teleport_py.backend import SQLiteBackend
+
+    async def main(reactor, path):
+        backend = await SQLiteBackend.open(reactor, path)
+        number = 0
+        while True:
+            await backend.put(f"/durable/{number:08d}", b"%d" % number)
+            os.write(1, b"%d\\n" % number)
+            number += 1
+
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor, sys.argv[1])))
+    """
+)
+
+
+class _KilledWriter(ProcessProtocol):
+    """Collects acknowledged writes and sends SIGKILL once enough arrived."""
+
+    def __init__(self, acknowledgements: int):
+        self.wanted = acknowledgements
+        self.acknowledged: list[int] = []
+        self.errors = b""
+        self.buffer = b""
+        self.ended = Deferred()
+
+    def outReceived(self, data):
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        self.acknowledged.extend(int(line) for line in lines)
+        if len(self.acknowledged) >= self.wanted and self.transport.pid is not None:
+            self.transport.signalProcess("KILL")
+
+    def errReceived(self, data):
+        self.errors += data
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value)
+
+
+KEYS = st.text(alphabet="ab/%_\u00e9\U0010ffff", min_size=1, max_size=4)
+PREFIXES = st.text(alphabet="ab/%_\u00e9\U0010ffff", max_size=3)
+VALUES = st.binary(max_size=3)
+TTLS = st.none() | st.sampled_from([0.5, 1.0, 2.5, 4.0])
+
+
+def _visible(result):
+    """What a caller can compare across backends (revisions differ by design)."""
+    if isinstance(result, Item):
+        return (result.key, result.value, result.expires)
+    if isinstance(result, list):
+        return [_visible(item) for item in result]
+    return result
+
+
+class _Comparison(RuleBasedStateMachine):
+    """Drives MemoryBackend and SQLiteBackend with the same calls from a
+    non-reactor thread and checks both against a dict, and each one's watch
+    stream against the same dict."""
+
+    directory: str
+
+    def __init__(self):
+        super().__init__()
+        self.clock = Clock()
+        clocked = ClockedReactor(self.clock)
+        path = tempfile.mktemp(dir=self.directory)
+        self.backends = [
+            self._call(lambda: MemoryBackend(clocked, sweep_interval=SWEEP)),
+            self._call(SQLiteBackend.open, clocked, path, sweep_interval=SWEEP),
+        ]
+        self.model: dict[str, Item] = {}
+        self.mirrors: list[dict[str, Item]] = [{}, {}]
+        self.revisions = [[], []]
+        for backend, mirror, revisions in zip(self.backends, self.mirrors, self.revisions):
+            self._call(backend.watch, "", functools.partial(self._mirror, mirror, revisions))
+
+    @staticmethod
+    def _mirror(mirror, revisions, event):
+        revisions.append(event.item.revision)
+        if event.type == PUT:
+            mirror[event.item.key] = event.item
+        else:
+            del mirror[event.item.key]
+
+    @staticmethod
+    def _call(function, *args, **kwargs):
+        return blockingCallFromThread(reactor, function, *args, **kwargs)
+
+    def _each(self, method, *args):
+        results = [self._call(getattr(backend, method), *args) for backend in self.backends]
+        visible = [_visible(result) for result in results]
+        assert visible[0] == visible[1], (method, args, visible)
+        return visible[0]
+
+    def _now(self):
+        return self._call(self.clock.seconds)
+
+    def _live(self):
+        now = self._now()
+        return {key: item for key, item in self.model.items() if item.is_live(now)}
+
+    def _expires(self, ttl):
+        return None if ttl is None else self._now() + ttl
+
+    def _write(self, method, key, value, ttl, allowed, *extra):
+        expires = self._expires(ttl)
+        result = self._each(method, key, *extra, value, expires)
+        expected = (key, value, expires) if allowed else None
+        assert result == expected, (method, key, result, expected)
+        if allowed:
+            self.model[key] = Item(key, value, expires)
+
+    @rule(key=KEYS, value=VALUES, ttl=TTLS)
+    def put(self, key, value, ttl):
+        self._write("put", key, value, ttl, True)
+
+    @rule(key=KEYS, value=VALUES, ttl=TTLS)
+    def create(self, key, value, ttl):
+        self._write("create", key, value, ttl, key not in self._live())
+
+    @rule(key=KEYS, value=VALUES, ttl=TTLS)
+    def update(self, key, value, ttl):
+        self._write("update", key, value, ttl, key in self._live())
+
+    @rule(key=KEYS, expected=VALUES, use_current=st.booleans(), value=VALUES, ttl=TTLS)
+    def compare_and_swap(self, key, expected, use_current, value, ttl):
+        current = self._live().get(key)
+        if use_current and current is not None:
+            expected = current.value
+        allowed = current is not None and current.value == expected
+        self._write("compare_and_swap", key, value, ttl, allowed, expected)
+
+    @rule(key=KEYS)
+    def delete(self, key):
+        live = key in self._live()
+        assert self._each("delete", key) == live
+        if live:
+            del self.model[key]
+
+    @rule(prefix=PREFIXES)
+    def delete_range(self, prefix):
+        doomed = [key for key in self._live() if key.startswith(prefix)]
+        assert self._each("delete_range", prefix) == len(doomed)
+        for key in doomed:
+            del self.model[key]
+
+    @rule(key=KEYS)
+    def get(self, key):
+        current = self._live().get(key)
+        assert self._each("get", key) == _visible(current)
+
+    @rule(prefix=PREFIXES, limit=st.none() | st.integers(0, 3))
+    def get_range(self, prefix, limit):
+        live = self._live()
+        expected = [_visible(live[key]) for key in sorted(live) if key.startswith(prefix)][:limit]
+        assert self._each("get_range", prefix, limit) == expected
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 3.0]))
+    def advance(self, seconds):
+        self._call(self.clock.advance, seconds)
+
+    @invariant()
+    def backends_match_model(self):
+        live = self._live()
+        expected = [_visible(live[key]) for key in sorted(live)]
+        assert self._each("get_range", "") == expected
+        now = self._now()
+        for mirror, revisions in zip(self.mirrors, self.revisions):
+            assert {key: _visible(item) for key, item in mirror.items() if item.is_live(now)} == {
+                key: _visible(item) for key, item in live.items()
+            }
+            assert revisions == sorted(set(revisions))
+
+    def teardown(self):
+        for backend in self.backends:
+            self._call(backend.close)
+
+
+class ModelComparisonTests(TestCase):
+    def test_backends_agree_with_a_dict(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        machine = type("Comparison", (_Comparison,), {"directory": directory})
+        options = settings(
+            max_examples=60, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        )
+        return deferToThread(run_state_machine_as_test, machine, settings=options)
