@@ -77,7 +77,7 @@ class StreamReset:
 
 @attrs.frozen
 class SendBufferDrained:
-    """Everything written on the stream has left: producers may resume."""
+    """Data that had to wait for window has all left: producers may resume."""
 
     stream_id: int
 
@@ -124,6 +124,7 @@ class _Stream:
     fin_requested: bool = False
     fin_sent: bool = False
     fin_received: bool = False
+    stalled: bool = False
 
 
 def encode_metadata(metadata: dict) -> bytes:
@@ -423,8 +424,9 @@ class Multiplexer:
             last = stream.fin_requested and not stream.outbox
             self._send(frames.Data(stream_id, chunk, fin=last))
             stream.fin_sent = last
-            if not stream.outbox:
-                self._events.append(SendBufferDrained(stream_id))
+        if stream.stalled and not stream.outbox:
+            self._events.append(SendBufferDrained(stream_id))
+        stream.stalled = bool(stream.outbox)
         if stream.fin_requested and not stream.fin_sent and not stream.outbox:
             stream.fin_sent = True
             self._send(frames.Data(stream_id, b"", fin=True))
