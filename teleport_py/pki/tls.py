@@ -4,25 +4,33 @@ Built on Twisted's ``CertificateOptions``/``optionsForClientTLS`` so OpenSSL
 does the chain, expiry and purpose checks (a server checks client
 certificates for the ``sslclient`` purpose, a client checks the server for
 ``sslserver``, which is what stops a clientAuth-only user certificate from
-serving TLS), and service_identity checks the host name.
+serving TLS). Clients check the host name in their own verify callback:
+Twisted's lets a certificate without any subjectAltName through (it logs the
+error and keeps OpenSSL's verdict), and that must fail closed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from OpenSSL.SSL import VERIFY_FAIL_IF_NO_PEER_CERT, VERIFY_PEER
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet import ssl
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     ISSLTransport,
 )
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from teleport_py.pki.keys import certificate_pem, private_key_pem
+
+log = Logger()
 
 _MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
@@ -90,23 +98,46 @@ def client_tls_options(
         acceptableProtocols=alpn,
         extraCertificateOptions={"raiseMinimumTo": _MINIMUM_VERSION},
     )
-    if server_name is None:
-        return creator
-    return _SendServerName(creator, server_name.encode("ascii"))
+    return _HostnameChecking(creator, hostname, None if server_name is None else server_name.encode("ascii"))
+
+
+def _is_ip_address(hostname: str) -> bool:
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
 
 
 @implementer(IOpenSSLClientConnectionCreator)
 @frozen
-class _SendServerName:
-    """Replace the SNI Twisted derived from the verified host name."""
+class _HostnameChecking:
+    """Twisted's client connection, with our host name check and, optionally, another SNI."""
 
     creator: IOpenSSLClientConnectionCreator
-    server_name: bytes
+    hostname: str
+    server_name: bytes | None
 
     def clientConnectionForTLS(self, tlsProtocol):
         connection = self.creator.clientConnectionForTLS(tlsProtocol)
-        connection.set_tlsext_host_name(self.server_name)
+        if self.server_name is not None:
+            connection.set_tlsext_host_name(self.server_name)
+        connection.set_verify(VERIFY_PEER | VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
         return connection
+
+    def _verify(self, connection, certificate, error_number, depth, ok) -> bool:
+        """OpenSSL's verdict on the chain, plus the host name for the leaf; never raises into OpenSSL."""
+        if not ok or depth != 0:
+            return bool(ok)
+        try:
+            if _is_ip_address(self.hostname):
+                verify_certificate_ip_address(certificate.to_cryptography(), self.hostname)
+            else:
+                verify_certificate_hostname(certificate.to_cryptography(), self.hostname)
+        except Exception as error:
+            log.warn("server certificate refused for {hostname}: {error}", hostname=self.hostname, error=error)
+            return False
+        return True
 
 
 def peer_certificate(transport) -> x509.Certificate | None:
