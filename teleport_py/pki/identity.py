@@ -107,7 +107,12 @@ def _utc_seconds(value: datetime) -> datetime:
 
 @frozen
 class UserIdentity:
-    """A person's identity, signed by the user CA."""
+    """A person's identity, signed by the user CA.
+
+    ``traits`` is kept as name-sorted pairs (``(("logins", ("root",)),)``) and
+    accepts a mapping. ``expires`` is keyword-only (attrs wants it after the
+    defaulted fields) and kept in UTC at whole seconds, like ``NotAfter``.
+    """
 
     username: str = field(validator=_common_name)
     roles: tuple[str, ...] = field(converter=_strings, validator=_each_non_empty_string)
