@@ -259,6 +259,14 @@ class BackendTestsMixin:
         self.assertEqual([event.item.key for event in events], ["/hb/gone", "/hb/later", "/hb/later"])
 
     @async_test
+    async def test_watchers_are_called_in_registration_order(self):
+        calls = []
+        for name in ("first", "second", "third"):
+            self.backend.watch("/", lambda event, name=name: calls.append(name))
+        await self.backend.put("/a", b"")
+        self.assertEqual(calls, ["first", "second", "third"])
+
+    @async_test
     async def test_failing_callback_is_isolated(self):
         seen = []
 

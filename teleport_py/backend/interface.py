@@ -147,13 +147,13 @@ class IBackend(Interface):
 class _Watcher:
     prefix: str
     callback: Callable[[Event], None]
-    _watchers: set
+    _watchers: dict
 
     def stop(self) -> None:
-        self._watchers.discard(self)
+        self._watchers.pop(self, None)
 
 
-def _deliver(watchers: set, events: list[Event]) -> None:
+def _deliver(watchers: dict, events: list[Event]) -> None:
     for event in events:
         for watcher in list(watchers):
             # A callback may stop a watcher that has not been called yet.
@@ -186,7 +186,8 @@ class StoreBackend:
     def __init__(self, reactor, store, sweep_interval: float):
         self._reactor = reactor
         self._store = store
-        self._watchers: set[_Watcher] = set()
+        # A dict, not a set, so watchers are called in the order they came.
+        self._watchers: dict[_Watcher, None] = {}
         self._closing: Deferred | None = None
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = reactor
@@ -250,7 +251,7 @@ class StoreBackend:
         if self._closing is not None:
             raise BackendClosedError()
         watcher = _Watcher(prefix, callback, self._watchers)
-        self._watchers.add(watcher)
+        self._watchers[watcher] = None
         return watcher
 
     def _sweep(self) -> Deferred:
