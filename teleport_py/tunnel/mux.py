@@ -229,12 +229,15 @@ class Multiplexer:
         return stream_id
 
     def accept_stream(self, stream_id: int) -> None:
-        self._streams[stream_id].accepted = True
-        self._send(frames.Accept(stream_id))
+        """No-op if the peer already reset the stream (its events follow)."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.accepted = True
+            self._send(frames.Accept(stream_id))
 
     def reject_stream(self, stream_id: int, reason: str) -> None:
-        del self._streams[stream_id]
-        self._send(frames.Reject(stream_id, reason))
+        if self._streams.pop(stream_id, None) is not None:
+            self._send(frames.Reject(stream_id, reason))
 
     def send_data(self, stream_id: int, data: bytes) -> None:
         """Queue bytes; they leave as fast as the peer's window allows."""

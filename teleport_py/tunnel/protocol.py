@@ -62,7 +62,7 @@ class _StreamTransport:
         self._reading_paused = False
         self._inbox: list[bytes] = []
         self._fin_pending = False
-        self._disconnecting = False
+        self.disconnecting = False
         self._write_closed = False
         self._finished = False
 
@@ -93,7 +93,7 @@ class _StreamTransport:
         finished too. Data still arriving meanwhile is discarded (but
         acknowledged so the peer never stalls on a stream nobody reads).
         """
-        self._disconnecting = True
+        self.disconnecting = True
         self._inbox.clear()
         self.loseWriteConnection()
 
@@ -154,7 +154,7 @@ class _StreamTransport:
             self.abortConnection()
 
     def _data_received(self, data: bytes) -> None:
-        if self._disconnecting:
+        if self.disconnecting:
             self._tunnel._mux.acknowledge(self._id, len(data))
         elif self._reading_paused or self._inbox:
             self._inbox.append(data)
@@ -177,7 +177,7 @@ class _StreamTransport:
             self._end_of_input()
 
     def _end_of_input(self) -> None:
-        if self._disconnecting or not IHalfCloseableProtocol.providedBy(self.protocol):
+        if self.disconnecting or not IHalfCloseableProtocol.providedBy(self.protocol):
             # Like TCP for protocols that cannot half-close: the stream ends.
             self.loseConnection()
             return
