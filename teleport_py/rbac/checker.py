@@ -178,7 +178,7 @@ def _could_match(rule: KubernetesResource, target: _Target, cluster_scoped: bool
     if target.is_namespace and not allow:
         return _namespace_scope(rule) == WILDCARD
     if cluster_scoped:
-        return allow or rule.name == WILDCARD
+        return rule.namespace in ("", WILDCARD) and (allow or rule.name == WILDCARD)
     if allow:
         return not target.namespace or match_value(rule.namespace, target.namespace)
     if rule.name != WILDCARD or not rule.namespace:
