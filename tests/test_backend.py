@@ -64,6 +64,22 @@ class ClockedReactor:
         return getattr(reactor, name)
 
 
+class TriggerRecordingReactor(ClockedReactor):
+    """Keeps system event triggers instead of registering them for real."""
+
+    def __init__(self, clock: Clock):
+        super().__init__(clock)
+        self.triggers = {}
+
+    def addSystemEventTrigger(self, phase, event, callable):
+        handle = object()
+        self.triggers[handle] = (phase, event, callable)
+        return handle
+
+    def removeSystemEventTrigger(self, handle):
+        del self.triggers[handle]
+
+
 class BackendTestsMixin:
     """Semantics every ``IBackend`` must share. Subclasses provide
     ``open_backend(clock) -> Deferred[IBackend]``."""
@@ -348,6 +364,20 @@ class SQLiteBackendTests(BackendTestsMixin, TestCase):
         self.assertEqual(await self.backend.get_range(""), [kept])
         later = await self.backend.put("/next", b"")
         self.assertGreater(later.revision, kept.revision + 1)
+
+    @async_test
+    async def test_reactor_shutdown_closes_the_backend(self):
+        await self.backend.close()
+        recorder = TriggerRecordingReactor(self.clock)
+        closed_by_caller = await SQLiteBackend.open(recorder, self.path)
+        self.assertEqual([trigger[:2] for trigger in recorder.triggers.values()], [("before", "shutdown")])
+        await closed_by_caller.close()
+        self.assertEqual(recorder.triggers, {})
+
+        closed_by_shutdown = await SQLiteBackend.open(recorder, self.path)
+        [(phase, event, shutdown)] = recorder.triggers.values()
+        await shutdown()
+        await self.assertFailure(closed_by_shutdown.get("/a"), BackendClosedError)
 
     @async_test
     async def test_files_are_private(self):
