@@ -1,5 +1,6 @@
 """Tests for the sans-IO tunnel Multiplexer."""
 
+import attrs
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -358,14 +359,8 @@ class ControlTests(SynchronousTestCase):
             for frame_type, stream_id in zip(types, ids):
                 frame = samples[frame_type]
                 if hasattr(frame, "stream_id"):
-                    frame = type(frame)(stream_id, *attrs_values(frame)[1:])
+                    frame = attrs.evolve(frame, stream_id=stream_id)
                 agent.receive_data(frames.encode(frame))
                 agent.next_events()
         except TunnelProtocolError:
             pass
-
-
-def attrs_values(frame):
-    import attrs
-
-    return attrs.astuple(frame, recurse=False)

@@ -3,6 +3,8 @@
 import hashlib
 import os
 
+import attrs
+
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
@@ -291,6 +293,7 @@ class ShutdownTests(SynchronousTestCase):
         self.successResultOf(tunnel.agent.closed)
 
 
+@implementer(IHalfCloseableProtocol)
 class Sink(Protocol):
     """Echoes a sha256 of everything it received, then closes."""
 
@@ -306,9 +309,6 @@ class Sink(Protocol):
 
     def writeConnectionLost(self):
         pass
-
-
-implementer(IHalfCloseableProtocol)(Sink)
 
 
 class Sender(Protocol):
@@ -327,6 +327,16 @@ class Sender(Protocol):
 
     def connectionLost(self, reason):
         self.done.callback(self.answer)
+
+
+@attrs.frozen
+class StreamEndpoints:
+    """Agent.usingEndpointFactory's factory: every URI goes over a tunnel stream."""
+
+    tunnel: TunnelProtocol
+
+    def endpointForURI(self, uri):
+        return self.tunnel.endpoint("kube", {})
 
 
 class Hello(Resource):
@@ -384,9 +394,7 @@ class LoopbackTests(TestCase):
 
         site = Site(Hello(), timeout=None)
         proxy = yield self.tunnel(lambda kind, metadata: site.buildProtocol(None))
-        agent = Agent.usingEndpointFactory(
-            reactor, type("Endpoints", (), {"endpointForURI": lambda _, uri: proxy.endpoint("kube", {})})()
-        )
+        agent = Agent.usingEndpointFactory(reactor, StreamEndpoints(proxy))
         response = yield agent.request(b"GET", b"http://cluster/version")
         body = yield readBody(response)
         self.assertEqual((response.code, body), (200, b"hello over kube"))
