@@ -107,6 +107,7 @@ class Config:
     proxy_server: Address | None = None
     join_token: str = ""
     join_method: str = "token"
+    ca_pins: tuple[str, ...] = ()
     auth: AuthConfig | None = None
     proxy: ProxyConfig | None = None
     kube: KubeConfig | None = None
@@ -167,7 +168,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         raise ConfigError("version", f"unsupported config version {version!r}; only v3 is supported")
 
     tp = _mapping(doc.get("teleport"), "teleport")
-    _check_keys(tp, "teleport", ("nodename", "data_dir", "auth_server", "proxy_server", "join_params"))
+    _check_keys(tp, "teleport", ("nodename", "data_dir", "auth_server", "proxy_server", "join_params", "ca_pin"))
     nodename = _string(tp.get("nodename", socket.gethostname()), "teleport.nodename")
     data_dir = _string(tp.get("data_dir", default_data_dir()), "teleport.data_dir")
     auth_servers: tuple[Address, ...] = ()
@@ -176,6 +177,14 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
     proxy_server = None
     if "proxy_server" in tp:
         proxy_server = parse_address(tp["proxy_server"], "teleport.proxy_server", DEFAULT_PROXY_PORT)
+    pins = tp.get("ca_pin", [])
+    if isinstance(pins, str):
+        pins = [pins]
+    if not isinstance(pins, list):
+        raise ConfigError("teleport.ca_pin", "must be a pin or a list of pins like sha256:<hex>")
+    for i, pin in enumerate(pins):
+        if not isinstance(pin, str) or not pin.startswith("sha256:") or len(pin) != 7 + 64:
+            raise ConfigError(f"teleport.ca_pin[{i}]", "must look like sha256:<64 hex digits> (see tctl status)")
     jp = _mapping(tp.get("join_params"), "teleport.join_params")
     _check_keys(jp, "teleport.join_params", ("token_name", "method"))
     join_token = _string(jp.get("token_name", ""), "teleport.join_params.token_name")
@@ -258,6 +267,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         proxy_server=proxy_server,
         join_token=join_token,
         join_method=join_method,
+        ca_pins=tuple(p.lower() for p in pins),
         auth=auth,
         proxy=proxy,
         kube=kube,

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from twisted.internet import threads
 from twisted.logger import Logger
 
@@ -66,6 +66,9 @@ RULE_VERBS = ("list", "read", "create", "update", "delete")
 #: The name every client verifies the auth server's certificate against.
 AUTH_SERVER_NAME = "auth.teleport.cluster.local"
 RESERVED_DNS_SUFFIX = "teleport.cluster.local"
+#: kubectl verifies the proxy's kube endpoint under this name (the kubeconfig's
+#: tls-server-name is kube-teleport-proxy-alpn.teleport.cluster.local).
+PROXY_KUBE_SAN = "*.teleport.cluster.local"
 
 Identity = UserIdentity | HostIdentity
 
@@ -517,6 +520,8 @@ class AuthServer:
         # Names under teleport.cluster.local identify cluster services (the
         # auth server above all): a joining host must not be able to claim them.
         dns_names = [n for n in dns_names if not n.lower().rstrip(".").endswith(RESERVED_DNS_SUFFIX)]
+        if system_role == "proxy":
+            dns_names.append(PROXY_KUBE_SAN)
         cert = self.issue_host_identity(_load_public_key(public_key_pem), host_id, nodename, system_role, dns_names)
         await self.audit.emit(
             events.INSTANCE_JOIN, role=system_role, host_id=host_id, nodename=nodename,
@@ -604,15 +609,20 @@ class AuthServer:
         await self.authorize(caller, "event", "list")
         return await self.audit.search(start, end, types, limit)
 
+    def ca_pin(self) -> str:
+        """Teleport's CA pin: sha256 of the host CA's SubjectPublicKeyInfo. A
+        joining agent that knows it can trust the proxy on first contact."""
+        return ca_pin(self.host_ca.certificate)
+
     async def status(self, caller: Identity) -> dict[str, Any]:
         await self.authorize(caller, "role", "list")
-        fingerprints = {}
-        for kind, ca in (("user", self.user_ca), ("host", self.host_ca)):
-            from cryptography.hazmat.primitives import hashes
-
-            fingerprints[kind] = ca.certificate.fingerprint(hashes.SHA256()).hex()
+        fingerprints = {
+            kind: ca.certificate.fingerprint(hashes.SHA256()).hex()
+            for kind, ca in (("user", self.user_ca), ("host", self.host_ca))
+        }
         return {
             "cluster_name": self.cluster_name,
+            "ca_pin": self.ca_pin(),
             "ca_fingerprints": fingerprints,
             "users": len(await self.backend.get_range("/users/")),
             "roles": len(await self.backend.get_range("/roles/")),
@@ -620,5 +630,10 @@ class AuthServer:
         }
 
 
-def certificate_from_pem(pem: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem.encode("ascii"))
+def ca_pin(certificate: x509.Certificate) -> str:
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    return "sha256:" + digest.finalize().hex()

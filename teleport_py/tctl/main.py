@@ -298,6 +298,7 @@ class Tctl:
         rows = [
             ["Cluster", status["cluster_name"]],
             ["Version", "teleport_py"],
+            ["CA pin", status["ca_pin"]],
             ["User CA", status["ca_fingerprints"]["user"]],
             ["Host CA", status["ca_fingerprints"]["host"]],
             ["Users", str(status["users"])],
