@@ -207,8 +207,11 @@ class _SpdySession:
 
     def _frame(self, direction: str, frame: spdy.Frame) -> list[Event]:
         match frame:
-            case spdy.SynStream(stream_id, headers):
-                return self._opened(direction, stream_id, headers)
+            case spdy.SynStream(stream_id, headers, fin):
+                events = self._opened(direction, stream_id, headers)
+                if fin:
+                    self._streams[stream_id].fin.add(CLIENT)
+                return events
             case spdy.Data(stream_id, data, fin):
                 stream = self._stream(stream_id)
                 if stream is None:
