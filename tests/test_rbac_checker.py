@@ -226,6 +226,12 @@ class ResourceTests(TableMixin, SynchronousTestCase):
         self.assertTrue(allowed(widgets, "GET", "/apis/example.com/v1/widgets", namespace_scoped=True))
         self.assertFalse(allowed(widgets, "GET", "/apis/example.com/v1/widgets", namespace_scoped=False))
         self.assertFalse(allowed(checker, "GET", "/api/v1/nodes"))  # no rule could show any node
+        one_node = role(resources=[res("nodes", "", "n1", ["list"])])
+        self.assertTrue(allowed(AccessChecker("alice", [one_node], {}), "GET", "/api/v1/nodes"))
+        some_denied = role("d", labels={}, deny_resources=[res("nodes", "", "n2")])
+        self.assertTrue(allowed(AccessChecker("alice", [one_node, some_denied], {}), "GET", "/api/v1/nodes"))
+        all_denied = role("d", labels={}, deny_resources=[res("nodes", "", "*")])
+        self.assertFalse(allowed(AccessChecker("alice", [one_node, all_denied], {}), "GET", "/api/v1/nodes"))
 
     def test_read_only_namespace_access(self) -> None:
         checker = AccessChecker("alice", [role(resources=[res("pods", "dev", verbs=["get", "list"])])], {})
