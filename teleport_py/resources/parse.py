@@ -90,9 +90,10 @@ _StrictLoader.yaml_implicit_resolvers = {
 
 def _load_documents(text: str) -> list[tuple[int, Any]]:
     """Return ``(first line, data)`` for each YAML document in ``text``."""
-    loader = _StrictLoader(text)
     documents = []
+    loader = None
     try:
+        loader = _StrictLoader(text)
         while loader.check_node():
             node = loader.get_node()
             documents.append((node.start_mark.line + 1, loader.construct_document(node)))
@@ -105,7 +106,8 @@ def _load_documents(text: str) -> list[tuple[int, Any]]:
     except RecursionError:
         raise ValidationError("yaml", "document is nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return documents
 
 
@@ -131,7 +133,7 @@ def to_yaml(resources: Iterable[Resource]) -> str:
         [resource_to_dict(resource) for resource in resources],
         sort_keys=False,
         explicit_start=True,
-        allow_unicode=True,
+        allow_unicode=False,  # PyYAML mangles some characters (U+0085) when it writes them raw
         default_flow_style=False,
     )
 
@@ -361,14 +363,14 @@ def _check_v7_kind(kind: str, api_group: str, namespace: str, path: str) -> None
 
 
 def _check_v8_kind(kind: str, api_group: str, namespace: str, path: str) -> None:
-    if kind != "*" and not _DNS_LABEL.fullmatch(kind):
-        raise ValidationError(_join(path, "kind"), f"invalid kind {kind!r}: use a lowercase plural resource name such as 'pods', or '*'")
     if kind in V7_KINDS and api_group in ("*", V7_KINDS[kind][0]):
         group, plural = V7_KINDS[kind]
         suggestion = f"kind: {plural}" + (f", api_group: {group}" if group else "")
         raise ValidationError(
             _join(path, "kind"), f"{kind!r} is a role v7 kind; version v8 uses plural resource names ({suggestion})"
         )
+    if kind != "*" and not _DNS_LABEL.fullmatch(kind):
+        raise ValidationError(_join(path, "kind"), f"invalid kind {kind!r}: use a lowercase plural resource name such as 'pods', or '*'")
     if api_group not in ("", "*") and not _API_GROUP.fullmatch(api_group):
         raise ValidationError(_join(path, "api_group"), f"invalid API group {api_group!r}: use '' for core, a name like 'apps', or '*'")
     if not api_group and kind != "*" and kind not in CORE_RESOURCES:
