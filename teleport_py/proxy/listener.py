@@ -1,0 +1,158 @@
+"""The proxy's one public TLS port: the handshake decides what a connection is.
+
+A connection starts in the web context (client certificate optional, user
+CA). The SNI callback moves kube traffic to the kube context (user
+certificate required) and the ALPN callback moves reverse tunnels to the
+tunnel context (host certificate required), so a missing, expired or foreign
+certificate is refused by OpenSSL before a single byte reaches an agent.
+After the handshake, the context the connection ended in names its route.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Callable
+
+import attrs
+from OpenSSL import SSL
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLServerConnectionCreator, IProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger()
+
+TUNNEL_ALPN = b"teleport-reversetunnel"
+HTTP11_ALPN = b"http/1.1"
+KUBE_SNI_PREFIX = b"kube-teleport-proxy-alpn."
+
+_REQUIRE_CERT = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+
+
+class Route(Enum):
+    WEB = "web"
+    KUBE = "kube"
+    TUNNEL = "tunnel"
+
+
+def _openssl_verdict(connection, certificate, error_number, depth, ok) -> bool:
+    """Keep OpenSSL's chain, expiry and purpose verdict (rejections are logged by the dispatcher)."""
+    return bool(ok)
+
+
+def _http11_only(connection: SSL.Connection, offered: list[bytes]):
+    """Never h2: one kubectl connection must stay one HTTP/1.1 conversation for the agent."""
+    return HTTP11_ALPN if HTTP11_ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+@attrs.frozen
+class ProxyConnectionCreator:
+    """
+    Three SSL contexts, one per route, built by ``pki.server_tls_options``
+    (which sets trust, minimum version and whether a client certificate is
+    required). The callbacks installed here switch a connection between them.
+    """
+
+    web: SSL.Context
+    kube: SSL.Context
+    tunnel: SSL.Context
+
+    @classmethod
+    def from_options(cls, web, kube, tunnel) -> "ProxyConnectionCreator":
+        creator = cls(web.getContext(), kube.getContext(), tunnel.getContext())
+        creator.web.set_tlsext_servername_callback(creator._server_name)
+        creator.web.set_alpn_select_callback(creator._web_alpn)
+        creator.kube.set_alpn_select_callback(_http11_only)
+        creator.tunnel.set_alpn_select_callback(creator._web_alpn)
+        return creator
+
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        connection = SSL.Connection(self.web, None)
+        connection.set_app_data(tlsProtocol)
+        return connection
+
+    def route_of(self, connection: SSL.Connection) -> Route:
+        context = connection.get_context()
+        if context is self.kube:
+            return Route.KUBE
+        if context is self.tunnel:
+            return Route.TUNNEL
+        return Route.WEB
+
+    def _server_name(self, connection: SSL.Connection) -> None:
+        name = connection.get_servername() or b""
+        if name.lower().startswith(KUBE_SNI_PREFIX):
+            self._switch(connection, self.kube)
+
+    def _web_alpn(self, connection: SSL.Connection, offered: list[bytes]):
+        if TUNNEL_ALPN in offered:
+            self._switch(connection, self.tunnel)
+            return TUNNEL_ALPN
+        return _http11_only(connection, offered)
+
+    @staticmethod
+    def _switch(connection: SSL.Connection, context: SSL.Context) -> None:
+        """OpenSSL keeps the verify mode of the first context; require the certificate explicitly."""
+        connection.set_context(context)
+        connection.set_verify(_REQUIRE_CERT, _openssl_verdict)
+
+
+@implementer(IHandshakeListener)
+class DispatchProtocol(Protocol):
+    """
+    The protocol under TLS: waits for the handshake, asks ``choose`` for the
+    protocol that serves this route, and hands it the TLS transport.
+    ``choose(route, tls_transport)`` returns an IProtocol, or None to hang up.
+    """
+
+    def __init__(self, creator: ProxyConnectionCreator, choose: Callable[[Route, object], IProtocol | None]):
+        self._creator = creator
+        self._choose = choose
+        self._inner: IProtocol | None = None
+
+    def handshakeCompleted(self) -> None:
+        route = self._creator.route_of(self.transport.getHandle())
+        try:
+            inner = self._choose(route, self.transport)
+        except Exception:
+            log.failure("choosing a protocol failed route={route}", route=route.value)
+            inner = None
+        if inner is None:
+            self.transport.abortConnection()
+            return
+        self._inner = inner
+        inner.makeConnection(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._inner is not None:
+            self._inner.connectionLost(reason)
+        elif reason.check(SSL.Error):
+            log.info(
+                "TLS handshake refused peer={peer} reason={reason}",
+                peer=self.transport.getPeer(), reason=_describe(reason),
+            )
+
+
+def _describe(reason: Failure) -> str:
+    """OpenSSL's own words (e.g. 'certificate expired'); never certificate contents."""
+    if reason.check(SSL.Error):
+        errors = reason.value.args[0] if reason.value.args else []
+        if isinstance(errors, list) and errors:
+            return "; ".join(str(e[-1]) for e in errors if isinstance(e, tuple))
+    return reason.getErrorMessage()
+
+
+class DispatchFactory(Factory):
+    def __init__(self, creator: ProxyConnectionCreator, choose: Callable[[Route, object], IProtocol | None]):
+        self.creator = creator
+        self.choose = choose
+
+    def buildProtocol(self, addr) -> DispatchProtocol:
+        protocol = DispatchProtocol(self.creator, self.choose)
+        protocol.factory = self
+        return protocol
