@@ -269,7 +269,7 @@ labels = st.text(min_size=1, max_size=30)
 dns_safe = st.from_regex(r"[a-z0-9]([a-z0-9.-]{0,20}[a-z0-9])?", fullmatch=True)
 user_identities = st.builds(
     UserIdentity,
-    username=st.text(min_size=1, max_size=64),
+    username=st.text(min_size=1, max_size=64).filter(lambda s: len(s.encode("utf-8")) <= 64),
     roles=st.lists(labels, max_size=20).map(tuple),
     traits=st.dictionaries(st.text(min_size=1, max_size=20), st.lists(st.text(max_size=20), max_size=5), max_size=5),
     kube_cluster=st.text(max_size=30),

@@ -33,7 +33,7 @@ TELEPORT_CLUSTER_OID = ObjectIdentifier("1.3.9999.1.7")
 TRAITS_OID = ObjectIdentifier("1.3.9999.100.1")
 NODENAME_OID = ObjectIdentifier("1.3.9999.100.2")
 
-# X.509 (and cryptography) cap commonName at 64 characters.
+# X.509 (and cryptography) cap commonName at 64 bytes of UTF-8.
 _MAX_COMMON_NAME = 64
 # host_id and the cluster name end up in a DNS SAN "<host_id>.<cluster>".
 _DNS_SAFE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
@@ -68,8 +68,8 @@ def _non_empty(instance, attribute, value: str) -> None:
 
 def _common_name(instance, attribute, value: str) -> None:
     _string(instance, attribute, value)
-    if not 1 <= len(value) <= _MAX_COMMON_NAME:
-        raise ValueError("%s must be 1 to %d characters" % (attribute.name, _MAX_COMMON_NAME))
+    if not 1 <= len(value.encode("utf-8")) <= _MAX_COMMON_NAME:
+        raise ValueError("%s must be 1 to %d bytes of UTF-8" % (attribute.name, _MAX_COMMON_NAME))
 
 
 def _dns_safe(instance, attribute, value: str) -> None:
