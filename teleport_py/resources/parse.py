@@ -608,7 +608,7 @@ def _kube_server_from_dict(document: dict, version: str) -> KubeServer:
         raise ValidationError("spec.cluster.kind", "must be 'kube_cluster'")
     if cluster["version"] != "v3":
         raise ValidationError("spec.cluster.version", "must be 'v3'")
-    cluster_metadata = _fields(cluster["metadata"], "spec.cluster.metadata", ("name", "namespace", "labels"), required=("name",))
+    cluster_metadata = _fields(cluster["metadata"], "spec.cluster.metadata", ("name", "labels"), required=("name",))
     _fields(cluster.get("spec"), "spec.cluster.spec", ())
     expires = metadata.get("expires")
     return KubeServer(
