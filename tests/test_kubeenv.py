@@ -195,10 +195,14 @@ class ControlPlaneTests(unittest.TestCase):
         self.assertEqual(as_bob.code, 0, as_bob.err)
 
     @defer.inlineCallbacks
-    def test_unknown_token_is_rejected(self):
+    def test_only_the_right_token_authenticates(self):
         plane = yield self.plane()
-        result = yield plane.kubectl("--token=not-a-token", "get", "ns", kubeconfig=plane.admin_kubeconfig)
-        self.assertNotEqual(result.code, 0)
+        kubeconfig = plane.write_kubeconfig(self.mktemp(), token_contexts={"by-token": "admin"})
+        right = yield plane.kubectl("get", "ns", kubeconfig=kubeconfig)
+        self.assertEqual(right.code, 0, right.err)
+        wrong = yield plane.kubectl("--token=not-the-token", "get", "ns", kubeconfig=kubeconfig)
+        self.assertNotEqual(wrong.code, 0)
+        self.assertIn("Unauthorized", wrong.err)
 
 
 class ControlPlaneLifecycleTests(unittest.TestCase):

@@ -23,6 +23,9 @@ log = Logger()
 
 LOG_TAIL_LINES = 40
 
+# A test runner killed with SIGKILL must not leave servers behind.
+_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listened on a moment ago."""
@@ -139,11 +142,12 @@ class ManagedProcess:
     def start(self):
         """Spawn the process; returns self so ``ManagedProcess(...).start()`` reads well."""
         os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
+        argv = _DIE_WITH_PARENT + self.args
         with open(self.log_path, "ab") as out, open(os.devnull, "rb") as stdin:
             self._transport = self._reactor.spawnProcess(
                 _EndWatcher(self._ended),
-                _executable(self.args),
-                self.args,
+                _executable(argv),
+                argv,
                 env=self.env,
                 path=self.cwd,
                 childFDs={0: stdin.fileno(), 1: out.fileno(), 2: out.fileno()},
