@@ -1,0 +1,462 @@
+"""tsh: the user's CLI. Log in once, then reach Kubernetes clusters with plain kubectl.
+
+Passwords are read before the reactor starts (getpass on a terminal, one line
+from stdin otherwise), so nothing blocks the reactor thread. The private key
+is generated here and never sent anywhere; the proxy only ever sees its
+public half.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import shutil
+import sys
+from datetime import datetime, timedelta, timezone
+
+from attrs import evolve
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.task import react
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
+
+from teleport_py.identityfile import IdentityFile
+from teleport_py.pki import (
+    IdentityError,
+    UserIdentity,
+    certificate_pem,
+    generate_private_key,
+    identity_from_certificate,
+    load_certificate_pem,
+    load_certificates_pem,
+    private_key_pem,
+    server_tls_options,
+)
+from teleport_py.resources import parse_duration
+from teleport_py.tsh import kubeconfig
+from teleport_py.tsh.localproxy import KubeLocalProxyFactory, LocalCA, local_kubeconfig
+from teleport_py.tsh.profile import Profile, ProfileError, ProfileStore, check_kube_cluster_name, default_home
+from teleport_py.tsh.webclient import WebClient, WebError
+
+# kubectl asks again once a credential is this close to expiry; reissue before that.
+KUBE_CERT_MIN_REMAINING = timedelta(minutes=1)
+DEFAULT_PROXY_PORT = 3080
+
+
+class CLIError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tsh", description="Teleport-style client: log in and reach Kubernetes clusters.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    login = sub.add_parser("login", help="log in to a cluster through its proxy")
+    login.add_argument("--proxy", required=True, help="proxy address host:port")
+    login.add_argument("--user", default=getpass.getuser(), help="Teleport user name (default: local user)")
+    login.add_argument("--ttl", default=None, help="requested certificate lifetime, e.g. 12h (capped by your roles)")
+    login.add_argument("--insecure", action="store_true", help="do not verify the proxy's certificate (testing only)")
+
+    sub.add_parser("status", help="show the current login")
+    sub.add_parser("logout", help="delete the current login's keys and kubeconfig entries")
+
+    signup = sub.add_parser("signup", help="set your password from a sign-up link")
+    signup.add_argument("--proxy", required=True, help="proxy address host:port")
+    signup.add_argument("--insecure", action="store_true", help="do not verify the proxy's certificate (testing only)")
+    signup.add_argument("token", help="the sign-up token or the whole link")
+
+    kube = sub.add_parser("kube", help="Kubernetes clusters").add_subparsers(dest="kube_command", required=True)
+    kube.add_parser("ls", help="list the Kubernetes clusters you can reach")
+    kube_login = kube.add_parser("login", help="write a kubeconfig context for a cluster and select it")
+    kube_login.add_argument("name")
+    credentials = kube.add_parser("credentials", help="print an ExecCredential (kubectl runs this)")
+    credentials.add_argument("--kube-cluster", required=True)
+    credentials.add_argument("--teleport-cluster")
+    credentials.add_argument("--proxy")
+
+    proxy = sub.add_parser("proxy", help="local proxies").add_subparsers(dest="proxy_command", required=True)
+    proxy_kube = proxy.add_parser("kube", help="a local Kubernetes proxy on 127.0.0.1")
+    proxy_kube.add_argument("kube_clusters", nargs="*", metavar="CLUSTER", help="default: the selected cluster")
+    proxy_kube.add_argument("--port", type=int, default=0, help="local port (default: any free port)")
+    return p
+
+
+def _normalize_proxy(address: str) -> str:
+    if not address or "/" in address:
+        raise CLIError("--proxy must be host:port, got %r" % (address,))
+    host, colon, port = address.rpartition(":")
+    if not colon or "]" in port:
+        return "%s:%d" % (address, DEFAULT_PROXY_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CLIError("--proxy must be host:port, got %r" % (address,))
+    return address
+
+
+def read_password(confirm: bool) -> str:
+    """From a terminal (twice when choosing one); one line from stdin otherwise (scripts, tests)."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Enter password: ")
+        if confirm and getpass.getpass("Confirm password: ") != password:
+            raise CLIError("passwords do not match")
+        return password
+    line = sys.stdin.readline()
+    if not line:
+        raise CLIError("no password given on stdin")
+    return line.rstrip("\r\n")
+
+
+def format_duration(delta: timedelta) -> str:
+    """Go's time.Duration style (12h0m0s), as Teleport prints validity."""
+    seconds = max(int(delta.total_seconds()), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return "%dh%dm%ds" % (hours, minutes, seconds)
+    if minutes:
+        return "%dm%ds" % (minutes, seconds)
+    return "%ds" % seconds
+
+
+def _tsh_command() -> str:
+    """What kubectl should run for credentials: this very tsh, by absolute path."""
+    running = os.path.abspath(sys.argv[0])
+    if os.path.basename(running).startswith("tsh") and os.access(running, os.X_OK):
+        return running
+    return shutil.which("tsh") or "tsh"
+
+
+def _public_key_pem(private_key) -> str:
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def _certificate_from_response(result: dict, private_key, user_cas) -> tuple[x509.Certificate, UserIdentity]:
+    """The certificate in a login/reissue answer, checked: our key, signed by the cluster's user CA."""
+    try:
+        certificate = load_certificate_pem(result["cert"].encode())
+    except (KeyError, AttributeError, ValueError):
+        raise WebError("the proxy's answer carries no usable certificate") from None
+    if certificate.public_key() != private_key.public_key():
+        raise WebError("the proxy returned a certificate for another key")
+    for ca in user_cas:
+        try:
+            identity = identity_from_certificate(certificate, user_ca=ca, host_ca=None)
+        except IdentityError:
+            continue
+        if isinstance(identity, UserIdentity):
+            return certificate, identity
+    raise WebError("the proxy returned a certificate not signed by the cluster's user CA")
+
+
+def _cas_from_response(result: dict) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
+    try:
+        cas = result["cas"]
+        user_cas = tuple(c for pem in cas["user"] for c in load_certificates_pem(pem.encode()))
+        host_cas = tuple(c for pem in cas["host"] for c in load_certificates_pem(pem.encode()))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise WebError("the proxy's answer carries no usable CA certificates") from None
+    if not user_cas or not host_cas:
+        raise WebError("the proxy's answer lacks the cluster's CA certificates")
+    return user_cas, host_cas
+
+
+class Tsh:
+    def __init__(self, reactor, args, *, password: str | None = None, out=sys.stdout, environ=os.environ):
+        self.reactor = reactor
+        self.args = args
+        self.password = password
+        self.out = out
+        self.environ = environ
+        self.store = ProfileStore(default_home(environ))
+
+    def print(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.reactor.seconds(), timezone.utc)
+
+    async def run(self) -> None:
+        args = self.args
+        if args.command == "kube":
+            await getattr(self, "cmd_kube_" + args.kube_command)()
+        elif args.command == "proxy":
+            await self.cmd_proxy_kube()
+        else:
+            await getattr(self, "cmd_" + args.command)()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _logged_in(self, proxy: str | None = None) -> tuple[Profile, IdentityFile]:
+        """The profile and its identity, refusing an expired login with what to do about it."""
+        profile = self.store.profile(None if proxy is None else _normalize_proxy(proxy))
+        identity = self.store.identity(profile)
+        if identity.expires <= self.now():
+            raise CLIError(
+                "your login to %s expired at %s; run 'tsh login --proxy=%s --user=%s'"
+                % (profile.proxy, identity.expires.isoformat(), profile.proxy, profile.user)
+            )
+        return profile, identity
+
+    def _client(self, profile: Profile, identity: IdentityFile) -> WebClient:
+        return WebClient(
+            self.reactor,
+            profile.proxy,
+            insecure=profile.insecure,
+            host_cas=identity.host_cas,
+            certificate=identity.certificate,
+            private_key=identity.private_key,
+        )
+
+    async def kube_certificate(self, profile: Profile, identity: IdentityFile, kube_cluster: str) -> x509.Certificate:
+        """The stored certificate for ``kube_cluster`` while it has time left, else a fresh one.
+
+        kubectl runs ``tsh kube credentials`` for every parallel request;
+        the lock makes the first one reissue and the others reuse its result.
+        """
+        check_kube_cluster_name(kube_cluster)
+        async with self.store.lock(profile, self.reactor):
+            stored = self.store.kube_certificate(profile, kube_cluster)
+            if stored is not None and self._usable_kube_certificate(stored, identity, kube_cluster):
+                return stored
+            result = await self._client(profile, identity).reissue(_public_key_pem(identity.private_key), kube_cluster)
+            certificate, issued = _certificate_from_response(result, identity.private_key, identity.user_cas)
+            if issued.kube_cluster != kube_cluster:
+                raise WebError("the proxy returned a certificate for another kubernetes cluster")
+            self.store.save_kube_certificate(profile, kube_cluster, certificate)
+            return certificate
+
+    def _usable_kube_certificate(self, certificate, identity: IdentityFile, kube_cluster: str) -> bool:
+        if certificate.public_key() != identity.private_key.public_key():
+            return False
+        if certificate.not_valid_after_utc - self.now() <= KUBE_CERT_MIN_REMAINING:
+            return False
+        try:
+            _, issued = _certificate_from_response(
+                {"cert": certificate_pem(certificate).decode()}, identity.private_key, identity.user_cas
+            )
+        except WebError:
+            return False
+        return issued.kube_cluster == kube_cluster
+
+    def _print_status(self, profile: Profile, identity: IdentityFile) -> None:
+        try:
+            _, user = _certificate_from_response(
+                {"cert": certificate_pem(identity.certificate).decode()}, identity.private_key, identity.user_cas
+            )
+            roles = ", ".join(user.roles)
+        except WebError:
+            roles = "(unreadable certificate)"
+        left = identity.expires - self.now()
+        validity = "[valid for %s]" % format_duration(left) if left.total_seconds() > 0 else "[EXPIRED]"
+        rows = [
+            ("Profile URL:", "https://%s" % profile.proxy),
+            ("Logged in as:", profile.user),
+            ("Cluster:", profile.cluster),
+            ("Roles:", roles),
+            ("Kubernetes:", "enabled"),
+        ]
+        if profile.kube_cluster:
+            rows.append(("Kubernetes cluster:", '"%s"' % profile.kube_cluster))
+        rows.append(("Valid until:", "%s %s" % (identity.expires.strftime("%Y-%m-%d %H:%M:%S %z"), validity)))
+        width = max(len(label) for label, _ in rows)
+        for index, (label, value) in enumerate(rows):
+            self.print("%s %s %s" % (">" if index == 0 else " ", label.ljust(width), value))
+
+    # -- commands ----------------------------------------------------------------
+
+    async def cmd_login(self) -> None:
+        a = self.args
+        proxy = _normalize_proxy(a.proxy)
+        ttl = None
+        if a.ttl:
+            try:
+                ttl = parse_duration(a.ttl)
+            except ValueError as error:
+                raise CLIError("--ttl: %s" % error) from None
+        client = WebClient(self.reactor, proxy, insecure=a.insecure)
+        private_key = generate_private_key()
+        result = await client.login(a.user, self.password, _public_key_pem(private_key), ttl)
+        user_cas, host_cas = _cas_from_response(result)
+        certificate, identity = _certificate_from_response(result, private_key, user_cas)
+        cluster = result.get("cluster_name") or identity.teleport_cluster
+        profile = Profile(proxy=proxy, user=identity.username, cluster=cluster, insecure=a.insecure)
+        identity_file = IdentityFile(certificate, private_key, user_cas, host_cas)
+        async with self.store.lock(profile, self.reactor):
+            self.store.save_login(profile, identity_file)
+        self._print_status(profile, identity_file)
+
+    async def cmd_status(self) -> None:
+        profile = self.store.profile()
+        self._print_status(profile, self.store.identity(profile))
+
+    async def cmd_logout(self) -> None:
+        profile = self.store.profile()
+        path = kubeconfig.kubeconfig_path(self.environ)
+        if path.exists():
+            with kubeconfig.locked(path):
+                config = kubeconfig.load(path)
+                kubeconfig.remove_teleport_cluster(config, profile.cluster)
+                kubeconfig.save(path, config)
+        async with self.store.lock(profile, self.reactor):
+            self.store.remove(profile)
+        self.print("Logged out %s from %s." % (profile.user, profile.proxy))
+
+    async def cmd_signup(self) -> None:
+        a = self.args
+        proxy = _normalize_proxy(a.proxy)
+        token = a.token.rstrip("/").rsplit("/", 1)[-1]
+        result = await WebClient(self.reactor, proxy, insecure=a.insecure).signup(token, self.password)
+        user = result.get("user", "")
+        self.print('Password set for user "%s". Log in with: tsh login --proxy=%s --user=%s' % (user, proxy, user))
+
+    async def cmd_kube_ls(self) -> None:
+        profile, identity = self._logged_in()
+        clusters = await self._client(profile, identity).kube_clusters()
+        rows = []
+        for item in sorted(clusters, key=lambda c: str(c["name"])):
+            labels = item.get("labels") if isinstance(item.get("labels"), dict) else {}
+            rows.append([
+                str(item["name"]),
+                ",".join("%s=%s" % (k, v) for k, v in sorted(labels.items())),
+                "*" if item["name"] == profile.kube_cluster else "",
+            ])
+        self._table(["Kube Cluster Name", "Labels", "Selected"], rows)
+
+    async def cmd_kube_login(self) -> None:
+        name = check_kube_cluster_name(self.args.name)
+        profile, identity = self._logged_in()
+        clusters = await self._client(profile, identity).kube_clusters()
+        if name not in {c["name"] for c in clusters}:
+            raise CLIError('kubernetes cluster "%s" not found; run \'tsh kube ls\' to see the clusters you can reach' % name)
+        await self.kube_certificate(profile, identity, name)
+        path = kubeconfig.kubeconfig_path(self.environ)
+        with kubeconfig.locked(path):
+            config = kubeconfig.load(path)
+            kubeconfig.merge_teleport_cluster(
+                config,
+                teleport_cluster=profile.cluster,
+                proxy=profile.proxy,
+                host_ca_pem=b"".join(map(certificate_pem, identity.host_cas)),
+                kube_cluster=name,
+                exec_command=_tsh_command(),
+                exec_args=[
+                    "kube", "credentials",
+                    "--proxy=%s" % profile.proxy,
+                    "--teleport-cluster=%s" % profile.cluster,
+                    "--kube-cluster=%s" % name,
+                ],
+            )
+            kubeconfig.save(path, config)
+        async with self.store.lock(profile, self.reactor):
+            self.store.save_profile(evolve(profile, kube_cluster=name))
+        self.print("Logged into Kubernetes cluster \"%s\". Try 'kubectl version' to test the connection." % name)
+
+    async def cmd_kube_credentials(self) -> None:
+        a = self.args
+        profile, identity = self._logged_in(a.proxy)
+        if a.teleport_cluster and a.teleport_cluster != profile.cluster:
+            raise CLIError(
+                "logged in to cluster %r, not %r; run 'tsh login --proxy=%s'" % (profile.cluster, a.teleport_cluster, profile.proxy)
+            )
+        certificate = await self.kube_certificate(profile, identity, a.kube_cluster)
+        credential = {
+            "apiVersion": kubeconfig.EXEC_API_VERSION,
+            "kind": "ExecCredential",
+            "spec": {"interactive": False},
+            "status": {
+                "clientCertificateData": certificate_pem(certificate).decode(),
+                "clientKeyData": private_key_pem(identity.private_key).decode(),
+                "expirationTimestamp": certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+        }
+        self.print(json.dumps(credential, indent=2))
+
+    async def cmd_proxy_kube(self) -> None:
+        a = self.args
+        profile, identity = self._logged_in()
+        wanted = list(dict.fromkeys(a.kube_clusters)) or ([profile.kube_cluster] if profile.kube_cluster else [])
+        if not wanted:
+            raise CLIError("no kubernetes cluster selected; pass cluster names or run 'tsh kube login NAME' first")
+        reachable = {c["name"] for c in await self._client(profile, identity).kube_clusters()}
+        missing = [name for name in wanted if name not in reachable]
+        if missing:
+            raise CLIError('kubernetes cluster "%s" not found' % missing[0])
+        now = self.now()
+        local_ca = LocalCA.load_or_create(self.store.key_dir(profile) / "localca", now)
+        server_key, client_key = generate_private_key(), generate_private_key()
+        server_certificate = local_ca.issue_server_certificate(server_key.public_key(), now, identity.expires)
+        client_certificate = local_ca.issue_client_certificate(client_key.public_key(), now, identity.expires)
+
+        async def credentials(kube_cluster: str):
+            return await self.kube_certificate(profile, identity, kube_cluster), identity.private_key
+
+        factory = KubeLocalProxyFactory(
+            self.reactor,
+            proxy_host=profile.proxy_host,
+            proxy_port=profile.proxy_port,
+            host_cas=identity.host_cas,
+            kube_clusters=wanted,
+            credentials=lambda kube_cluster: Deferred.fromCoroutine(credentials(kube_cluster)),
+        )
+        tls = server_tls_options(
+            server_certificate, server_key, trusted_cas=[local_ca.certificate], require_client_certificate=True,
+            alpn=[b"http/1.1"],
+        )
+        port = await SSL4ServerEndpoint(self.reactor, a.port, tls, interface="127.0.0.1").listen(factory)
+        path = self.store.key_dir(profile) / "localproxy-kubeconfig.yaml"
+        kubeconfig.save(path, local_kubeconfig(
+            teleport_cluster=profile.cluster,
+            kube_clusters=wanted,
+            port=port.getHost().port,
+            ca=local_ca.certificate,
+            client_certificate=client_certificate,
+            client_key=client_key,
+        ))
+        self.print("Started local proxy for Kubernetes on 127.0.0.1:%d" % port.getHost().port)
+        self.print("Use the following config for your Kubernetes applications:")
+        self.print()
+        self.print("export KUBECONFIG=%s" % path)
+        self.print()
+        await Deferred()  # serve until the reactor stops (Ctrl-C)
+
+    def _table(self, headers: list[str], rows: list[list[str]]) -> None:
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+        self.print(" ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+        self.print(" ".join("-" * w for w in widths))
+        for row in rows:
+            self.print(" ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        password = read_password(confirm=args.command == "signup") if args.command in ("login", "signup") else None
+    except CLIError as error:
+        sys.stderr.write("ERROR: %s\n" % error)
+        raise SystemExit(1)
+
+    async def run(reactor):
+        try:
+            await Tsh(reactor, args, password=password).run()
+        except (CLIError, ProfileError, WebError, kubeconfig.KubeconfigError) as error:
+            sys.stderr.write("ERROR: %s\n" % error)
+            raise SystemExit(1)
+        except (ConnectError, DNSLookupError, ResponseFailed, ResponseNeverReceived) as error:
+            sys.stderr.write("ERROR: cannot reach the proxy: %s\n" % _describe(error))
+            raise SystemExit(1)
+
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+
+
+def _describe(error: Exception) -> str:
+    """ResponseFailed wraps the real reason (often a TLS verification failure) in a list of Failures."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(str(reason.value) for reason in reasons)
+    return str(error)
