@@ -15,7 +15,15 @@ from twisted.trial import unittest
 
 from tests.support import procs
 from tests.support.kubeenv import KubeControlPlane, kubectl_binaries, shared_control_plane
-from tests.support.procs import CommandTimeout, ManagedProcess, ProcessWaitError, free_port, require_tool, run
+from tests.support.procs import (
+    CommandTimeout,
+    ManagedProcess,
+    ProcessWaitError,
+    free_port,
+    require_tool,
+    run,
+    wait_until,
+)
 
 PYTHON = sys.executable
 
@@ -108,6 +116,44 @@ class ManagedProcessTests(unittest.TestCase):
         yield process.wait_for_output("booting", timeout=30)
         failure = yield self.assertFailure(process.wait_for(lambda: False, timeout=0.2), ProcessWaitError)
         self.assertIn("still booting", str(failure))
+
+
+PARENT_OF_SLEEPER = """
+import sys
+from twisted.internet import reactor
+from tests.support.procs import ManagedProcess
+
+child = ManagedProcess([sys.executable, "-c", "import time; time.sleep(600)"], sys.argv[1]).start()
+print("child", child.pid, flush=True)
+reactor.run()
+"""
+
+
+def _gone(pid):
+    """Exited: no such process, or a zombie nobody reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+class OrphanTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_children_die_with_a_killed_test_runner(self):
+        log_dir = self.mktemp()
+        os.makedirs(log_dir)
+        parent = ManagedProcess(
+            [PYTHON, "-c", PARENT_OF_SLEEPER, os.path.join(log_dir, "child.log")],
+            os.path.join(log_dir, "parent.log"),
+            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))},
+        ).start()
+        self.addCleanup(parent.kill9)
+        match = yield parent.wait_for_output(rb"^child (\d+)$", timeout=30)
+        child_pid = int(match.group(1))
+        self.assertFalse(_gone(child_pid))
+        yield parent.kill9()
+        yield wait_until(lambda: _gone(child_pid), timeout=30)
 
 
 class RequireToolTests(unittest.SynchronousTestCase):

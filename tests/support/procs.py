@@ -78,8 +78,23 @@ def _executable(args):
     return shutil.which(program) or program
 
 
+class WaitTimeout(Exception):
+    """A polled condition did not become true in time."""
+
+
 class ProcessWaitError(Exception):
     """A managed process died or did not become ready in time; carries its log tail."""
+
+
+@defer.inlineCallbacks
+def wait_until(predicate, timeout, interval=0.1, reactor=None):
+    """Poll ``predicate`` (may return a Deferred) until true; fails with ``WaitTimeout``."""
+    reactor = _default_reactor(reactor)
+    deadline = reactor.seconds() + timeout
+    while not (yield defer.maybeDeferred(predicate)):
+        if reactor.seconds() >= deadline:
+            raise WaitTimeout(f"condition not met after {timeout} seconds")
+        yield deferLater(reactor, interval)
 
 
 class _Once:
@@ -87,18 +102,18 @@ class _Once:
 
     def __init__(self):
         self._waiting = []
-        self._result = None
+        self.result = None
         self.fired = False
 
     def fire(self, result):
-        self.fired, self._result = True, result
+        self.fired, self.result = True, result
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(result)
 
     def wait(self):
         if self.fired:
-            return defer.succeed(self._result)
+            return defer.succeed(self.result)
         d = defer.Deferred(lambda d: self._waiting.remove(d))
         self._waiting.append(d)
         return d
@@ -184,21 +199,18 @@ class ManagedProcess:
         Poll ``predicate`` (may return a Deferred) until it is true; fail with
         the log tail if the process exits first or ``timeout`` seconds pass.
         """
-        deadline = self._reactor.seconds() + timeout
 
-        @defer.inlineCallbacks
-        def poll():
-            while True:
-                if self._end.fired:
-                    code = yield self.exited
-                    raise self._failure(f"exited with code {code} while waiting")
-                if (yield defer.maybeDeferred(predicate)):
-                    return
-                if self._reactor.seconds() >= deadline:
-                    raise self._failure(f"not ready after {timeout} seconds")
-                yield deferLater(self._reactor, interval)
+        def ready_unless_dead():
+            if self._end.fired:
+                raise self._failure(f"exited with code {self._end.result} while waiting")
+            return predicate()
 
-        return poll()
+        def explain_timeout(failure):
+            failure.trap(WaitTimeout)
+            raise self._failure(f"not ready after {timeout} seconds")
+
+        d = wait_until(ready_unless_dead, timeout, interval, reactor=self._reactor)
+        return d.addErrback(explain_timeout)
 
     def wait_for_output(self, regex, timeout):
         """Wait until the log matches ``regex`` (bytes or str); fires with the match."""
@@ -342,6 +354,8 @@ __all__ = [
     "Result",
     "free_port",
     "require_tool",
+    "WaitTimeout",
     "run",
     "running_under_ci",
+    "wait_until",
 ]
