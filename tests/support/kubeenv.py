@@ -29,8 +29,8 @@ from tests.support.procs import (
     CommandTimeout,
     ManagedProcess,
     Result,
-    _default_reactor,
-    _Once,
+    SharedResult,
+    default_reactor,
     free_port,
     require_tool,
     run,
@@ -352,10 +352,10 @@ def shared_control_plane(reactor=None):
     use and stopped at reactor shutdown; fires with the started instance (or
     the start-up failure, for every caller).
     """
-    reactor = _default_reactor(reactor)
+    reactor = default_reactor(reactor)
     if reactor not in _shared:
         plane = KubeControlPlane(reactor, tempfile.mkdtemp(prefix="teleport_py_kube."))
-        started = _Once()
+        started = SharedResult()
         _shared[reactor] = started
         reactor.addSystemEventTrigger("before", "shutdown", plane.stop)
         plane.start().addBoth(started.fire)

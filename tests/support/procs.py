@@ -56,7 +56,8 @@ def require_tool(name_or_path, path=None):
     raise unittest.SkipTest(message)
 
 
-def _default_reactor(reactor):
+def default_reactor(reactor):
+    """Helpers take a reactor for tests that bring their own; trial's global one otherwise."""
     if reactor is None:
         from twisted.internet import reactor
     return reactor
@@ -89,7 +90,7 @@ class ProcessWaitError(Exception):
 @defer.inlineCallbacks
 def wait_until(predicate, timeout, interval=0.1, reactor=None):
     """Poll ``predicate`` (may return a Deferred) until true; fails with ``WaitTimeout``."""
-    reactor = _default_reactor(reactor)
+    reactor = default_reactor(reactor)
     deadline = reactor.seconds() + timeout
     while not (yield defer.maybeDeferred(predicate)):
         if reactor.seconds() >= deadline:
@@ -97,7 +98,7 @@ def wait_until(predicate, timeout, interval=0.1, reactor=None):
         yield deferLater(reactor, interval)
 
 
-class _Once:
+class SharedResult:
     """A result many callers can wait for, each with its own Deferred."""
 
     def __init__(self):
@@ -139,9 +140,9 @@ class ManagedProcess:
         self.log_path = os.fspath(log_path)
         self.env = dict(os.environ if env is None else env)
         self.cwd = cwd
-        self._reactor = _default_reactor(reactor)
+        self._reactor = default_reactor(reactor)
         self._transport = None
-        self._end = _Once()
+        self._end = SharedResult()
 
     def __repr__(self):
         return f"<ManagedProcess {self.args[0]} pid={self.pid}>"
@@ -252,6 +253,8 @@ class ManagedProcess:
 
     def stop(self, grace=5.0):
         """SIGTERM, then SIGKILL after ``grace`` seconds; fires with the exit code."""
+        if self._transport is None:
+            return defer.succeed(None)
         if not self.running:
             return self.exited
         self.signal("TERM")
@@ -267,6 +270,8 @@ class ManagedProcess:
 
     def kill9(self):
         """SIGKILL at once, as a crash would; fires with the exit code."""
+        if self._transport is None:
+            return defer.succeed(None)
         self.signal("KILL")
         return self.exited
 
@@ -319,7 +324,7 @@ def run(args, env=None, stdin=b"", timeout=60.0, cwd=None, reactor=None):
     Run a short command to completion without blocking the reactor; fires
     with a ``Result`` whatever the exit code, fails with ``CommandTimeout``.
     """
-    reactor = _default_reactor(reactor)
+    reactor = default_reactor(reactor)
     args = [os.fspath(a) for a in args]
     finished = defer.Deferred()
     transport = reactor.spawnProcess(
