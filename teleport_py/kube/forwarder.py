@@ -1,0 +1,522 @@
+"""The agent's HTTP/1.1 front: one kubectl connection per `kube` tunnel stream.
+
+For each request on a stream: authorize it against the caller's roles, then
+replay it on a new TLS connection to the API server with the agent's own
+credentials and ``Impersonate-*`` headers naming who the caller may act as.
+Responses are relayed event by event, never buffered whole, because
+``watch`` and ``logs -f`` never end. An upgrade (exec, attach, port-forward)
+becomes a raw byte relay after the API server's 101.
+
+Both HTTP directions are parsed by h11 (sans-IO), so a malformed request is a
+400 and never an exception on the reactor.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Awaitable, Callable, Mapping, Sequence
+from urllib.parse import parse_qs
+
+import attrs
+import h11
+from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from teleport_py import events
+from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
+from teleport_py.pki import IdentityError, UserIdentity, identity_from_certificate
+from teleport_py.rbac import AccessChecker, AccessDenied, classify, status_body
+from teleport_py.resources import Role
+from teleport_py.tunnel import StreamRejected
+
+log = Logger()
+
+#: Request headers never passed upstream: the client's own credentials,
+#: impersonation (we set it), and hop-by-hop headers of the client's connection.
+_DROPPED_REQUEST_HEADERS = frozenset({
+    b"authorization", b"proxy-authorization", b"host", b"connection", b"keep-alive",
+    b"proxy-connection", b"te", b"trailer", b"upgrade",
+})
+_DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"trailer"})
+_CLIENT_IMPERSONATION = frozenset({b"impersonate-user", b"impersonate-group"})
+
+
+@attrs.frozen
+class KubeCluster:
+    """A cluster this agent serves: its name and labels as users' roles see them."""
+
+    name: str
+    labels: Mapping[str, str] = attrs.field(converter=dict, hash=False)
+    credentials: ClusterCredentials
+
+
+class RoleCache:
+    """Roles by name, kept for ``ttl`` seconds: a kubectl command makes several
+    requests and each must not cost a round trip to Auth, while an edited role
+    still takes effect within seconds."""
+
+    def __init__(self, reactor, fetch: Callable[[str], Awaitable[Role | None]], ttl: float = 10.0) -> None:
+        self._reactor = reactor
+        self._fetch = fetch
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, Role | None]] = {}
+
+    async def roles(self, names: Sequence[str]) -> list[Role]:
+        """The named roles that exist; a lookup failure raises (fail closed)."""
+        found = []
+        for name in names:
+            now = self._reactor.seconds()
+            cached = self._cache.get(name)
+            if cached is None or cached[0] <= now:
+                cached = (now + self._ttl, await self._fetch(name))
+                self._cache[name] = cached
+            if cached[1] is not None:
+                found.append(cached[1])
+        return found
+
+
+class Forwarder:
+    """Accepts `kube` streams for the clusters this agent serves."""
+
+    def __init__(
+        self,
+        reactor,
+        *,
+        clusters: Mapping[str, KubeCluster],
+        user_cas: Sequence[x509.Certificate],
+        roles: RoleCache,
+        emit: Callable[[dict], None],
+        teleport_cluster: str = "",
+    ) -> None:
+        self.reactor = reactor
+        self.clusters = dict(clusters)
+        self.user_cas = tuple(user_cas)
+        self.roles = roles
+        self.emit = emit
+        self.teleport_cluster = teleport_cluster
+
+    def accept_stream(self, metadata: Mapping) -> Protocol:
+        """The stream's protocol, only for a user certificate our user CA signed
+        that is valid now and routed to a cluster we serve."""
+        identity = self._verified_user(metadata.get("user_cert"))
+        cluster = self.clusters.get(metadata.get("kube_cluster"))
+        if cluster is None or identity.kube_cluster != cluster.name:
+            log.warn("refused kube stream user={user} cluster={cluster}",
+                     user=identity.username, cluster=metadata.get("kube_cluster"))
+            raise StreamRejected("kubernetes cluster not served here")
+        return KubeConnection(self, identity, cluster, str(metadata.get("client_addr", "")))
+
+    def _verified_user(self, pem) -> UserIdentity:
+        now = datetime.fromtimestamp(self.reactor.seconds(), timezone.utc)
+        try:
+            cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+        except (AttributeError, ValueError, UnicodeError):
+            raise StreamRejected("missing or malformed user certificate") from None
+        for ca in self.user_cas:
+            try:
+                identity = identity_from_certificate(cert, user_ca=ca, host_ca=None, now=now)
+            except IdentityError:
+                continue
+            if isinstance(identity, UserIdentity):
+                return identity
+        raise StreamRejected("user certificate is not valid")
+
+    def connect_upstream(self, cluster: KubeCluster, protocol: Protocol) -> Deferred:
+        """A new TLS connection to the API server for one request (or one upgrade)."""
+        creds = cluster.credentials
+        endpoint = wrapClientTLS(creds.tls_options(), HostnameEndpoint(self.reactor, creds.host, creds.port))
+        return endpoint.connect(Factory.forProtocol(lambda: protocol))
+
+
+@implementer(IPushProducer)
+@attrs.define
+class _Throttle:
+    """Lets one transport pause another without being able to stop it: a
+    transport stops its producer when it closes, and one finished request
+    must not tear down the kubectl connection it came from."""
+
+    transport: object
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Closing is decided by the protocols, not by the peer transport."""
+
+
+@attrs.frozen
+class _Decision:
+    user: str
+    groups: tuple[str, ...]
+    info: object
+
+
+class KubeConnection(Protocol):
+    """HTTP/1.1 server side of one kubectl connection (one tunnel stream)."""
+
+    def __init__(self, forwarder: Forwarder, identity: UserIdentity, cluster: KubeCluster, client_addr: str):
+        self.forwarder = forwarder
+        self.identity = identity
+        self.cluster = cluster
+        self.client_addr = client_addr
+        self.http = h11.Connection(h11.SERVER)
+        self.upstream: UpstreamRequest | None = None
+        self._authorizing = False
+        self._relay: Protocol | None = None
+        self._closed = False
+
+    # -- Protocol --------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._relay is not None:
+            self._relay.transport.write(data)
+            return
+        self.http.receive_data(data)
+        self._next_events()
+
+    def connectionLost(self, reason=None) -> None:
+        self._closed = True
+        if self.upstream is not None:
+            self.upstream.downstream_lost()
+        if self._relay is not None:
+            _close(self._relay.transport)
+
+    # -- HTTP events from kubectl ----------------------------------------------
+
+    def _next_events(self) -> None:
+        while not self._authorizing and not self._closed and self._relay is None:
+            try:
+                event = self.http.next_event()
+            except h11.RemoteProtocolError as e:
+                self._bad_request(e)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._authorizing = True
+                self.transport.pauseProducing()
+                d = Deferred.fromCoroutine(self._start(event))
+                d.addErrback(self._internal_error)
+            elif isinstance(event, h11.Data):
+                if self.upstream is not None:
+                    self.upstream.request_data(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                if self.upstream is not None:
+                    self.upstream.request_done()
+                self._maybe_next_cycle()
+            elif isinstance(event, h11.ConnectionClosed):
+                self.transport.loseConnection()
+                return
+
+    def _maybe_next_cycle(self) -> None:
+        if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE:
+            self.http.start_next_cycle()
+        elif self.http.our_state is h11.MUST_CLOSE:
+            self.transport.loseConnection()
+
+    async def _start(self, request: h11.Request) -> None:
+        try:
+            decision = await self._authorize(request)
+        except AccessDenied as denied:
+            info = getattr(denied, "info", None)
+            self._audit(request, info, 403, reason=denied.reason)
+            self.respond_status(403, "Forbidden", denied.message)
+            self._resume()
+            return
+        upstream = UpstreamRequest(self, request, decision)
+        self.upstream = upstream
+        try:
+            await self.forwarder.connect_upstream(self.cluster, upstream)
+        except Exception as e:
+            self.upstream = None
+            log.warn("API server unreachable cluster={cluster} error={error}", cluster=self.cluster.name, error=e)
+            self._audit(request, decision.info, 502, decision=decision, reason="API server unreachable")
+            self.respond_status(502, "ServiceUnavailable", f'kubernetes cluster "{self.cluster.name}" is unreachable')
+        self._resume()
+
+    def _resume(self) -> None:
+        self._authorizing = False
+        if self._closed:
+            return
+        self.transport.resumeProducing()
+        self._maybe_next_cycle()
+        self._next_events()
+
+    async def _authorize(self, request: h11.Request) -> _Decision:
+        identity, cluster = self.identity, self.cluster
+        if self.forwarder.reactor.seconds() >= identity.expires.timestamp():
+            raise AccessDenied("your certificate has expired, please log in again", "certificate expired")
+        requested_user, requested_groups = None, []
+        for name, value in request.headers:
+            if name == b"impersonate-user":
+                if requested_user is not None:
+                    raise AccessDenied("impersonation request has been denied, more than one user requested")
+                requested_user = value.decode("latin-1")
+            elif name == b"impersonate-group":
+                requested_groups.append(value.decode("latin-1"))
+            elif name.startswith(b"impersonate-"):
+                raise AccessDenied(
+                    f"impersonation request has been denied, header {name.decode('latin-1')!r} is not allowed"
+                )
+        path, _, query = request.target.decode("latin-1").partition("?")
+        info = classify(request.method.decode("latin-1"), path, parse_qs(query, keep_blank_values=True))
+        try:
+            roles = await self.forwarder.roles.roles(identity.roles)
+        except Exception as e:
+            log.warn("role lookup failed user={user} error={error}", user=identity.username, error=e)
+            raise _denied("access denied: roles could not be loaded", "role lookup failed", info) from None
+        checker = AccessChecker(identity.username, roles, dict(identity.traits))
+        try:
+            checker.check_cluster(cluster.name, cluster.labels)
+            user, groups = checker.impersonation(cluster.labels, requested_user, requested_groups)
+            checker.check_request(info, cluster.labels)
+        except AccessDenied as e:
+            e.info = info
+            raise
+        return _Decision(user, groups, info)
+
+    # -- answering kubectl -----------------------------------------------------
+
+    def send(self, event) -> None:
+        if not self._closed:
+            self.transport.write(self.http.send(event))
+
+    def respond_status(self, code: int, reason: str, message: str) -> None:
+        """A Kubernetes Status body kubectl prints as the error."""
+        if self.http.our_state is not h11.SEND_RESPONSE:
+            self.transport.abortConnection()
+            return
+        body = status_body(code, reason, message)
+        self.send(h11.Response(status_code=code, headers=[
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+        ]))
+        self.send(h11.Data(data=body))
+        self.send(h11.EndOfMessage())
+
+    def upstream_finished(self) -> None:
+        """The API server's response is complete: take the next request."""
+        self.upstream = None
+        if not self._closed:
+            self._maybe_next_cycle()
+            self._next_events()
+
+    def switch_to_relay(self, upstream: Protocol, response: h11.InformationalResponse, pending: bytes) -> None:
+        """After a 101: raw bytes both ways, including any the client sent
+        right after its request and the API server right after its 101."""
+        self.send(response)
+        self.upstream = None
+        self._relay = upstream
+        client_bytes, _ = self.http.trailing_data
+        if client_bytes:
+            upstream.transport.write(client_bytes)
+        if pending:
+            self.transport.write(pending)
+
+    def _bad_request(self, error: Exception) -> None:
+        log.info("malformed HTTP from kubectl client={client} error={error}", client=self.client_addr, error=error)
+        if self.http.our_state in (h11.SEND_RESPONSE, h11.IDLE):
+            body = status_body(400, "BadRequest", "malformed HTTP request")
+            self.transport.write(h11.Connection(h11.SERVER).send(h11.Response(
+                status_code=400,
+                headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                         (b"connection", b"close")],
+            )) + body)
+        self.transport.loseConnection()
+
+    def _internal_error(self, failure) -> None:
+        log.failure("kube request failed user={user}", failure, user=self.identity.username)
+        if not self._closed:
+            self.transport.abortConnection()
+
+    def _audit(self, request: h11.Request, info, code: int, *, decision: _Decision | None = None,
+               reason: str | None = None) -> None:
+        self.forwarder.emit(events.make_event(
+            events.KUBE_REQUEST,
+            self.forwarder.reactor.seconds(),
+            success=reason is None,
+            user=self.identity.username,
+            cluster_name=self.forwarder.teleport_cluster or self.identity.teleport_cluster,
+            kube_cluster=self.cluster.name,
+            http_method=request.method.decode("latin-1"),
+            verb=getattr(info, "verb", None),
+            request_path=request.target.decode("latin-1"),
+            response_code=code,
+            resource_api_group=getattr(info, "api_group", None),
+            resource_kind=getattr(info, "resource", None),
+            resource_namespace=getattr(info, "namespace", None),
+            resource_name=getattr(info, "name", None),
+            kubernetes_users=[decision.user] if decision else [],
+            kubernetes_groups=list(decision.groups) if decision else [],
+            addr_remote=self.client_addr,
+            reason=reason,
+        ))
+
+
+def _close(transport) -> None:
+    """A TLS transport closes only once its producer is gone."""
+    transport.unregisterProducer()
+    transport.loseConnection()
+
+
+def _denied(message: str, reason: str, info) -> AccessDenied:
+    denied = AccessDenied(message, reason)
+    denied.info = info
+    return denied
+
+
+class UpstreamRequest(Protocol):
+    """HTTP/1.1 client side: one request (or one upgrade) to the API server."""
+
+    def __init__(self, downstream: KubeConnection, request: h11.Request, decision: _Decision) -> None:
+        self.downstream = downstream
+        self.request = request
+        self.decision = decision
+        self.upgrade = any(n == b"connection" and b"upgrade" in v.lower() for n, v in request.headers)
+        self.http = h11.Connection(h11.CLIENT)
+        self._body: list = []
+        self._responded = False
+        self._finished = False
+
+    # -- request, from kubectl -------------------------------------------------
+
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        creds = self.downstream.cluster.credentials
+        headers = [(b"host", f"{creds.host}:{creds.port}".encode("idna"))]
+        for name, value in self.request.headers:
+            if name in _DROPPED_REQUEST_HEADERS or name.startswith(b"impersonate-"):
+                if self.upgrade and name in (b"connection", b"upgrade"):
+                    headers.append((name, value))
+                continue
+            headers.append((name, value))
+        if not self.upgrade:
+            headers.append((b"connection", b"close"))
+        headers.append((b"impersonate-user", self.decision.user.encode("utf-8")))
+        headers += [(b"impersonate-group", group.encode("utf-8")) for group in self.decision.groups]
+        token = creds.bearer_token()
+        if token:
+            headers.append((b"authorization", b"Bearer " + token.encode("ascii")))
+        return headers
+
+    def connectionMade(self) -> None:
+        if self._finished:  # kubectl went away while we were connecting
+            self.transport.abortConnection()
+            return
+        try:
+            headers = self._headers()
+        except CredentialsError as e:
+            log.error("cannot authenticate to the API server: {error}", error=e)
+            self.transport.abortConnection()
+            return
+        self.transport.write(self.http.send(h11.Request(
+            method=self.request.method, target=self.request.target, headers=headers,
+        )))
+        # Each side throttles the other (as twisted's portforward does).
+        self.transport.registerProducer(_Throttle(self.downstream.transport), True)
+        self.downstream.transport.registerProducer(_Throttle(self.transport), True)
+        for event in self._body:
+            self.transport.write(self.http.send(event))
+        self._body = []
+
+    def request_data(self, data: bytes) -> None:
+        self._send(h11.Data(data=data))
+
+    def request_done(self) -> None:
+        self._send(h11.EndOfMessage())
+
+    def _send(self, event) -> None:
+        if self.transport is None:
+            self._body.append(event)
+        elif not self._finished:
+            self.transport.write(self.http.send(event))
+
+    def downstream_lost(self) -> None:
+        self._finished = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # -- response, from the API server -------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.downstream._relay is self:
+            self.downstream.transport.write(data)
+            return
+        self.http.receive_data(data)
+        self._next_events()
+
+    def _next_events(self) -> None:
+        downstream = self.downstream
+        while not self._finished:
+            try:
+                event = self.http.next_event()
+            except h11.RemoteProtocolError as e:
+                log.warn("malformed response from the API server: {error}", error=e)
+                self._fail()
+                return
+            if event is h11.NEED_DATA:
+                return
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101 and self.http.our_state is h11.SWITCHED_PROTOCOL:
+                    self._switch(event)
+                    return
+            elif isinstance(event, h11.Response):
+                self._responded = True
+                self._audit(event.status_code)
+                downstream.send(h11.Response(
+                    status_code=event.status_code, reason=event.reason,
+                    headers=[(n, v) for n, v in event.headers if n not in _DROPPED_RESPONSE_HEADERS],
+                ))
+            elif isinstance(event, h11.Data):
+                downstream.send(event)
+            elif isinstance(event, h11.EndOfMessage):
+                downstream.send(h11.EndOfMessage())
+                self._finish()
+                downstream.upstream_finished()
+                return
+            else:
+                return
+
+    def _switch(self, response: h11.InformationalResponse) -> None:
+        self._finished = True
+        self._audit(101)
+        pending, _ = self.http.trailing_data
+        self.downstream.switch_to_relay(self, response, pending)
+
+    def _audit(self, code: int) -> None:
+        self.downstream._audit(self.request, self.decision.info, code, decision=self.decision)
+
+    def _finish(self) -> None:
+        self._finished = True
+        self.downstream.transport.unregisterProducer()
+        _close(self.transport)
+
+    def _fail(self) -> None:
+        """The API server broke off: a Status if kubectl has no response yet, else cut the stream."""
+        downstream = self.downstream
+        self._finished = True
+        self.downstream.transport.unregisterProducer()
+        self.transport.abortConnection()
+        if self._responded:
+            downstream.transport.abortConnection()
+            return
+        self._audit(502)
+        downstream.respond_status(502, "ServiceUnavailable", "the kubernetes API server closed the connection")
+        downstream.upstream_finished()
+
+    def connectionLost(self, reason=None) -> None:
+        if self.downstream._relay is self:
+            _close(self.downstream.transport)
+            return
+        if self._finished:
+            return
+        # A response delimited by the end of the connection ends here.
+        self.http.receive_data(b"")
+        self._next_events()
+        if not self._finished:
+            self._fail()

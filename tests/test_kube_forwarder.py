@@ -1,0 +1,422 @@
+"""The agent's HTTP/1.1 forwarder against a real TLS upstream on 127.0.0.1.
+
+kubectl's side is a plain TCP connection to a listener whose protocols come
+from ``Forwarder.accept_stream`` (the same object a tunnel stream would get);
+the API server is twisted.web over mutual TLS that records what it received,
+or a raw h11 server for upgrades.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import h11
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import resource, server
+
+from teleport_py.kube.credentials import ClusterCredentials
+from teleport_py.kube.forwarder import Forwarder, KubeCluster, RoleCache
+from teleport_py.pki import (
+    CertAuthority,
+    HostIdentity,
+    UserIdentity,
+    certificate_pem,
+    generate_private_key,
+    server_tls_options,
+)
+from teleport_py.resources.role import KubernetesResource, Role, RoleConditions
+from teleport_py.tunnel import StreamRejected
+
+NOW = datetime.now(timezone.utc)
+KUBE_CA = CertAuthority.generate("host", "kubernetes", NOW)
+USER_CA = CertAuthority.generate("user", "example", NOW)
+
+
+def host_cert(name: str, ca: CertAuthority = KUBE_CA):
+    key = generate_private_key()
+    identity = HostIdentity(host_id=name, nodename=name, system_role="kube", teleport_cluster=ca.cluster_name)
+    return ca.issue_host_certificate(key.public_key(), identity, NOW, NOW + timedelta(hours=1),
+                                     ip_addresses=["127.0.0.1"]), key
+
+
+def user_cert_pem(username="alice", roles=("dev",), kube_cluster="c1", expires=None, ca: CertAuthority = USER_CA):
+    identity = UserIdentity(username=username, roles=roles, kube_cluster=kube_cluster, teleport_cluster="example",
+                            expires=expires or NOW + timedelta(hours=1))
+    issued = min(NOW, identity.expires - timedelta(hours=1))
+    return certificate_pem(ca.issue_user_certificate(generate_private_key().public_key(), identity, issued)).decode()
+
+
+def role(name="dev", resources=None, users=(), groups=("developers",)) -> Role:
+    allow = RoleConditions(
+        kubernetes_labels={"env": ("dev",)},
+        kubernetes_resources=tuple(resources or (KubernetesResource(kind="pods", namespace="default", name="*",
+                                                                   verbs=("*",), api_group=""),)),
+        kubernetes_users=tuple(users), kubernetes_groups=tuple(groups),
+    )
+    return Role(name=name, version="v8", allow=allow, deny=RoleConditions())
+
+
+AGENT_CERT, AGENT_KEY = host_cert("agent")
+API_CERT, API_KEY = host_cert("apiserver")
+
+
+def credentials(port: int, token: str = "") -> ClusterCredentials:
+    if token:
+        return ClusterCredentials(name="c1", host="127.0.0.1", port=port, ca_certificates=(KUBE_CA.certificate,),
+                                  token=token)
+    return ClusterCredentials(name="c1", host="127.0.0.1", port=port, ca_certificates=(KUBE_CA.certificate,),
+                              client_certificate=AGENT_CERT, client_key=AGENT_KEY)
+
+
+class FakeRoles:
+    def __init__(self, *roles):
+        self.by_name = {r.name: r for r in roles}
+        self.fetched = []
+
+    async def fetch(self, name):
+        self.fetched.append(name)
+        return self.by_name.get(name)
+
+
+# -- a fake API server ---------------------------------------------------------------
+
+
+class Recorder(resource.Resource):
+    """Records each request's headers; ``/stream`` holds the response open."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+        self.streaming = defer.Deferred()
+
+    def render(self, request):
+        self.requests.append((request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()),
+                              request.content.read()))
+        if request.path == b"/api/v1/namespaces/default/pods" and b"watch" in request.args:
+            request.write(b'{"type":"ADDED"}\n')
+            self.streaming.callback(request)
+            return server.NOT_DONE_YET
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"kind": "PodList", "items": []}).encode()
+
+    def header(self, name: bytes, index: int = -1) -> list[bytes]:
+        return [v for n, vs in self.requests[index][2] if n.lower() == name for v in vs]
+
+
+class UpgradeServer(Protocol):
+    """Answers one upgrade with 101 and raw bytes in the same write, then echoes in upper case."""
+
+    def connectionMade(self):
+        self.http = h11.Connection(h11.SERVER)
+        self.switched = False
+        self.factory.instances.append(self)
+        self.request = None
+        self.lost = defer.Deferred()
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+    def dataReceived(self, data):
+        if self.switched:
+            self.transport.write(data.upper())
+            return
+        self.http.receive_data(data)
+        while True:
+            event = self.http.next_event()
+            if isinstance(event, h11.Request):
+                self.request = event
+            elif event is h11.PAUSED:
+                response = self.http.send(h11.InformationalResponse(status_code=101, headers=[
+                    (b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1"),
+                    (b"x-stream-protocol-version", b"v4.channel.k8s.io")]))
+                self.switched = True
+                self.transport.write(response + b"server-first")
+                leftover, _ = self.http.trailing_data
+                if leftover:
+                    self.transport.write(leftover.upper())
+                return
+            elif event is h11.NEED_DATA:
+                return
+
+
+class Client(Protocol):
+    """A raw kubectl connection: collects what arrives, signals each arrival."""
+
+    def __init__(self):
+        self.received = b""
+        self.arrived = defer.Deferred()
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.received += data
+        arrived, self.arrived = self.arrived, defer.Deferred()
+        arrived.callback(data)
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+    async def until(self, marker: bytes):
+        while marker not in self.received:
+            await self.arrived
+
+
+class ForwarderTests(TestCase):
+    def setUp(self):
+        self.audit = []
+        self.roles = FakeRoles(role(), role("ops", users=("ops-a", "ops-b")))
+        self.recorder = Recorder()
+
+    async def start(self, upstream_factory=None, token="", labels=None):
+        site = upstream_factory or server.Site(self.recorder)
+        tls = server_tls_options(API_CERT, API_KEY, trusted_cas=[KUBE_CA.certificate],
+                                 require_client_certificate=not token)
+        api = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(TLSMemoryBIOFactory(tls, False, site))
+        self.addCleanup(api.stopListening)
+        cluster = KubeCluster("c1", labels or {"env": "dev"}, credentials(api.getHost().port, token))
+        self.forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+                                   roles=RoleCache(reactor, self.roles.fetch), emit=self.audit.append)
+        return cluster
+
+    async def connect(self, **metadata) -> Client:
+        metadata.setdefault("user_cert", user_cert_pem())
+        metadata.setdefault("kube_cluster", "c1")
+        metadata.setdefault("client_addr", "192.0.2.1:5000")
+        front = Factory.forProtocol(lambda: self.forwarder.accept_stream(metadata))
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(front)
+        self.addCleanup(port.stopListening)
+        client = Client()
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(lambda: client))
+
+        async def close():
+            client.transport.loseConnection()
+            await client.lost
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(close()))
+        return client
+
+    @staticmethod
+    def request(method: bytes, target: bytes, *headers: tuple[bytes, bytes], body: bytes = b"") -> bytes:
+        http = h11.Connection(h11.CLIENT)
+        all_headers = [(b"host", b"proxy"), *headers]
+        if body or method in (b"POST", b"PUT"):
+            all_headers.append((b"content-length", b"%d" % len(body)))
+        return http.send(h11.Request(method=method, target=target, headers=all_headers)) + body
+
+    async def response(self, client: Client, marker: bytes = b"") -> tuple[h11.Response, bytes]:
+        """Parse one complete response from what the client has received so far."""
+        while True:
+            if not client.received:
+                await client.arrived
+                continue
+            http = h11.Connection(h11.CLIENT)
+            http.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"x")]))
+            http.send(h11.EndOfMessage())
+            http.receive_data(client.received)
+            response, body = None, b""
+            while True:
+                event = http.next_event()
+                if isinstance(event, h11.Response):
+                    response = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    return response, body
+                else:
+                    break
+            await client.arrived
+
+    def test_allowed_request_is_impersonated_and_client_credentials_stripped(self):
+        async def go():
+            await self.start()
+            client = await self.connect()
+            client.transport.write(self.request(
+                b"GET", b"/api/v1/namespaces/default/pods",
+                (b"authorization", b"Bearer user-secret"), (b"impersonate-group", b"developers")))
+            response, body = await self.response(client)
+            self.assertEqual(response.status_code, 200)
+            self.assertEqual(json.loads(body)["kind"], "PodList")
+            self.assertEqual(self.recorder.header(b"impersonate-user"), [b"alice"])
+            self.assertEqual(sorted(self.recorder.header(b"impersonate-group")),
+                             [b"developers", b"system:authenticated"])
+            self.assertEqual(self.recorder.header(b"authorization"), [])
+            (event,) = self.audit
+            self.assertEqual((event["event"], event["user"], event["verb"], event["response_code"]),
+                             ("kube.request", "alice", "list", 200))
+            self.assertEqual((event["resource_kind"], event["resource_namespace"]), ("pods", "default"))
+            self.assertEqual(event["kubernetes_groups"], ["developers", "system:authenticated"])
+            self.assertEqual(event["addr_remote"], "192.0.2.1:5000")
+            self.assertTrue(event["success"])
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_each_group_is_its_own_header_line_and_token_replaces_client_auth(self):
+        async def go():
+            await self.start(token="agent-token")
+            client = await self.connect()
+            client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods/p1",
+                                                (b"authorization", b"Bearer user-secret")))
+            response, _ = await self.response(client)
+            self.assertEqual(response.status_code, 200)
+            self.assertEqual(self.recorder.header(b"authorization"), [b"Bearer agent-token"])
+            raw = [n for n, _ in self.recorder.requests[0][2]]
+            self.assertEqual(self.recorder.header(b"impersonate-group"),
+                             [b"developers", b"system:authenticated"])
+            self.assertEqual(raw.count(b"Impersonate-Group"), 1)  # one header, two values
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_denied_request_never_reaches_upstream_and_is_audited(self):
+        async def go():
+            await self.start()
+            client = await self.connect()
+            client.transport.write(self.request(b"DELETE", b"/api/v1/namespaces/kube-system/pods/x"))
+            response, body = await self.response(client)
+            self.assertEqual(response.status_code, 403)
+            status = json.loads(body)
+            self.assertEqual((status["kind"], status["code"]), ("Status", 403))
+            self.assertIn('pods "x" is forbidden', status["message"])
+            self.assertEqual(self.recorder.requests, [])
+            (event,) = self.audit
+            self.assertFalse(event["success"])
+            self.assertEqual((event["response_code"], event["verb"]), (403, "delete"))
+            self.assertTrue(event["reason"])
+            # The connection stays usable for the next request.
+            client.received = b""
+            client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods"))
+            response, _ = await self.response(client)
+            self.assertEqual(response.status_code, 200)
+            self.assertEqual(len(self.recorder.requests), 1)
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_other_impersonation_headers_and_disallowed_groups_are_refused(self):
+        async def go():
+            await self.start()
+            for header in ((b"impersonate-uid", b"1"), (b"impersonate-extra-scopes", b"x"),
+                           (b"impersonate-group", b"system:masters"), (b"impersonate-user", b"admin")):
+                client = await self.connect()
+                client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods", header))
+                response, body = await self.response(client)
+                self.assertEqual(response.status_code, 403, header)
+                self.assertIn("impersonation request has been denied", json.loads(body)["message"])
+            self.assertEqual(self.recorder.requests, [])
+            self.assertEqual(len(self.audit), 4)
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_request_body_is_forwarded(self):
+        async def go():
+            await self.start()
+            client = await self.connect()
+            body = json.dumps({"kind": "Pod", "metadata": {"name": "p"}}).encode()
+            client.transport.write(self.request(b"POST", b"/api/v1/namespaces/default/pods",
+                                                (b"content-type", b"application/json"), body=body))
+            response, _ = await self.response(client)
+            self.assertEqual(response.status_code, 200)
+            self.assertEqual(self.recorder.requests[0][3], body)
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_streaming_response_arrives_incrementally(self):
+        async def go():
+            await self.start()
+            client = await self.connect()
+            client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods?watch=1"))
+            upstream_request = await self.recorder.streaming
+            await client.until(b'{"type":"ADDED"}')
+            self.assertNotIn(b"MODIFIED", client.received)
+            upstream_request.write(b'{"type":"MODIFIED"}\n')
+            await client.until(b'{"type":"MODIFIED"}')
+            upstream_request.finish()
+            response, body = await self.response(client)
+            self.assertEqual(body, b'{"type":"ADDED"}\n{"type":"MODIFIED"}\n')
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_upgrade_is_spliced_with_early_bytes_both_ways(self):
+        async def go():
+            upgrades = Factory.forProtocol(UpgradeServer)
+            upgrades.instances = []
+            await self.start(upstream_factory=upgrades)
+            client = await self.connect()
+            client.transport.write(self.request(
+                b"POST", b"/api/v1/namespaces/default/pods/p/exec?command=sh",
+                (b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1"),
+                (b"x-stream-protocol-version", b"v4.channel.k8s.io"),
+                (b"x-stream-protocol-version", b"channel.k8s.io"),
+            ) + b"client-first")
+            await client.until(b"server-first")
+            self.assertIn(b"HTTP/1.1 101", client.received)
+            await client.until(b"CLIENT-FIRST")
+            client.transport.write(b"more bytes")
+            await client.until(b"MORE BYTES")
+            (upstream,) = upgrades.instances
+            headers = dict(upstream.request.headers)
+            self.assertEqual(headers[b"upgrade"], b"SPDY/3.1")
+            self.assertEqual([v for n, v in upstream.request.headers if n == b"x-stream-protocol-version"],
+                             [b"v4.channel.k8s.io", b"channel.k8s.io"])
+            self.assertEqual(headers[b"impersonate-user"], b"alice")
+            self.assertEqual([e["response_code"] for e in self.audit], [101])
+            self.assertEqual(self.audit[0]["verb"], "exec")
+            client.transport.loseConnection()
+            await upstream.lost  # closing kubectl's side closes the API server's
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_several_kube_users_without_choice_is_refused(self):
+        async def go():
+            await self.start()
+            client = await self.connect(user_cert=user_cert_pem(roles=("ops",)))
+            client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods"))
+            response, body = await self.response(client)
+            self.assertEqual(response.status_code, 403)
+            self.assertIn("please select a user", json.loads(body)["message"])
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_unreachable_api_server_is_a_status_502(self):
+        async def go():
+            await self.start()
+            cluster = self.forwarder.clusters["c1"]
+            dead = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
+            port = dead.getHost().port
+            await dead.stopListening()
+            self.forwarder.clusters["c1"] = KubeCluster("c1", cluster.labels, credentials(port))
+            client = await self.connect()
+            client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods"))
+            response, body = await self.response(client)
+            self.assertEqual(response.status_code, 502)
+            self.assertEqual(json.loads(body)["kind"], "Status")
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_malformed_http_gets_400(self):
+        async def go():
+            await self.start()
+            client = await self.connect()
+            client.transport.write(b"NOT HTTP AT ALL\r\n\r\n")
+            await client.lost
+            self.assertIn(b" 400 ", client.received)
+        return defer.Deferred.fromCoroutine(go())
+
+
+class AcceptStreamTests(SynchronousTestCase):
+    def setUp(self):
+        cluster = KubeCluster("c1", {"env": "dev"}, credentials(1))
+        self.forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+                                   roles=RoleCache(reactor, FakeRoles().fetch), emit=lambda e: None)
+
+    def test_valid_certificate_for_served_cluster(self):
+        protocol = self.forwarder.accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
+        self.assertEqual(protocol.identity.username, "alice")
+
+    def test_refusals(self):
+        other_ca = CertAuthority.generate("user", "example", NOW)
+        for metadata in (
+            {"kube_cluster": "c1"},
+            {"user_cert": "garbage", "kube_cluster": "c1"},
+            {"user_cert": 42, "kube_cluster": "c1"},
+            {"user_cert": user_cert_pem(ca=other_ca), "kube_cluster": "c1"},
+            {"user_cert": user_cert_pem(expires=NOW - timedelta(seconds=5)), "kube_cluster": "c1"},
+            {"user_cert": user_cert_pem(kube_cluster="c2"), "kube_cluster": "c1"},
+            {"user_cert": user_cert_pem(kube_cluster="c2"), "kube_cluster": "c2"},
+            {"user_cert": certificate_pem(AGENT_CERT).decode(), "kube_cluster": "c1"},
+        ):
+            self.assertRaises(StreamRejected, self.forwarder.accept_stream, metadata)
