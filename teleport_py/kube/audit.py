@@ -1,0 +1,173 @@
+"""Audit events spooled to local disk before they go to Auth.
+
+An event is durable on the agent (JSON line, fsync) before anyone tries to
+upload it, and deleted only after Auth stored it; so losing the tunnel or
+restarting the agent loses nothing. Auth stores events idempotently by
+``uid``, so a batch uploaded again after a crash between "stored" and
+"deleted" is harmless.
+
+Layout: ``<dir>/<sequence>.jsonl`` segments. New events go to the newest
+open segment; an upload first seals it (new events start a new segment), then
+sends sealed segments oldest first, one batch per segment.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Awaitable, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+log = Logger()
+
+MAX_SEGMENT_EVENTS = 500
+
+
+class SpoolFiles:
+    """The blocking file operations, run one at a time on the spool's thread."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        existing = self._segments()
+        self._current = (existing[-1] + 1) if existing else 1
+        self._current_count = 0
+
+    def _segments(self) -> list[int]:
+        return sorted(int(n[:-6]) for n in os.listdir(self.directory) if n.endswith(".jsonl") and n[:-6].isdigit())
+
+    def _path(self, sequence: int) -> str:
+        return os.path.join(self.directory, f"{sequence:012d}.jsonl")
+
+    def append(self, lines: list[bytes]) -> None:
+        """Durable when this returns."""
+        if self._current_count >= MAX_SEGMENT_EVENTS:
+            self.seal()
+        fd = os.open(self._path(self._current), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"".join(lines))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._current_count += len(lines)
+
+    def seal(self) -> None:
+        """Later events go to a new segment, so the sealed ones never change."""
+        if os.path.exists(self._path(self._current)):
+            self._current += 1
+            self._current_count = 0
+
+    def sealed(self) -> list[int]:
+        return [s for s in self._segments() if s < self._current]
+
+    def read(self, sequence: int) -> list[dict]:
+        """Events of one segment; a torn last line (crash mid-write) is dropped."""
+        events = []
+        with open(self._path(sequence), "rb") as f:
+            for line in f:
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    log.warn("dropping unreadable audit spool line in {segment}", segment=sequence)
+        return events
+
+    def remove(self, sequence: int) -> None:
+        os.unlink(self._path(sequence))
+
+
+class EventSpool:
+    """``emit(event)`` from the reactor; uploads happen in the background."""
+
+    def __init__(
+        self,
+        reactor,
+        directory: str,
+        upload: Callable[[list[dict]], Awaitable],
+        *,
+        run_blocking: Callable[..., Deferred] | None = None,
+        delay: float = 1.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self._reactor = reactor
+        self._upload = upload
+        self._run = run_blocking or self._thread_runner(reactor)
+        self._delay = delay
+        self._max_backoff = max_backoff
+        self._backoff = delay
+        self._files = SpoolFiles(directory)
+        self._pending: list[bytes] = []
+        self._writing: Deferred | None = None
+        self._scheduled = None
+        self._uploading = False
+        self._written_since_upload = False
+        self._stopped = False
+
+    def _thread_runner(self, reactor):
+        """One worker thread: spool file operations stay in order and off the reactor."""
+        pool = ThreadPool(minthreads=1, maxthreads=1, name="kube-audit-spool")
+        pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+        return lambda f, *args: deferToThreadPool(reactor, pool, f, *args)
+
+    def emit(self, event: dict) -> None:
+        self._pending.append(json.dumps(event, separators=(",", ":")).encode("utf-8") + b"\n")
+        if self._writing is None:
+            self._write()
+
+    def _write(self) -> None:
+        lines, self._pending = self._pending, []
+        self._writing = self._run(self._files.append, lines)
+        self._writing.addCallbacks(self._written, self._write_failed, errbackArgs=(lines,))
+
+    def _written(self, _) -> None:
+        self._writing = None
+        self._written_since_upload = True
+        if self._pending:
+            self._write()
+        self.schedule_upload(self._delay)
+
+    def _write_failed(self, failure, lines) -> None:
+        log.failure("cannot write the audit spool; retrying", failure)
+        self._pending[:0] = lines
+        self._writing = None
+        self._reactor.callLater(self._delay, self._write)
+
+    def schedule_upload(self, delay: float = 0.0) -> None:
+        if self._scheduled is None and not self._uploading and not self._stopped:
+            self._scheduled = self._reactor.callLater(delay, self._start_upload)
+
+    def _start_upload(self) -> None:
+        self._scheduled = None
+        self._uploading = True
+        self._written_since_upload = False
+        Deferred.fromCoroutine(self._upload_all()).addCallbacks(self._uploaded, self._upload_failed)
+
+    async def _upload_all(self) -> None:
+        await self._run(self._files.seal)
+        for sequence in await self._run(self._files.sealed):
+            batch = await self._run(self._files.read, sequence)
+            if batch:
+                await self._upload(batch)
+            await self._run(self._files.remove, sequence)
+
+    def _uploaded(self, _) -> None:
+        self._uploading = False
+        self._backoff = self._delay
+        if self._written_since_upload:
+            self.schedule_upload(self._delay)
+
+    def _upload_failed(self, failure) -> None:
+        self._uploading = False
+        log.warn("audit upload failed, retrying in {delay}s: {error}", delay=self._backoff,
+                 error=failure.getErrorMessage())
+        self.schedule_upload(self._backoff)
+        self._backoff = min(self._backoff * 2, self._max_backoff)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None

@@ -1,0 +1,129 @@
+"""The agent's audit spool: durable before upload, deleted only once stored."""
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from teleport_py.events import KUBE_REQUEST, make_event
+from teleport_py.kube.audit import EventSpool
+
+
+def inline(f, *args):
+    return maybeDeferred(f, *args)
+
+
+class FakeAuth:
+    """Stores events by uid, like the Auth audit log; can be made to fail."""
+
+    def __init__(self):
+        self.stored = {}
+        self.calls = 0
+        self.failing = False
+        self.hold: Deferred | None = None
+
+    def upload(self, batch):
+        self.calls += 1
+        if self.failing:
+            raise ConnectionError("auth unreachable")
+        if self.hold is not None:
+            hold, self.hold = self.hold, None
+            return hold.addCallback(lambda _: self._store(batch))
+        return succeed(self._store(batch))
+
+    def _store(self, batch):
+        for event in batch:
+            self.stored.setdefault(event["uid"], []).append(event)
+
+
+class SpoolTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        self.clock = Clock()
+        self.auth = FakeAuth()
+
+    def spool(self):
+        return EventSpool(self.clock, self.dir, self.auth.upload, run_blocking=inline, delay=1.0, max_backoff=8.0)
+
+    def spooled_lines(self) -> int:
+        total = 0
+        for name in os.listdir(self.dir):
+            with open(os.path.join(self.dir, name), "rb") as f:
+                total += len(f.read().splitlines())
+        return total
+
+    def event(self, n):
+        return make_event(KUBE_REQUEST, 1000.0 + n, user="alice", request_path=f"/api/{n}")
+
+    def test_written_before_upload_and_deleted_after(self):
+        spool = self.spool()
+        spool.emit(self.event(1))
+        spool.emit(self.event(2))
+        self.assertEqual(self.spooled_lines(), 2)
+        self.assertEqual(self.auth.stored, {})
+        self.clock.advance(1)
+        self.assertEqual(len(self.auth.stored), 2)
+        self.assertEqual(self.spooled_lines(), 0)
+
+    def test_events_survive_restart_and_are_uploaded_exactly_once(self):
+        self.auth.failing = True
+        spool = self.spool()
+        events = [self.event(n) for n in range(5)]
+        for event in events:
+            spool.emit(event)
+        self.clock.advance(1)
+        spool.stop()
+        self.assertEqual(self.spooled_lines(), 5)
+        # "Restart": a new spool over the same directory uploads what the old one left.
+        self.auth.failing = False
+        restarted = self.spool()
+        restarted.schedule_upload()
+        self.clock.advance(0)
+        self.assertEqual(sorted(self.auth.stored), sorted(e["uid"] for e in events))
+        self.assertTrue(all(len(copies) == 1 for copies in self.auth.stored.values()))
+        self.assertEqual(self.spooled_lines(), 0)
+
+    def test_failed_upload_retries_with_capped_backoff(self):
+        self.auth.failing = True
+        spool = self.spool()
+        spool.emit(self.event(1))
+        attempts = []
+        for step in (1, 1, 2, 4, 8, 8):
+            self.clock.advance(step)
+            attempts.append(self.auth.calls)
+        self.assertEqual(attempts, [1, 2, 3, 4, 5, 6])
+        self.auth.failing = False
+        self.clock.advance(8)
+        self.assertEqual(len(self.auth.stored), 1)
+        self.assertEqual(self.spooled_lines(), 0)
+
+    def test_events_emitted_during_an_upload_are_uploaded_next(self):
+        spool = self.spool()
+        self.auth.hold = Deferred()
+        held = self.auth.hold
+        spool.emit(self.event(1))
+        self.clock.advance(1)
+        spool.emit(self.event(2))
+        held.callback(None)
+        self.assertEqual(len(self.auth.stored), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.auth.stored), 2)
+        self.assertEqual(self.spooled_lines(), 0)
+
+    def test_torn_line_is_dropped_not_fatal(self):
+        os.makedirs(self.dir)
+        with open(os.path.join(self.dir, "000000000001.jsonl"), "wb") as f:
+            f.write(b'{"uid": "a", "event": "kube.request"}\n{"uid": "b", "ev')
+        spool = self.spool()
+        spool.schedule_upload()
+        self.clock.advance(0)
+        self.assertEqual(list(self.auth.stored), ["a"])
+
+    def test_spool_files_are_private(self):
+        spool = self.spool()
+        spool.emit(self.event(1))
+        (name,) = os.listdir(self.dir)
+        self.assertEqual(os.stat(os.path.join(self.dir, name)).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(self.dir).st_mode & 0o777, 0o700)
