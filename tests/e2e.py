@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 
 from tests.support.kubeenv import default_kubectl, kubectl_binaries, shared_control_plane
 from tests.support.procs import ManagedProcess, free_port, run
+from tests.support.seed import KUBE_ACCESS_ROLE
 
 BIN = os.path.dirname(sys.executable)
 PASSWORD = "correct horse battery"
@@ -59,24 +60,6 @@ subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: Group, name: viewers}
 """
 
-KUBE_ACCESS_ROLE = """\
-kind: role
-metadata:
-  name: kube-access
-version: v7
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_resources:
-      - kind: '*'
-        namespace: '*'
-        name: '*'
-        verbs: ['*']
-    kubernetes_groups:
-      - viewers
-  deny: {}
-"""
 
 
 def tool(name: str) -> str:

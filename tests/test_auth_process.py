@@ -12,25 +12,8 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from tests.support.procs import ManagedProcess, free_port, run
+from tests.support.seed import KUBE_ACCESS_ROLE as KUBE_ACCESS
 
-KUBE_ACCESS = """\
-kind: role
-metadata:
-  name: kube-access
-version: v7
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_resources:
-      - kind: '*'
-        namespace: '*'
-        name: '*'
-        verbs: ['*']
-    kubernetes_groups:
-      - viewers
-  deny: {}
-"""
 
 BIN = os.path.dirname(sys.executable)
 

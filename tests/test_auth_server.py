@@ -18,25 +18,8 @@ from teleport_py.auth.server import AuthServer
 from teleport_py.backend import MemoryBackend
 from teleport_py.pki import HostIdentity, UserIdentity, generate_private_key, identity_from_certificate, load_certificate_pem
 from teleport_py.resources import parse_yaml, resource_to_dict
+from tests.support.seed import KUBE_ACCESS_ROLE as KUBE_ACCESS
 
-KUBE_ACCESS = """
-kind: role
-metadata:
-  name: kube-access
-version: v7
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_resources:
-      - kind: '*'
-        namespace: '*'
-        name: '*'
-        verbs: ['*']
-    kubernetes_groups:
-      - viewers
-  deny: {}
-"""
 PASSWORD = "correct horse battery"
 
 

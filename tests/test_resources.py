@@ -33,45 +33,9 @@ from teleport_py.resources import (
 )
 from teleport_py.resources.role import CORE_RESOURCES, DEFAULT_MAX_SESSION_TTL, RULE_VERBS, V7_CLUSTER_WIDE_KINDS, V7_KINDS
 from teleport_py.resources.token import TOKEN_ROLES
+from tests.support.seed import DEV_NAMESPACE_ACCESS_ROLE as SEED_V8, KUBE_ACCESS_ROLE as SEED_V7
 
-SEED_V7 = """\
-kind: role
-metadata:
-  name: kube-access
-version: v7
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_resources:
-      - kind: '*'
-        namespace: '*'
-        name: '*'
-        verbs: ['*']
-    kubernetes_groups:
-      - viewers
-  deny: {}
-"""
 
-SEED_V8 = """\
-kind: role
-version: v8
-metadata:
-  name: dev-namespace-access
-spec:
-  allow:
-    kubernetes_labels:
-      env: development
-    kubernetes_groups:
-      - dev-team
-    kubernetes_resources:
-      - kind: '*'
-        api_group: '*'
-        namespace: development
-        name: '*'
-        verbs: ['*']
-  deny: {}
-"""
 
 EVERYTHING_V7 = KubernetesResource(kind="*", namespace="*", name="*", verbs=("*",))
 EVERYTHING_V8 = KubernetesResource(kind="*", namespace="*", name="*", verbs=("*",), api_group="*")
