@@ -1,0 +1,160 @@
+"""The agent's reverse tunnel: dial out to the proxy and stay connected.
+
+The agent needs only outbound access: the proxy opens `kube` streams to us
+over this connection, and we open `auth` streams through it to reach Auth.
+"""
+from __future__ import annotations
+
+import random as _random
+from typing import Callable, Sequence
+
+from twisted.internet.defer import fail
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from teleport_py.auth.server import AUTH_SERVER_NAME
+from teleport_py.identityfile import IdentityFile
+from teleport_py.pki import client_tls_options
+from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol
+
+log = Logger()
+
+TUNNEL_ALPN = b"teleport-reversetunnel"
+#: Only proxy host certificates carry ``*.teleport.cluster.local`` (Auth
+#: strips that suffix from every other join), so verifying the proxy under
+#: this name proves we reached a proxy of our cluster, whatever address we dialled.
+PROXY_TUNNEL_NAME = "reversetunnel.teleport.cluster.local"
+BACKOFF_STEPS = (1.0, 2.0, 4.0, 8.0)
+
+
+def backoff_delay(attempt: int, random: Callable[[], float] = _random.random) -> float:
+    """1, 2, 4, 8, 8, ... seconds, each shortened by up to a quarter at random
+    so that agents cut off together do not all come back in the same instant."""
+    base = BACKOFF_STEPS[min(attempt, len(BACKOFF_STEPS) - 1)]
+    return base * (1 - random() / 4)
+
+
+def proxy_endpoint(reactor, host: str, port: int, identity: IdentityFile) -> IStreamClientEndpoint:
+    """Mutual TLS to the proxy's public port, ALPN-marked as a reverse tunnel."""
+    tls = client_tls_options(
+        PROXY_TUNNEL_NAME,
+        trusted_cas=identity.host_cas,
+        certificate=identity.certificate,
+        private_key=identity.private_key,
+        alpn=[TUNNEL_ALPN],
+    )
+    return wrapClientTLS(tls, HostnameEndpoint(reactor, host, port))
+
+
+class _Announce(Protocol):
+    """The announce stream says everything in its metadata; nothing to send."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+class TunnelClient:
+    """Keeps one tunnel up: reconnects with capped exponential backoff and
+    announces the served clusters on every connection."""
+
+    def __init__(
+        self,
+        reactor,
+        endpoint: IStreamClientEndpoint,
+        *,
+        clusters: Sequence[dict],
+        accept_stream: Callable[[str, dict], Protocol],
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._clusters = [dict(c) for c in clusters]
+        self._accept_stream = accept_stream
+        self._random = random
+        self._attempt = 0
+        self._retry_call = None
+        self._stopped = True
+        self.tunnel: TunnelProtocol | None = None
+
+    def start(self) -> None:
+        self._stopped = False
+        self._dial()
+
+    def stop(self):
+        """Stop reconnecting; fires once the current tunnel is closed."""
+        self._stopped = True
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        if self.tunnel is None:
+            return None
+        self.tunnel.transport.loseConnection()
+        return self.tunnel.closed
+
+    def _dial(self) -> None:
+        self._retry_call = None
+        tunnel = TunnelProtocol(self._reactor, initiator=True, accept_stream=self._accept_stream)
+        d = self._endpoint.connect(Factory.forProtocol(lambda: tunnel))
+        d.addCallbacks(self._connected, self._dial_failed)
+
+    def _connected(self, tunnel: TunnelProtocol) -> None:
+        self.tunnel = tunnel
+        tunnel.closed.addCallback(self._lost, tunnel)
+        announced = tunnel.open_stream("announce", {"clusters": self._clusters}, _Announce())
+        announced.addCallbacks(self._announced, self._announce_failed)
+
+    def _announced(self, _) -> None:
+        """The proxy accepted our certificate and our clusters: a healthy tunnel."""
+        self._attempt = 0
+        log.info("reverse tunnel up, announced clusters={clusters}", clusters=[c["name"] for c in self._clusters])
+
+    def _announce_failed(self, failure) -> None:
+        failure.trap(StreamRejected, TunnelClosed)
+        log.warn("proxy refused our announce: {reason}", reason=failure.getErrorMessage())
+
+    def _dial_failed(self, failure) -> None:
+        log.warn("cannot reach the proxy: {error}", error=failure.getErrorMessage())
+        self._retry()
+
+    def _lost(self, _, tunnel: TunnelProtocol) -> None:
+        if self.tunnel is tunnel:
+            self.tunnel = None
+        self._retry()
+
+    def _retry(self) -> None:
+        if self._stopped:
+            return
+        delay = backoff_delay(self._attempt, self._random)
+        self._attempt += 1
+        log.info("reconnecting to the proxy in {delay:.1f}s", delay=delay)
+        self._retry_call = self._reactor.callLater(delay, self._dial)
+
+    def auth_endpoint_factory(self, identity: IdentityFile) -> "AuthOverTunnel":
+        """For ``AuthClient.over_endpoints``: TLS to Auth inside an `auth` stream."""
+        return AuthOverTunnel(self, identity)
+
+
+@implementer(IStreamClientEndpoint)
+class AuthOverTunnel:
+    """Opens an `auth` stream on whatever tunnel is current and speaks TLS
+    with our host certificate through it, verifying Auth end to end."""
+
+    def __init__(self, client: TunnelClient, identity: IdentityFile) -> None:
+        self._client = client
+        self._tls = client_tls_options(
+            AUTH_SERVER_NAME,
+            trusted_cas=identity.host_cas,
+            certificate=identity.certificate,
+            private_key=identity.private_key,
+        )
+
+    def endpointForURI(self, uri) -> IStreamClientEndpoint:
+        return wrapClientTLS(self._tls, self)
+
+    def connect(self, factory):
+        tunnel = self._client.tunnel
+        if tunnel is None:
+            return fail(TunnelClosed("no tunnel to the proxy"))
+        return tunnel.endpoint("auth", {}).connect(factory)
