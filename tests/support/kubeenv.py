@@ -360,3 +360,46 @@ def shared_control_plane(reactor=None):
         reactor.addSystemEventTrigger("before", "shutdown", plane.stop)
         plane.start().addBoth(started.fire)
     return _shared[reactor].wait()
+
+
+def _checked(result):
+    if result.code != 0:
+        raise KubectlError(f"kubectl failed ({result.code}): {result.err}")
+    return result
+
+
+@defer.inlineCallbacks
+def register_node(plane, name, kubelet_port):
+    """
+    A Node whose kubelet is a stand-in on 127.0.0.1:``kubelet_port``: the
+    apiserver relays exec, attach and port-forward for its pods there.
+    """
+    yield plane.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))
+    status = {"status": {
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "stand-in"}],
+    }}
+    yield plane.kubectl("patch", "node", name, "--subresource=status", "--type=merge",
+                        "-p", yaml.safe_dump(status)).addCallback(_checked)
+
+
+@defer.inlineCallbacks
+def create_running_pod(plane, name, namespace, node, containers=("app",)):
+    """A pod bound to ``node`` whose status says Running, as a kubelet would report it."""
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"nodeName": node, "containers": [{"name": c, "image": "stand-in"} for c in containers]},
+    }
+    yield plane.apply(yaml.safe_dump(pod))
+    status = {"status": {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [
+            {"name": c, "ready": True, "restartCount": 0, "image": "stand-in", "imageID": "",
+             "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}}
+            for c in containers
+        ],
+    }}
+    yield plane.kubectl("patch", "pod", name, "-n", namespace, "--subresource=status", "--type=merge",
+                        "-p", yaml.safe_dump(status)).addCallback(_checked)
