@@ -12,41 +12,13 @@ import attrs
 
 from teleport_py.rbac.match import WILDCARD, InvalidPattern, match_labels, match_value
 from teleport_py.rbac.request import RequestInfo
-from teleport_py.resources.role import KUBE_VERBS, KubernetesResource, Role, RoleConditions
+from teleport_py.resources.role import KUBE_VERBS, V7_CLUSTER_WIDE_KINDS, V7_KINDS, KubernetesResource, Role, RoleConditions
 from teleport_py.resources.traits import expand
 
 ALL_AUTHENTICATED = "system:authenticated"
 IMPERSONATION_DENIED = "impersonation request has been denied"
 _READ_VERBS = frozenset({"get", "list", "watch"})
 _COLLECTION_VERBS = frozenset({"list", "watch", "deletecollection"})
-
-#: v7 singular kind -> (v8 resource, API group), as Teleport maps them.
-V7_KINDS = {
-    "pod": ("pods", ""),
-    "secret": ("secrets", ""),
-    "configmap": ("configmaps", ""),
-    "namespace": ("namespaces", ""),
-    "service": ("services", ""),
-    "serviceaccount": ("serviceaccounts", ""),
-    "kube_node": ("nodes", ""),
-    "persistentvolume": ("persistentvolumes", ""),
-    "persistentvolumeclaim": ("persistentvolumeclaims", ""),
-    "deployment": ("deployments", "apps"),
-    "replicaset": ("replicasets", "apps"),
-    "statefulset": ("statefulsets", "apps"),
-    "daemonset": ("daemonsets", "apps"),
-    "clusterrole": ("clusterroles", "rbac.authorization.k8s.io"),
-    "kube_role": ("roles", "rbac.authorization.k8s.io"),
-    "clusterrolebinding": ("clusterrolebindings", "rbac.authorization.k8s.io"),
-    "rolebinding": ("rolebindings", "rbac.authorization.k8s.io"),
-    "cronjob": ("cronjobs", "batch"),
-    "job": ("jobs", "batch"),
-    "certificatesigningrequest": ("certificatesigningrequests", "certificates.k8s.io"),
-    "ingress": ("ingresses", "networking.k8s.io"),
-}
-#: v7 kinds that are cluster-scoped: v7 ignored ``namespace`` on them.
-V7_CLUSTER_WIDE_KINDS = ("namespace", "kube_node", "persistentvolume", "clusterrole",
-                         "clusterrolebinding", "certificatesigningrequest")
 
 #: Well-known cluster-scoped resources, used when the caller cannot tell
 #: (from API discovery) whether a resource is namespaced.
@@ -88,15 +60,15 @@ def _convert_v7(resource: KubernetesResource) -> list[KubernetesResource]:
             KubernetesResource(kind="namespaces", name=namespace, verbs=resource.verbs),
         ]
     namespace = "" if resource.kind in V7_CLUSTER_WIDE_KINDS else resource.namespace
-    kind, api_group = V7_KINDS.get(resource.kind, (resource.kind, WILDCARD))
+    api_group, kind = V7_KINDS.get(resource.kind, (WILDCARD, resource.kind))
     converted = [KubernetesResource(kind=kind, api_group=api_group, namespace=namespace,
                                     name=resource.name, verbs=resource.verbs)]
     if kind == WILDCARD:
         # v7 wildcards reached cluster-wide kinds whatever their namespace said.
         converted += [
-            KubernetesResource(kind=V7_KINDS[v7_kind][0], api_group=WILDCARD,
+            KubernetesResource(kind=V7_KINDS[v7_kind][1], api_group=WILDCARD,
                                name=resource.name, verbs=resource.verbs)
-            for v7_kind in V7_CLUSTER_WIDE_KINDS if v7_kind != "namespace"
+            for v7_kind in sorted(V7_CLUSTER_WIDE_KINDS) if v7_kind != "namespace"
         ]
     return converted
 
