@@ -1,0 +1,140 @@
+"""Joining through the proxy's /webapi/join (a twisted.web stand-in over TLS on 127.0.0.1), and heartbeats."""
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import resource, server
+
+from teleport_py.auth.server import ca_pin
+from teleport_py.config import parse_config
+from teleport_py.identityfile import IdentityFile
+from teleport_py.kube.heartbeat import Heartbeat
+from teleport_py.kube.join import JoinError, identity_dir, obtain_identity
+from teleport_py.pki import CertAuthority, HostIdentity, certificate_pem, server_tls_options
+from teleport_py.resources import KubeServer, resource_from_dict
+from tests.test_kube_forwarder import NOW, USER_CA, host_cert
+
+HOST_CA = CertAuthority.generate("host", "example", NOW)
+WEB_CERT, WEB_KEY = host_cert("proxy-web", HOST_CA)
+
+
+class JoinStandIn(resource.Resource):
+    """What the proxy relays to Auth's /v1/join, reduced to the contract."""
+
+    isLeaf = True
+
+    def __init__(self, token="secret-token", role="kube"):
+        super().__init__()
+        self.token, self.role, self.calls = token, role, []
+
+    def render_POST(self, request):
+        body = json.loads(request.content.read())
+        self.calls.append(body)
+        request.setHeader(b"content-type", b"application/json")
+        if request.path != b"/webapi/join" or body["token"] != self.token:
+            request.setResponseCode(403)
+            return json.dumps({"error": {"message": "the join token is invalid"}}).encode()
+        identity = HostIdentity(host_id=body["host_id"], nodename=body["nodename"], system_role=self.role,
+                                teleport_cluster="example")
+        cert = HOST_CA.issue_host_certificate(load_pem_public_key(body["public_key"].encode()), identity, NOW,
+                                              NOW + timedelta(hours=1))
+        return json.dumps({
+            "cert": certificate_pem(cert).decode(),
+            "cas": {"host": [certificate_pem(HOST_CA.certificate).decode()],
+                    "user": [certificate_pem(USER_CA.certificate).decode()]},
+            "cluster_name": "example",
+        }).encode()
+
+
+class JoinTests(TestCase):
+    async def start(self, stand_in):
+        tls = server_tls_options(WEB_CERT, WEB_KEY, require_client_certificate=False)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            TLSMemoryBIOFactory(tls, False, server.Site(stand_in)))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def config(self, port, pin=None):
+        self.data_dir = self.data_dir if hasattr(self, "data_dir") else os.path.abspath(self.mktemp())
+        pin_line = f"  ca_pin: {pin}\n" if pin else ""
+        return parse_config(
+            f"teleport:\n  data_dir: {self.data_dir}\n  nodename: agent-node\n  proxy_server: 127.0.0.1:{port}\n"
+            f"{pin_line}auth_service: {{enabled: false}}\nproxy_service: {{enabled: false}}\n"
+            "kubernetes_service:\n  kubeconfig_file: /nonexistent\n")
+
+    def test_join_once_then_reuse_saved_identity(self):
+        async def go():
+            stand_in = JoinStandIn()
+            config = self.config(await self.start(stand_in), pin=ca_pin(HOST_CA.certificate))
+            identity = await obtain_identity(reactor, config, "secret-token")
+            (call,) = stand_in.calls
+            self.assertEqual((call["role"], call["nodename"]), ("kube", "agent-node"))
+            self.assertEqual(identity.host_cas, (HOST_CA.certificate,))
+            self.assertEqual(identity.user_cas, (USER_CA.certificate,))
+            key_path = os.path.join(identity_dir(self.data_dir), "key.pem")
+            self.assertEqual(os.stat(key_path).st_mode & 0o777, 0o600)
+            again = await obtain_identity(reactor, config, "secret-token")
+            self.assertEqual(len(stand_in.calls), 1)  # never re-joins with a valid identity
+            self.assertEqual(again.certificate, identity.certificate)
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_wrong_ca_pin_refuses_and_saves_nothing(self):
+        async def go():
+            other = CertAuthority.generate("host", "example", NOW)
+            config = self.config(await self.start(JoinStandIn()), pin=ca_pin(other.certificate))
+            with self.assertRaises(JoinError) as e:
+                await obtain_identity(reactor, config, "secret-token")
+            self.assertIn("ca_pin", str(e.exception))
+            self.assertFalse(IdentityFile.exists(identity_dir(self.data_dir)))
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_refused_token_and_wrong_role(self):
+        async def go():
+            config = self.config(await self.start(JoinStandIn()))
+            with self.assertRaises(JoinError) as e:
+                await obtain_identity(reactor, config, "wrong-token")
+            self.assertNotIn("wrong-token", str(e.exception))
+            self.assertIn("403", str(e.exception))
+            config = self.config(await self.start(JoinStandIn(role="proxy")))
+            with self.assertRaises(JoinError):
+                await obtain_identity(reactor, config, "secret-token")
+            self.assertFalse(IdentityFile.exists(identity_dir(self.data_dir)))
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_missing_token(self):
+        async def go():
+            with self.assertRaises(JoinError):
+                await obtain_identity(reactor, self.config(1), "")
+        return defer.Deferred.fromCoroutine(go())
+
+
+class HeartbeatTests(SynchronousTestCase):
+    def test_heartbeats_every_interval_for_each_cluster_and_survive_failures(self):
+        clock = Clock()
+        sent = []
+
+        async def send(resource):
+            sent.append(resource)
+            if len(sent) == 1:
+                raise ConnectionError("auth unreachable")
+
+        beat = Heartbeat(clock, send, [("c1", {"env": "dev"}), ("c2", {})], "host-1", "node", interval=30)
+        beat.start()
+        self.assertEqual([r["metadata"]["name"] for r in sent], ["c1", "c2"])
+        clock.advance(30)
+        self.assertEqual(len(sent), 4)
+        server = resource_from_dict(sent[0])
+        self.assertIsInstance(server, KubeServer)
+        self.assertEqual((server.cluster_name, dict(server.cluster_labels), server.host_id),
+                         ("c1", {"env": "dev"}, "host-1"))
+        beat.stop()
+        clock.advance(60)
+        self.assertEqual(len(sent), 4)
