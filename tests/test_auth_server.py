@@ -305,3 +305,26 @@ class AuthServerTests(TestCase):
             self.assertEqual(await auth.kube_clusters(), {})
 
         return d(go())
+
+
+class KubeAgentRoleAccessTests(TestCase):
+    """A kube agent reads roles to authorize kubectl requests, and nothing more."""
+
+    def test_kube_agent_reads_roles_only(self):
+        async def go():
+            clock = ShiftedClock(reactor)
+            backend = MemoryBackend(clock)
+            self.addCleanup(backend.close)
+            auth = await AuthServer.initialize(clock, backend, "example")
+            kube = HostIdentity(host_id="agent-1", nodename="n", system_role="kube", teleport_cluster="example")
+            await auth.authorize(kube, "role", "read")
+            await auth.authorize(kube, "role", "list")
+            for kind, verb in (("role", "create"), ("role", "update"), ("role", "delete"), ("user", "read"),
+                               ("token", "list"), ("event", "list")):
+                with self.assertRaises(AccessDenied):
+                    await auth.authorize(kube, kind, verb)
+            proxy = HostIdentity(host_id="p", nodename="n", system_role="proxy", teleport_cluster="example")
+            with self.assertRaises(AccessDenied):
+                await auth.authorize(proxy, "role", "read")
+
+        return d(go())
