@@ -141,10 +141,9 @@ class ListFilter:
 
     def finish(self) -> bytes:
         if self._inflater is None:
-            return _filter_list(bytes(self._body), self._allow)
+            return _filter_list(self._body, self._allow)
         self._inflater.finish()
-        filtered = _filter_list(bytes(self._body), self._allow)
-        return zlib.compress(filtered, _GZIP_LEVEL, _GZIP_WBITS)
+        return zlib.compress(_filter_list(self._body, self._allow), _GZIP_LEVEL, _GZIP_WBITS)
 
 
 class WatchFilter:
@@ -225,13 +224,13 @@ class WatchFilter:
         return _dumps(event) + b"\n"
 
 
-def _filter_list(body: bytes, allow: Allow) -> bytes:
+def _filter_list(body: bytearray, allow: Allow) -> bytes:
     """The list in ``body`` without the items ``allow`` refuses."""
     listing = _loads(body)
     if not isinstance(listing, dict):
         raise FilterError("response body is not a JSON object")
     if listing.get("kind") == "Status":
-        return body
+        return bytes(body)
     if _is_table(listing):
         changed = _filter_rows(listing, allow)
     elif "items" in listing:
@@ -241,7 +240,7 @@ def _filter_list(body: bytes, allow: Allow) -> bytes:
     metadata = listing.get("metadata")
     if isinstance(metadata, dict) and metadata.pop("remainingItemCount", None) is not None:
         changed = True
-    return _dumps(listing) if changed else body
+    return _dumps(listing) if changed else bytes(body)
 
 
 def _is_table(obj: dict) -> bool:
