@@ -88,6 +88,14 @@ def pod_list_body() -> bytes:
     return json.dumps(listing, separators=(",", ":")).encode()
 
 
+def half(namespace: str, name: str) -> bool:
+    return namespace == "development"
+
+
+def everything(namespace: str, name: str) -> bool:
+    return True
+
+
 def run_filter(body: bytes, allow, gzipped: bool = False) -> bytes:
     list_filter = ListFilter(allow, gzipped=gzipped)
     for start in range(0, len(body), CHUNK):
@@ -120,8 +128,6 @@ def peak_memory(work: Callable[[], object]) -> int:
 def main() -> None:
     body = pod_list_body()
     compressed = gzip.compress(body, compresslevel=1)
-    half = lambda namespace, name: namespace == "development"  # noqa: E731
-    everything = lambda namespace, name: True  # noqa: E731
     print(f"PodList: {PODS} pods, {len(body) / 2**20:.1f} MiB ({len(body) // PODS} bytes a pod), "
           f"gzip {len(compressed) / 2**20:.1f} MiB")
     cases = [
@@ -136,6 +142,7 @@ def main() -> None:
     for (label, _), seconds, peak in zip(cases, times, peaks):
         print(f"{label:<28} {seconds:8.3f} {seconds / times[0]:7.2f} "
               f"{peak / 2**20:9.1f} {peak / peaks[0]:7.2f}")
+
 
 if __name__ == "__main__":
     main()
