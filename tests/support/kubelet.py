@@ -572,9 +572,16 @@ class _Command(protocol.ProcessProtocol):
             self._session.finish({"metadata": {}, "status": "Failure", "message": str(e), "reason": "InternalError"})
 
     def connectionMade(self):
-        self.transport.registerProducer(_InputGate(self._connection), True)
+        self._stdin_gate = _InputGate(self._connection)
+        self.transport.registerProducer(self._stdin_gate, True)
         if not self._request.flag("input") and not self._tty:
-            self.transport.closeStdin()
+            self._close_stdin()
+
+    def _close_stdin(self):
+        # A writer with a paused producer would never close: stop being its producer first.
+        self.transport.unregisterProducer()
+        self._stdin_gate.stopProducing()
+        self.transport.closeStdin()
 
     def client_data(self, channel, data, fin, whole_message=False):
         if self._ended:
@@ -586,7 +593,7 @@ class _Command(protocol.ProcessProtocol):
                 # A pty has no separate stdin to close: send EOF as the terminal would.
                 self.transport.write(b"\x04")
             elif fin:
-                self.transport.closeStdin()
+                self._close_stdin()
         elif channel == RESIZE:
             sizes = self._resizes.feed(data) + (self._resizes.flush() if whole_message else [])
             for width, height in sizes:
@@ -711,12 +718,19 @@ class _Forward(protocol.Protocol):
         d.addErrback(failed)
 
     def connectionMade(self):
-        self.transport.registerProducer(_InputGate(self._session._connection), True)
+        self._gate = _InputGate(self._session._connection)
+        self.transport.registerProducer(self._gate, True)
         for data in self._pending:
             self.transport.write(data)
         self._pending = None
         if self._client_done:
-            self.transport.loseWriteConnection()
+            self._half_close()
+
+    def _half_close(self):
+        # A socket with a paused producer would never send its FIN: stop being its producer first.
+        self.transport.unregisterProducer()
+        self._gate.stopProducing()
+        self.transport.loseWriteConnection()
 
     def from_client(self, data, fin):
         if self._pending is not None:
@@ -726,7 +740,7 @@ class _Forward(protocol.Protocol):
         if data:
             self.transport.write(data)
         if fin:
-            self.transport.loseWriteConnection()
+            self._half_close()
 
     def dataReceived(self, data):
         self._session.spdy.send_data(self.streams["data"], data)
