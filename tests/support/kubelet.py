@@ -217,18 +217,13 @@ class _KubeletConnection(protocol.Protocol):
                 event = self._http.next_event()
                 if isinstance(event, h11.Request):
                     self._request = event
-                elif event is h11.NEED_DATA:
-                    return
-                elif event is h11.PAUSED or isinstance(event, h11.EndOfMessage):
-                    if event is h11.PAUSED or not self._is_upgrade():
-                        return self._route(self._http.trailing_data[0] if event is h11.PAUSED else b"")
-                elif isinstance(event, h11.ConnectionClosed):
+                elif isinstance(event, h11.EndOfMessage):
+                    # The whole request is in; what follows it belongs to the upgraded protocol.
+                    return self._route(self._http.trailing_data[0])
+                elif event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
                     return
         except h11.RemoteProtocolError:
             self._respond(400, "bad request")
-
-    def _is_upgrade(self):
-        return any(name.lower() == b"upgrade" for name, _ in self._request.headers)
 
     def _respond(self, code, message, headers=()):
         reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found"}.get(code, "Error")
