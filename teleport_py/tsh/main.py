@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.task import react
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from OpenSSL.SSL import Error as TLSError
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
 from teleport_py.identityfile import IdentityFile
 from teleport_py.pki import (
@@ -447,7 +448,7 @@ def main(argv=None) -> None:
         except (CLIError, ProfileError, WebError, kubeconfig.KubeconfigError) as error:
             sys.stderr.write("ERROR: %s\n" % error)
             raise SystemExit(1)
-        except (ConnectError, DNSLookupError, ResponseFailed, ResponseNeverReceived) as error:
+        except (ConnectError, DNSLookupError, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived) as error:
             sys.stderr.write("ERROR: cannot reach the proxy: %s\n" % _describe(error))
             raise SystemExit(1)
 
@@ -455,8 +456,10 @@ def main(argv=None) -> None:
 
 
 def _describe(error: Exception) -> str:
-    """ResponseFailed wraps the real reason (often a TLS verification failure) in a list of Failures."""
-    reasons = getattr(error, "reasons", None)
+    """treq's errors wrap the real reason (often a TLS verification failure) in a list of Failures."""
+    reasons = getattr(error, "reasons", None) or []
+    if any(reason.check(TLSError) for reason in reasons):
+        return "its TLS certificate is not trusted (--insecure skips the check: for testing only)"
     if reasons:
         return "; ".join(str(reason.value) for reason in reasons)
     return str(error)

@@ -60,10 +60,10 @@ class _Unverified:
     """``--insecure``: TLS without checking who answers (explicit opt-in only)."""
 
     server_name: bytes | None
-    context: SSL.Context
+    options: ssl.CertificateOptions
 
     def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
-        connection = SSL.Connection(self.context, tlsProtocol)
+        connection = self.options.clientConnectionForTLS(tlsProtocol)
         if self.server_name is not None:
             connection.set_tlsext_host_name(self.server_name)
         return connection
@@ -99,7 +99,7 @@ class ProxyTLSPolicy:
                 certificate=None if own is None else own.original,
                 raiseMinimumTo=_MINIMUM_VERSION,
             )
-            return _Unverified(None if _is_ip_address(host) else hostname, options.getContext())
+            return _Unverified(None if _is_ip_address(host) else hostname, options)
         return ssl.optionsForClientTLS(
             host,
             trustRoot=_SystemOrCluster(tuple(self.host_cas)),

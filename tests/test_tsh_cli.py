@@ -1,0 +1,381 @@
+"""The real ``tsh`` console script against a fake proxy web API (twisted.web over TLS on 127.0.0.1).
+
+The fake proxy signs with CAs generated here, so these tests see exactly what
+tsh sends and stores: the password never goes anywhere but /webapi/login, the
+private key never leaves the machine, reissues are counted.
+"""
+
+import json
+import os
+import stat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from teleport_py.identityfile import IdentityFile
+from teleport_py.pki import (
+    CertAuthority,
+    HostIdentity,
+    UserIdentity,
+    certificate_pem,
+    generate_private_key,
+    identity_from_certificate,
+    load_certificate_pem,
+    peer_certificate,
+    server_tls_options,
+)
+from teleport_py.tsh.profile import Profile, ProfileStore
+from tests.support.procs import run
+
+TSH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "tsh")
+CLUSTER = "example"
+
+
+def _now():
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+class FakeProxyAPI(Resource):
+    """Just enough of /webapi for tsh, with the semantics of docs/architecture.md."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        now = _now()
+        self.user_ca = CertAuthority.generate("user", CLUSTER, now)
+        self.host_ca = CertAuthority.generate("host", CLUSTER, now)
+        self.passwords = {"alice": "correct horse"}
+        self.signup_tokens = {"tok3n": "bob"}
+        self.clusters = [
+            {"name": "my-cluster", "labels": {"env": "prod", "region": "eu"}},
+            {"name": "dev", "labels": {}},
+        ]
+        self.requests = []
+        self.reissues = 0
+
+    def render(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        body = json.loads(request.content.read() or b"{}")
+        self.requests.append((request.method, request.path, body))
+        route = {
+            (b"GET", b"/webapi/ping"): self.ping,
+            (b"POST", b"/webapi/login"): self.login,
+            (b"POST", b"/webapi/signup"): self.signup,
+            (b"GET", b"/webapi/kube/clusters"): self.kube_clusters,
+            (b"POST", b"/webapi/certs/reissue"): self.reissue,
+        }.get((request.method, request.path))
+        if route is None:
+            return self.error(request, 404, "not found")
+        return route(request, body)
+
+    def error(self, request, status, message):
+        request.setResponseCode(status)
+        return json.dumps({"error": {"kind": "x", "message": message}}).encode()
+
+    def issue(self, username, public_key_pem, ttl, kube_cluster="", not_after=None):
+        now = _now()
+        expires = now + timedelta(seconds=ttl)
+        if not_after is not None:
+            expires = min(expires, not_after)
+        identity = UserIdentity(username, ["access", "kube-access"], kube_cluster=kube_cluster,
+                                teleport_cluster=CLUSTER, expires=expires)
+        public_key = serialization.load_pem_public_key(public_key_pem.encode())
+        cert = self.user_ca.issue_user_certificate(public_key, identity, now)
+        return json.dumps({
+            "cert": certificate_pem(cert).decode(),
+            "cas": {"user": [certificate_pem(self.user_ca.certificate).decode()],
+                    "host": [certificate_pem(self.host_ca.certificate).decode()]},
+            "cluster_name": CLUSTER,
+            "username": username,
+            "expires": identity.expires.isoformat(),
+        }).encode()
+
+    def caller(self, request):
+        cert = peer_certificate(request.channel.transport)
+        if cert is None:
+            return None
+        return identity_from_certificate(cert, user_ca=self.user_ca.certificate, host_ca=None)
+
+    def ping(self, request, body):
+        return json.dumps({"cluster_name": CLUSTER, "proxy_public_addr": ""}).encode()
+
+    def login(self, request, body):
+        if self.passwords.get(body.get("user")) != body.get("password"):
+            return self.error(request, 403, "invalid credentials")
+        return self.issue(body["user"], body["public_key"], body.get("ttl") or 12 * 3600)
+
+    def signup(self, request, body):
+        user = self.signup_tokens.pop(body.get("token"), None)
+        if user is None:
+            return self.error(request, 404, "sign-up token not found")
+        self.passwords[user] = body["password"]
+        return json.dumps({"user": user}).encode()
+
+    def kube_clusters(self, request, body):
+        if self.caller(request) is None:
+            return self.error(request, 403, "login required")
+        return json.dumps({"items": self.clusters}).encode()
+
+    def reissue(self, request, body):
+        caller = self.caller(request)
+        if caller is None:
+            return self.error(request, 403, "login required")
+        if body["kube_cluster"] not in {c["name"] for c in self.clusters}:
+            return self.error(request, 404, "kubernetes cluster %r not found" % body["kube_cluster"])
+        self.reissues += 1
+        return self.issue(caller.username, body["public_key"], 3600, body["kube_cluster"], caller.expires)
+
+
+class TshTestCase(TestCase):
+    timeout = 120
+
+    async def start_proxy(self):
+        self.api = FakeProxyAPI()
+        key = generate_private_key()
+        now = _now()
+        cert = self.api.host_ca.issue_host_certificate(
+            key.public_key(), HostIdentity("proxy", "proxy", "proxy", CLUSTER), now, now + timedelta(days=1),
+            dns_names=["localhost"], ip_addresses=["127.0.0.1"],
+        )
+        tls = server_tls_options(cert, key, trusted_cas=[self.api.user_ca.certificate], require_client_certificate=False)
+        port = await SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1").listen(Site(self.api))
+        self.addCleanup(port.stopListening)
+        self.proxy = "127.0.0.1:%d" % port.getHost().port
+
+    async def _set_up(self):
+        await self.start_proxy()
+        self.root = Path(self.mktemp()).absolute()
+        (self.root / "home").mkdir(parents=True)
+        self.home = self.root / "tsh"
+        self.kubeconfig = self.root / "kube" / "config"
+        self.env = dict(
+            os.environ,
+            HOME=str(self.root / "home"),
+            TELEPORT_HOME=str(self.home),
+            KUBECONFIG=os.pathsep.join([str(self.kubeconfig), str(self.root / "other-kubeconfig")]),
+            USER="alice",
+            LOGNAME="alice",
+        )
+
+    def setUp(self):
+        return Deferred.fromCoroutine(self._set_up())
+
+    def tsh(self, *args, stdin=b"", env=None):
+        return run([TSH, *args], env=env or self.env, stdin=stdin, timeout=60)
+
+    async def login(self, *extra):
+        result = await self.tsh("login", "--proxy=" + self.proxy, "--user=alice", "--insecure", *extra,
+                                stdin=b"correct horse\n")
+        self.assertEqual(result.code, 0, result.err)
+        return result
+
+    def store(self):
+        return ProfileStore(self.home)
+
+
+class LoginTests(TshTestCase):
+    async def test_login_prints_status_and_stores_private_keys(self):
+        result = await self.login("--ttl=2h")
+        lines = result.out.splitlines()
+        self.assertEqual(lines[0].split(None, 3)[:3], [">", "Profile", "URL:"])
+        self.assertTrue(lines[0].endswith("https://" + self.proxy))
+        self.assertIn("Logged in as:", result.out)
+        self.assertRegex(result.out, r"Logged in as:\s+alice\n")
+        self.assertRegex(result.out, r"Cluster:\s+example\n")
+        self.assertRegex(result.out, r"Roles:\s+access, kube-access\n")
+        self.assertRegex(result.out, r"Kubernetes:\s+enabled\n")
+        self.assertRegex(result.out, r"Valid until:\s+.* \[valid for (2h0m0s|1h59m\d+s)\]")
+
+        method, path, body = self.api.requests[-1]
+        self.assertEqual((method, path), (b"POST", b"/webapi/login"))
+        self.assertEqual(body["ttl"], 7200)
+        self.assertNotIn("PRIVATE", json.dumps(body))
+
+        store = self.store()
+        profile = store.profile()
+        self.assertEqual(profile, Profile(proxy=self.proxy, user="alice", cluster=CLUSTER, insecure=True))
+        key_dir = store.key_dir(profile)
+        self.assertEqual(stat.S_IMODE(os.stat(key_dir / "key.pem").st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(key_dir).st_mode), 0o700)
+        identity = store.identity(profile)
+        self.assertEqual(identity.certificate.public_key(), identity.private_key.public_key())
+        self.assertEqual(identity.host_cas, (self.api.host_ca.certificate,))
+
+        status = await self.tsh("status")
+        self.assertEqual(status.code, 0, status.err)
+        self.assertRegex(status.out, r"Logged in as:\s+alice\n")
+
+    async def test_wrong_password_fails_and_stores_nothing(self):
+        result = await self.tsh("login", "--proxy=" + self.proxy, "--user=alice", "--insecure", stdin=b"wrong\n")
+        self.assertEqual(result.code, 1)
+        self.assertIn("ERROR: invalid credentials", result.err)
+        self.assertNotIn("wrong", result.err)
+        self.assertFalse((self.home / "keys").exists())
+
+    async def test_untrusted_proxy_is_refused_without_insecure(self):
+        result = await self.tsh("login", "--proxy=" + self.proxy, "--user=alice", stdin=b"correct horse\n")
+        self.assertEqual(result.code, 1)
+        self.assertIn("certificate is not trusted", result.err)
+        self.assertEqual(self.api.requests, [])
+        self.assertFalse((self.home / "keys").exists())
+
+    async def test_after_login_the_host_ca_is_trusted_and_nothing_else(self):
+        await self.login()
+        store = self.store()
+        profile = store.profile()
+        store.save_profile(Profile(proxy=profile.proxy, user="alice", cluster=CLUSTER, insecure=False))
+        result = await self.tsh("kube", "ls")
+        self.assertEqual(result.code, 0, result.err)
+
+        stranger = CertAuthority.generate("host", CLUSTER, _now())
+        (store.key_dir(profile) / "host_ca.pem").write_bytes(certificate_pem(stranger.certificate))
+        result = await self.tsh("kube", "ls")
+        self.assertEqual(result.code, 1)
+        self.assertIn("certificate is not trusted", result.err)
+
+    async def test_signup_then_login(self):
+        result = await self.tsh("signup", "--proxy=" + self.proxy, "--insecure",
+                                "https://%s/web/invite/tok3n" % self.proxy, stdin=b"new password\n")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertIn('Password set for user "bob"', result.out)
+        self.assertEqual(self.api.passwords["bob"], "new password")
+        result = await self.tsh("login", "--proxy=" + self.proxy, "--user=bob", "--insecure", stdin=b"new password\n")
+        self.assertEqual(result.code, 0, result.err)
+
+    async def test_commands_without_login_say_what_to_do(self):
+        for args in (["status"], ["kube", "ls"], ["kube", "credentials", "--kube-cluster=dev"]):
+            result = await self.tsh(*args)
+            self.assertEqual(result.code, 1, args)
+            self.assertIn("tsh login", result.err)
+
+
+class KubeTests(TshTestCase):
+    async def test_kube_ls_table(self):
+        await self.login()
+        result = await self.tsh("kube", "ls")
+        self.assertEqual(result.code, 0, result.err)
+        lines = result.out.splitlines()
+        self.assertEqual(lines[0].split(), ["Kube", "Cluster", "Name", "Labels", "Selected"])
+        self.assertEqual(lines[2].split(), ["dev"])
+        self.assertEqual(lines[3].split(), ["my-cluster", "env=prod,region=eu"])
+
+    async def test_kube_login_writes_kubeconfig_and_exec_plugin_works(self):
+        self.kubeconfig.parent.mkdir()
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kind",
+            "clusters": [{"name": "kind", "cluster": {"server": "https://10.1.1.1"}}],
+            "contexts": [{"name": "kind", "context": {"cluster": "kind", "user": "kind"}}],
+            "users": [{"name": "kind", "user": {"token": "t"}}],
+        }))
+        await self.login()
+        result = await self.tsh("kube", "login", "my-cluster")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertEqual(
+            result.out.strip(),
+            "Logged into Kubernetes cluster \"my-cluster\". Try 'kubectl version' to test the connection.",
+        )
+        self.assertFalse((self.root / "other-kubeconfig").exists())
+        self.assertEqual(stat.S_IMODE(os.stat(self.kubeconfig).st_mode), 0o600)
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        self.assertEqual(config["current-context"], "example-my-cluster")
+        self.assertEqual([c["name"] for c in config["contexts"]], ["kind", "example-my-cluster"])
+        cluster = config["clusters"][1]["cluster"]
+        self.assertEqual(cluster["server"], "https://" + self.proxy)
+        self.assertEqual(cluster["tls-server-name"], "kube-teleport-proxy-alpn.teleport.cluster.local")
+        plugin = config["users"][1]["user"]["exec"]
+        self.assertEqual(plugin["command"], TSH)
+        self.assertEqual(plugin["args"], ["kube", "credentials", "--proxy=" + self.proxy,
+                                          "--teleport-cluster=example", "--kube-cluster=my-cluster"])
+
+        ls = await self.tsh("kube", "ls")
+        self.assertEqual(ls.out.splitlines()[3].split(), ["my-cluster", "env=prod,region=eu", "*"])
+
+        # What kubectl does: run the plugin exactly as written, read the ExecCredential.
+        credential = await run([plugin["command"], *plugin["args"]], env=self.env)
+        self.assertEqual(credential.code, 0, credential.err)
+        document = json.loads(credential.out)
+        self.assertEqual(document["apiVersion"], "client.authentication.k8s.io/v1beta1")
+        self.assertEqual(document["kind"], "ExecCredential")
+        cert = load_certificate_pem(document["status"]["clientCertificateData"].encode())
+        identity = identity_from_certificate(cert, user_ca=self.api.user_ca.certificate, host_ca=None)
+        self.assertEqual(identity.kube_cluster, "my-cluster")
+        key = serialization.load_pem_private_key(document["status"]["clientKeyData"].encode(), None)
+        self.assertEqual(key.public_key(), cert.public_key())
+        self.assertTrue(document["status"]["expirationTimestamp"].endswith("Z"))
+        self.assertEqual(self.api.reissues, 1, "kube login's certificate is reused")
+
+        logout = await self.tsh("logout")
+        self.assertEqual(logout.code, 0, logout.err)
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        self.assertEqual([c["name"] for c in config["contexts"]], ["kind"])
+        self.assertEqual([c["name"] for c in config["clusters"]], ["kind"])
+        self.assertFalse(self.store().key_dir(Profile(proxy=self.proxy, user="alice", cluster=CLUSTER)).exists())
+
+    async def test_kube_login_unknown_cluster(self):
+        await self.login()
+        result = await self.tsh("kube", "login", "nope")
+        self.assertEqual(result.code, 1)
+        self.assertIn('kubernetes cluster "nope" not found', result.err)
+        self.assertFalse(self.kubeconfig.exists())
+        self.assertEqual(self.api.reissues, 0)
+
+    async def test_parallel_credentials_reissue_once(self):
+        await self.login()
+        results = await gatherResults([
+            self.tsh("kube", "credentials", "--kube-cluster=my-cluster", "--teleport-cluster=example",
+                     "--proxy=" + self.proxy)
+            for _ in range(20)
+        ])
+        for result in results:
+            self.assertEqual(result.code, 0, result.err)
+        certificates = {json.loads(r.out)["status"]["clientCertificateData"] for r in results}
+        self.assertEqual(len(certificates), 1)
+        self.assertEqual(self.api.reissues, 1)
+
+    async def test_expired_cluster_certificate_is_reissued(self):
+        await self.login()
+        store = self.store()
+        profile = store.profile()
+        identity = store.identity(profile)
+        past = _now() - timedelta(hours=2)
+        stale = self.api.user_ca.issue_user_certificate(
+            identity.private_key.public_key(),
+            UserIdentity("alice", ["access"], kube_cluster="dev", teleport_cluster=CLUSTER,
+                         expires=_now() + timedelta(seconds=30)),
+            past,
+        )
+        store.save_kube_certificate(profile, "dev", stale)
+        result = await self.tsh("kube", "credentials", "--kube-cluster=dev")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertEqual(self.api.reissues, 1)
+        self.assertNotEqual(json.loads(result.out)["status"]["clientCertificateData"], certificate_pem(stale).decode())
+
+    async def test_expired_login_asks_to_log_in_again(self):
+        await self.login()
+        store = self.store()
+        profile = store.profile()
+        identity = store.identity(profile)
+        past = _now() - timedelta(hours=3)
+        expired = self.api.user_ca.issue_user_certificate(
+            identity.private_key.public_key(),
+            UserIdentity("alice", ["access"], teleport_cluster=CLUSTER, expires=past + timedelta(hours=1)),
+            past,
+        )
+        IdentityFile(expired, identity.private_key, identity.user_cas, identity.host_cas).save(
+            os.fspath(store.key_dir(profile))
+        )
+        result = await self.tsh("kube", "credentials", "--kube-cluster=dev")
+        self.assertEqual(result.code, 1)
+        self.assertIn("expired", result.err)
+        self.assertIn("tsh login", result.err)
+        self.assertEqual(result.out, "")
+        self.assertEqual(self.api.reissues, 0)
