@@ -36,7 +36,9 @@ from teleport_py.pki import (
     HostIdentity,
     certificate_pem,
     client_tls_options,
+    generate_private_key,
     private_key_pem,
+    server_tls_options,
     write_private_file,
 )
 from teleport_py.tsh.kubeconfig import (
@@ -107,6 +109,15 @@ class LocalCA:
 
     def issue_client_certificate(self, public_key, now: datetime, not_after: datetime) -> x509.Certificate:
         return self.authority.issue_host_certificate(public_key, _CLIENT_IDENTITY, now, not_after)
+
+
+def listener_tls_options(local_ca: LocalCA, now: datetime, not_after: datetime):
+    """A ``*.kube.localhost`` server certificate; only clients holding a certificate from the same CA get in."""
+    key = generate_private_key()
+    certificate = local_ca.issue_server_certificate(key.public_key(), now, not_after)
+    return server_tls_options(
+        certificate, key, trusted_cas=[local_ca.certificate], require_client_certificate=True, alpn=[b"http/1.1"]
+    )
 
 
 @implementer(IHandshakeListener)

@@ -35,11 +35,10 @@ from teleport_py.pki import (
     load_certificate_pem,
     load_certificates_pem,
     private_key_pem,
-    server_tls_options,
 )
 from teleport_py.resources import parse_duration
 from teleport_py.tsh import kubeconfig
-from teleport_py.tsh.localproxy import KubeLocalProxyFactory, LocalCA, local_kubeconfig
+from teleport_py.tsh.localproxy import KubeLocalProxyFactory, LocalCA, listener_tls_options, local_kubeconfig
 from teleport_py.tsh.profile import Profile, ProfileError, ProfileStore, check_kube_cluster_name, default_home
 from teleport_py.tsh.webclient import WebClient, WebError
 
@@ -390,8 +389,7 @@ class Tsh:
             raise CLIError('kubernetes cluster "%s" not found' % missing[0])
         now = self.now()
         local_ca = LocalCA.load_or_create(self.store.key_dir(profile) / "localca", now)
-        server_key, client_key = generate_private_key(), generate_private_key()
-        server_certificate = local_ca.issue_server_certificate(server_key.public_key(), now, identity.expires)
+        client_key = generate_private_key()
         client_certificate = local_ca.issue_client_certificate(client_key.public_key(), now, identity.expires)
 
         async def credentials(kube_cluster: str):
@@ -405,10 +403,7 @@ class Tsh:
             kube_clusters=wanted,
             credentials=lambda kube_cluster: Deferred.fromCoroutine(credentials(kube_cluster)),
         )
-        tls = server_tls_options(
-            server_certificate, server_key, trusted_cas=[local_ca.certificate], require_client_certificate=True,
-            alpn=[b"http/1.1"],
-        )
+        tls = listener_tls_options(local_ca, now, identity.expires)
         port = await SSL4ServerEndpoint(self.reactor, a.port, tls, interface="127.0.0.1").listen(factory)
         path = self.store.key_dir(profile) / "localproxy-kubeconfig.yaml"
         kubeconfig.save(path, local_kubeconfig(
