@@ -33,7 +33,7 @@ from teleport_py.pki import (
     server_tls_options,
 )
 from teleport_py.tsh.profile import Profile, ProfileStore
-from tests.support.procs import run
+from tests.support.procs import ManagedProcess, require_tool, run
 
 TSH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "tsh")
 CLUSTER = "example"
@@ -60,6 +60,7 @@ class FakeProxyAPI(Resource):
             {"name": "dev", "labels": {}},
         ]
         self.requests = []
+        self.ping_callers = []
         self.reissues = 0
 
     def render(self, request):
@@ -106,6 +107,7 @@ class FakeProxyAPI(Resource):
         return identity_from_certificate(cert, user_ca=self.user_ca.certificate, host_ca=None)
 
     def ping(self, request, body):
+        self.ping_callers.append(self.caller(request))
         return json.dumps({"cluster_name": CLUSTER, "proxy_public_addr": ""}).encode()
 
     def login(self, request, body):
@@ -144,7 +146,7 @@ class TshTestCase(TestCase):
         now = _now()
         cert = self.api.host_ca.issue_host_certificate(
             key.public_key(), HostIdentity("proxy", "proxy", "proxy", CLUSTER), now, now + timedelta(days=1),
-            dns_names=["localhost"], ip_addresses=["127.0.0.1"],
+            dns_names=["localhost", "*.teleport.cluster.local"], ip_addresses=["127.0.0.1"],
         )
         tls = server_tls_options(cert, key, trusted_cas=[self.api.user_ca.certificate], require_client_certificate=False)
         port = await SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1").listen(Site(self.api))
@@ -379,3 +381,24 @@ class KubeTests(TshTestCase):
         self.assertIn("tsh login", result.err)
         self.assertEqual(result.out, "")
         self.assertEqual(self.api.reissues, 0)
+
+
+class ProxyKubeTests(TshTestCase):
+    async def test_kubectl_through_the_local_proxy(self):
+        kubectl = require_tool("kubectl")
+        await self.login()
+        self.assertEqual((await self.tsh("kube", "login", "my-cluster")).code, 0)
+        process = ManagedProcess([TSH, "proxy", "kube"], self.root / "proxy-kube.log", env=self.env).start()
+        self.addCleanup(process.stop)
+        match = await process.wait_for_output(r"export KUBECONFIG=(\S+)", timeout=30)
+        path = match.group(1).decode()
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        config = yaml.safe_load(Path(path).read_text())
+        self.assertEqual(config["current-context"], "example-my-cluster")
+        self.assertEqual(config["clusters"][0]["cluster"]["tls-server-name"], "6d792d636c7573746572.kube.localhost")
+
+        # The fake proxy answers its web API on the kube name too, which is enough to see the relay.
+        result = await run([kubectl, "--kubeconfig", path, "get", "--raw", "/webapi/ping"], env=self.env)
+        self.assertEqual(result.code, 0, result.err + process.log_tail())
+        self.assertEqual(json.loads(result.out)["cluster_name"], CLUSTER)
+        self.assertEqual([c.kube_cluster for c in self.api.ping_callers], ["my-cluster"])
