@@ -21,6 +21,7 @@ import attrs
 from cryptography import x509
 
 from teleport_py.pki import (
+    make_private_dirs,
     certificate_pem,
     load_certificate_pem,
     load_certificates_pem,
@@ -42,7 +43,7 @@ class IdentityFile:
         return self.certificate.not_valid_after_utc
 
     def save(self, directory: str) -> None:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        make_private_dirs(directory)
         write_private_file(os.path.join(directory, "key.pem"), private_key_pem(self.private_key))
         write_private_file(os.path.join(directory, "user_ca.pem"), b"".join(map(certificate_pem, self.user_cas)))
         write_private_file(os.path.join(directory, "host_ca.pem"), b"".join(map(certificate_pem, self.host_cas)))

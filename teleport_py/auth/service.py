@@ -19,7 +19,7 @@ from teleport_py.auth.server import AUTH_SERVER_NAME, AuthServer
 from teleport_py.backend import SQLiteBackend
 from teleport_py.config import Config
 from teleport_py.identityfile import IdentityFile
-from teleport_py.pki import generate_private_key, server_tls_options
+from teleport_py.pki import generate_private_key, make_private_dirs, server_tls_options
 
 ADMIN_IDENTITY_REFRESH = 12 * 3600.0
 
@@ -72,7 +72,7 @@ class AuthService(service.Service):
 
     async def _start(self) -> AuthServer:
         data_dir = self.config.data_dir
-        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        make_private_dirs(data_dir)
         self._backend = await SQLiteBackend.open(self.reactor, os.path.join(data_dir, "backend.sqlite"))
         self.auth = await AuthServer.initialize(self.reactor, self._backend, self.config.cluster_name)
         self.write_admin_identity()

@@ -21,6 +21,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from teleport_py.pki import make_private_dirs
+
 log = Logger()
 
 MAX_SEGMENT_EVENTS = 500
@@ -31,7 +33,7 @@ class SpoolFiles:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        make_private_dirs(directory)
         existing = self._segments()
         self._current = (existing[-1] + 1) if existing else 1
         self._current_count = 0

@@ -16,6 +16,7 @@ from teleport_py.pki.keys import (
     load_certificate_pem,
     load_certificates_pem,
     load_private_key_pem,
+    make_private_dirs,
     private_key_pem,
     write_private_file,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "load_certificate_pem",
     "load_certificates_pem",
     "load_private_key_pem",
+    "make_private_dirs",
     "peer_certificate",
     "private_key_pem",
     "server_tls_options",

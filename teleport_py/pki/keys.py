@@ -62,7 +62,7 @@ def write_private_file(path: str | os.PathLike[str], data: bytes) -> None:
     Missing parent directories are created with mode 0700.
     """
     target = Path(path)
-    _make_private_dirs(target.parent)
+    make_private_dirs(target.parent)
     fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".%s." % target.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as temp:
@@ -80,11 +80,12 @@ def write_private_file(path: str | os.PathLike[str], data: bytes) -> None:
         os.close(directory)
 
 
-def _make_private_dirs(directory: Path) -> None:
+def make_private_dirs(directory: str | os.PathLike[str]) -> None:
     """``mkdir -p`` with every created level 0700 (``os.makedirs`` only applies mode to the leaf)."""
+    directory = Path(directory)
     if directory.is_dir():
         return
-    _make_private_dirs(directory.parent)
+    make_private_dirs(directory.parent)
     try:
         directory.mkdir(mode=0o700)
     except FileExistsError:

@@ -27,7 +27,7 @@ from cryptography import x509
 from twisted.internet.task import deferLater
 
 from teleport_py.identityfile import IdentityFile
-from teleport_py.pki import certificate_pem, load_certificate_pem, write_private_file
+from teleport_py.pki import certificate_pem, load_certificate_pem, make_private_dirs, write_private_file
 
 LOCK_POLL_SECONDS = 0.02
 
@@ -121,7 +121,7 @@ class ProfileStore:
     def save_login(self, profile: Profile, identity: IdentityFile) -> None:
         """A new login replaces the key, so certificates issued for the old key go."""
         shutil.rmtree(self.key_dir(profile) / "kube", ignore_errors=True)
-        _make_private_dirs(self.key_dir(profile))
+        make_private_dirs(self.key_dir(profile))
         identity.save(os.fspath(self.key_dir(profile)))
         self.save_profile(profile)
 
@@ -153,7 +153,7 @@ class ProfileStore:
     async def lock(self, profile: Profile, reactor):
         """Exclusive between processes; waits by polling so the reactor keeps running."""
         path = self.key_dir(profile) / ".lock"
-        _make_private_dirs(path.parent)
+        make_private_dirs(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             while not _try_lock(fd):
@@ -171,11 +171,3 @@ def _try_lock(fd: int) -> bool:
             return False
         raise
     return True
-
-
-
-def _make_private_dirs(directory: Path) -> None:
-    """``mkdir -p`` with every level it creates 0700 (``Path.mkdir(parents=True)`` uses the umask above the leaf)."""
-    for level in reversed((directory, *directory.parents)):
-        if not level.is_dir():
-            level.mkdir(mode=0o700, exist_ok=True)  # another tsh may win the race
