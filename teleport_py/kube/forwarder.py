@@ -7,14 +7,23 @@ Responses are relayed event by event, never buffered whole, because
 ``watch`` and ``logs -f`` never end. An upgrade (exec, attach, port-forward)
 becomes a raw byte relay after the API server's 101.
 
+Roles may grant only part of a collection (pods in one namespace), so list
+and watch responses are filtered item by item (``teleport_py.rbac.filters``)
+unless a rule provably covers the whole collection; a response that cannot be
+filtered is refused, never forwarded. ``deletecollection`` is refused unless
+the whole collection may be deleted (the API server would delete hidden items
+too). A ``create`` body is read first (bounded) so that rules restricting
+names apply to the object's ``metadata.name``.
+
 Both HTTP directions are parsed by h11 (sans-IO), so a malformed request is a
 400 and never an exception on the reactor.
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, Mapping, Sequence
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import attrs
 import h11
@@ -24,12 +33,17 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from teleport_py import events
 from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
 from teleport_py.pki import IdentityError, UserIdentity, identity_from_certificate
-from teleport_py.rbac import AccessChecker, AccessDenied, classify, status_body
+from teleport_py.rbac import AccessChecker, AccessDenied, RequestInfo, classify, status_body
+from teleport_py.rbac.checker import BUILTIN_API_GROUPS
+from teleport_py.rbac.filters import FilterError, filterable_accept, response_filter
 from teleport_py.resources import Role
 from teleport_py.tunnel import StreamRejected
 
@@ -42,7 +56,9 @@ _DROPPED_REQUEST_HEADERS = frozenset({
     b"proxy-connection", b"te", b"trailer", b"upgrade",
 })
 _DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"trailer"})
-_CLIENT_IMPERSONATION = frozenset({b"impersonate-user", b"impersonate-group"})
+#: Largest ``create`` body read to learn the new object's name (the API
+#: server's own limit for a request body is 3 MiB).
+MAX_CREATE_BODY = 3 * 1024 * 1024
 
 
 @attrs.frozen
@@ -79,6 +95,73 @@ class RoleCache:
         return found
 
 
+class DiscoveryError(Exception):
+    """The API server's discovery document could not be read."""
+
+
+@implementer(IPolicyForHTTPS)
+@attrs.frozen
+class _ClusterTLS:
+    credentials: ClusterCredentials
+
+    def creatorForNetloc(self, hostname, port):
+        return self.credentials.tls_options()
+
+
+async def fetch_api_resources(reactor, credentials: ClusterCredentials, group: str, version: str) -> dict[str, bool]:
+    """``{resource: namespaced}`` from ``/apis/GROUP/VERSION``, asked with the
+    agent's own credentials (discovery is open to every authenticated user)."""
+    host = f"[{credentials.host}]" if ":" in credentials.host else credentials.host
+    path = f"/apis/{quote(group, safe='')}/{quote(version, safe='')}" if group else f"/api/{quote(version, safe='')}"
+    headers = Headers({b"accept": [b"application/json"]})
+    token = credentials.bearer_token()
+    if token:
+        headers.addRawHeader(b"authorization", b"Bearer " + token.encode("ascii"))
+    agent = Agent(reactor, contextFactory=_ClusterTLS(credentials))
+    response = await agent.request(b"GET", f"https://{host}:{credentials.port}{path}".encode("ascii"), headers)
+    body = await readBody(response)
+    if response.code != 200:
+        raise DiscoveryError(f"GET {path} answered {response.code}")
+    try:
+        resources = json.loads(body)["resources"]
+        return {r["name"]: r["namespaced"] is True for r in resources}
+    except (ValueError, KeyError, TypeError) as e:
+        raise DiscoveryError(f"GET {path}: malformed APIResourceList ({e!r})") from None
+
+
+class Discovery:
+    """Whether resources outside Kubernetes' built-in API groups (CRDs,
+    aggregated APIs) are namespaced, learnt from the API server and cached
+    per cluster and group version: a rule scoped to a namespace must never
+    reach a cluster-scoped custom resource, and no table of ours knows them."""
+
+    def __init__(self, reactor, fetch=fetch_api_resources, ttl: float = 60.0, refresh_after: float = 1.0) -> None:
+        self._reactor = reactor
+        self._fetch = fetch
+        self._ttl = ttl
+        self._refresh_after = refresh_after
+        self._cache: dict[tuple[str, str, str], tuple[float, dict[str, bool]]] = {}
+
+    async def namespace_scoped(self, cluster: "KubeCluster", info: RequestInfo) -> bool | None:
+        """``None`` when the checker's own knowledge applies or discovery failed."""
+        if not info.is_resource_request or not info.resource or info.api_group in BUILTIN_API_GROUPS:
+            return None
+        key = (cluster.name, info.api_group, info.api_version)
+        now = self._reactor.seconds()
+        fetched_at, resources = self._cache.get(key, (None, {}))
+        stale = fetched_at is None or now >= fetched_at + self._ttl
+        if stale or (info.resource not in resources and now >= fetched_at + self._refresh_after):
+            # A CRD created a moment ago must not wait for the TTL.
+            try:
+                resources = await self._fetch(self._reactor, cluster.credentials, info.api_group, info.api_version)
+            except Exception as e:
+                log.warn("API discovery failed cluster={cluster} group={group} version={version} error={error}",
+                         cluster=cluster.name, group=info.api_group, version=info.api_version, error=e)
+                return None
+            self._cache[key] = (now, resources)
+        return resources.get(info.resource)
+
+
 class Forwarder:
     """Accepts `kube` streams for the clusters this agent serves."""
 
@@ -91,8 +174,10 @@ class Forwarder:
         roles: RoleCache,
         emit: Callable[[dict], None],
         teleport_cluster: str = "",
+        discovery: Discovery | None = None,
     ) -> None:
         self.reactor = reactor
+        self.discovery = discovery or Discovery(reactor)
         self.clusters = dict(clusters)
         self.user_cas = tuple(user_cas)
         self.roles = roles
@@ -155,7 +240,27 @@ class _Throttle:
 class _Decision:
     user: str
     groups: tuple[str, ...]
-    info: object
+    info: RequestInfo
+    #: ``(namespace, name) -> bool`` when the response must be filtered item by item.
+    item_filter: Callable[[str, str], bool] | None = None
+
+
+@attrs.define
+class _HeldRequest:
+    """A ``create`` whose body is read before authorizing (bounded)."""
+
+    request: h11.Request
+    body: bytearray = attrs.Factory(bytearray)
+    too_large: bool = False
+
+    def add(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        if len(self.body) + len(data) > MAX_CREATE_BODY:
+            self.too_large = True
+            self.body.clear()
+        else:
+            self.body += data
 
 
 class KubeConnection(Protocol):
@@ -168,6 +273,7 @@ class KubeConnection(Protocol):
         self.client_addr = client_addr
         self.http = h11.Connection(h11.SERVER)
         self.upstream: UpstreamRequest | None = None
+        self._held: _HeldRequest | None = None
         self._authorizing = False
         self._relay: Protocol | None = None
         self._closed = False
@@ -200,14 +306,20 @@ class KubeConnection(Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
-                self._authorizing = True
-                self.transport.pauseProducing()
-                d = Deferred.fromCoroutine(self._start(event))
-                d.addErrback(self._internal_error)
+                if _names_object_in_body(event):
+                    self._held = _HeldRequest(event)
+                else:
+                    self._begin(event)
             elif isinstance(event, h11.Data):
-                if self.upstream is not None:
+                if self._held is not None:
+                    self._held.add(event.data)
+                elif self.upstream is not None:
                     self.upstream.request_data(event.data)
             elif isinstance(event, h11.EndOfMessage):
+                if self._held is not None:
+                    held, self._held = self._held, None
+                    self._begin(held.request, held)
+                    return
                 if self.upstream is not None:
                     self.upstream.request_done()
                 self._maybe_next_cycle()
@@ -221,17 +333,32 @@ class KubeConnection(Protocol):
         elif self.http.our_state is h11.MUST_CLOSE:
             self.transport.loseConnection()
 
-    async def _start(self, request: h11.Request) -> None:
+    def _begin(self, request: h11.Request, held: _HeldRequest | None = None) -> None:
+        self._authorizing = True
+        self.transport.pauseProducing()
+        d = Deferred.fromCoroutine(self._start(request, held))
+        d.addErrback(self._internal_error)
+
+    async def _start(self, request: h11.Request, held: _HeldRequest | None) -> None:
+        if held is not None and held.too_large:
+            self._audit(request, None, 413, reason="create body too large to authorize")
+            self.respond_status(413, "RequestEntityTooLarge",
+                                f"request body larger than {MAX_CREATE_BODY} bytes cannot be authorized")
+            self._resume()
+            return
         try:
-            decision = await self._authorize(request)
+            decision = await self._authorize(request, held)
         except AccessDenied as denied:
             info = getattr(denied, "info", None)
             self._audit(request, info, 403, reason=denied.reason)
-            self.respond_status(403, "Forbidden", denied.message)
+            self.respond_status(403, "Forbidden", denied.message, details=_status_details(info))
             self._resume()
             return
         upstream = UpstreamRequest(self, request, decision)
         self.upstream = upstream
+        if held is not None:
+            upstream.request_data(bytes(held.body))
+            upstream.request_done()
         try:
             await self.forwarder.connect_upstream(self.cluster, upstream)
         except Exception as e:
@@ -249,7 +376,18 @@ class KubeConnection(Protocol):
         self._maybe_next_cycle()
         self._next_events()
 
-    async def _authorize(self, request: h11.Request) -> _Decision:
+    async def _authorize(self, request: h11.Request, held: _HeldRequest | None) -> _Decision:
+        path, _, query = request.target.decode("latin-1").partition("?")
+        info = classify(request.method.decode("latin-1"), path, parse_qs(query, keep_blank_values=True))
+        if held is not None:
+            info = attrs.evolve(info, name=_name_from_body(request, held.body, info))
+        try:
+            return await self._decide(request, info)
+        except AccessDenied as e:
+            e.info = info
+            raise
+
+    async def _decide(self, request: h11.Request, info: RequestInfo) -> _Decision:
         identity, cluster = self.identity, self.cluster
         if self.forwarder.reactor.seconds() >= identity.expires.timestamp():
             raise AccessDenied("your certificate has expired, please log in again", "certificate expired")
@@ -265,22 +403,20 @@ class KubeConnection(Protocol):
                 raise AccessDenied(
                     f"impersonation request has been denied, header {name.decode('latin-1')!r} is not allowed"
                 )
-        path, _, query = request.target.decode("latin-1").partition("?")
-        info = classify(request.method.decode("latin-1"), path, parse_qs(query, keep_blank_values=True))
         try:
             roles = await self.forwarder.roles.roles(identity.roles)
         except Exception as e:
             log.warn("role lookup failed user={user} error={error}", user=identity.username, error=e)
-            raise _denied("access denied: roles could not be loaded", "role lookup failed", info) from None
+            raise AccessDenied("access denied: roles could not be loaded", "role lookup failed") from None
         checker = AccessChecker(identity.username, roles, dict(identity.traits))
-        try:
-            checker.check_cluster(cluster.name, cluster.labels)
-            user, groups = checker.impersonation(cluster.labels, requested_user, requested_groups)
-            checker.check_request(info, cluster.labels)
-        except AccessDenied as e:
-            e.info = info
-            raise
-        return _Decision(user, groups, info)
+        checker.check_cluster(cluster.name, cluster.labels)
+        user, groups = checker.impersonation(cluster.labels, requested_user, requested_groups)
+        namespace_scoped = await self.forwarder.discovery.namespace_scoped(cluster, info)
+        checker.check_request(info, cluster.labels, namespace_scoped=namespace_scoped)
+        item_filter = None
+        if checker.needs_filtering(info, cluster.labels, namespace_scoped=namespace_scoped):
+            item_filter = checker.item_filter(info, cluster.labels)
+        return _Decision(user, groups, info, item_filter)
 
     # -- answering kubectl -----------------------------------------------------
 
@@ -288,12 +424,12 @@ class KubeConnection(Protocol):
         if not self._closed:
             self.transport.write(self.http.send(event))
 
-    def respond_status(self, code: int, reason: str, message: str) -> None:
+    def respond_status(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
         """A Kubernetes Status body kubectl prints as the error."""
         if self.http.our_state is not h11.SEND_RESPONSE:
             self.transport.abortConnection()
             return
-        body = status_body(code, reason, message)
+        body = status_body(code, reason, message, details)
         self.send(h11.Response(status_code=code, headers=[
             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
         ]))
@@ -365,10 +501,46 @@ def _close(transport) -> None:
     transport.loseConnection()
 
 
+def _names_object_in_body(request: h11.Request) -> bool:
+    """A create without a name in the path: the name is in the body."""
+    if request.method != b"POST" or any(n == b"connection" and b"upgrade" in v.lower() for n, v in request.headers):
+        return False
+    path, _, query = request.target.decode("latin-1").partition("?")
+    info = classify("POST", path, parse_qs(query, keep_blank_values=True))
+    return info.is_resource_request and info.verb == "create" and not info.name
+
+
+def _name_from_body(request: h11.Request, body: bytes, info: RequestInfo) -> str:
+    """``metadata.name`` of the object a create sends (``""`` with only
+    ``generateName``). A body we cannot read the way the API server will is
+    refused: guessing ``""`` would slip past deny rules on names."""
+    content_type = next((v for n, v in request.headers if n == b"content-type"), b"")
+    if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+        raise _denied("teleport can only authorize create requests with a JSON body",
+                      f"create body of type {content_type.decode('latin-1')!r}", info)
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _denied("teleport could not read the object's name: malformed JSON body",
+                      "malformed create body", info) from None
+    metadata = obj.get("metadata", {}) if isinstance(obj, dict) else None
+    name = metadata.get("name", "") if isinstance(metadata, dict) else None
+    if not isinstance(name, str):
+        raise _denied("teleport could not read the object's name from the body", "malformed create body", info)
+    return name
+
+
 def _denied(message: str, reason: str, info) -> AccessDenied:
     denied = AccessDenied(message, reason)
     denied.info = info
     return denied
+
+
+def _status_details(info: RequestInfo | None) -> dict | None:
+    """Which object was refused, as the API server's Forbidden Status says it."""
+    if info is None or not info.is_resource_request or not info.resource:
+        return None
+    return {"name": info.name, "group": info.api_group, "kind": info.resource}
 
 
 class UpstreamRequest(Protocol):
@@ -383,18 +555,31 @@ class UpstreamRequest(Protocol):
         self._body: list = []
         self._responded = False
         self._finished = False
+        self._filter = None
+        #: A filtered list's response head waits for the filtered body.
+        self._held_response: h11.Response | None = None
 
     # -- request, from kubectl -------------------------------------------------
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
         creds = self.downstream.cluster.credentials
         headers = [(b"host", f"{creds.host}:{creds.port}".encode("idna"))]
+        filtering = self.decision.item_filter is not None
         for name, value in self.request.headers:
             if name in _DROPPED_REQUEST_HEADERS or name.startswith(b"impersonate-"):
                 if self.upgrade and name in (b"connection", b"upgrade"):
                     headers.append((name, value))
                 continue
+            if filtering and name in (b"accept", b"accept-encoding"):
+                continue
             headers.append((name, value))
+        if filtering:
+            # Only JSON (plain or gzip) can be filtered item by item.
+            accept = b",".join(v for n, v in self.request.headers if n == b"accept").decode("latin-1")
+            headers.append((b"accept", filterable_accept(accept).encode("latin-1")))
+            encodings = b",".join(v for n, v in self.request.headers if n == b"accept-encoding").lower()
+            if b"gzip" in encodings:
+                headers.append((b"accept-encoding", b"gzip"))
         if not self.upgrade:
             headers.append((b"connection", b"close"))
         headers.append((b"impersonate-user", self.decision.user.encode("utf-8")))
@@ -467,14 +652,24 @@ class UpstreamRequest(Protocol):
                     return
             elif isinstance(event, h11.Response):
                 self._responded = True
-                self._audit(event.status_code)
-                downstream.send(h11.Response(
+                response = h11.Response(
                     status_code=event.status_code, reason=event.reason,
                     headers=[(n, v) for n, v in event.headers if n not in _DROPPED_RESPONSE_HEADERS],
-                ))
+                )
+                if self.decision.item_filter is not None and 200 <= event.status_code < 300:
+                    if not self._start_filter(response):
+                        return
+                    continue
+                self._audit(event.status_code)
+                downstream.send(response)
             elif isinstance(event, h11.Data):
-                downstream.send(event)
+                if self._filter is None:
+                    downstream.send(event)
+                elif not self._filter_step(event.data):
+                    return
             elif isinstance(event, h11.EndOfMessage):
+                if self._filter is not None and not self._filter_step(None):
+                    return
                 downstream.send(h11.EndOfMessage())
                 self._finish()
                 downstream.upstream_finished()
@@ -482,14 +677,70 @@ class UpstreamRequest(Protocol):
             else:
                 return
 
+    def _start_filter(self, response: h11.Response) -> bool:
+        """Set up item filtering of a 2xx list/watch response; refuse the
+        response (and say so) when its body cannot be filtered."""
+        headers = {n: v.decode("latin-1") for n, v in response.headers}
+        watch = self.decision.info.verb == "watch"
+        self._filter = response_filter(headers.get(b"content-type", ""), headers.get(b"content-encoding"),
+                                       self.decision.item_filter, watch=watch)
+        if self._filter is None:
+            content = f"{headers.get(b'content-type', '')!r} ({headers.get(b'content-encoding', 'identity')})"
+            self._refuse(500, "InternalError",
+                         f"the API server answered {content}, which teleport cannot filter by role; "
+                         "your roles allow only part of this collection, so it is returned only as JSON",
+                         f"unfilterable response {content}")
+            return False
+        # The body changes length: h11 sends it chunked.
+        response = attrs.evolve(response, headers=[
+            (n, v) for n, v in response.headers if n not in (b"content-length", b"transfer-encoding")])
+        if watch:
+            self._audit(response.status_code)
+            self.downstream.send(response)
+        else:
+            self._held_response = response
+        return True
+
+    def _filter_step(self, data: bytes | None) -> bool:
+        """Feed ``data`` (``None``: the body ended) to the filter and send
+        what it lets through; False when the response had to be refused."""
+        try:
+            out = self._filter.finish() if data is None else self._filter.feed(data)
+        except FilterError as e:
+            log.warn("refused an unfilterable response user={user} path={path} error={error}",
+                     user=self.downstream.identity.username, path=self.decision.info.path, error=e)
+            self._refuse(500, "InternalError", "teleport could not filter the response by role: "
+                         "the API server's response is malformed or too large", f"filter failed: {e}")
+            return False
+        if data is None and self._held_response is not None:
+            self._audit(self._held_response.status_code)
+            self.downstream.send(self._held_response)
+        if out:
+            self.downstream.send(h11.Data(data=out))
+        return True
+
+    def _refuse(self, code: int, status_reason: str, message: str, audit_reason: str) -> None:
+        """Drop the API server's response: a Status instead, or, when a watch
+        is already streaming, end kubectl's connection (fail closed)."""
+        downstream = self.downstream
+        self._finished = True
+        downstream.transport.unregisterProducer()
+        self.transport.abortConnection()
+        if downstream.http.our_state is not h11.SEND_RESPONSE:
+            downstream.transport.abortConnection()
+            return
+        self._audit(code, audit_reason)
+        downstream.respond_status(code, status_reason, message)
+        downstream.upstream_finished()
+
     def _switch(self, response: h11.InformationalResponse) -> None:
         self._finished = True
         self._audit(101)
         pending, _ = self.http.trailing_data
         self.downstream.switch_to_relay(self, response, pending)
 
-    def _audit(self, code: int) -> None:
-        self.downstream._audit(self.request, self.decision.info, code, decision=self.decision)
+    def _audit(self, code: int, reason: str | None = None) -> None:
+        self.downstream._audit(self.request, self.decision.info, code, decision=self.decision, reason=reason)
 
     def _finish(self) -> None:
         self._finished = True

@@ -6,7 +6,7 @@ v7 roles are converted first, the way Teleport converts them (``as_v8``).
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -35,6 +35,17 @@ CLUSTER_SCOPED_RESOURCES = frozenset({
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations"),
     ("scheduling.k8s.io", "priorityclasses"), ("node.k8s.io", "runtimeclasses"),
     ("networking.k8s.io", "ingressclasses"),
+    ("flowcontrol.apiserver.k8s.io", "flowschemas"),
+    ("flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations"),
+})
+
+#: API groups Kubernetes itself serves, whose resources' scope the table
+#: above settles; any other group (CRDs, aggregated APIs) needs discovery.
+BUILTIN_API_GROUPS = frozenset({
+    "", "apps", "batch", "autoscaling", "policy", "rbac.authorization.k8s.io", "networking.k8s.io",
+    "storage.k8s.io", "apiextensions.k8s.io", "apiregistration.k8s.io", "admissionregistration.k8s.io",
+    "scheduling.k8s.io", "node.k8s.io", "certificates.k8s.io", "coordination.k8s.io", "discovery.k8s.io",
+    "events.k8s.io", "authentication.k8s.io", "authorization.k8s.io", "flowcontrol.apiserver.k8s.io",
 })
 
 _EVERYTHING_V7 = KubernetesResource(kind=WILDCARD, namespace=WILDCARD, name=WILDCARD, verbs=(WILDCARD,))
@@ -333,15 +344,51 @@ class AccessChecker:
 
     def allows_item(self, info: RequestInfo, namespace: str, name: str, cluster_labels: Mapping[str, str]) -> bool:
         """Whether one item of a list/watch response may be shown."""
-        target = _Target(info.resource, info.api_group, namespace, name, info.verb)
-        if target.is_namespace:
-            target = attrs.evolve(target, namespace="")
+        return self.item_filter(info, cluster_labels)(namespace, name)
+
+    def item_filter(self, info: RequestInfo, cluster_labels: Mapping[str, str]) -> Callable[[str, str], bool]:
+        """``allows_item`` for one response, as ``(namespace, name) -> bool``.
+
+        Roles and trait templates are expanded once here rather than once per
+        item: a list can hold thousands of items.
+        """
         try:
             allowed, denied = self._resources(cluster_labels)
-            return (not any(_matches(rule, target, allow=False) for _, rule in denied)
-                    and any(_matches(rule, target, allow=True) for _, rule in allowed))
-        except (InvalidPattern, AccessDenied):
+        except AccessDenied:
+            return lambda namespace, name: False
+        allow_rules = [rule for _, rule in allowed]
+        deny_rules = [rule for _, rule in denied]
+
+        def allow(namespace: str, name: str) -> bool:
+            target = _Target(info.resource, info.api_group, namespace, name, info.verb)
+            if target.is_namespace:
+                target = attrs.evolve(target, namespace="")
+            try:
+                return (not any(_matches(rule, target, allow=False) for rule in deny_rules)
+                        and any(_matches(rule, target, allow=True) for rule in allow_rules))
+            except InvalidPattern:
+                return False
+
+        return allow
+
+    def needs_filtering(
+        self, info: RequestInfo, cluster_labels: Mapping[str, str], *, namespace_scoped: bool | None = None
+    ) -> bool:
+        """Whether a list/watch response must be filtered item by item.
+
+        False only when an allow rule provably covers the whole collection and
+        no deny rule could match any item of it; whenever in doubt, filter.
+        """
+        if not info.is_resource_request or info.verb not in ("list", "watch"):
             return False
+        cluster_scoped = self._cluster_scoped(info, namespace_scoped)
+        target = _Target(info.resource, info.api_group, "" if cluster_scoped else info.namespace, "", info.verb)
+        try:
+            allowed, denied = self._resources(cluster_labels)
+            partial = any(_could_match(rule, target, cluster_scoped, allow=True) for _, rule in denied)
+            return partial or not any(_covers(rule, target, cluster_scoped) for _, rule in allowed)
+        except (InvalidPattern, AccessDenied):
+            return True
 
     @staticmethod
     def _cluster_scoped(info: RequestInfo, namespace_scoped: bool | None) -> bool:
