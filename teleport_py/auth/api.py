@@ -9,6 +9,7 @@ a user whose certificate it verified, by passing that certificate along
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -19,6 +20,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from teleport_py.auth.errors import AccessDenied, AuthError, BadParameter
+from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
 from teleport_py.pki import HostIdentity, IdentityError, UserIdentity, identity_from_certificate
 
@@ -79,7 +81,13 @@ class AuthAPI(resource.Resource):
             (b"GET", "kube_clusters"): self.kube_clusters,
             (b"POST", "events"): self.append_events,
             (b"GET", "events"): self.search_events,
+            (b"GET", "recordings"): self.list_recordings,
+            (b"GET", "recordings/*"): self.get_recording,
+            (b"GET", "recordings/*/data"): self.read_recording,
+            (b"GET", "recordings/*/stored"): self.stored_recording,
+            (b"POST", "recordings/*/chunks"): self.append_recording,
         }
+        self.recordings = Recordings(auth)
 
     # -- plumbing -------------------------------------------------------------
 
@@ -309,3 +317,29 @@ class AuthAPI(resource.Resource):
         types = [t for v in args.get("type", []) for t in v.split(",") if t]
         items = await self.auth.search_events(self._authenticated(caller), start, end, types, limit)
         return {"items": items}
+
+    async def list_recordings(self, caller, request, body):
+        return {"items": await self.recordings.list(self._authenticated(caller))}
+
+    async def get_recording(self, caller, request, body, session_id):
+        return await self.recordings.get(self._authenticated(caller), session_id)
+
+    async def read_recording(self, caller, request, body, session_id):
+        try:
+            offset = int(request.args.get(b"offset", [b"0"])[0])
+        except ValueError:
+            raise BadParameter("offset: must be an integer") from None
+        page = await self.recordings.read(self._authenticated(caller), session_id, offset)
+        return {**page, "data": base64.b64encode(page["data"]).decode("ascii")}
+
+    async def stored_recording(self, caller, request, body, session_id):
+        return await self.recordings.stored(self._authenticated(caller), session_id)
+
+    async def append_recording(self, caller, request, body, session_id):
+        try:
+            data = base64.b64decode(self._str(body, "data", required=False), validate=True)
+        except (binascii.Error, ValueError):
+            raise BadParameter("data: must be base64") from None
+        return await self.recordings.append(
+            self._authenticated(caller), session_id, body.get("offset"), data, body.get("final") is True,
+        )

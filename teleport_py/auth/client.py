@@ -7,6 +7,7 @@ certificate must chain to the cluster's host CA and name the auth service.
 """
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, Iterable
 from urllib.parse import urlencode
@@ -175,3 +176,22 @@ class AuthClient:
         if types:
             params["type"] = ",".join(types)
         return (await self.call("GET", "events", params=params))["items"]
+
+    async def recording_stored(self, session_id: str) -> int:
+        """Bytes of the recording Auth holds (0 if none): where an upload resumes."""
+        return (await self.call("GET", f"recordings/{session_id}/stored"))["size"]
+
+    async def upload_recording(self, session_id: str, offset: int, data: bytes, final: bool) -> int:
+        """Send one chunk at ``offset``; returns the size Auth now holds."""
+        body = {"offset": offset, "data": base64.b64encode(data).decode("ascii"), "final": final}
+        return (await self.call("POST", f"recordings/{session_id}/chunks", body))["size"]
+
+    async def list_recordings(self) -> list[dict]:
+        return (await self.call("GET", "recordings"))["items"]
+
+    def get_recording(self, session_id: str):
+        return self.call("GET", f"recordings/{session_id}")
+
+    async def read_recording(self, session_id: str, offset: int = 0) -> dict:
+        page = await self.call("GET", f"recordings/{session_id}/data", params={"offset": str(offset)})
+        return {**page, "data": base64.b64decode(page["data"])}

@@ -40,7 +40,9 @@ from zope.interface import implementer
 
 from teleport_py import events
 from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
+from teleport_py.kube.sessions import SessionRecorder, SessionRelay, session_info
 from teleport_py.pki import IdentityError, UserIdentity, identity_from_certificate
+from teleport_py.remotecommand import RemoteCommandError
 from teleport_py.rbac import AccessChecker, AccessDenied, RequestInfo, classify, status_body
 from teleport_py.rbac.checker import BUILTIN_API_GROUPS
 from teleport_py.rbac.filters import FilterError, filterable_accept, response_filter
@@ -175,6 +177,7 @@ class Forwarder:
         emit: Callable[[dict], None],
         teleport_cluster: str = "",
         discovery: Discovery | None = None,
+        sessions: SessionRecorder | None = None,
     ) -> None:
         self.reactor = reactor
         self.discovery = discovery or Discovery(reactor)
@@ -183,6 +186,7 @@ class Forwarder:
         self.roles = roles
         self.emit = emit
         self.teleport_cluster = teleport_cluster
+        self.sessions = sessions
 
     def accept_stream(self, metadata: Mapping) -> Protocol:
         """The stream's protocol, only for a user certificate our user CA signed
@@ -275,14 +279,14 @@ class KubeConnection(Protocol):
         self.upstream: UpstreamRequest | None = None
         self._held: _HeldRequest | None = None
         self._authorizing = False
-        self._relay: Protocol | None = None
+        self._relay: SessionRelay | None = None
         self._closed = False
 
     # -- Protocol --------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._relay is not None:
-            self._relay.transport.write(data)
+            self._relay.from_client(data)
             return
         self.http.receive_data(data)
         self._next_events()
@@ -292,7 +296,8 @@ class KubeConnection(Protocol):
         if self.upstream is not None:
             self.upstream.downstream_lost()
         if self._relay is not None:
-            _close(self._relay.transport)
+            self._relay.connection_lost()
+            _close(self._relay.server_transport)
 
     # -- HTTP events from kubectl ----------------------------------------------
 
@@ -443,17 +448,36 @@ class KubeConnection(Protocol):
             self._maybe_next_cycle()
             self._next_events()
 
-    def switch_to_relay(self, upstream: Protocol, response: h11.InformationalResponse, pending: bytes) -> None:
-        """After a 101: raw bytes both ways, including any the client sent
-        right after its request and the API server right after its 101."""
-        self.send(response)
+    def switch_to_relay(self, upstream: UpstreamRequest, response: h11.InformationalResponse, pending: bytes) -> None:
+        """After a 101: a recording relay both ways (kube/sessions.py), fed
+        first what the client sent right after its request and the API server
+        right after its 101. A session we could not record is refused."""
         self.upstream = None
-        self._relay = upstream
+        decision = upstream.decision
+        info = session_info(
+            upstream.request.target, response.headers, user=self.identity.username,
+            cluster_name=self.forwarder.teleport_cluster or self.identity.teleport_cluster,
+            kube_cluster=self.cluster.name, client_addr=self.client_addr,
+            kubernetes_users=[decision.user], kubernetes_groups=decision.groups,
+        )
+        try:
+            if self.forwarder.sessions is None:
+                raise RemoteCommandError("session recording is not configured on this agent")
+            relay = self.forwarder.sessions.start(info, self.transport, upstream.transport)
+        except RemoteCommandError as e:
+            log.warn("refused unrecordable session user={user} error={error}", user=self.identity.username, error=e)
+            upstream.transport.abortConnection()
+            self._audit(upstream.request, decision.info, 502, decision=decision, reason=f"session not recordable: {e}")
+            self.respond_status(502, "BadGateway", f"the session cannot be recorded: {e}")
+            self.transport.loseConnection()
+            return
+        self.send(response)
+        self._relay = upstream.session = relay
         client_bytes, _ = self.http.trailing_data
         if client_bytes:
-            upstream.transport.write(client_bytes)
+            relay.from_client(client_bytes)
         if pending:
-            self.transport.write(pending)
+            relay.from_server(pending)
 
     def _bad_request(self, error: Exception) -> None:
         log.info("malformed HTTP from kubectl client={client} error={error}", client=self.client_addr, error=error)
@@ -555,6 +579,7 @@ class UpstreamRequest(Protocol):
         self._body: list = []
         self._responded = False
         self._finished = False
+        self.session: SessionRelay | None = None
         self._filter = None
         #: A filtered list's response head waits for the filtered body.
         self._held_response: h11.Response | None = None
@@ -629,8 +654,8 @@ class UpstreamRequest(Protocol):
     # -- response, from the API server -------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.downstream._relay is self:
-            self.downstream.transport.write(data)
+        if self.session is not None:
+            self.session.from_server(data)
             return
         self.http.receive_data(data)
         self._next_events()
@@ -761,7 +786,8 @@ class UpstreamRequest(Protocol):
         downstream.upstream_finished()
 
     def connectionLost(self, reason=None) -> None:
-        if self.downstream._relay is self:
+        if self.session is not None:
+            self.session.connection_lost()
             _close(self.downstream.transport)
             return
         if self._finished:

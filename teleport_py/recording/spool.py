@@ -1,0 +1,271 @@
+"""Session recordings on the agent's disk, and their upload to Auth.
+
+A recording is written to ``<dir>/<session id>.part`` while its session runs
+(appended at least every ``flush_interval`` seconds, so a kill -9 loses at
+most that much) and fsync'd and renamed to ``<session id>.rec`` when it ends.
+The uploader sends both kinds to Auth in chunks that end on a line boundary,
+starting at the size Auth says it has (so uploads resume after a restart of
+either side and a repeated chunk is harmless), and deletes a ``.rec`` once
+Auth holds all of it. A ``.part`` left by a previous process is a session
+that died with it: it is closed as it is, torn last line dropped.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from teleport_py.pki import make_private_dirs
+from teleport_py.recording.format import complete_prefix, encode
+
+log = Logger()
+
+SESSION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: Raw bytes per upload request: under Auth's 1 MiB body limit once base64'd.
+CHUNK_SIZE = 512 * 1024
+#: Recorded bytes held in memory before the relay is asked to pause.
+MAX_BACKLOG = 4 * 1024 * 1024
+OPEN, CLOSED = ".part", ".rec"
+
+
+def one_thread(reactor, name: str) -> Callable[..., Deferred]:
+    """Blocking file work, in order, off the reactor thread."""
+    pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
+    pool.start()
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    return lambda f, *args: deferToThreadPool(reactor, pool, f, *args)
+
+
+class RecordingFiles:
+    """The blocking operations on the spool directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        make_private_dirs(directory)
+
+    def _path(self, session_id: str, suffix: str) -> str:
+        if not SESSION_ID.match(session_id):
+            raise ValueError(f"not a session id: {session_id!r}")
+        return os.path.join(self.directory, session_id + suffix)
+
+    def append(self, session_id: str, data: bytes) -> None:
+        fd = os.open(self._path(session_id, OPEN), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def close(self, session_id: str, data: bytes = b"") -> None:
+        """Append the last bytes, make the file durable, mark it complete."""
+        path = self._path(session_id, OPEN)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(path, self._path(session_id, CLOSED))
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def recover(self) -> list[str]:
+        """Close what a previous process left open; call before recording."""
+        orphans = [name[:-len(OPEN)] for name in os.listdir(self.directory) if name.endswith(OPEN)]
+        for session_id in orphans:
+            if SESSION_ID.match(session_id):
+                self.close(session_id)
+        return orphans
+
+    def listing(self) -> list[tuple[str, bool]]:
+        """(session id, complete) for every recording still on disk."""
+        found = []
+        for name in sorted(os.listdir(self.directory)):
+            stem, suffix = os.path.splitext(name)
+            if suffix in (OPEN, CLOSED) and SESSION_ID.match(stem):
+                found.append((stem, suffix == CLOSED))
+        return found
+
+    def read(self, session_id: str, complete: bool, offset: int, size: int) -> bytes:
+        with open(self._path(session_id, CLOSED if complete else OPEN), "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def remove(self, session_id: str) -> None:
+        os.unlink(self._path(session_id, CLOSED))
+
+
+class RecordingWriter:
+    """One session's recording: ``record(event)`` from the reactor.
+
+    Lines are buffered and handed to the file thread every ``flush_interval``;
+    ``on_backlog(True)`` asks the relay to pause while more than
+    ``max_backlog`` bytes wait for the disk, ``on_backlog(False)`` to resume.
+    """
+
+    def __init__(self, spool: "RecordingSpool", session_id: str, *, flush_interval: float, max_backlog: int):
+        self.session_id = session_id
+        self._spool = spool
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._in_flight = 0
+        self._max_backlog = max_backlog
+        self._writing: Deferred | None = None
+        self._closing: Deferred | None = None
+        self._throttled = False
+        self.on_backlog: Callable[[bool], None] = lambda paused: None
+        self._flusher = LoopingCall(self.flush)
+        self._flusher.clock = spool.reactor
+        self._flusher.start(flush_interval, now=False).addErrback(
+            lambda f: log.failure("recording flush loop failed", f))
+
+    def record(self, event: dict[str, Any]) -> None:
+        line = encode(event)
+        self._pending.append(line)
+        self._pending_size += len(line)
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        throttled = self._pending_size + self._in_flight > self._max_backlog
+        if throttled != self._throttled:
+            self._throttled = throttled
+            self.on_backlog(throttled)
+
+    def flush(self) -> None:
+        if self._writing is None and self._pending:
+            data = b"".join(self._pending)
+            self._pending, self._pending_size, self._in_flight = [], 0, len(data)
+            self._writing = self._spool.run(self._spool.files.append, self.session_id, data)
+            self._writing.addCallbacks(self._written, self._write_failed, errbackArgs=(data,))
+
+    def _written(self, _) -> None:
+        self._writing, self._in_flight = None, 0
+        self._check_backlog()
+        if self._closing is not None:
+            self._finish()
+        elif self._pending_size > self._max_backlog // 2:
+            self.flush()
+
+    def _write_failed(self, failure, data: bytes) -> None:
+        log.failure("cannot write recording {session}; will retry", failure, session=self.session_id)
+        self._pending.insert(0, data)
+        self._pending_size += len(data)
+        self._writing, self._in_flight = None, 0
+        if self._closing is not None:
+            self._spool.reactor.callLater(1.0, self._finish)
+
+    def close(self) -> Deferred:
+        """Fires once the whole recording is fsync'd on disk and complete."""
+        if self._closing is None:
+            self._closing = Deferred()
+            if self._flusher.running:
+                self._flusher.stop()
+            if self._writing is None:
+                self._finish()
+        return self._closing
+
+    def _finish(self) -> None:
+        data = b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
+        self._writing = self._spool.run(self._spool.files.close, self.session_id, data)
+        self._writing.addCallbacks(self._closed, self._write_failed, errbackArgs=(data,))
+
+    def _closed(self, _) -> None:
+        self._writing = None
+        self._closing.callback(self.session_id)
+        self._spool.upload_soon()
+
+
+class RecordingSpool:
+    """The agent's recordings directory and its background uploader.
+
+    ``upload(session_id, offset, data, final)`` sends one chunk and returns
+    (a Deferred of) the size Auth now holds; ``stored(session_id)`` returns
+    that size without sending anything (0 for a recording Auth never saw).
+    """
+
+    def __init__(self, reactor, directory: str, *, upload, stored, run_blocking=None,
+                 flush_interval: float = 1.0, max_backlog: int = MAX_BACKLOG,
+                 upload_interval: float = 5.0, max_backoff: float = 60.0) -> None:
+        self.reactor = reactor
+        self.files = RecordingFiles(directory)
+        self.run = run_blocking or one_thread(reactor, "kube-recordings")
+        self._upload = upload
+        self._stored = stored
+        self._flush_interval = flush_interval
+        self._max_backlog = max_backlog
+        self._upload_interval = upload_interval
+        self._max_backoff = max_backoff
+        self._backoff = upload_interval
+        self._offsets: dict[str, int] = {}
+        self._scheduled = None
+        self._uploading = False
+        self._again = False
+        self._stopped = False
+        self._recovered = self.run(self.files.recover)
+        self._recovered.addErrback(lambda f: log.failure("cannot recover open recordings", f))
+
+    def open(self, session_id: str) -> RecordingWriter:
+        return RecordingWriter(self, session_id, flush_interval=self._flush_interval,
+                               max_backlog=self._max_backlog)
+
+    def upload_soon(self, delay: float = 0.0) -> None:
+        if self._stopped:
+            return
+        if self._uploading:
+            self._again = True
+        elif self._scheduled is None:
+            self._scheduled = self.reactor.callLater(delay, self._start_upload)
+
+    def _start_upload(self) -> None:
+        self._scheduled = None
+        self._uploading, self._again = True, False
+        Deferred.fromCoroutine(self.upload_all()).addCallbacks(self._uploaded, self._upload_failed)
+
+    async def upload_all(self) -> None:
+        """Send every byte on disk that Auth lacks; delete what is complete."""
+        await self._recovered
+        for session_id, complete in await self.run(self.files.listing):
+            offset = self._offsets.get(session_id)
+            if offset is None:
+                offset = await self._stored(session_id)
+            while True:
+                data = await self.run(self.files.read, session_id, complete, offset, CHUNK_SIZE)
+                final = complete and len(data) < CHUNK_SIZE
+                data = data if final else complete_prefix(data)
+                if not data and not final:
+                    break
+                offset = await self._upload(session_id, offset, data, final)
+                self._offsets[session_id] = offset
+                if final:
+                    await self.run(self.files.remove, session_id)
+                    del self._offsets[session_id]
+                    log.info("recording uploaded session={session} bytes={size}", session=session_id, size=offset)
+                    break
+
+    def _uploaded(self, _) -> None:
+        self._uploading = False
+        self._backoff = self._upload_interval
+        self.upload_soon(0.0 if self._again else self._upload_interval)
+
+    def _upload_failed(self, failure) -> None:
+        self._uploading = False
+        self._offsets.clear()  # ask Auth again: it may have stored more or less than we think
+        log.warn("recording upload failed, retrying in {delay}s: {error}", delay=self._backoff,
+                 error=failure.getErrorMessage())
+        self.upload_soon(self._backoff)
+        self._backoff = min(self._backoff * 2, self._max_backoff)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
