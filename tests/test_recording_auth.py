@@ -1,0 +1,90 @@
+"""Recordings in Auth: chunked idempotent uploads by the owning agent, and
+who may list and read them (role rules or the session's participant)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from teleport_py.auth.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
+from teleport_py.auth.recordings import Recordings
+from teleport_py.auth.server import AuthServer
+from teleport_py.backend import MemoryBackend
+from teleport_py.pki import HostIdentity, UserIdentity
+from teleport_py.recording.format import encode
+
+SID = "0b7f4f8e-6d1a-4c3e-9f59-3a1d2b9c0e11"
+KUBE = HostIdentity(host_id="kube-1", nodename="k", system_role="kube", teleport_cluster="example")
+OTHER_KUBE = HostIdentity(host_id="kube-2", nodename="k", system_role="kube", teleport_cluster="example")
+START = encode({"type": "session.start", "ms": 0, "session_id": SID, "user": "alice", "pod": "web-0",
+                "time": "2026-01-01T00:00:00.000000Z"})
+BODY = encode({"type": "print", "ms": 10, "stream": "stdout", "data": b"hello"})
+
+
+def user(name: str, *roles: str) -> UserIdentity:
+    return UserIdentity(username=name, roles=roles, traits={}, kube_cluster="", teleport_cluster="example",
+                        kube_users=(), kube_groups=(), expires=datetime.now(timezone.utc) + timedelta(hours=1))
+
+
+def d(coro):
+    return Deferred.fromCoroutine(coro)
+
+
+class RecordingsTests(TestCase):
+    async def _setup(self) -> Recordings:
+        backend = MemoryBackend(reactor)
+        self.addCleanup(backend.close)
+        auth = await AuthServer.initialize(reactor, backend, "example")
+        return Recordings(auth)
+
+    def test_upload_is_chunked_idempotent_and_resumable(self):
+        async def go():
+            r = await self._setup()
+            self.assertEqual(await r.stored(KUBE, SID), {"size": 0, "complete": False})
+            self.assertEqual(await r.append(KUBE, SID, 0, START, False), {"size": len(START)})
+            self.assertEqual(await r.append(KUBE, SID, 0, START, False), {"size": len(START)})  # retried
+            with self.assertRaises(AlreadyExists) as gap:
+                await r.append(KUBE, SID, len(START) + 5, BODY, False)
+            self.assertEqual(gap.exception.details["size"], len(START))
+            await r.append(KUBE, SID, len(START), BODY, True)
+            self.assertEqual(await r.stored(KUBE, SID), {"size": len(START + BODY), "complete": True})
+            page = await r.read(user("alice"), SID, 0)
+            self.assertEqual((page["data"], page["complete"]), (START + BODY, True))
+            page = await r.read(user("alice"), SID, len(START) + 2)
+            self.assertEqual(page["data"], (START + BODY)[len(START) + 2:])
+            meta = await r.get(user("alice"), SID)
+            self.assertEqual((meta["user"], meta["pod"], meta["server_id"]), ("alice", "web-0", "kube-1"))
+        return d(go())
+
+    def test_only_the_owning_agent_uploads_and_a_recording_starts_properly(self):
+        async def go():
+            r = await self._setup()
+            with self.assertRaises(BadParameter):
+                await r.append(KUBE, SID, 0, BODY, False)
+            with self.assertRaises(BadParameter):
+                await r.append(KUBE, "../etc", 0, START, False)
+            with self.assertRaises(AccessDenied):
+                await r.append(user("alice", "editor"), SID, 0, START, False)
+            await r.append(KUBE, SID, 0, START, False)
+            with self.assertRaises(AccessDenied):
+                await r.append(OTHER_KUBE, SID, len(START), BODY, False)
+            with self.assertRaises(AccessDenied):
+                await r.stored(user("alice", "editor"), SID)
+        return d(go())
+
+    def test_readers_are_role_rules_or_the_participant(self):
+        async def go():
+            r = await self._setup()
+            await r.append(KUBE, SID, 0, START, True)
+            self.assertEqual([m["session_id"] for m in await r.list(user("bob", "editor"))], [SID])
+            self.assertEqual([m["session_id"] for m in await r.list(user("alice"))], [SID])
+            self.assertEqual(await r.list(user("carol", "access")), [])
+            await r.get(user("bob", "editor"), SID)
+            with self.assertRaises(NotFound):
+                await r.get(user("carol", "access"), SID)
+            with self.assertRaises(NotFound):
+                await r.read(user("carol", "access"), SID, 0)
+            self.assertNotIn("chunks", await r.get(user("alice"), SID))
+        return d(go())
