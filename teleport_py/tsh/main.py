@@ -8,12 +8,15 @@ public half.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import getpass
 import json
 import os
 import shutil
 import sys
 from datetime import datetime, timedelta, timezone
+from urllib.parse import quote
 
 from attrs import evolve
 from cryptography import x509
@@ -21,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.task import react
+from twisted.internet.task import deferLater, react
 from OpenSSL.SSL import Error as TLSError
 from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
@@ -36,6 +39,7 @@ from teleport_py.pki import (
     load_certificates_pem,
     private_key_pem,
 )
+from teleport_py.recording.format import RecordingFormatError, RecordingReader
 from teleport_py.resources import parse_duration
 from teleport_py.tsh import kubeconfig
 from teleport_py.tsh.localproxy import KubeLocalProxyFactory, LocalCA, listener_tls_options, local_kubeconfig
@@ -82,7 +86,25 @@ def _parser() -> argparse.ArgumentParser:
     proxy_kube = proxy.add_parser("kube", help="a local Kubernetes proxy on 127.0.0.1")
     proxy_kube.add_argument("kube_clusters", nargs="*", metavar="CLUSTER", help="default: the selected cluster")
     proxy_kube.add_argument("--port", type=int, default=0, help="local port (default: any free port)")
+    recordings = sub.add_parser("recordings", help="recorded sessions").add_subparsers(
+        dest="recordings_command", required=True)
+    recordings.add_parser("ls", help="list the recorded sessions you may see")
+    play = sub.add_parser("play", help="replay a recorded session")
+    play.add_argument("session_id", help="the session id (see 'tsh recordings ls')")
+    play.add_argument("--speed", type=_positive_float, default=1.0, help="playback speed (2 = twice as fast)")
+    play.add_argument("--format", choices=("text", "json"), default="text",
+                      help="text: the terminal output with its timing; json: one event per line, at once")
     return p
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
 
 
 def _normalize_proxy(address: str) -> str:
@@ -165,6 +187,39 @@ def _cas_from_response(result: dict) -> tuple[tuple[x509.Certificate, ...], tupl
     return user_cas, host_cas
 
 
+class _Player:
+    """Writes recording events: text with the original timing (scaled by
+    ``--speed``), or JSON lines at once."""
+
+    def __init__(self, reactor, out, args) -> None:
+        self.reactor = reactor
+        self.out = out
+        self.speed = args.speed
+        self.json = args.format == "json"
+        self.started = reactor.seconds()
+
+    async def play(self, event: dict) -> None:
+        if self.json:
+            if "data" in event:
+                event = {**event, "data": event["data"].decode("utf-8", "replace")}
+            self.out.write(json.dumps(event, sort_keys=True) + "\n")
+            self.out.flush()
+            return
+        if event["type"] != "print":
+            return
+        delay = self.started + event["ms"] / 1000.0 / self.speed - self.reactor.seconds()
+        if delay > 0:
+            await deferLater(self.reactor, delay, lambda: None)
+        binary = getattr(self.out, "buffer", None)
+        if binary is not None:
+            self.out.flush()
+            binary.write(event["data"])
+            binary.flush()
+        else:
+            self.out.write(event["data"].decode("utf-8", "replace"))
+            self.out.flush()
+
+
 class Tsh:
     def __init__(self, reactor, args, *, password: str | None = None, out=sys.stdout, environ=os.environ):
         self.reactor = reactor
@@ -187,6 +242,8 @@ class Tsh:
             await getattr(self, "cmd_kube_" + args.kube_command)()
         elif args.command == "proxy":
             await self.cmd_proxy_kube()
+        elif args.command == "recordings":
+            await getattr(self, "cmd_recordings_" + args.recordings_command)()
         else:
             await getattr(self, "cmd_" + args.command)()
 
@@ -420,6 +477,33 @@ class Tsh:
         self.print("export KUBECONFIG=%s" % path)
         self.print()
         await Deferred()  # serve until the reactor stops (Ctrl-C)
+
+    async def cmd_recordings_ls(self) -> None:
+        profile, identity = self._logged_in()
+        items = (await self._client(profile, identity)._call("GET", "/webapi/recordings")).get("items", [])
+        rows = [[str(m.get("session_id", "")), str(m.get("user", "")), str(m.get("kind", "")),
+                 "%s/%s" % (m.get("namespace", ""), m.get("pod", "")), " ".join(m.get("command") or []),
+                 str(m.get("time", ""))[:19], "yes" if m.get("complete") else "no"] for m in items]
+        self._table(["ID", "User", "Kind", "Pod", "Command", "Started", "Complete"], rows)
+
+    async def cmd_play(self) -> None:
+        """Pages of the recording from Auth (through the proxy), replayed as they arrive."""
+        profile, identity = self._logged_in()
+        client = self._client(profile, identity)
+        session_id = quote(self.args.session_id, safe="")
+        reader, player, offset = RecordingReader(), _Player(self.reactor, self.out, self.args), 0
+        while True:
+            page = await client._call("GET", "/webapi/recordings/%s/data?offset=%d" % (session_id, offset))
+            try:
+                data = base64.b64decode(page["data"], validate=True)
+                offset = int(page["next_offset"])
+                for event in reader.feed(data):
+                    await player.play(event)
+            except (KeyError, TypeError, ValueError, binascii.Error, RecordingFormatError) as e:
+                raise CLIError("the recording is unreadable: %s" % e) from None
+            if not data or offset >= int(page["size"]):
+                break
+        reader.close()
 
     def _table(self, headers: list[str], rows: list[list[str]]) -> None:
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
