@@ -647,6 +647,8 @@ class UpstreamRequest(Protocol):
             self.transport.write(self.http.send(event))
 
     def downstream_lost(self) -> None:
+        if self._finished:  # our side of the API server connection is already closing
+            return
         self._finished = True
         if self.transport is not None:
             self.transport.abortConnection()
@@ -717,7 +719,7 @@ class UpstreamRequest(Protocol):
                          f"unfilterable response {content}")
             return False
         # The body changes length: h11 sends it chunked.
-        response = attrs.evolve(response, headers=[
+        response = h11.Response(status_code=response.status_code, reason=response.reason, headers=[
             (n, v) for n, v in response.headers if n not in (b"content-length", b"transfer-encoding")])
         if watch:
             self._audit(response.status_code)
