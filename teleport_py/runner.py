@@ -23,4 +23,8 @@ def makeService(options, reactor=None):
 
         auth = AuthService(reactor, config)
         auth.setServiceParent(top)
+    if config.proxy is not None:
+        from teleport_py.proxy.service import ProxyService
+
+        ProxyService(reactor, config, local_auth=auth).setServiceParent(top)
     return top

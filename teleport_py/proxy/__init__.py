@@ -1,0 +1,1 @@
+"""The Proxy service: one public TLS port for tsh, kubectl and agents' reverse tunnels."""

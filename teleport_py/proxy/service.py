@@ -1,0 +1,319 @@
+"""The Proxy service: its host identity, its one public port, and agents' tunnels.
+
+Identity: in the all-in-one, the local AuthServer issues it directly; a
+standalone proxy joins with a token, trusting Auth only once the host CA it
+fetched matches ``teleport.ca_pin``, and keeps the identity in
+``data_dir/proxy`` across restarts. Either way it then talks to Auth over
+the same mutual-TLS HTTP API.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta, timezone
+
+
+from cryptography.hazmat.primitives import serialization
+from twisted.application import service
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from treq.client import HTTPClient
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from teleport_py.auth.client import AuthClient, ClusterTLSPolicy
+from teleport_py.auth.server import PROXY_KUBE_SAN, ca_pin
+from teleport_py.config import Address, Config
+from teleport_py.identityfile import IdentityFile
+from teleport_py.pki import (
+    HostIdentity,
+    IdentityError,
+    generate_private_key,
+    identity_from_certificate,
+    load_certificate_pem,
+    load_certificates_pem,
+    peer_certificate,
+    server_tls_options,
+)
+from teleport_py.proxy.kube import KubeRouter
+from teleport_py.proxy.listener import DispatchFactory, ProxyConnectionCreator, Route
+from teleport_py.proxy.registry import AgentRegistry, AnnounceError, parse_announcement
+from teleport_py.proxy.webapi import WebAPI, WebSite
+from teleport_py.tunnel import Splice, StreamRejected, TunnelProtocol
+
+log = Logger()
+
+#: A stored identity closer than this to expiry is replaced by joining again.
+RENEW_BEFORE = timedelta(hours=1)
+
+
+class ProxyStartError(Exception):
+    """The proxy cannot get an identity it can trust (bad pin, no token, ...)."""
+
+
+def identity_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, "proxy")
+
+
+class _Hangup(Protocol):
+    """An announce stream carries only metadata: accept it, then close it."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+class AgentTunnels:
+    """Serves agents' reverse tunnels (``Route.TUNNEL``): registers them and
+    answers the streams they open."""
+
+    def __init__(self, reactor, registry: AgentRegistry, host_ca, auth_endpoint):
+        self._reactor = reactor
+        self._registry = registry
+        self._host_ca = host_ca
+        self._auth_endpoint = auth_endpoint
+
+    def connection(self, tls_transport) -> TunnelProtocol | None:
+        try:
+            identity = identity_from_certificate(peer_certificate(tls_transport), user_ca=None, host_ca=self._host_ca)
+        except IdentityError as e:
+            identity, reason = None, str(e)
+        else:
+            reason = "only kubernetes services may open tunnels"
+        if not isinstance(identity, HostIdentity) or identity.system_role != "kube":
+            log.warn("tunnel refused peer={peer} reason={reason}", peer=tls_transport.getPeer(), reason=reason)
+            return None
+        tunnel = TunnelProtocol(
+            self._reactor, initiator=False, accept_stream=lambda kind, metadata: self._accept(tunnel, kind, metadata)
+        )
+        self._registry.add(tunnel, identity)
+        return tunnel
+
+    def _accept(self, tunnel: TunnelProtocol, kind: str, metadata: dict):
+        if kind == "announce":
+            try:
+                self._registry.announce(tunnel, parse_announcement(metadata))
+            except AnnounceError as e:
+                raise StreamRejected(f"invalid announce: {e}") from None
+            return _Hangup()
+        if kind == "auth":
+            return self._relay_to_auth()
+        raise StreamRejected(f"unknown stream kind {kind!r}")
+
+    def _relay_to_auth(self) -> Protocol:
+        """Raw bytes to Auth: the agent speaks TLS through us with its own certificate."""
+        splice = Splice()
+
+        def unreachable(failure: Failure) -> None:
+            log.warn("auth server unreachable for an agent error={error}", error=failure.getErrorMessage())
+            # The auth side never connected: closing it like a lost connection
+            # aborts the stream, whether or not the stream is connected yet.
+            splice.b.connectionLost(failure)
+
+        self._auth_endpoint.connect(Factory.forProtocol(lambda: splice.b)).addErrback(unreachable)
+        return splice.a
+
+
+@implementer(IPolicyForHTTPS)
+class _TrustOnFirstContact:
+    """TLS without verification, only to fetch the CAs whose pin we then check."""
+
+    def creatorForNetloc(self, hostname, port):
+        return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+async def fetch_pinned_cas(reactor, address: Address, pins: tuple[str, ...]) -> dict[str, list]:
+    """The cluster's CAs from ``/v1/cas``, trusted only if a host CA matches a pin."""
+    http = HTTPClient(Agent(reactor, contextFactory=_TrustOnFirstContact()))
+    response = await http.get(f"https://{address}/v1/cas")
+    cas = await response.json()
+    host_cas = load_certificates_pem("".join(cas.get("host", [])).encode("ascii"))
+    pinned = [ca for ca in host_cas if ca_pin(ca) in pins]
+    if not pinned:
+        raise ProxyStartError(f"the auth server at {address} does not match teleport.ca_pin; refusing to join")
+    return {"host": pinned, "user": load_certificates_pem("".join(cas.get("user", [])).encode("ascii"))}
+
+
+def _observe(d: Deferred) -> Deferred:
+    """A new Deferred with d's result, leaving that result for d's other waiters."""
+    observed: Deferred = Deferred()
+
+    def relay(result):
+        observed.callback(result)
+        return result
+
+    d.addBoth(relay)
+    return observed
+
+
+class ProxyService(service.Service):
+    """``ready`` fires with this service once the port listens."""
+
+    name = "proxy"
+
+    def __init__(self, reactor, config: Config, local_auth=None):
+        self.reactor = reactor
+        self.config = config
+        self.local_auth = local_auth
+        self.ready: Deferred = Deferred()
+        self.registry = AgentRegistry()
+        self.port = None
+        self.auth_client: AuthClient | None = None
+        self.identity: IdentityFile | None = None
+        self._pool: HTTPConnectionPool | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        Deferred.fromCoroutine(self._start()).addCallbacks(self.ready.callback, self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        log.failure("proxy service failed to start", failure)
+        self.ready.errback(failure)
+        self.ready.addErrback(lambda _: None)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def _start(self) -> "ProxyService":
+        if self.local_auth is not None:
+            auth_address, self.identity = await self._identity_from_local_auth()
+        else:
+            auth_address, self.identity = await self._joined_identity()
+        identity = self.identity
+        host = identity_from_certificate(identity.certificate, user_ca=None, host_ca=identity.host_cas[0])
+        policy = ClusterTLSPolicy(identity.host_cas, identity.certificate, identity.private_key)
+        self._pool = HTTPConnectionPool(self.reactor, persistent=True)
+        agent = Agent(self.reactor, contextFactory=policy, pool=self._pool)
+        self.auth_client = AuthClient(HTTPClient(agent), f"https://{auth_address}")
+        creator = self._connection_creator()
+        kube = KubeRouter(self.registry, identity.user_cas[0])
+        auth_endpoint = HostnameEndpoint(self.reactor, auth_address.host, auth_address.port)
+        tunnels = AgentTunnels(self.reactor, self.registry, identity.host_cas[0], auth_endpoint)
+        site = WebSite(
+            WebAPI(
+                self.auth_client, cluster_name=host.teleport_cluster, public_addr=str(self._public_addr()),
+                user_ca=identity.user_cas[0],
+            ),
+            reactor=self.reactor,
+        )
+        site.displayTracebacks = False
+
+        def choose(route: Route, tls_transport):
+            if route is Route.KUBE:
+                return kube.connection(tls_transport)
+            if route is Route.TUNNEL:
+                return tunnels.connection(tls_transport)
+            return site.buildProtocol(tls_transport.getPeer())
+
+        listen = self.config.proxy.web_listen_addr
+        endpoint = serverFromString(self.reactor, listen.server_endpoint())
+        self.port = await endpoint.listen(TLSMemoryBIOFactory(creator, False, DispatchFactory(creator, choose)))
+        log.info(
+            "proxy for cluster {cluster} listening on {address} host_id={host_id}",
+            cluster=host.teleport_cluster, address=str(listen), host_id=host.host_id,
+        )
+        return self
+
+    def _connection_creator(self) -> ProxyConnectionCreator:
+        identity = self.identity
+        cert, key = identity.certificate, identity.private_key
+        web_cert, web_key = self._https_keypair() or (cert, key)
+        return ProxyConnectionCreator.from_options(
+            web=server_tls_options(web_cert, web_key, trusted_cas=identity.user_cas, require_client_certificate=False),
+            kube=server_tls_options(cert, key, trusted_cas=identity.user_cas, require_client_certificate=True),
+            tunnel=server_tls_options(cert, key, trusted_cas=identity.host_cas, require_client_certificate=True),
+        )
+
+    def _https_keypair(self):
+        """The configured certificate browsers and tsh see on the web API (first pair)."""
+        if not self.config.proxy.https_keypairs:
+            return None
+        key_file, cert_file = self.config.proxy.https_keypairs[0]
+        with open(key_file, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+        with open(cert_file, "rb") as f:
+            cert = load_certificate_pem(f.read())
+        return cert, key
+
+    def _public_addr(self) -> Address:
+        if self.config.proxy.public_addr:
+            return self.config.proxy.public_addr[0]
+        listen = self.config.proxy.web_listen_addr
+        return Address(listen.connect_host(), listen.port)
+
+    def _server_names(self) -> tuple[list[str], list]:
+        """Names and IPs for the host certificate: kubectl's SNI name plus every name we are reached by."""
+        names = {PROXY_KUBE_SAN, "localhost", self.config.nodename, socket.gethostname()}
+        ips = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+        for address in (self.config.proxy.web_listen_addr, *self.config.proxy.public_addr):
+            try:
+                ip = ipaddress.ip_address(address.host)
+            except ValueError:
+                if address.host:
+                    names.add(address.host)
+            else:
+                if not ip.is_unspecified:
+                    ips.add(ip)
+        return sorted(n for n in names if n), sorted(ips, key=str)
+
+    def _host_id(self) -> str:
+        return f"proxy-{self.config.nodename}"
+
+    async def _identity_from_local_auth(self) -> tuple[Address, IdentityFile]:
+        auth = await _observe(self.local_auth.ready)
+        key = generate_private_key()
+        names, ips = self._server_names()
+        cert = auth.issue_host_identity(key.public_key(), self._host_id(), self.config.nodename, "proxy", names, ips)
+        listen = self.config.auth.listen_addr
+        identity = IdentityFile(cert, key, (auth.user_ca.certificate,), (auth.host_ca.certificate,))
+        return Address(listen.connect_host(), listen.port), identity
+
+    async def _joined_identity(self) -> tuple[Address, IdentityFile]:
+        config = self.config
+        if not config.auth_servers:
+            raise ProxyStartError("teleport.auth_server is required for a proxy without a local auth service")
+        auth_address = config.auth_servers[0]
+        directory = identity_dir(config.data_dir)
+        now = datetime.fromtimestamp(self.reactor.seconds(), timezone.utc)
+        if IdentityFile.exists(directory):
+            stored = IdentityFile.load(directory)
+            if stored.expires - RENEW_BEFORE > now:
+                log.info("proxy identity loaded from {directory}", directory=directory)
+                return auth_address, stored
+        if not config.join_token:
+            raise ProxyStartError("teleport.join_params.token_name is required to join the cluster")
+        if not config.ca_pins:
+            raise ProxyStartError("teleport.ca_pin is required to join the cluster (see tctl status)")
+        cas = await fetch_pinned_cas(self.reactor, auth_address, config.ca_pins)
+        client = AuthClient.direct(self.reactor, str(auth_address), trusted_cas=cas["host"])
+        key = generate_private_key()
+        public_pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
+        names, _ = self._server_names()
+        host_id = f"proxy-{uuid.uuid4()}"
+        answer = await client.join(config.join_token, "proxy", public_pem, host_id, config.nodename, names)
+        cert = load_certificate_pem(answer["cert"].encode("ascii"))
+        user_cas = tuple(load_certificates_pem("".join(answer["cas"]["user"]).encode("ascii")))
+        identity = identity_from_certificate(cert, user_ca=None, host_ca=cas["host"][0])
+        if not isinstance(identity, HostIdentity) or identity.system_role != "proxy":
+            raise ProxyStartError("the auth server issued a certificate that is not a proxy identity")
+        stored = IdentityFile(cert, key, user_cas, tuple(cas["host"]))
+        stored.save(directory)
+        log.info("proxy joined cluster {cluster} as {host_id}", cluster=identity.teleport_cluster, host_id=host_id)
+        return auth_address, stored
+
+    def stopService(self):
+        """Stop accepting, drop agents' tunnels (they reconnect elsewhere) and Auth connections."""
+        super().stopService()
+        self.registry.disconnect_all()
+        stopping = [self.port.stopListening()] if self.port is not None else []
+        if self._pool is not None:
+            stopping.append(self._pool.closeCachedConnections())
+        return DeferredList(stopping)

@@ -1,0 +1,234 @@
+"""The HTTPS API tsh talks to, relayed to Auth with the proxy's identity.
+
+The proxy decides nothing here: Auth does, from the proxy's host
+certificate, the client address we pass along and, for a user's own calls,
+the user certificate the proxy's TLS verified (``Teleport-User-Certificate``),
+which Auth verifies again. Requests are never logged with bodies, and paths
+holding secrets (invite tokens) are logged redacted.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from teleport_py.auth.api import CLIENT_ADDR_HEADER, USER_CERT_HEADER
+from teleport_py.auth.errors import AccessDenied, AuthError, BadParameter
+from teleport_py.pki import IdentityError, UserIdentity, certificate_pem, identity_from_certificate, peer_certificate
+
+log = Logger()
+
+MAX_BODY = 1 << 20
+LOGIN_FIELDS = ("user", "password", "public_key", "ttl", "kube_cluster")
+JOIN_FIELDS = ("token", "role", "public_key", "host_id", "nodename", "dns_names")
+REISSUE_FIELDS = ("public_key", "kube_cluster", "ttl")
+EVENT_PARAMS = ("from", "to", "limit", "type")
+
+
+class Unavailable(AuthError):
+    status = 502
+    kind = "unavailable"
+
+
+def _client_address(request) -> str:
+    peer = request.getClientAddress()
+    host, port = getattr(peer, "host", ""), getattr(peer, "port", "")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _json_body(request) -> dict[str, Any]:
+    data = request.content.read(MAX_BODY + 1) if request.content else b""
+    if len(data) > MAX_BODY:
+        raise BadParameter("request body too large")
+    try:
+        body = json.loads(data or b"{}")
+    except ValueError:
+        raise BadParameter("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadParameter("request body must be a JSON object")
+    return body
+
+
+def _only(body: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k in fields}
+
+
+class WebAPI(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, auth_client, *, cluster_name: str, public_addr: str, user_ca):
+        super().__init__()
+        self._auth = auth_client
+        self._cluster_name = cluster_name
+        self._public_addr = public_addr
+        self._user_ca = user_ca
+        self._routes = {
+            (b"GET", "webapi/ping"): self.ping,
+            (b"POST", "webapi/login"): self.login,
+            (b"POST", "webapi/signup"): self.signup,
+            (b"POST", "webapi/join"): self.join,
+            (b"GET", "webapi/kube/clusters"): self.kube_clusters,
+            (b"POST", "webapi/certs/reissue"): self.reissue,
+            (b"GET", "webapi/whoami"): self.whoami,
+            (b"GET", "webapi/events"): self.events,
+            (b"GET", "webapi/recordings"): self.recordings,
+        }
+
+    def render(self, request):
+        path = "/".join(p.decode("utf-8", "replace") for p in request.postpath)
+        if path.startswith("web/invite/") and path.count("/") == 2 and request.method in (b"GET", b"POST"):
+            token = path.rsplit("/", 1)[1]
+            Deferred.fromCoroutine(self._invite(request, token)).addErrback(self._unexpected, request)
+            return server.NOT_DONE_YET
+        handler = self._routes.get((request.method, path))
+        if handler is None and request.method == b"GET" and path.startswith("webapi/recordings/"):
+            handler = self.recording
+        if handler is None:
+            return self._error_bytes(request, 404, {"error": {"kind": "not_found", "message": f"no such endpoint {request.method.decode()} /{path}"}})
+        Deferred.fromCoroutine(self._run(handler, request)).addErrback(self._unexpected, request)
+        return server.NOT_DONE_YET
+
+    async def _run(self, handler, request) -> None:
+        try:
+            status, payload = 200, await handler(request)
+        except AuthError as e:
+            status, payload = e.status, e.to_json()
+        except Exception as e:
+            log.warn("auth server call failed path={path} error={error}", path=request.path, error=type(e).__name__)
+            status, payload = 502, Unavailable("the auth server is unavailable, try again later").to_json()
+        self._finish(request, status, "application/json", json.dumps(payload).encode("utf-8"))
+
+    def _unexpected(self, failure, request) -> None:
+        log.failure("web API request failed", failure)
+        self._finish(request, 500, "application/json", json.dumps(AuthError("internal error").to_json()).encode())
+
+    @staticmethod
+    def _finish(request, status: int, content_type: str, body: bytes) -> None:
+        if request.finished or request.channel is None:
+            return
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.write(body)
+        request.finish()
+
+    @staticmethod
+    def _error_bytes(request, status: int, payload: dict) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(payload).encode("utf-8")
+
+    def _relay(self, request):
+        return self._auth.with_headers({CLIENT_ADDR_HEADER: [_client_address(request).encode("ascii")]})
+
+    def _as_user(self, request):
+        """The calling user's certificate, verified by our TLS, forwarded for Auth to verify again."""
+        cert = peer_certificate(request.channel.transport)
+        if cert is None:
+            raise AccessDenied("this call needs your user certificate; run 'tsh login' first")
+        try:
+            identity = identity_from_certificate(cert, user_ca=self._user_ca, host_ca=None)
+        except IdentityError:
+            raise AccessDenied("the client certificate is not a user certificate of this cluster") from None
+        if not isinstance(identity, UserIdentity):
+            raise AccessDenied("the client certificate is not a user certificate of this cluster")
+        return self._relay(request).with_headers({USER_CERT_HEADER: [base64.b64encode(certificate_pem(cert))]})
+
+    # -- endpoints -----------------------------------------------------------
+
+    async def ping(self, request):
+        return {"cluster_name": self._cluster_name, "proxy_public_addr": self._public_addr}
+
+    async def login(self, request):
+        return await self._relay(request).call("POST", "login", _only(_json_body(request), LOGIN_FIELDS))
+
+    async def signup(self, request):
+        return await self._relay(request).call("POST", "signup", _only(_json_body(request), ("token", "password")))
+
+    async def join(self, request):
+        return await self._relay(request).call("POST", "join", _only(_json_body(request), JOIN_FIELDS))
+
+    async def kube_clusters(self, request):
+        return await self._as_user(request).call("GET", "kube_clusters")
+
+    async def reissue(self, request):
+        return await self._as_user(request).call("POST", "certs/user", _only(_json_body(request), REISSUE_FIELDS))
+
+    async def whoami(self, request):
+        return await self._as_user(request).call("GET", "whoami")
+
+    async def events(self, request):
+        params = {
+            key.decode(): [v.decode("utf-8", "replace") for v in values]
+            for key, values in request.args.items()
+            if key.decode("utf-8", "replace") in EVENT_PARAMS
+        }
+        return await self._as_user(request).call("GET", "events", params=params)
+
+    async def recordings(self, request):
+        return await self._as_user(request).call("GET", "recordings")
+
+    async def recording(self, request):
+        """``/webapi/recordings/<id>`` (metadata) and ``/webapi/recordings/<id>/data?offset=N``."""
+        parts = request.path.decode("utf-8", "replace").split("?")[0].strip("/").split("/")[2:]
+        if len(parts) == 1:
+            return await self._as_user(request).call("GET", f"recordings/{quote(parts[0], safe='')}")
+        if len(parts) == 2 and parts[1] == "data":
+            offset = request.args.get(b"offset", [b"0"])[0].decode("ascii", "replace")
+            return await self._as_user(request).call(
+                "GET", f"recordings/{quote(parts[0], safe='')}/data", params={"offset": offset})
+        raise BadParameter("no such recordings endpoint")
+
+    # -- invitation page --------------------------------------------------------
+
+    async def _invite(self, request, token: str) -> None:
+        if request.method == b"GET":
+            self._finish(request, 200, "text/html; charset=utf-8", _invite_page(token))
+            return
+        password = request.args.get(b"password", [b""])[0].decode("utf-8", "replace")
+        confirm = request.args.get(b"password_confirm", [b""])[0].decode("utf-8", "replace")
+        if password != confirm:
+            self._finish(request, 400, "text/html; charset=utf-8", _invite_page(token, "The passwords do not match."))
+            return
+        try:
+            result = await self._relay(request).call("POST", "signup", {"token": token, "password": password})
+        except AuthError as e:
+            self._finish(request, e.status, "text/html; charset=utf-8", _invite_page(token, e.message))
+            return
+        except Exception:
+            self._finish(request, 502, "text/html; charset=utf-8", _invite_page(token, "The auth server is unavailable."))
+            return
+        user = html.escape(str(result.get("user", "")))
+        page = f"<!doctype html><title>Welcome</title><p>User <b>{user}</b> is ready. Log in with <code>tsh login --user={user}</code>.</p>"
+        self._finish(request, 200, "text/html; charset=utf-8", page.encode("utf-8"))
+
+
+def _invite_page(token: str, error: str = "") -> bytes:
+    problem = f'<p role="alert">{html.escape(error)}</p>' if error else ""
+    return (
+        "<!doctype html><title>Set your password</title><h1>Set your password</h1>"
+        f"{problem}"
+        f'<form method="post" action="/web/invite/{html.escape(token, quote=True)}">'
+        '<label>Password <input type="password" name="password" autocomplete="new-password" required></label>'
+        '<label>Confirm <input type="password" name="password_confirm" autocomplete="new-password" required></label>'
+        '<button type="submit">Sign up</button></form>'
+    ).encode("utf-8")
+
+
+class WebSite(server.Site):
+    """A Site whose access log shows no secrets: invite tokens are redacted."""
+
+    def log(self, request) -> None:
+        path = request.path.decode("utf-8", "replace")
+        if path.startswith("/web/invite/"):
+            path = "/web/invite/<redacted>"
+        log.info(
+            "web request client={client} method={method} path={path} code={code}",
+            client=_client_address(request), method=request.method.decode("ascii", "replace"),
+            path=path, code=request.code,
+        )

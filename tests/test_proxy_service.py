@@ -1,0 +1,308 @@
+"""The Proxy service against a real in-process Auth service, over real TLS on
+127.0.0.1: web API relays, kube routing to fake agents, agents' auth streams."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+from datetime import datetime, timedelta, timezone
+
+from cryptography.hazmat.primitives import serialization
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from teleport_py.auth.service import AuthService
+from teleport_py.config import parse_config
+from teleport_py.pki import (
+    HostIdentity,
+    UserIdentity,
+    client_tls_options,
+    generate_private_key,
+    load_certificate_pem,
+)
+from teleport_py.proxy.service import ProxyService
+from teleport_py.resources import parse_yaml, resource_to_dict
+from teleport_py.tunnel import TunnelProtocol
+from tests.support.procs import free_port
+from tests.test_proxy_helpers import KUBE_SERVER_NAME, Collect
+
+ADMIN = HostIdentity(host_id="admin-test", nodename="test", system_role="admin", teleport_cluster="example")
+PASSWORD = "correct horse battery"
+KUBE_ACCESS = """
+kind: role
+metadata: {name: kube-access}
+version: v7
+spec:
+  allow:
+    kubernetes_labels: {'*': '*'}
+    kubernetes_groups: [viewers]
+  deny: {}
+"""
+
+
+def public_pem(key) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+@implementer(IPolicyForHTTPS)
+class _ProxyTLS:
+    def __init__(self, host_ca, cert=None, key=None):
+        self.args = host_ca, cert, key
+
+    def creatorForNetloc(self, hostname, port):
+        host_ca, cert, key = self.args
+        return client_tls_options("127.0.0.1", trusted_cas=[host_ca], certificate=cert, private_key=key)
+
+
+class Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class FakeAgent:
+    """A kube agent as the proxy sees it: a tunnel that announces clusters and echoes kube streams."""
+
+    def __init__(self, auth, host_id: str):
+        self.key = generate_private_key()
+        self.cert = auth.issue_host_identity(self.key.public_key(), host_id, "node", "kube", ["localhost"])
+        self.host_ca = auth.host_ca.certificate
+        self.streams: list[dict] = []
+
+    def _accept(self, kind, metadata):
+        self.streams.append(dict(metadata, kind=kind))
+        return Echo()
+
+    async def connect(self, port: int, clusters=("k8s",)):
+        self.tunnel = TunnelProtocol(reactor, initiator=True, accept_stream=self._accept)
+        options = client_tls_options(
+            "127.0.0.1", trusted_cas=[self.host_ca], certificate=self.cert, private_key=self.key,
+            alpn=[b"teleport-reversetunnel"],
+        )
+        await wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", port)).connect(
+            Factory.forProtocol(lambda: self.tunnel)
+        )
+        announced = {"clusters": [{"name": c, "labels": {"env": "test"}} for c in clusters]}
+        await self.tunnel.open_stream("announce", announced, Protocol())
+        return self
+
+    async def disconnect(self):
+        # TLS closes only once no producer is registered, and the tunnel registers itself.
+        self.tunnel.transport.unregisterProducer()
+        self.tunnel.transport.loseConnection()
+        await self.tunnel.closed
+
+
+class ProxyServiceTests(TestCase):
+    timeout = 60
+
+    async def setUp(self):
+        directory = os.path.abspath(self.mktemp())
+        self.auth_port, self.proxy_port = free_port(), free_port()
+        config = parse_config(
+            "version: v3\n"
+            f"teleport: {{nodename: proxy-test, data_dir: {directory}}}\n"
+            f"auth_service: {{listen_addr: '127.0.0.1:{self.auth_port}', cluster_name: example}}\n"
+            f"proxy_service: {{web_listen_addr: '127.0.0.1:{self.proxy_port}'}}\n"
+        )
+        self.auth_service = AuthService(reactor, config)
+        self.proxy = ProxyService(reactor, config, local_auth=self.auth_service)
+        self.auth_service.startService()
+        self.addCleanup(self.auth_service.stopService)
+        self.proxy.startService()
+        self.addCleanup(self.proxy.stopService)
+        await self.proxy.ready
+        self.auth = self.auth_service.auth
+        self.host_ca = self.auth.host_ca.certificate
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+
+    def http(self, cert=None, key=None) -> HTTPClient:
+        return HTTPClient(Agent(reactor, contextFactory=_ProxyTLS(self.host_ca, cert, key), pool=self.pool))
+
+    def url(self, path):
+        return f"https://127.0.0.1:{self.proxy_port}{path}"
+
+    async def request_json(self, method, path, body=None, cert=None, key=None):
+        data = None if body is None else json.dumps(body).encode()
+        response = await self.http(cert, key).request(method, self.url(path), data=data)
+        return response.code, json.loads(await readBody(response))
+
+    async def alice(self):
+        await self.auth.upsert_resource(ADMIN, resource_to_dict(parse_yaml(KUBE_ACCESS)[0]))
+        created = await self.auth.create_user(
+            ADMIN, parse_yaml("kind: user\nversion: v2\nmetadata: {name: alice}\nspec: {roles: [kube-access]}\n")[0]
+        )
+        return created["token"]
+
+    async def heartbeat(self, cluster="k8s"):
+        kube = HostIdentity(host_id="agent-1", nodename="node", system_role="kube", teleport_cluster="example")
+        await self.auth.heartbeat_kube_server(kube, {
+            "kind": "kube_server", "version": "v3", "metadata": {"name": cluster},
+            "spec": {"host_id": "agent-1", "hostname": "node", "version": "teleport_py",
+                     "cluster": {"kind": "kube_cluster", "version": "v3",
+                                 "metadata": {"name": cluster, "labels": {"env": "test"}}, "spec": {}}},
+        })
+
+    def user_cert(self, kube_cluster="k8s"):
+        key = generate_private_key()
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        identity = UserIdentity("alice", ("kube-access",), kube_cluster=kube_cluster, teleport_cluster="example",
+                                expires=now + timedelta(hours=1))
+        return self.auth.user_ca.issue_user_certificate(key.public_key(), identity, now), key
+
+    async def kubectl(self, pair, send=b"GET /api HTTP/1.1\r\nHost: k\r\n\r\n"):
+        """Connect like kubectl, send, close our side after the first answer, return what came back."""
+        cert, key = pair
+        options = client_tls_options(KUBE_SERVER_NAME, trusted_cas=[self.host_ca], certificate=cert,
+                                     private_key=key, alpn=[b"h2", b"http/1.1"])
+        client = Collect(send)
+        client.dataReceived = lambda data: (setattr(client, "received", client.received + data),
+                                            client.transport.loseConnection())
+        await wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy_port)).connect(
+            Factory.forProtocol(lambda: client)
+        )
+        await client.done
+        return client
+
+    # -- web API ---------------------------------------------------------------
+
+    async def test_ping(self):
+        code, body = await self.request_json("GET", "/webapi/ping")
+        self.assertEqual((code, body), (200, {"cluster_name": "example", "proxy_public_addr": f"127.0.0.1:{self.proxy_port}"}))
+
+    async def test_signup_login_reissue_and_kube_clusters(self):
+        token = await self.alice()
+        code, body = await self.request_json("POST", "/webapi/signup", {"token": token, "password": PASSWORD})
+        self.assertEqual((code, body), (200, {"user": "alice"}))
+        key = generate_private_key()
+        code, body = await self.request_json("POST", "/webapi/login", {"user": "alice", "password": "wrong", "public_key": public_pem(key)})
+        self.assertEqual((code, body["error"]["kind"]), (403, "access_denied"))
+        code, login = await self.request_json("POST", "/webapi/login", {"user": "alice", "password": PASSWORD, "public_key": public_pem(key)})
+        self.assertEqual(code, 200, login)
+        cert = load_certificate_pem(login["cert"].encode())
+
+        code, body = await self.request_json("GET", "/webapi/kube/clusters")
+        self.assertEqual((code, body["error"]["kind"]), (403, "access_denied"))
+        await self.heartbeat()
+        code, body = await self.request_json("GET", "/webapi/kube/clusters", cert=cert, key=key)
+        self.assertEqual((code, body), (200, {"items": [{"name": "k8s", "labels": {"env": "test"}}]}))
+        code, body = await self.request_json("GET", "/webapi/whoami", cert=cert, key=key)
+        self.assertEqual((code, body["user"]), (200, "alice"))
+
+        new_key = generate_private_key()
+        code, body = await self.request_json("POST", "/webapi/certs/reissue", {"public_key": public_pem(new_key), "kube_cluster": "k8s"}, cert=cert, key=key)
+        self.assertEqual(code, 200, body)
+        self.assertIn("1.3.9999.1.3", repr(load_certificate_pem(body["cert"].encode()).subject))
+
+        events = await self.auth.audit.search(datetime.now(timezone.utc) - timedelta(minutes=5), datetime.now(timezone.utc) + timedelta(minutes=1), ["user.login"], 10)
+        self.assertTrue(any(e.get("addr_remote", "").startswith("127.0.0.1:") for e in events), events)
+
+    async def test_invite_form_sets_password(self):
+        token = await self.alice()
+        response = await self.http().get(self.url(f"/web/invite/{token}"))
+        page = (await readBody(response)).decode()
+        self.assertEqual(response.code, 200)
+        self.assertIn('name="password"', page)
+        response = await self.http().post(self.url(f"/web/invite/{token}"), data={"password": PASSWORD, "password_confirm": PASSWORD})
+        self.assertEqual(response.code, 200, await readBody(response))
+        code, _ = await self.request_json("POST", "/webapi/login", {"user": "alice", "password": PASSWORD, "public_key": public_pem(generate_private_key())})
+        self.assertEqual(code, 200)
+
+    async def test_unknown_endpoint_is_json_404(self):
+        code, body = await self.request_json("GET", "/webapi/nope")
+        self.assertEqual((code, body["error"]["kind"]), (404, "not_found"))
+
+    # -- kube path -------------------------------------------------------------
+
+    async def test_offline_cluster_answers_503_status(self):
+        client = await self.kubectl(self.user_cert())
+        head, _, body = client.received.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 503 "), head)
+        status = json.loads(body)
+        self.assertEqual((status["kind"], status["code"]), ("Status", 503))
+        self.assertIn('kubernetes cluster "k8s" is offline', status["message"])
+
+    async def test_certificate_without_kube_cluster_answers_403(self):
+        client = await self.kubectl(self.user_cert(kube_cluster=""))
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 403 "), client.received)
+
+    async def test_routed_to_agent_and_relayed_both_ways(self):
+        agent = await FakeAgent(self.auth, "agent-1").connect(self.proxy_port)
+        self.addCleanup(agent.disconnect)
+        client = await self.kubectl(self.user_cert(), send=b"ping over the tunnel")
+        self.assertEqual(client.received, b"ping over the tunnel")
+        [stream] = agent.streams
+        self.assertEqual((stream["kind"], stream["kube_cluster"]), ("kube", "k8s"))
+        self.assertTrue(stream["client_addr"].startswith("127.0.0.1:"))
+        self.assertEqual(load_certificate_pem(stream["user_cert"].encode()).subject.rfc4514_string().split(",")[-1], "CN=alice")
+
+    async def test_several_agents_share_a_cluster_and_disconnect_removes_one(self):
+        first = await FakeAgent(self.auth, "agent-1").connect(self.proxy_port)
+        second = await FakeAgent(self.auth, "agent-2").connect(self.proxy_port, clusters=("k8s", "other"))
+        self.addCleanup(second.disconnect)
+        self.assertEqual(len(self.proxy.registry.tunnels("k8s")), 2)
+        # Streams stay open while the clients hold them, so least-streams spreads them.
+        holders = []
+        for _ in range(2):
+            cert, key = self.user_cert()
+            holder = Collect(b"hold")
+            options = client_tls_options(KUBE_SERVER_NAME, trusted_cas=[self.host_ca], certificate=cert, private_key=key)
+            await wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy_port)).connect(Factory.forProtocol(lambda: holder))
+            holders.append(holder)
+            while holder.received != b"hold":
+                await _tick()
+        self.assertEqual((len(first.streams), len(second.streams)), (1, 1))
+        for holder in holders:
+            holder.transport.loseConnection()
+            await holder.done
+        await first.disconnect()
+        while len(self.proxy.registry.tunnels("k8s")) != 1:
+            await _tick()
+        client = await self.kubectl(self.user_cert(), send=b"after")
+        self.assertEqual(client.received, b"after")
+        self.assertEqual(len(second.streams), 2)
+
+    async def test_announce_with_bad_metadata_is_rejected(self):
+        agent = await FakeAgent(self.auth, "agent-1").connect(self.proxy_port)
+        self.addCleanup(agent.disconnect)
+        from teleport_py.tunnel import StreamRejected
+
+        with self.assertRaises(StreamRejected):
+            await agent.tunnel.open_stream("announce", {"clusters": "k8s"}, Protocol())
+        with self.assertRaises(StreamRejected):
+            await agent.tunnel.open_stream("shell", {}, Protocol())
+
+    async def test_agent_reaches_auth_through_an_auth_stream(self):
+        """TLS from the agent to Auth, end to end through the proxy's splice."""
+        agent = await FakeAgent(self.auth, "agent-1").connect(self.proxy_port)
+        self.addCleanup(agent.disconnect)
+        options = client_tls_options(
+            "auth.teleport.cluster.local", trusted_cas=[agent.host_ca], certificate=agent.cert, private_key=agent.key
+        )
+        client = Collect(b"GET /v1/whoami HTTP/1.1\r\nHost: auth\r\nConnection: close\r\n\r\n")
+        await wrapClientTLS(options, agent.tunnel.endpoint("auth", {})).connect(Factory.forProtocol(lambda: client))
+        await client.done
+        head, _, body = client.received.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertIn(b'{"host_id": "agent-1", "system_role": "kube"}', body)  # Auth knew the agent by its certificate
+
+    async def test_user_certificate_cannot_open_a_tunnel(self):
+        cert, key = self.user_cert()
+        options = client_tls_options("127.0.0.1", trusted_cas=[self.host_ca], certificate=cert, private_key=key,
+                                     alpn=[b"teleport-reversetunnel"])
+        client = Collect()
+        await wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy_port)).connect(Factory.forProtocol(lambda: client))
+        await client.done
+        self.assertEqual(len(self.proxy.registry), 0)
+
+
+def _tick():
+    d = Deferred()
+    reactor.callLater(0.01, d.callback, None)
+    return d
