@@ -36,7 +36,7 @@ def host_pair(host_id: str, role: str, ca: CertAuthority = HOST_CA):
         HostIdentity(host_id, "node", role, CLUSTER),
         NOW,
         NOW + timedelta(days=1),
-        dns_names=("localhost", "*.teleport.cluster.local"),
+        dns_names=("localhost", "kube-teleport-proxy-alpn.teleport.cluster.local", "reversetunnel.teleport.cluster.local"),
         ip_addresses=("127.0.0.1",),
     )
     return cert, key

@@ -221,7 +221,7 @@ class AuthAPI(resource.Resource):
         return await self.auth.join(
             self._str(body, "token"), self._str(body, "role"), self._str(body, "public_key"),
             self._str(body, "host_id"), self._str(body, "nodename", required=False),
-            [d for d in body.get("dns_names", []) if isinstance(d, str)][:16], _client_addr(request),
+            [d for d in body.get("dns_names", []) if isinstance(d, str)][:16], self._client(caller, request),
         )
 
     async def login(self, caller, request, body):

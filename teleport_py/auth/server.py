@@ -66,9 +66,14 @@ RULE_VERBS = ("list", "read", "create", "update", "delete")
 #: The name every client verifies the auth server's certificate against.
 AUTH_SERVER_NAME = "auth.teleport.cluster.local"
 RESERVED_DNS_SUFFIX = "teleport.cluster.local"
-#: kubectl verifies the proxy's kube endpoint under this name (the kubeconfig's
-#: tls-server-name is kube-teleport-proxy-alpn.teleport.cluster.local).
-PROXY_KUBE_SAN = "*.teleport.cluster.local"
+#: Exact names a proxy certificate carries: kubectl verifies the kube endpoint
+#: as kube-teleport-proxy-alpn (the kubeconfig's tls-server-name), agents the
+#: tunnel endpoint as reversetunnel. Never a wildcard: *.teleport.cluster.local
+#: would also match auth.teleport.cluster.local and let a proxy pose as Auth.
+PROXY_SERVER_NAMES = (
+    "kube-teleport-proxy-alpn.teleport.cluster.local",
+    "reversetunnel.teleport.cluster.local",
+)
 
 Identity = UserIdentity | HostIdentity
 
@@ -525,7 +530,7 @@ class AuthServer:
         # auth server above all): a joining host must not be able to claim them.
         dns_names = [n for n in dns_names if not n.lower().rstrip(".").endswith(RESERVED_DNS_SUFFIX)]
         if system_role == "proxy":
-            dns_names.append(PROXY_KUBE_SAN)
+            dns_names.extend(PROXY_SERVER_NAMES)
         cert = self.issue_host_identity(_load_public_key(public_key_pem), host_id, nodename, system_role, dns_names)
         await self.audit.emit(
             events.INSTANCE_JOIN, role=system_role, host_id=host_id, nodename=nodename,

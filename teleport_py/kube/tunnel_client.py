@@ -23,7 +23,7 @@ from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol
 log = Logger()
 
 TUNNEL_ALPN = b"teleport-reversetunnel"
-#: Only proxy host certificates carry ``*.teleport.cluster.local`` (Auth
+#: Only proxy host certificates carry ``reversetunnel.teleport.cluster.local`` (Auth
 #: strips that suffix from every other join), so verifying the proxy under
 #: this name proves we reached a proxy of our cluster, whatever address we dialled.
 PROXY_TUNNEL_NAME = "reversetunnel.teleport.cluster.local"

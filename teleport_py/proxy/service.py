@@ -30,7 +30,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from teleport_py.auth.client import AuthClient, ClusterTLSPolicy
-from teleport_py.auth.server import PROXY_KUBE_SAN, ca_pin
+from teleport_py.auth.server import PROXY_SERVER_NAMES, ca_pin
 from teleport_py.config import Address, Config
 from teleport_py.identityfile import IdentityFile
 from teleport_py.pki import (
@@ -249,7 +249,7 @@ class ProxyService(service.Service):
 
     def _server_names(self) -> tuple[list[str], list]:
         """Names and IPs for the host certificate: kubectl's SNI name plus every name we are reached by."""
-        names = {PROXY_KUBE_SAN, "localhost", self.config.nodename, socket.gethostname()}
+        names = {*PROXY_SERVER_NAMES, "localhost", self.config.nodename, socket.gethostname()}
         ips = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
         for address in (self.config.proxy.web_listen_addr, *self.config.proxy.public_addr):
             try:

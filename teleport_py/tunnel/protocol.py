@@ -107,6 +107,21 @@ class _StreamTransport:
     def getPeer(self) -> StreamAddress:
         return self._address
 
+    # ITCPTransport options are meaningless on a stream, but TLS and HTTP
+    # clients layered on top set them: accept and ignore.
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def getTcpNoDelay(self) -> bool:
+        return True
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        pass
+
+    def getTcpKeepAlive(self) -> bool:
+        return False
+
     def getHost(self) -> StreamAddress:
         return self._address
 
@@ -444,6 +459,9 @@ class TunnelProtocol(Protocol):
     def _close_if_drained(self) -> None:
         if self._mux.going_away and not self.stream_count and not self._gone:
             self._pump()
+            # TLS (and TCP) transports wait for a registered producer to go
+            # away before they close: unregister, or the drain never ends.
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def _idle(self) -> None:
