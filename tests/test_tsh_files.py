@@ -45,8 +45,8 @@ class ProfileStoreTests(SynchronousTestCase):
         for name in ("key.pem", "cert.pem", "user_ca.pem", "host_ca.pem"):
             self.assertEqual(_mode(key_dir / name), 0o600, name)
         self.assertEqual(_mode(self.home / "current-profile"), 0o600)
-        self.assertEqual(_mode(self.home / "profiles" / "proxy.example.com:3080.json"), 0o600)
-        for directory in (self.home, self.home / "keys", self.home / "keys" / "proxy.example.com:3080", key_dir):
+        self.assertEqual(_mode(self.home / "profiles" / "proxy.example.com_3080.json"), 0o600)
+        for directory in (self.home, self.home / "keys", self.home / "keys" / "proxy.example.com_3080", key_dir):
             self.assertEqual(_mode(directory), 0o700, directory)
 
     def test_profile_round_trip_and_current(self):
@@ -62,7 +62,7 @@ class ProfileStoreTests(SynchronousTestCase):
 
     def test_damaged_profile(self):
         self.store.save_profile(self.profile)
-        (self.home / "profiles" / "proxy.example.com:3080.json").write_text("{not json")
+        (self.home / "profiles" / "proxy.example.com_3080.json").write_text("{not json")
         self.assertRaises(ProfileError, self.store.profile)
 
     def test_new_login_drops_certificates_of_the_old_key(self):

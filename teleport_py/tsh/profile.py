@@ -76,8 +76,14 @@ class ProfileStore:
 
     # -- profiles -------------------------------------------------------------
 
+    @staticmethod
+    def _dir_name(proxy: str) -> str:
+        """``host:port`` as a path component without ':' (KUBECONFIG and PATH-like
+        variables split on it, so a kubeconfig under such a directory breaks)."""
+        return proxy.replace("[", "").replace("]", "").replace(":", "_")
+
     def _profile_path(self, proxy: str) -> Path:
-        return self.home / "profiles" / ("%s.json" % proxy)
+        return self.home / "profiles" / ("%s.json" % self._dir_name(proxy))
 
     def save_profile(self, profile: Profile) -> None:
         """Store the profile and make it the current one."""
@@ -116,7 +122,7 @@ class ProfileStore:
     # -- keys and certificates -------------------------------------------------
 
     def key_dir(self, profile: Profile) -> Path:
-        return self.home / "keys" / profile.proxy / profile.user
+        return self.home / "keys" / self._dir_name(profile.proxy) / profile.user
 
     def save_login(self, profile: Profile, identity: IdentityFile) -> None:
         """A new login replaces the key, so certificates issued for the old key go."""
