@@ -109,42 +109,6 @@ class Recorder(resource.Resource):
         return [v for n, vs in self.requests[index][2] if n.lower() == name for v in vs]
 
 
-class UpgradeServer(Protocol):
-    """Answers one upgrade with 101 and raw bytes in the same write, then echoes in upper case."""
-
-    def connectionMade(self):
-        self.http = h11.Connection(h11.SERVER)
-        self.switched = False
-        self.factory.instances.append(self)
-        self.request = None
-        self.lost = defer.Deferred()
-
-    def connectionLost(self, reason):
-        self.lost.callback(None)
-
-    def dataReceived(self, data):
-        if self.switched:
-            self.transport.write(data.upper())
-            return
-        self.http.receive_data(data)
-        while True:
-            event = self.http.next_event()
-            if isinstance(event, h11.Request):
-                self.request = event
-            elif event is h11.PAUSED:
-                response = self.http.send(h11.InformationalResponse(status_code=101, headers=[
-                    (b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1"),
-                    (b"x-stream-protocol-version", b"v4.channel.k8s.io")]))
-                self.switched = True
-                self.transport.write(response + b"server-first")
-                leftover, _ = self.http.trailing_data
-                if leftover:
-                    self.transport.write(leftover.upper())
-                return
-            elif event is h11.NEED_DATA:
-                return
-
-
 class Client(Protocol):
     """A raw kubectl connection: collects what arrives, signals each arrival."""
 
@@ -331,35 +295,6 @@ class ForwarderTests(TestCase):
             upstream_request.finish()
             response, body = await self.response(client)
             self.assertEqual(body, b'{"type":"ADDED"}\n{"type":"MODIFIED"}\n')
-        return defer.Deferred.fromCoroutine(go())
-
-    def test_upgrade_is_spliced_with_early_bytes_both_ways(self):
-        async def go():
-            upgrades = Factory.forProtocol(UpgradeServer)
-            upgrades.instances = []
-            await self.start(upstream_factory=upgrades)
-            client = await self.connect()
-            client.transport.write(self.request(
-                b"POST", b"/api/v1/namespaces/default/pods/p/exec?command=sh",
-                (b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1"),
-                (b"x-stream-protocol-version", b"v4.channel.k8s.io"),
-                (b"x-stream-protocol-version", b"channel.k8s.io"),
-            ) + b"client-first")
-            await client.until(b"server-first")
-            self.assertIn(b"HTTP/1.1 101", client.received)
-            await client.until(b"CLIENT-FIRST")
-            client.transport.write(b"more bytes")
-            await client.until(b"MORE BYTES")
-            (upstream,) = upgrades.instances
-            headers = dict(upstream.request.headers)
-            self.assertEqual(headers[b"upgrade"], b"SPDY/3.1")
-            self.assertEqual([v for n, v in upstream.request.headers if n == b"x-stream-protocol-version"],
-                             [b"v4.channel.k8s.io", b"channel.k8s.io"])
-            self.assertEqual(headers[b"impersonate-user"], b"alice")
-            self.assertEqual([e["response_code"] for e in self.audit], [101])
-            self.assertEqual(self.audit[0]["verb"], "exec")
-            client.transport.loseConnection()
-            await upstream.lost  # closing kubectl's side closes the API server's
         return defer.Deferred.fromCoroutine(go())
 
     def test_several_kube_users_without_choice_is_refused(self):

@@ -126,6 +126,24 @@ class SessionForwarderTests(TestCase):
             self.assertEqual(b"".join(e["data"] for e in recording if e["type"] == "print"), b"$ exit 3\r\n")
         return defer.Deferred.fromCoroutine(go())
 
+    def test_bytes_right_after_the_request_head_are_relayed(self):
+        """kubectl may send its first SPDY frames in the same segment as the
+        upgrade request: they must reach the API server after the 101."""
+        async def go():
+            await self.start()
+            conversation = spdy_exec_conversation()
+            first = next(data for direction, data in conversation.chunks if direction == CLIENT)
+            client = await self.connect()
+            client.transport.write(self.request(b"POST", EXEC, *UPGRADE) + first)
+            await client.until(b"\r\n\r\n")
+            self.assertTrue(client.received.startswith(b"HTTP/1.1 101"))
+            (upstream,) = self.upstreams.instances
+            await upstream.until(len(first))
+            self.assertEqual(upstream.received, first)
+            client.transport.loseConnection()
+            await upstream.lost
+        return defer.Deferred.fromCoroutine(go())
+
     def test_exec_without_the_verb_is_a_status_and_audited(self):
         async def go():
             reader = role("reader", resources=[KubernetesResource(

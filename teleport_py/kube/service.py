@@ -15,8 +15,10 @@ from teleport_py.kube.credentials import load_in_cluster, load_kubeconfig
 from teleport_py.kube.forwarder import Forwarder, KubeCluster, RoleCache
 from teleport_py.kube.heartbeat import Heartbeat
 from teleport_py.kube.join import identity_dir, obtain_identity
+from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.kube.tunnel_client import TunnelClient, proxy_endpoint
 from teleport_py.pki import identity_from_certificate
+from teleport_py.recording import RecordingSpool
 from teleport_py.resources import resource_from_dict
 from teleport_py.tunnel import StreamRejected
 
@@ -47,6 +49,7 @@ class KubeService(service.Service):
         self.auth: AuthClient | None = None
         self.forwarder: Forwarder | None = None
         self._spool: EventSpool | None = None
+        self._recordings: RecordingSpool | None = None
         self._heartbeat: Heartbeat | None = None
 
     def startService(self) -> None:
@@ -67,6 +70,14 @@ class KubeService(service.Service):
         self._spool = EventSpool(
             self.reactor, os.path.join(identity_dir(self.config.data_dir), "events-spool"), self._upload_events
         )
+        # Recordings are written here first and uploaded in the background, so
+        # neither a lost Auth connection nor an agent restart loses them.
+        self._recordings = RecordingSpool(
+            self.reactor,
+            os.path.join(identity_dir(self.config.data_dir), "recordings"),
+            upload=lambda *chunk: self.auth.upload_recording(*chunk),
+            stored=lambda session_id: self.auth.recording_stored(session_id),
+        )
         self.forwarder = Forwarder(
             self.reactor,
             clusters=clusters,
@@ -74,6 +85,7 @@ class KubeService(service.Service):
             roles=RoleCache(self.reactor, self._fetch_role),
             emit=self._spool.emit,
             teleport_cluster=host.teleport_cluster,
+            sessions=SessionRecorder(self.reactor, self._spool.emit, self._recordings),
         )
         proxy = self.config.proxy_server
         self.tunnel = TunnelClient(
@@ -90,6 +102,7 @@ class KubeService(service.Service):
         self.tunnel.start()
         self._heartbeat.start()
         self._spool.schedule_upload()
+        self._recordings.upload_soon()
         self.log.info("kubernetes service {host} serving clusters={clusters} via proxy {proxy}",
                       host=host.host_id, clusters=sorted(clusters), proxy=str(proxy))
 
@@ -113,6 +126,8 @@ class KubeService(service.Service):
             self._heartbeat.stop()
         if self._spool is not None:
             self._spool.stop()
+        if self._recordings is not None:
+            self._recordings.stop()
         if self.tunnel is not None:
             return self.tunnel.stop()
         return None
