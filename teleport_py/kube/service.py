@@ -18,7 +18,7 @@ from teleport_py.kube.join import identity_dir, obtain_identity
 from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.kube.tunnel_client import TunnelClient, proxy_endpoint
 from teleport_py.pki import identity_from_certificate
-from teleport_py.recording import RecordingSpool
+from teleport_py.recording.spool import RecordingSpool
 from teleport_py.resources import resource_from_dict
 from teleport_py.tunnel import StreamRejected
 
