@@ -1,0 +1,399 @@
+"""
+exec, cp, an interactive TTY and port-forward end to end: tsh kube login ->
+proxy -> reverse tunnel -> agent -> real kube-apiserver -> kubelet stand-in,
+with both real kubectl builds, over WebSocket and over SPDY only; then the
+recordings (tsh recordings ls / tsh play) and the audit log they left.
+"""
+from __future__ import annotations
+
+import fcntl
+import glob
+import hashlib
+import itertools
+import json
+import os
+import re
+import struct
+import termios
+
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.protocols.wire import Echo
+from twisted.trial.unittest import TestCase
+
+from tests.e2e import KUBE_ACCESS_ROLE, Deployment, coroutine_test
+from tests.support.kubeenv import create_running_pod, kubectl_binaries, register_node
+from tests.support.kubelet import KubeletStandin
+from tests.support.procs import ManagedProcess, free_port, wait_until
+
+_names = itertools.count()
+
+#: What the impersonated group needs in Kubernetes for sessions (GET is the
+#: WebSocket verb, POST the SPDY one).
+SESSIONS_RBAC = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: teleport-test-sessions}
+rules:
+- apiGroups: [""]
+  resources: ["pods", "pods/exec", "pods/attach", "pods/portforward", "pods/log"]
+  verbs: ["get", "list", "create"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: teleport-test-sessions}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: teleport-test-sessions}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: session-users}
+"""
+
+SESSIONS_ROLE = """\
+kind: role
+version: v7
+metadata:
+  name: kube-sessions
+spec:
+  allow:
+    kubernetes_labels:
+      '*': '*'
+    kubernetes_groups: [session-users]
+    kubernetes_resources:
+      - kind: '*'
+        namespace: '*'
+        name: '*'
+        verbs: ['*']
+"""
+
+#: Teleport allows reading pods but not the ``exec`` verb.
+READ_ONLY_ROLE = """\
+kind: role
+version: v7
+metadata:
+  name: kube-read-only
+spec:
+  allow:
+    kubernetes_labels:
+      '*': '*'
+    kubernetes_groups: [session-users]
+    kubernetes_resources:
+      - kind: pod
+        namespace: '*'
+        name: '*'
+        verbs: [get, list]
+"""
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class _Terminal(protocol.ProcessProtocol):
+    """kubectl on a pty, as a user's terminal runs it."""
+
+    def __init__(self):
+        self.output = bytearray()
+        self.ended = defer.Deferred()
+
+    def childDataReceived(self, fd, data):
+        self.output += data
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+
+class _Collect(protocol.Protocol):
+    """Sends ``payload`` and collects the echo until all of it came back."""
+
+    def __init__(self, payload):
+        self._payload = payload
+        self.received = bytearray()
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self._payload)
+
+    def dataReceived(self, data):
+        self.received += data
+        if len(self.received) >= len(self._payload) and not self.done.called:
+            self.transport.loseConnection()
+            self.done.callback(bytes(self.received))
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+class _UpgradeThenGarbage(protocol.Protocol):
+    """A client that gets a real 101 for an exec, then sends bytes no protocol allows."""
+
+    GARBAGE = b"\x80\x03\x00\x63\x00\x00\x00\x04junk" + b"\xff" * 64
+
+    def __init__(self, request: bytes):
+        self._request = request
+        self.received = bytearray()
+        self.upgraded = defer.Deferred()
+        self.closed = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self._request)
+
+    def dataReceived(self, data):
+        self.received += data
+        if not self.upgraded.called and b"\r\n\r\n" in self.received:
+            self.upgraded.callback(bytes(self.received.split(b"\r\n", 1)[0]))
+
+    def connectionLost(self, reason):
+        if not self.upgraded.called:
+            self.upgraded.errback(reason)
+        self.closed.callback(None)
+
+
+def _kill(transport):
+    if transport.pid is not None:
+        transport.signalProcess("KILL")
+
+
+def _sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class _SessionsMixin:
+    timeout = 900
+    websocket = True
+    kubectl_env: dict = {}
+
+    async def deployment(self, roles="access,kube-sessions") -> Deployment:
+        self.reactor = _reactor()
+        d = await Deployment(self, self.mktemp()).start()
+        await d.plane.apply(SESSIONS_RBAC)
+        await d.tctl("create", "-f", d.write("sessions.yaml", SESSIONS_ROLE))
+        await d.tctl("create", "-f", d.write("kube-access.yaml", KUBE_ACCESS_ROLE))
+        await d.add_user("alice", "access")
+        await d.tctl("users", "update", "alice", f"--set-roles={roles}")
+        await d.login("alice")
+        await d.wait_for_clusters({"my-cluster"})
+        await d.tsh("kube", "login", "my-cluster")
+        self.root = d.path("pod-root")
+        os.makedirs(self.root)
+        self.standin = KubeletStandin(self.reactor, self.root, websocket=self.websocket)
+        port = await self.standin.start()
+        self.addCleanup(self.standin.stop)
+        n = next(_names)
+        self.node, self.pod = f"session-node-{os.getpid()}-{n}", f"session-pod-{os.getpid()}-{n}"
+        await register_node(d.plane, self.node, port)
+        await create_running_pod(d.plane, self.pod, "default", self.node)
+        self.d = d
+        return d
+
+    def env(self):
+        return {**self.d.env(), **self.kubectl_env}
+
+    def kubectl(self, binary, *args, **kw):
+        return self.d.kubectl(*args, binary=binary, env=self.env(), **kw)
+
+    def terminal(self, binary, *args) -> tuple[_Terminal, object]:
+        terminal = _Terminal()
+        transport = self.reactor.spawnProcess(
+            terminal, binary, [binary, "exec", "-it", self.pod, "--", *args],
+            env={**self.env(), "TERM": "xterm"}, usePTY=True,
+        )
+        self.addCleanup(_kill, transport)
+        return terminal, transport
+
+    async def typed(self, terminal, transport, line: bytes, expect: bytes):
+        transport.write(line)
+        await wait_until(lambda: expect in terminal.output, 60, reactor=self.reactor)
+
+    async def recordings(self) -> list[list[str]]:
+        rows = (await self.d.tsh("recordings", "ls")).out.splitlines()[2:]
+        return [re.split(r"\s{2,}", row.strip()) for row in rows if row.strip()]
+
+    async def play_json(self, sid: str) -> list[dict]:
+        out = (await self.d.tsh("play", sid, "--format=json")).out
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+class _SessionTests(_SessionsMixin):
+    """The whole session feature set for one transport (WebSocket or SPDY-only)."""
+
+    @coroutine_test
+    async def test_exec_cp_tty_port_forward_recordings_and_audit(self):
+        d = await self.deployment()
+        binaries = kubectl_binaries()
+        data = os.urandom(4 * 1024 * 1024)
+        local = d.path("random.bin")
+        with open(local, "wb") as f:
+            f.write(data)
+        echo = await TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(
+            protocol.Factory.forProtocol(Echo))
+        self.addCleanup(echo.stopListening)
+        remote = echo.getHost().port
+        payload = os.urandom(3 * 1024 * 1024)
+
+        for i, binary in enumerate(binaries):
+            failed = await self.kubectl(binary, "exec", self.pod, "--", "sh", "-c", "exit 3", expect=3)
+            self.assertIn("3", failed.err)
+            piped = await self.kubectl(binary, "exec", "-i", self.pod, "--", "sh", "-c", "cat; echo done-$((40+2))",
+                                       stdin=b"piped line\n")
+            self.assertEqual(piped.out, "piped line\ndone-42\n")
+
+            await self.kubectl(binary, "cp", local, f"{self.pod}:up{i}.bin")
+            with open(os.path.join(self.root, f"up{i}.bin"), "rb") as f:
+                self.assertEqual(_sha(f.read()), _sha(data))
+            back = d.path(f"back{i}.bin")
+            await self.kubectl(binary, "cp", f"{self.pod}:up{i}.bin", back)
+            with open(back, "rb") as f:
+                self.assertEqual(_sha(f.read()), _sha(data))
+
+            terminal, transport = self.terminal(binary, "sh")
+            fcntl.ioctl(transport.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+
+            def resized():
+                transport.write(b"stty size\n")
+                return b"33 111" in terminal.output
+
+            await wait_until(resized, 60, interval=0.5, reactor=self.reactor)
+            await self.typed(terminal, transport, b"echo interactive-$((6*7))\n", b"interactive-42")
+            transport.write(b"exit 7\n")
+            self.assertEqual(await terminal.ended, 7, bytes(terminal.output[-500:]))
+
+            port = free_port()
+            forwarder = d.spawn("port-forward", [binary, "port-forward", f"pod/{self.pod}", f"{port}:{remote}"],
+                                env=self.env())
+            await forwarder.wait_for_output("Forwarding from", 60)
+            for _ in range(2):
+                client = _Collect(payload)
+                await connectProtocol(TCP4ClientEndpoint(self.reactor, "127.0.0.1", port), client)
+                self.assertEqual(_sha(await client.done), _sha(payload))
+            await forwarder.stop()
+
+        used = {n.protocol for n in self.standin.negotiated if n.status == 101}
+        self.assertTrue(used, "the stand-in saw no session")
+
+        # Recordings reach Auth at each session's end; wait for the TTY ones.
+        async def interactive_sessions():
+            rows = await self.recordings()
+            return [r for r in rows if len(r) >= 7 and r[4] == "sh" and r[6] == "yes"]
+
+        deadline = self.reactor.seconds() + 60
+        while len(await interactive_sessions()) < len(binaries):
+            self.assertLess(self.reactor.seconds(), deadline, await self.recordings())
+            await wait_until(lambda: True, 1, reactor=self.reactor)
+        for row in await interactive_sessions():
+            sid = row[0]
+            played = (await d.tsh("play", sid, "--speed", "1000")).out
+            self.assertIn("interactive-42", played)
+            events = await self.play_json(sid)
+            self.assertIn({"width": 111, "height": 33}, [
+                {"width": e["width"], "height": e["height"]} for e in events if e["type"] == "resize"])
+            self.assertEqual([e["code"] for e in events if e["type"] == "exit"], [7])
+        kinds = {r[2] for r in await self.recordings()}
+        self.assertIn("portforward", kinds)
+
+        audit = await d.events("session.start", "session.end", "exec", "port", "resize")
+        types = {e.get("event") or e.get("type") for e in audit}
+        self.assertLessEqual({"session.start", "session.end", "exec", "port", "resize"}, types, types)
+        exits = [e.get("exitCode") for e in audit if (e.get("event") or e.get("type")) == "exec"]
+        self.assertIn("3", exits)
+        self.assertIn("7", exits)
+        ports = [e.get("port") for e in audit if (e.get("event") or e.get("type")) == "port"]
+        self.assertIn(remote, [int(p) for p in ports])
+
+
+class WebSocketSessionTests(_SessionTests, TestCase):
+    """kubectl's defaults: WebSocket where the build has it."""
+
+
+class SpdyOnlySessionTests(_SessionTests, TestCase):
+    """kubectl forced to SPDY, and the kubelet refuses WebSocket too."""
+
+    websocket = False
+    kubectl_env = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
+
+
+class SessionFailureTests(_SessionsMixin, TestCase):
+    """Refusals, a dying agent, and a misbehaving client."""
+
+    @coroutine_test
+    async def test_role_without_exec_verb_is_refused_and_audited(self):
+        d = await self.deployment()
+        await d.tctl("create", "-f", d.write("read-only.yaml", READ_ONLY_ROLE))
+        await d.tctl("users", "update", "alice", "--set-roles=access,kube-read-only")
+        await d.login("alice")
+        await d.tsh("kube", "login", "my-cluster")
+        for binary in kubectl_binaries():
+            self.assertIn(self.pod, (await self.kubectl(binary, "get", "pods")).out)
+            refused = await self.kubectl(binary, "exec", self.pod, "--", "true", expect=1)
+            self.assertIn("forbidden", refused.err.lower())
+            self.assertIn("exec", refused.err)
+        self.assertEqual([n for n in self.standin.negotiated if n.status == 101], [])
+        denied = [e for e in await d.events("kube.request")
+                  if e.get("user") == "alice" and e.get("response_code") == 403 and "exec" in str(e)]
+        self.assertTrue(denied, "the refused exec is not in the audit log")
+
+    @coroutine_test
+    async def test_agent_killed_mid_session_keeps_the_recording(self):
+        d = await self.deployment()
+        binary = kubectl_binaries()[-1]
+        terminal, transport = self.terminal(binary, "sh")
+        await self.typed(terminal, transport, b"echo before-the-$((6*7))-kill\n", b"before-the-42-kill")
+        # The spool appends at least every second: give it time to reach the disk.
+        await wait_until(lambda: True, 3, reactor=self.reactor)
+        await d.agent.kill9()
+        code = await terminal.ended  # the test timeout catches a hang
+        self.assertNotEqual(code, 0)
+
+        await d.start_agent()
+        await d.wait_for_clusters({"my-cluster"})
+
+        async def recorded():
+            for row in await self.recordings():
+                if len(row) >= 5 and row[4] == "sh":
+                    return row[0]
+            return None
+
+        deadline = self.reactor.seconds() + 90
+        while (sid := await recorded()) is None:
+            self.assertLess(self.reactor.seconds(), deadline, "the killed session never reached Auth")
+            await wait_until(lambda: True, 1, reactor=self.reactor)
+        self.assertIn("before-the-42-kill", (await d.tsh("play", sid, "--speed", "1000")).out)
+
+    @coroutine_test
+    async def test_garbage_after_upgrade_closes_only_that_session(self):
+        d = await self.deployment()
+        binary = kubectl_binaries()[-1]
+        terminal, transport = self.terminal(binary, "sh")
+        await self.typed(terminal, transport, b"echo first-$((1+1))\n", b"first-2")
+
+        keys = glob.glob(d.path("home", ".tsh", "keys", "*", "alice"))[0]
+        with open(os.path.join(keys, "kube", "my-cluster", "cert.pem"), "rb") as f:
+            cert = f.read()
+        with open(os.path.join(keys, "key.pem"), "rb") as f:
+            key = f.read()
+        with open(os.path.join(keys, "host_ca.pem"), "rb") as f:
+            host_ca = f.read()
+        options = optionsForClientTLS(
+            "kube-teleport-proxy-alpn.teleport.cluster.local",
+            trustRoot=Certificate.loadPEM(host_ca),
+            clientCertificate=PrivateCertificate.loadPEM(key + cert),
+        )
+        request = (
+            f"POST /api/v1/namespaces/default/pods/{self.pod}/exec?command=sleep&command=30&stdout=true"
+            " HTTP/1.1\r\nHost: kube\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            "X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        bad = _UpgradeThenGarbage(request)
+        await connectProtocol(SSL4ClientEndpoint(self.reactor, "127.0.0.1", d.proxy_port, options), bad)
+        status = await bad.upgraded
+        self.assertIn(b" 101 ", status)
+        bad.transport.write(_UpgradeThenGarbage.GARBAGE)
+        await bad.closed  # the test timeout catches a session that stays open
+
+        await self.typed(terminal, transport, b"echo still-$((2+2))\n", b"still-4")
+        self.assertTrue(d.agent.running)
+        transport.write(b"exit\n")
+        self.assertEqual(await terminal.ended, 0)
+        self.assertEqual((await self.kubectl(binary, "exec", self.pod, "--", "echo", "after")).out, "after\n")
