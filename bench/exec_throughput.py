@@ -1,0 +1,279 @@
+"""
+exec and port-forward through teleport_py versus straight to the API server,
+in one run, on the same kube-apiserver and kubelet stand-in:
+
+- exec stdout throughput: ``kubectl exec POD -- head -c N /dev/zero``;
+- port-forward throughput: ``kubectl port-forward`` and one TCP connection
+  echoing N bytes through a local echo server (both directions at once);
+- exec sessions per second: a minimal SPDY exec client (``command=true``) on
+  one TLS connection per session, sequential and concurrent.
+
+Run: TELEPORT_PY_KUBE_BIN=... PATH=.venv/bin:$PATH .venv/bin/python bench/exec_throughput.py [--mb 300]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet import defer, protocol, task  # noqa: E402
+from twisted.internet.endpoints import (  # noqa: E402
+    SSL4ClientEndpoint,
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    connectProtocol,
+)
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS  # noqa: E402
+from twisted.protocols.wire import Echo  # noqa: E402
+
+from teleport_py.spdy import Data, FrameEncoder, FrameParser, SynStream  # noqa: E402
+from tests.e2e import Deployment  # noqa: E402
+from tests.support.kubeenv import create_running_pod, kubectl_binaries, register_node  # noqa: E402
+from tests.support.kubelet import KubeletStandin  # noqa: E402
+from tests.support.procs import free_port, wait_until  # noqa: E402
+from tests.test_e2e_sessions import SESSIONS_RBAC, SESSIONS_ROLE  # noqa: E402
+
+
+class _Harness:
+    """What Deployment needs from a test case, for a script."""
+
+    def __init__(self, root):
+        self.root = root
+        self.cleanups = []
+
+    def addCleanup(self, f, *args):
+        self.cleanups.append((f, args))
+
+    def assertEqual(self, a, b, msg=None):
+        if a != b:
+            raise AssertionError(msg or f"{a!r} != {b!r}")
+
+    async def close(self):
+        for f, args in reversed(self.cleanups):
+            await defer.maybeDeferred(f, *args)
+
+
+class _Count(protocol.ProcessProtocol):
+    def __init__(self):
+        self.stdout = 0
+        self.head = b""  # the start of stdout, for readiness messages
+        self.stderr = bytearray()
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        if self.stdout < 4096:
+            self.head += data[:4096]
+        self.stdout += len(data)
+
+    def errReceived(self, data):
+        self.stderr += data
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+
+class _EchoClient(protocol.Protocol):
+    """Streams ``size`` bytes out and counts them back."""
+
+    CHUNK = os.urandom(64 * 1024)
+
+    def __init__(self, size):
+        self.size = self.total = size
+        self.received = 0
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, False)
+
+    def resumeProducing(self):
+        if self.size <= 0:
+            self.transport.unregisterProducer()
+            return
+        chunk = self.CHUNK[: self.size]
+        self.size -= len(chunk)
+        self.transport.write(chunk)
+
+    def pauseProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+    def dataReceived(self, data):
+        self.received += len(data)
+        if self.received >= self.total:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            self.done.callback(self.received)
+
+
+class _SpdyExec(protocol.Protocol):
+    """One exec session at the protocol level: upgrade, streams, status, close."""
+
+    def __init__(self, request):
+        self.request = request
+        self.head = b""
+        self.upgraded = False
+        self.encoder = FrameEncoder()
+        self.parser = FrameParser()
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.request)
+
+    def dataReceived(self, data):
+        if not self.upgraded:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return
+            head, data = self.head.split(b"\r\n\r\n", 1)
+            if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                self.transport.loseConnection()
+                self.done.errback(RuntimeError(head.split(b"\r\n", 1)[0].decode()))
+                return
+            self.upgraded = True
+            for stream_id, kind in ((1, "error"), (3, "stdout")):
+                self.transport.write(self.encoder.encode(SynStream(stream_id, {"streamtype": [kind]})))
+        for frame in self.parser.feed(data):
+            if isinstance(frame, Data) and frame.stream_id == 1 and frame.fin:
+                self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            if self.upgraded:
+                self.done.callback(None)
+            else:
+                self.done.errback(reason)
+
+
+async def _exec_throughput(reactor, binary, env, pod, size):
+    count = _Count()
+    started = time.monotonic()
+    reactor.spawnProcess(count, binary, [binary, "exec", pod, "--", "head", "-c", str(size), "/dev/zero"], env=env)
+    code = await count.ended
+    elapsed = time.monotonic() - started
+    if code != 0 or count.stdout != size:
+        raise RuntimeError(f"exec moved {count.stdout} of {size} bytes, exit {code}: {bytes(count.stderr[-300:])}")
+    return size / elapsed / 2**20
+
+
+async def _port_forward_throughput(reactor, binary, env, pod, remote, size):
+    count = _Count()
+    local = free_port()
+    transport = reactor.spawnProcess(
+        count, binary, [binary, "port-forward", f"pod/{pod}", f"{local}:{remote}"], env=env)
+    try:
+        client = _EchoClient(size)
+        await wait_until(lambda: b"Forwarding from" in count.head, 60, interval=0.1, reactor=reactor)
+        started = time.monotonic()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", local), client)
+        received = await client.done
+        elapsed = time.monotonic() - started
+        if received != size:
+            raise RuntimeError(f"port-forward echoed {received} of {size} bytes")
+        return size / elapsed / 2**20
+    finally:
+        transport.signalProcess("TERM")
+        await count.ended
+
+
+async def _sessions_per_second(reactor, endpoint, pod, total, concurrency):
+    request = (
+        f"POST /api/v1/namespaces/default/pods/{pod}/exec?command=true&stdout=true HTTP/1.1\r\n"
+        "Host: kube\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+        "X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    remaining = iter(range(total))
+
+    async def worker():
+        for _ in remaining:
+            session = _SpdyExec(request)
+            await connectProtocol(endpoint, session)
+            await session.done
+
+    started = time.monotonic()
+    await defer.gatherResults([defer.ensureDeferred(worker()) for _ in range(concurrency)], consumeErrors=True)
+    return total / (time.monotonic() - started)
+
+
+def _tls(pem_files, hostname):
+    cert, key, ca = pem_files
+    return optionsForClientTLS(hostname, trustRoot=Certificate.loadPEM(ca),
+                               clientCertificate=PrivateCertificate.loadPEM(key + cert))
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+async def main(reactor, args):
+    harness = _Harness(tempfile.mkdtemp(prefix="exec_bench."))
+    try:
+        d = await Deployment(harness, harness.root).start()
+        await d.plane.apply(SESSIONS_RBAC)
+        await d.tctl("create", "-f", d.write("sessions.yaml", SESSIONS_ROLE))
+        await d.add_user("alice", "access")
+        await d.tctl("users", "update", "alice", "--set-roles=access,kube-sessions")
+        await d.login("alice")
+        await d.wait_for_clusters({"my-cluster"})
+        await d.tsh("kube", "login", "my-cluster")
+        standin = KubeletStandin(reactor, d.path("pod-root"), websocket=True)
+        os.makedirs(d.path("pod-root"))
+        harness.addCleanup(standin.stop)
+        await register_node(d.plane, "bench-node", await standin.start())
+        await create_running_pod(d.plane, "bench-pod", "default", "bench-node")
+        echo = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(protocol.Factory.forProtocol(Echo))
+        harness.addCleanup(echo.stopListening)
+
+        binary = kubectl_binaries()[-1]
+        direct_env = dict(d.env(), KUBECONFIG=d.plane.admin_kubeconfig)
+        paths = {"direct": direct_env, "teleport_py": d.env()}
+        await d.kubectl("exec", "bench-pod", "--", "true", binary=binary)  # issues alice's kube certificate
+
+        keys = glob.glob(d.path("home", ".tsh", "keys", "*", "alice"))[0]
+        admin = d.plane.issue_client_certificate("admin", ("system:masters",))
+        endpoints = {
+            "direct": SSL4ClientEndpoint(reactor, "127.0.0.1", d.plane.port, _tls(
+                (admin.cert_pem, admin.key_pem, d.plane.serving_ca.cert_pem), "localhost")),
+            "teleport_py": SSL4ClientEndpoint(reactor, "127.0.0.1", d.proxy_port, _tls(
+                (_read(f"{keys}/kube/my-cluster/cert.pem"), _read(f"{keys}/key.pem"), _read(f"{keys}/host_ca.pem")),
+                "kube-teleport-proxy-alpn.teleport.cluster.local")),
+        }
+
+        size = args.mb * 2**20
+        results = {}
+        for name, env in paths.items():
+            results[name, "exec MiB/s"] = max(
+                [await _exec_throughput(reactor, binary, env, "bench-pod", size) for _ in range(args.runs)])
+            results[name, "port-forward MiB/s"] = max(
+                [await _port_forward_throughput(reactor, binary, env, "bench-pod", echo.getHost().port, size // 2)
+                 for _ in range(args.runs)])
+            for concurrency in (1, 8):
+                results[name, f"sessions/s x{concurrency}"] = await _sessions_per_second(
+                    reactor, endpoints[name], "bench-pod", args.sessions, concurrency)
+
+        print(f"kubectl {binary}, {args.mb} MiB exec, {args.mb // 2} MiB each way port-forward, "
+              f"{args.sessions} sessions, best of {args.runs} for throughput")
+        print(f"{'metric':24} {'direct':>10} {'teleport_py':>12} {'ratio':>7}")
+        for metric in sorted({m for _, m in results}):
+            direct, through = results["direct", metric], results["teleport_py", metric]
+            print(f"{metric:24} {direct:10.1f} {through:12.1f} {through / direct:7.2f}")
+    finally:
+        await harness.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--mb", type=int, default=300, help="MiB through exec (half of it each way for port-forward)")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--sessions", type=int, default=200)
+    options = parser.parse_args()
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor, options)))
