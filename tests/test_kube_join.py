@@ -13,17 +13,25 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
-from teleport_py.auth.server import ca_pin
+from teleport_py.auth.server import PROXY_SERVER_NAMES, ca_pin
 from teleport_py.config import parse_config
 from teleport_py.identityfile import IdentityFile
 from teleport_py.kube.heartbeat import Heartbeat
 from teleport_py.kube.join import JoinError, identity_dir, obtain_identity
-from teleport_py.pki import CertAuthority, HostIdentity, certificate_pem, server_tls_options
+from teleport_py.pki import CertAuthority, HostIdentity, certificate_pem, generate_private_key, server_tls_options
 from teleport_py.resources import KubeServer, resource_from_dict
-from tests.test_kube_forwarder import NOW, USER_CA, host_cert
+from tests.test_kube_forwarder import NOW, USER_CA
 
 HOST_CA = CertAuthority.generate("host", "example", NOW)
-WEB_CERT, WEB_KEY = host_cert("proxy-web", HOST_CA)
+
+
+def proxy_cert(ca: CertAuthority = HOST_CA, names=PROXY_SERVER_NAMES):
+    key = generate_private_key()
+    identity = HostIdentity(host_id="proxy-web", nodename="proxy", system_role="proxy", teleport_cluster="example")
+    return ca.issue_host_certificate(key.public_key(), identity, NOW, NOW + timedelta(hours=1), dns_names=names), key
+
+
+WEB_CERT, WEB_KEY = proxy_cert()
 
 
 class JoinStandIn(resource.Resource):
@@ -34,6 +42,12 @@ class JoinStandIn(resource.Resource):
     def __init__(self, token="secret-token", role="kube"):
         super().__init__()
         self.token, self.role, self.calls = token, role, []
+
+    def render_GET(self, request):
+        """/webapi/cas: the cluster's public CA certificates."""
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"host": [certificate_pem(HOST_CA.certificate).decode()],
+                           "user": [certificate_pem(USER_CA.certificate).decode()]}).encode()
 
     def render_POST(self, request):
         body = json.loads(request.content.read())
@@ -55,8 +69,8 @@ class JoinStandIn(resource.Resource):
 
 
 class JoinTests(TestCase):
-    async def start(self, stand_in):
-        tls = server_tls_options(WEB_CERT, WEB_KEY, require_client_certificate=False)
+    async def start(self, stand_in, cert=WEB_CERT, key=WEB_KEY):
+        tls = server_tls_options(cert, key, require_client_certificate=False)
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             TLSMemoryBIOFactory(tls, False, server.Site(stand_in)))
         self.addCleanup(port.stopListening)
@@ -93,6 +107,21 @@ class JoinTests(TestCase):
             with self.assertRaises(JoinError) as e:
                 await obtain_identity(reactor, config, "secret-token")
             self.assertIn("ca_pin", str(e.exception))
+            self.assertFalse(IdentityFile.exists(identity_dir(self.data_dir)))
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_token_is_never_sent_to_an_unproven_proxy(self):
+        """A proxy whose certificate is not from the pinned CA (or does not carry
+        the proxy's cluster name) never sees the token."""
+        async def go():
+            impostor_ca = CertAuthority.generate("host", "example", NOW)
+            for cert, key in (proxy_cert(impostor_ca), proxy_cert(HOST_CA, names=("localhost",))):
+                stand_in = JoinStandIn()
+                port = await self.start(stand_in, cert, key)
+                config = self.config(port, pin=ca_pin(HOST_CA.certificate))
+                with self.assertRaises(JoinError):
+                    await obtain_identity(reactor, config, "secret-token")
+                self.assertEqual(stand_in.calls, [])
             self.assertFalse(IdentityFile.exists(identity_dir(self.data_dir)))
         return defer.Deferred.fromCoroutine(go())
 

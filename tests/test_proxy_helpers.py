@@ -59,6 +59,7 @@ def proxy_creator(web_cert=PROXY_CERT, web_key=PROXY_KEY) -> ProxyConnectionCrea
         web=server_tls_options(web_cert, web_key, trusted_cas=user_cas, require_client_certificate=False),
         kube=server_tls_options(PROXY_CERT, PROXY_KEY, trusted_cas=user_cas, require_client_certificate=True),
         tunnel=server_tls_options(PROXY_CERT, PROXY_KEY, trusted_cas=host_cas, require_client_certificate=True),
+        cluster_web=server_tls_options(PROXY_CERT, PROXY_KEY, trusted_cas=user_cas, require_client_certificate=False),
     )
 
 

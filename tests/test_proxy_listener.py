@@ -9,7 +9,7 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
-from teleport_py.pki import HostIdentity, UserIdentity, identity_from_certificate, peer_certificate
+from teleport_py.pki import CertAuthority, UserIdentity, client_tls_options, identity_from_certificate, peer_certificate
 from teleport_py.proxy.listener import DispatchFactory, Route
 from tests.test_proxy_helpers import (
     HOST_CA,
@@ -60,6 +60,16 @@ class DispatchTests(TestCase):
         self.assertEqual(client.received, b"tunnel agent-1")
         self.assertEqual(client.alpn, b"teleport-reversetunnel")
 
+    async def test_tunnel_alpn_wins_over_the_cluster_server_name(self):
+        """Agents verify the proxy as reversetunnel.teleport.cluster.local."""
+        cert, key = host_pair("agent-1", "kube")
+        options = client_tls_options(
+            "reversetunnel.teleport.cluster.local", trusted_cas=[HOST_CA.certificate], certificate=cert,
+            private_key=key, alpn=[b"teleport-reversetunnel"],
+        )
+        client = await connect_tls(self.port, options)
+        self.assertEqual(client.received, b"tunnel agent-1")
+
     async def test_anything_else_is_web_with_optional_certificate(self):
         anonymous = await connect_tls(self.port, web_client())
         self.assertEqual(anonymous.received, b"web anonymous")
@@ -85,6 +95,21 @@ class DispatchTests(TestCase):
 
     async def test_tunnel_refused_with_user_certificate(self):
         await self.assertRefused(tunnel_client(user_pair()))
+
+    async def test_cluster_name_serves_web_with_the_cluster_certificate(self):
+        """With a public certificate on the web API, SNI reversetunnel.* still
+        gets the host-CA certificate that joining agents verify by pin."""
+        public_ca = CertAuthority.generate("host", HOST_CA.cluster_name, NOW - timedelta(days=1))  # a stranger to our clients
+        public_cert, public_key = host_pair("www", "proxy", ca=public_ca)
+        creator = proxy_creator(public_cert, public_key)
+        factory = TLSMemoryBIOFactory(creator, False, DispatchFactory(creator, lambda r, t: Announce(r)))
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        cluster = client_tls_options("reversetunnel.teleport.cluster.local", trusted_cas=[HOST_CA.certificate])
+        client = await connect_tls(port.getHost().port, cluster)
+        self.assertEqual(client.received, b"web anonymous")
+        public = await connect_tls(port.getHost().port, web_client())  # verifies against the host CA: refused
+        self.assertEqual(public.received, b"")
 
     async def test_web_refuses_certificate_from_other_ca(self):
         await self.assertRefused(web_client(user_pair(ca=OTHER_USER_CA)))

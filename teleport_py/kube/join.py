@@ -1,11 +1,15 @@
 """First start of an agent: redeem the join token for a host identity.
 
 The identity is saved under ``<data_dir>/kube`` and reused on every restart,
-so the (short-lived, single-purpose) token is needed only once. On first
-contact nothing about the proxy is trusted yet: TLS is not verified, and the
-host CA that comes back is accepted only if it matches a configured
-``teleport.ca_pin`` (without a pin it is trusted on first use, with a warning).
-From then on every connection verifies the cluster against that CA.
+so the (short-lived, single-purpose) token is needed only once.
+
+On first contact nothing about the proxy is trusted yet, so the token is not
+sent until it is: the agent fetches the cluster's CA certificates (public
+data) without verification, accepts the host CA only if it matches a
+configured ``teleport.ca_pin`` (without a pin it is trusted on first use,
+with a warning), and then sends the token over a connection verified against
+that CA under the name only proxies carry. From then on every connection
+verifies the cluster against that CA.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from twisted.web.client import Agent
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from teleport_py.auth.server import ca_pin
+from teleport_py.auth.client import ClusterTLSPolicy
+from teleport_py.auth.server import PROXY_SERVER_NAMES, ca_pin
 from teleport_py.config import Address
 from teleport_py.identityfile import IdentityFile
 from teleport_py.pki import (
@@ -46,9 +51,13 @@ def identity_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "kube")
 
 
+#: The proxy presents its cluster certificate on the web API under this name.
+PROXY_CLUSTER_NAME = PROXY_SERVER_NAMES[1]
+
+
 @implementer(IPolicyForHTTPS)
 class _Unverified:
-    """First contact only: nothing to verify against yet (the CA pin is checked afterwards)."""
+    """Fetching the public CA certificates only: the pin check decides trust."""
 
     def creatorForNetloc(self, hostname, port):
         return ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
@@ -66,12 +75,56 @@ def usable_identity(data_dir: str, now: float) -> IdentityFile | None:
     return identity
 
 
-async def join(reactor, proxy: Address, token: str, nodename: str, ca_pins=(), http: HTTPClient | None = None
-               ) -> IdentityFile:
-    """POST /webapi/join on the proxy and check what comes back."""
+def _pem_list(value, what: str) -> tuple:
+    try:
+        return tuple(c for pem in value for c in load_certificates_pem(pem.encode()))
+    except (TypeError, ValueError, AttributeError):
+        raise JoinError(f"the proxy sent malformed {what} certificates") from None
+
+
+async def _json(response) -> dict:
+    answer = await treq.json_content(response)
+    if not isinstance(answer, dict):
+        raise JoinError("the proxy answered with something other than a JSON object")
+    return answer
+
+
+async def trusted_host_cas(reactor, proxy: Address, ca_pins=(), http: HTTPClient | None = None) -> tuple:
+    """The cluster's host CAs, trusted by pin (or on first use without one)."""
+    http = http or HTTPClient(Agent(reactor, contextFactory=_Unverified()))
+    try:
+        response = await http.get(f"https://{proxy}/webapi/cas")
+        answer = await _json(response)
+    except JoinError:
+        raise
+    except Exception as e:
+        raise JoinError(f"cannot reach the proxy at {proxy}: {e}") from None
+    if response.code != 200:
+        raise JoinError(f"the proxy did not give its CA certificates (HTTP {response.code})")
+    host_cas = _pem_list(answer.get("host", []), "host CA")
+    if not host_cas:
+        raise JoinError("the proxy sent no host CA certificate")
+    if ca_pins:
+        pinned = tuple(ca for ca in host_cas if ca_pin(ca) in set(ca_pins))
+        if not pinned:
+            raise JoinError(
+                f"the cluster's host CA {ca_pin(host_cas[0])} matches no teleport.ca_pin; refusing to join"
+            )
+        return pinned
+    log.warn("joining without teleport.ca_pin: trusting host CA {pin} on first use", pin=ca_pin(host_cas[0]))
+    return host_cas
+
+
+async def join(reactor, proxy: Address, token: str, nodename: str, ca_pins=(), http: HTTPClient | None = None,
+               verified_http: HTTPClient | None = None) -> IdentityFile:
+    """Trust the cluster's host CA first, then POST /webapi/join to a proxy that proved it holds a certificate
+    from that CA; check what comes back."""
     if not token:
         raise JoinError("no join token: pass --token or set teleport.join_params.token_name")
-    http = http or HTTPClient(Agent(reactor, contextFactory=_Unverified()))
+    host_cas = await trusted_host_cas(reactor, proxy, ca_pins, http)
+    verified_http = verified_http or HTTPClient(
+        Agent(reactor, contextFactory=ClusterTLSPolicy(host_cas, server_name=PROXY_CLUSTER_NAME))
+    )
     key = generate_private_key()
     public_key = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -79,26 +132,23 @@ async def join(reactor, proxy: Address, token: str, nodename: str, ca_pins=(), h
     body = {"token": token, "role": "kube", "public_key": public_key, "host_id": str(uuid.uuid4()),
             "nodename": nodename or socket.gethostname()}
     try:
-        response = await http.post(f"https://{proxy}/webapi/join", json=body)
-        answer = await treq.json_content(response)
+        response = await verified_http.post(f"https://{proxy}/webapi/join", json=body)
+        answer = await _json(response)
+    except JoinError:
+        raise
     except Exception as e:
-        raise JoinError(f"cannot reach the proxy at {proxy}: {e}") from None
+        raise JoinError(f"cannot join through the proxy at {proxy}: {e}") from None
     if response.code != 200:
-        message = answer.get("message") or answer.get("error") if isinstance(answer, dict) else None
+        error = answer.get("error")
+        message = error.get("message") if isinstance(error, dict) else answer.get("message")
         raise JoinError(f"the proxy refused to join us (HTTP {response.code}): {message or 'no reason given'}")
     try:
         certificate = load_certificate_pem(answer["cert"].encode())
-        host_cas = tuple(c for pem in answer["cas"]["host"] for c in load_certificates_pem(pem.encode()))
-        user_cas = tuple(c for pem in answer["cas"]["user"] for c in load_certificates_pem(pem.encode()))
+        user_cas = _pem_list(answer["cas"]["user"], "user CA")
     except (KeyError, TypeError, ValueError, AttributeError):
         raise JoinError("the proxy's join answer is malformed") from None
-    if not host_cas or not user_cas:
-        raise JoinError("the proxy's join answer has no CA certificates")
-    pins = {ca_pin(ca) for ca in host_cas}
-    if ca_pins and not pins & set(ca_pins):
-        raise JoinError(f"the cluster's host CA {sorted(pins)[0]} matches no teleport.ca_pin; refusing to join")
-    if not ca_pins:
-        log.warn("joining without teleport.ca_pin: trusting host CA {pin} on first use", pin=sorted(pins)[0])
+    if not user_cas:
+        raise JoinError("the proxy's join answer has no user CA certificate")
     now = datetime.fromtimestamp(reactor.seconds(), timezone.utc)
     for ca in host_cas:
         try:
@@ -107,7 +157,7 @@ async def join(reactor, proxy: Address, token: str, nodename: str, ca_pins=(), h
             continue
         if isinstance(identity, HostIdentity) and identity.system_role == "kube":
             return IdentityFile(certificate, key, user_cas, host_cas)
-    raise JoinError("the certificate we were issued is not a kube host certificate of that CA")
+    raise JoinError("the certificate we were issued is not a kube host certificate of the pinned CA")
 
 
 async def obtain_identity(reactor, config, token: str = "", http: HTTPClient | None = None) -> IdentityFile:

@@ -25,6 +25,9 @@ log = Logger()
 TUNNEL_ALPN = b"teleport-reversetunnel"
 HTTP11_ALPN = b"http/1.1"
 KUBE_SNI_PREFIX = b"kube-teleport-proxy-alpn."
+#: The web API under the proxy's cluster certificate (host CA) instead of the
+#: configured public one: joining agents verify it against their pinned CA.
+CLUSTER_WEB_SNI = b"reversetunnel.teleport.cluster.local"
 
 _REQUIRE_CERT = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
@@ -57,14 +60,19 @@ class ProxyConnectionCreator:
     web: SSL.Context
     kube: SSL.Context
     tunnel: SSL.Context
+    cluster_web: SSL.Context | None = None
 
     @classmethod
-    def from_options(cls, web, kube, tunnel) -> "ProxyConnectionCreator":
-        creator = cls(web.getContext(), kube.getContext(), tunnel.getContext())
+    def from_options(cls, web, kube, tunnel, cluster_web=None) -> "ProxyConnectionCreator":
+        creator = cls(web.getContext(), kube.getContext(), tunnel.getContext(),
+                      cluster_web.getContext() if cluster_web is not None else None)
         creator.web.set_tlsext_servername_callback(creator._server_name)
         creator.web.set_alpn_select_callback(creator._web_alpn)
         creator.kube.set_alpn_select_callback(_http11_only)
         creator.tunnel.set_alpn_select_callback(creator._web_alpn)
+        if creator.cluster_web is not None:
+            # Agents dial their tunnel under this very name too: ALPN still wins.
+            creator.cluster_web.set_alpn_select_callback(creator._web_alpn)
         return creator
 
     def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
@@ -81,9 +89,13 @@ class ProxyConnectionCreator:
         return Route.WEB
 
     def _server_name(self, connection: SSL.Connection) -> None:
-        name = connection.get_servername() or b""
-        if name.lower().startswith(KUBE_SNI_PREFIX):
+        name = (connection.get_servername() or b"").lower()
+        if name.startswith(KUBE_SNI_PREFIX):
             self._switch(connection, self.kube)
+        elif name == CLUSTER_WEB_SNI and self.cluster_web is not None:
+            # Same route and client-certificate rules as the web context; only
+            # the certificate presented differs.
+            connection.set_context(self.cluster_web)
 
     def _web_alpn(self, connection: SSL.Connection, offered: list[bytes]):
         if TUNNEL_ALPN in offered:

@@ -228,6 +228,7 @@ class ProxyService(service.Service):
             web=server_tls_options(web_cert, web_key, trusted_cas=identity.user_cas, require_client_certificate=False),
             kube=server_tls_options(cert, key, trusted_cas=identity.user_cas, require_client_certificate=True),
             tunnel=server_tls_options(cert, key, trusted_cas=identity.host_cas, require_client_certificate=True),
+            cluster_web=server_tls_options(cert, key, trusted_cas=identity.user_cas, require_client_certificate=False),
         )
 
     def _https_keypair(self):

@@ -70,6 +70,7 @@ class WebAPI(resource.Resource):
         self._user_ca = user_ca
         self._routes = {
             (b"GET", "webapi/ping"): self.ping,
+            (b"GET", "webapi/cas"): self.cas,
             (b"POST", "webapi/login"): self.login,
             (b"POST", "webapi/signup"): self.signup,
             (b"POST", "webapi/join"): self.join,
@@ -143,6 +144,11 @@ class WebAPI(resource.Resource):
 
     async def ping(self, request):
         return {"cluster_name": self._cluster_name, "proxy_public_addr": self._public_addr}
+
+    async def cas(self, request):
+        """The cluster's CA certificates (public): a joining agent checks them
+        against its CA pin before it trusts the proxy with a token."""
+        return await self._relay(request).call("GET", "cas")
 
     async def login(self, request):
         return await self._relay(request).call("POST", "login", _only(_json_body(request), LOGIN_FIELDS))
