@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
@@ -695,6 +696,9 @@ class UpstreamRequest(Protocol):
                 elif not self._filter_step(event.data):
                     return
             elif isinstance(event, h11.EndOfMessage):
+                if self._held_response is not None:
+                    self._filter_list_off_reactor()
+                    return
                 if self._filter is not None and not self._filter_step(None):
                     return
                 downstream.send(h11.EndOfMessage())
@@ -727,6 +731,37 @@ class UpstreamRequest(Protocol):
         else:
             self._held_response = response
         return True
+
+    def _filter_list_off_reactor(self) -> None:
+        """Parse and filter a whole list on a worker thread: a list of
+        thousands of objects takes long enough to stall every other connection
+        of this agent if done on the reactor thread."""
+        reactor = self.downstream.forwarder.reactor
+        list_filter, self._filter = self._filter, None
+        self._finish()
+        d = deferToThreadPool(reactor, reactor.getThreadPool(), list_filter.finish)
+        d.addCallbacks(self._list_filtered, self._list_filter_failed)
+        d.addErrback(lambda f: log.failure("sending a filtered list failed", f))
+
+    def _list_filtered(self, body: bytes) -> None:
+        downstream = self.downstream
+        if downstream._closed:
+            return
+        self._audit(self._held_response.status_code)
+        downstream.send(self._held_response)
+        if body:
+            downstream.send(h11.Data(data=body))
+        downstream.send(h11.EndOfMessage())
+        downstream.upstream_finished()
+
+    def _list_filter_failed(self, failure) -> None:
+        failure.trap(FilterError)
+        if self.downstream._closed:
+            return
+        log.warn("refused an unfilterable list user={user} path={path} error={error}",
+                 user=self.downstream.identity.username, path=self.decision.info.path, error=failure.value)
+        self._refuse(500, "InternalError", "teleport could not filter the response by role: "
+                     "the API server's response is malformed or too large", f"filter failed: {failure.value}")
 
     def _filter_step(self, data: bytes | None) -> bool:
         """Feed ``data`` (``None``: the body ended) to the filter and send
