@@ -29,6 +29,9 @@ from tests.support.procs import ManagedProcess, free_port, wait_until
 
 _names = itertools.count()
 
+#: The command column may hold spaces; the columns around it cannot.
+_RECORDING_ROW = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(.*?)\s+(\d{4}-\d\d-\d\dT\S+)\s+(yes|no)\s*$")
+
 #: What the impersonated group needs in Kubernetes for sessions (GET is the
 #: WebSocket verb, POST the SPDY one).
 SESSIONS_RBAC = """
@@ -207,9 +210,10 @@ class _SessionsMixin:
         transport.write(line)
         await wait_until(lambda: expect in terminal.output, 60, reactor=self.reactor)
 
-    async def recordings(self) -> list[list[str]]:
+    async def recordings(self) -> list[tuple[str, ...]]:
+        """(id, user, kind, pod, command, started, complete) rows of ``tsh recordings ls``."""
         rows = (await self.d.tsh("recordings", "ls")).out.splitlines()[2:]
-        return [re.split(r"\s{2,}", row.strip()) for row in rows if row.strip()]
+        return [m.groups() for m in map(_RECORDING_ROW.match, rows) if m]
 
     async def play_json(self, sid: str) -> list[dict]:
         out = (await self.d.tsh("play", sid, "--format=json")).out
@@ -276,7 +280,7 @@ class _SessionTests(_SessionsMixin):
         # Recordings reach Auth at each session's end; wait for the TTY ones.
         async def interactive_sessions():
             rows = await self.recordings()
-            return [r for r in rows if len(r) >= 7 and r[4] == "sh" and r[6] == "yes"]
+            return [r for r in rows if r[4] == "sh" and r[6] == "yes"]
 
         deadline = self.reactor.seconds() + 60
         while len(await interactive_sessions()) < len(binaries):
@@ -351,7 +355,7 @@ class SessionFailureTests(_SessionsMixin, TestCase):
 
         async def recorded():
             for row in await self.recordings():
-                if len(row) >= 5 and row[4] == "sh":
+                if row[4] == "sh":
                     return row[0]
             return None
 
