@@ -480,7 +480,7 @@ class Tsh:
 
     async def cmd_recordings_ls(self) -> None:
         profile, identity = self._logged_in()
-        items = (await self._client(profile, identity)._call("GET", "/webapi/recordings")).get("items", [])
+        items = await self._client(profile, identity).recordings()
         rows = [[str(m.get("session_id", "")), str(m.get("user", "")), str(m.get("kind", "")),
                  "%s/%s" % (m.get("namespace", ""), m.get("pod", "")), " ".join(m.get("command") or []),
                  str(m.get("time", ""))[:19], "yes" if m.get("complete") else "no"] for m in items]
@@ -493,7 +493,7 @@ class Tsh:
         session_id = quote(self.args.session_id, safe="")
         reader, player, offset = RecordingReader(), _Player(self.reactor, self.out, self.args), 0
         while True:
-            page = await client._call("GET", "/webapi/recordings/%s/data?offset=%d" % (session_id, offset))
+            page = await client.recording_data(session_id, offset)
             try:
                 data = base64.b64decode(page["data"], validate=True)
                 offset = int(page["next_offset"])

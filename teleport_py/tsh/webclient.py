@@ -13,6 +13,7 @@ import ipaddress
 import json
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import treq
 from attrs import frozen
@@ -166,6 +167,13 @@ class WebClient:
 
     def reissue(self, public_key_pem: str, kube_cluster: str):
         return self._call("POST", "/webapi/certs/reissue", {"public_key": public_key_pem, "kube_cluster": kube_cluster})
+
+    async def recordings(self) -> list[dict]:
+        return (await self._call("GET", "/webapi/recordings")).get("items", [])
+
+    def recording_data(self, session_id: str, offset: int):
+        """One page of a recording's bytes from ``offset``, as Auth pages it (see docs/recordings.md)."""
+        return self._call("GET", "/webapi/recordings/%s/data?offset=%d" % (quote(session_id, safe=""), offset))
 
 
 def _error_message(status: int, payload: Any) -> str:
