@@ -152,3 +152,27 @@ class SpoolTests(TestCase):
             self.assertTrue(page["complete"])
         return d(go())
 
+
+
+class WriterTests(TestCase):
+    """How the writer paces its disk writes."""
+
+    def test_a_busy_session_is_written_without_waiting_for_the_timer(self):
+        clock, writes = Clock(), []
+
+        def disk(f, *args):
+            writes.append(f.__name__)
+            return maybeDeferred(f, *args)
+
+        spool = RecordingSpool(clock, self.mktemp(), upload=None, stored=None, run_blocking=disk, max_backlog=1000)
+        spool.stop()
+        writer = spool.open(SID)
+        writer.record(START)
+        self.assertEqual(writes, ["recover"])  # a small recording waits for the timer
+        writer.record({"type": "print", "ms": 1, "data": b"x" * 600})
+        self.assertEqual(writes, ["recover", "append"])  # more than half the backlog: written at once
+        clock.advance(1.0)
+        self.assertEqual(writes, ["recover", "append"])  # nothing left for the timer
+        with open(os.path.join(spool.files.directory, SID + ".part"), "rb") as f:
+            self.assertEqual([e["type"] for e in read_all(f.read())], ["session.start", "print"])
+        writer.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -30,13 +30,14 @@ def synchronous(f, *args):
 class Harness:
     """A recorder with a synchronous spool in a temp directory, and the two transports."""
 
-    def __init__(self, test: SynchronousTestCase, *, record_output: bool = True, max_backlog: int = 1 << 20):
+    def __init__(self, test: SynchronousTestCase, *, record_output: bool = True, max_backlog: int = 1 << 20,
+                 run_blocking=synchronous):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.directory = test.mktemp()
         self.audit: list[dict] = []
         self.spool = RecordingSpool(self.clock, self.directory, upload=None, stored=None,
-                                    run_blocking=synchronous, max_backlog=max_backlog)
+                                    run_blocking=run_blocking, max_backlog=max_backlog)
         self.spool.stop()  # uploads are tested in test_recording_spool
         self.recorder = SessionRecorder(self.clock, self.audit.append, self.spool, record_output=record_output)
         self.client, self.server = StringTransport(), StringTransport()
@@ -159,13 +160,20 @@ class RelayTests(SynchronousTestCase):
         self.assertIn(b"$ ", [e.get("data") for e in partial])
 
     def test_a_slow_disk_pauses_both_sides_until_flushed(self):
-        h = Harness(self, max_backlog=1024)
+        writes = []
+
+        def slow_disk(f, *args):
+            writes.append(Deferred())
+            return writes[-1].addCallback(lambda _: f(*args))
+
+        h = Harness(self, max_backlog=1024, run_blocking=slow_disk)
         relay = h.start()
         c = spdy_exec_conversation()
         h.play(relay, c.chunks[:8])  # streams opened
         relay.from_server(c.encoders["server"].encode(spdy.Data(5, b"x" * 4096)))
         self.assertEqual((h.client.producerState, h.server.producerState), ("paused", "paused"))
-        h.clock.advance(1.0)  # the flush reaches the disk
+        while writes:  # the disk catches up
+            writes.pop(0).callback(None)
         self.assertEqual((h.client.producerState, h.server.producerState), ("producing", "producing"))
 
     def test_websocket_protocol_is_taken_from_the_101(self):

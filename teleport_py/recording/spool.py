@@ -106,9 +106,11 @@ class RecordingFiles:
 class RecordingWriter:
     """One session's recording: ``record(event)`` from the reactor.
 
-    Lines are buffered and handed to the file thread every ``flush_interval``;
-    ``on_backlog(True)`` asks the relay to pause while more than
-    ``max_backlog`` bytes wait for the disk, ``on_backlog(False)`` to resume.
+    Lines are buffered and handed to the file thread every ``flush_interval``,
+    or at once when half the backlog is waiting (a busy session must not be
+    limited to one backlog per interval); ``on_backlog(True)`` asks the relay
+    to pause while more than ``max_backlog`` bytes wait for the disk,
+    ``on_backlog(False)`` to resume.
     """
 
     def __init__(self, spool: "RecordingSpool", session_id: str, *, flush_interval: float, max_backlog: int):
@@ -131,6 +133,8 @@ class RecordingWriter:
         line = encode(event)
         self._pending.append(line)
         self._pending_size += len(line)
+        if self._pending_size > self._max_backlog // 2 and self._closing is None:
+            self.flush()
         self._check_backlog()
 
     def _check_backlog(self) -> None:
