@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
+import attrs
 import h11
-from twisted.internet import defer, reactor
+from twisted.internet import defer, error, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -355,3 +356,28 @@ class AcceptStreamTests(SynchronousTestCase):
             {"user_cert": certificate_pem(AGENT_CERT).decode(), "kube_cluster": "c1"},
         ):
             self.assertRaises(StreamRejected, self.forwarder.accept_stream, metadata)
+
+
+class UpstreamTLSOptionsTests(TestCase):
+    """TLS options are built once per cluster, not per request (they cost a
+    key load and an OpenSSL context each)."""
+
+    async def test_built_once_per_cluster(self):
+        built = []
+
+        @attrs.frozen
+        class CountingCredentials:
+            host: str = "127.0.0.1"
+            port: int = 1  # nothing listens: only the options matter here
+
+            def tls_options(self):
+                built.append(self)
+                return credentials(self.port).tls_options()
+
+        cluster = KubeCluster("c1", {}, CountingCredentials())
+        forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+                              roles=RoleCache(reactor, FakeRoles().fetch), emit=lambda event: None)
+        for _ in range(3):
+            with self.assertRaises(error.ConnectionRefusedError):
+                await forwarder.connect_upstream(cluster, Protocol())
+        self.assertEqual(len(built), 1)
