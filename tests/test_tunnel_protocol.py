@@ -228,6 +228,30 @@ class FlowControlTests(SynchronousTestCase):
         tunnel.agent.resumeProducing()
         self.assertEqual([p.paused for p in producers], [False, False])
 
+    def test_a_producer_registered_on_a_paused_tunnel_is_paused_by_its_first_write(self):
+        tunnel = Tunnel()
+        client, _ = tunnel.open(tunnel.agent)
+        tunnel.agent.pauseProducing()
+        producer = NotYetStarted()
+        client.transport.registerProducer(producer, True)  # as twisted.web does before startProducing
+        self.assertFalse(producer.paused)
+        producer.started = True
+        client.transport.write(b"body")
+        self.assertTrue(producer.paused)
+        tunnel.agent.resumeProducing()
+        self.assertFalse(producer.paused)
+
+
+class NotYetStarted(Producer):
+    """Like twisted.web's FileBodyProducer: cannot be paused before it starts."""
+
+    started = False
+
+    def pauseProducing(self):
+        if not self.started:
+            raise AttributeError("no task to pause yet")
+        super().pauseProducing()
+
 
 class KeepaliveTests(SynchronousTestCase):
     def test_pings_keep_a_quiet_tunnel_alive(self):

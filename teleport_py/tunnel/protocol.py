@@ -134,10 +134,12 @@ class _StreamTransport:
         self._producer_paused = False
         if self._finished:
             producer.stopProducing()
-        elif streaming:
-            self._update_producer()
-        elif not self._window_blocked:
+        elif not streaming and not self._window_blocked:
             producer.resumeProducing()
+        # A streaming producer is not paused here, even on a paused tunnel:
+        # like a TCP transport, the next write() pauses it. Callers register
+        # before they start producing (twisted.web's FileBodyProducer cannot
+        # pause yet, and the request then hangs), so pausing now breaks them.
 
     def unregisterProducer(self) -> None:
         self.producer = None
