@@ -301,13 +301,20 @@ class _SessionTests(_SessionsMixin):
         kinds = {r[2] for r in await self.recordings()}
         self.assertIn("portforward", kinds)
 
-        audit = await d.events("session.start", "session.end", "exec", "port", "resize")
-        types = {e.get("event") or e.get("type") for e in audit}
-        self.assertLessEqual({"session.start", "session.end", "exec", "port", "resize"}, types, types)
-        exits = [e.get("exitCode") for e in audit if (e.get("event") or e.get("type")) == "exec"]
+        # The agent's audit spool uploads in the background: wait for the last events.
+        wanted = {"session.start", "session.end", "exec", "port", "resize"}
+        deadline = self.reactor.seconds() + 60
+        while True:
+            audit = await d.events(*wanted)
+            types = {e.get("event") for e in audit}
+            if wanted <= types and sum(e.get("event") == "resize" for e in audit) >= len(binaries):
+                break
+            self.assertLess(self.reactor.seconds(), deadline, types)
+            await self.sleep(1)
+        exits = [e.get("exitCode") for e in audit if e.get("event") == "exec"]
         self.assertIn("3", exits)
         self.assertIn("7", exits)
-        ports = [e.get("port") for e in audit if (e.get("event") or e.get("type")) == "port"]
+        ports = [e.get("port") for e in audit if e.get("event") == "port"]
         self.assertIn(remote, [int(p) for p in ports])
 
 
