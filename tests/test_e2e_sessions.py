@@ -26,7 +26,7 @@ from twisted.trial.unittest import TestCase
 from tests.e2e import KUBE_ACCESS_ROLE, Deployment, coroutine_test
 from tests.support.kubeenv import create_running_pod, kubectl_binaries, register_node
 from tests.support.kubelet import KubeletStandin
-from tests.support.procs import ManagedProcess, free_port, wait_until
+from tests.support.procs import free_port, wait_until
 
 _names = itertools.count()
 
