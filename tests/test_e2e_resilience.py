@@ -205,6 +205,7 @@ class ResilienceTests(TestCase):
         self.assertLess(wait, 30, "tsh login --ttl=20s must give a short-lived certificate")
         await deferLater(reactor, max(wait, 0), lambda: None)
 
+        refusals_before = d.main.output().count(b"TLS handshake refused")
         attempts = {
             "no-certificate": (None, None),
             "expired": expired,
@@ -215,6 +216,8 @@ class ResilienceTests(TestCase):
                 kube_request, d.proxy_port, host_ca, f"/api/v1/namespaces/refused-{name}", cert, key
             )
             self.assertTrue(answer.startswith("refused"), f"{name}: {answer}")
+        # The proxy itself refused each one in the handshake (not an agent, not the API server).
+        await d.main.wait_for(lambda: d.main.output().count(b"TLS handshake refused") >= refusals_before + 3, timeout=30)
 
         # The control: the same client with the genuine certificate gets through,
         # and its audit event proves the refused ones would have shown up before it.
