@@ -760,13 +760,17 @@ class UpstreamRequest(Protocol):
         downstream.upstream_finished()
 
     def _list_filter_failed(self, failure) -> None:
+        """The API server's connection is already closed; answer kubectl only."""
         failure.trap(FilterError)
-        if self.downstream._closed:
+        downstream = self.downstream
+        if downstream._closed:
             return
         log.warn("refused an unfilterable list user={user} path={path} error={error}",
-                 user=self.downstream.identity.username, path=self.decision.info.path, error=failure.value)
-        self._refuse(500, "InternalError", "teleport could not filter the response by role: "
-                     "the API server's response is malformed or too large", f"filter failed: {failure.value}")
+                 user=downstream.identity.username, path=self.decision.info.path, error=failure.value)
+        self._audit(500, f"filter failed: {failure.value}")
+        downstream.respond_status(500, "InternalError", "teleport could not filter the response by role: "
+                                  "the API server's response is malformed or too large")
+        downstream.upstream_finished()
 
     def _filter_step(self, data: bytes | None) -> bool:
         """Feed ``data`` (``None``: the body ended) to the filter and send
