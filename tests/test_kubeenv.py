@@ -36,6 +36,8 @@ print("listening", flush=True)
 time.sleep(600)
 """
 
+#: Bound to a group used by no other test: the control plane is shared by the
+#: whole run, and the end-to-end tests bind "viewers" to broader rights.
 POD_READER = """
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -57,7 +59,7 @@ roleRef:
 subjects:
 - apiGroup: rbac.authorization.k8s.io
   kind: Group
-  name: viewers
+  name: kubeenv-pod-readers
 """
 
 
@@ -207,7 +209,7 @@ class ControlPlaneTests(unittest.TestCase):
         plane = yield self.plane()
         yield plane.apply(POD_READER)
         kubeconfig = plane.write_kubeconfig(
-            self.mktemp(), contexts={"bob": ("bob", ("viewers",)), "mallory": ("mallory", ("strangers",))}
+            self.mktemp(), contexts={"bob": ("bob", ("kubeenv-pod-readers",)), "mallory": ("mallory", ("strangers",))}
         )
         allowed = yield plane.kubectl("get", "pods", "-n", "default", kubeconfig=kubeconfig)
         self.assertEqual(allowed.code, 0, allowed.err)
@@ -226,7 +228,7 @@ class ControlPlaneTests(unittest.TestCase):
         yield plane.apply(POD_READER)
         kubeconfig = plane.write_kubeconfig(
             self.mktemp(),
-            contexts={"viewer-cluster": ("bob", ("viewers",))},
+            contexts={"viewer-cluster": ("bob", ("kubeenv-pod-readers",))},
             token_contexts={"admin-cluster": "admin"},
             current_context="admin-cluster",
         )
