@@ -278,8 +278,11 @@ class _SessionTests(_SessionsMixin):
                 self.assertEqual(_sha(await client.done), _sha(payload))
             await forwarder.stop()
 
+        # The path under test really ran (what the kubelet negotiated with the API server).
         used = {n.protocol for n in self.standin.negotiated if n.status == 101}
-        self.assertTrue(used, "the stand-in saw no session")
+        self.assertLessEqual(self.protocols, used)
+        if not self.websocket:
+            self.assertEqual(used, self.protocols)
 
         # Recordings reach Auth at each session's end; wait for the TTY ones.
         async def interactive_sessions():
@@ -321,12 +324,15 @@ class _SessionTests(_SessionsMixin):
 class WebSocketSessionTests(_SessionTests, TestCase):
     """kubectl's defaults: WebSocket where the build has it."""
 
+    protocols = {"v5.channel.k8s.io", "SPDY/3.1+portforward.k8s.io"}
+
 
 class SpdyOnlySessionTests(_SessionTests, TestCase):
     """kubectl forced to SPDY, and the kubelet refuses WebSocket too."""
 
     websocket = False
     kubectl_env = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
+    protocols = {"v4.channel.k8s.io", "portforward.k8s.io"}
 
 
 class SessionFailureTests(_SessionsMixin, TestCase):
