@@ -23,6 +23,9 @@ from teleport_py.auth.server import AUTH_SERVER_NAME
 from teleport_py.pki import client_tls_options
 
 MAX_RESPONSE = 64 << 20
+#: No call may hang forever: agents' uploaders and heartbeats retry with
+#: backoff, but only once a call has failed.
+DEFAULT_TIMEOUT = 60.0
 
 
 @implementer(IPolicyForHTTPS)
@@ -46,10 +49,12 @@ class ClusterTLSPolicy:
 
 
 class AuthClient:
-    def __init__(self, http: HTTPClient, base_url: str, headers: dict[bytes, list[bytes]] | None = None):
+    def __init__(self, http: HTTPClient, base_url: str, headers: dict[bytes, list[bytes]] | None = None,
+                 timeout: float = DEFAULT_TIMEOUT):
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.headers = headers or {}
+        self.timeout = timeout
 
     @classmethod
     def direct(cls, reactor, address: str, *, trusted_cas: Iterable, certificate=None, private_key=None) -> "AuthClient":
@@ -68,7 +73,7 @@ class AuthClient:
     def with_headers(self, headers: dict[bytes, list[bytes]]) -> "AuthClient":
         merged = dict(self.headers)
         merged.update(headers)
-        return AuthClient(self.http, self.base_url, merged)
+        return AuthClient(self.http, self.base_url, merged, self.timeout)
 
     async def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> Any:
         url = f"{self.base_url}/v1/{path}"
@@ -78,7 +83,8 @@ class AuthClient:
         headers = dict(self.headers)
         if data is not None:
             headers[b"content-type"] = [b"application/json"]
-        response = await self.http.request(method, url, data=data, headers=headers)
+        # treq cancels the call when no response has arrived in time.
+        response = await self.http.request(method, url, data=data, headers=headers, timeout=self.timeout)
         content = await treq.content(response)
         if len(content) > MAX_RESPONSE:
             raise AuthError("auth server response too large")
