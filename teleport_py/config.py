@@ -97,6 +97,7 @@ class KubeConfig:
     kubeconfig_file: str = ""
     kube_cluster_name: str = ""
     labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    record_exec_output: bool = True
 
 
 @attrs.frozen
@@ -141,13 +142,17 @@ def _string(value: Any, path: str) -> str:
     return value
 
 
-def _enabled(section: Mapping[str, Any], path: str, default: bool) -> bool:
-    value = section.get("enabled", default)
+def _flag(section: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+    value = section.get(key, default)
     if isinstance(value, str) and value.lower() in ("yes", "no", "true", "false"):
         return value.lower() in ("yes", "true")
     if not isinstance(value, bool):
-        raise ConfigError(f"{path}.enabled", "must be true or false")
+        raise ConfigError(f"{path}.{key}", "must be true or false")
     return value
+
+
+def _enabled(section: Mapping[str, Any], path: str, default: bool) -> bool:
+    return _flag(section, "enabled", path, default)
 
 
 def parse_config(text: str | None, source: str = "<defaults>") -> Config:
@@ -241,7 +246,9 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         )
 
     k = _mapping(doc.get("kubernetes_service"), "kubernetes_service")
-    _check_keys(k, "kubernetes_service", ("enabled", "kubeconfig_file", "kube_cluster_name", "labels"))
+    _check_keys(
+        k, "kubernetes_service", ("enabled", "kubeconfig_file", "kube_cluster_name", "labels", "record_exec_output")
+    )
     if _enabled(k, "kubernetes_service", not no_file and "kubernetes_service" in doc):
         labels = _mapping(k.get("labels"), "kubernetes_service.labels")
         for key, value in labels.items():
@@ -251,6 +258,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
             kubeconfig_file=_string(k.get("kubeconfig_file", ""), "kubernetes_service.kubeconfig_file"),
             kube_cluster_name=_string(k.get("kube_cluster_name", ""), "kubernetes_service.kube_cluster_name"),
             labels=dict(labels),
+            record_exec_output=_flag(k, "record_exec_output", "kubernetes_service", True),
         )
         if not kube.kubeconfig_file and not kube.kube_cluster_name:
             raise ConfigError(

@@ -41,6 +41,14 @@ kubernetes_service:
         self.assertEqual(config.join_token, "abc")
         self.assertEqual(config.nodename, "node1")
 
+    def test_record_exec_output(self):
+        base = "kubernetes_service:\n  kubeconfig_file: /k\n"
+        self.assertTrue(parse_config(base).kube.record_exec_output)
+        self.assertFalse(parse_config(base + "  record_exec_output: false\n").kube.record_exec_output)
+        with self.assertRaises(ConfigError) as cm:
+            parse_config(base + "  record_exec_output: sometimes\n")
+        self.assertEqual(cm.exception.path, "kubernetes_service.record_exec_output")
+
     def test_unknown_key_is_named(self):
         with self.assertRaises(ConfigError) as cm:
             parse_config("version: v3\nauth_service:\n  listen_adr: 127.0.0.1:1\n")

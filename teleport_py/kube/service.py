@@ -85,7 +85,9 @@ class KubeService(service.Service):
             roles=RoleCache(self.reactor, self._fetch_role),
             emit=self._spool.emit,
             teleport_cluster=host.teleport_cluster,
-            sessions=SessionRecorder(self.reactor, self._spool.emit, self._recordings),
+            sessions=SessionRecorder(
+                self.reactor, self._spool.emit, self._recordings, record_output=self.config.kube.record_exec_output
+            ),
         )
         proxy = self.config.proxy_server
         self.tunnel = TunnelClient(
