@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.e2e import KUBE_ACCESS_ROLE, Deployment, coroutine_test
 from tests.support.kubeenv import create_running_pod, kubectl_binaries, register_node
+from tests.support.clients import Collect as _Collect, Terminal as _Terminal, kill_process as _kill
 from tests.support.kubelet import KubeletStandin
 from tests.support.procs import free_port, wait_until
 
@@ -94,42 +95,6 @@ def _reactor():
     return reactor
 
 
-class _Terminal(protocol.ProcessProtocol):
-    """kubectl on a pty, as a user's terminal runs it."""
-
-    def __init__(self):
-        self.output = bytearray()
-        self.ended = defer.Deferred()
-
-    def childDataReceived(self, fd, data):
-        self.output += data
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value.exitCode)
-
-
-class _Collect(protocol.Protocol):
-    """Sends ``payload`` and collects the echo until all of it came back."""
-
-    def __init__(self, payload):
-        self._payload = payload
-        self.received = bytearray()
-        self.done = defer.Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self._payload)
-
-    def dataReceived(self, data):
-        self.received += data
-        if len(self.received) >= len(self._payload) and not self.done.called:
-            self.transport.loseConnection()
-            self.done.callback(bytes(self.received))
-
-    def connectionLost(self, reason):
-        if not self.done.called:
-            self.done.errback(reason)
-
-
 class _UpgradeThenGarbage(protocol.Protocol):
     """A client that gets a real 101 for an exec, then sends bytes no protocol allows."""
 
@@ -153,11 +118,6 @@ class _UpgradeThenGarbage(protocol.Protocol):
         if not self.upgraded.called:
             self.upgraded.errback(reason)
         self.closed.callback(None)
-
-
-def _kill(transport):
-    if transport.pid is not None:
-        transport.signalProcess("KILL")
 
 
 def _sha(data: bytes) -> bytes:

@@ -20,6 +20,7 @@ from twisted.protocols.wire import Echo
 from twisted.trial import unittest
 
 from tests.support import kubeenv
+from tests.support.clients import Collect as _Collect, Terminal as _Terminal, kill_process as _kill
 from tests.support.kubelet import KubeletStandin, SessionError, _KubeletConnection, _ResizeDecoder
 from tests.support.procs import ManagedProcess, free_port, run, wait_until
 
@@ -30,43 +31,6 @@ def _reactor():
     from twisted.internet import reactor
 
     return reactor
-
-
-class _Collect(protocol.Protocol):
-    """Sends ``payload`` and collects the answer until ``expected`` bytes arrived."""
-
-    def __init__(self, payload, expected):
-        self._payload = payload
-        self._expected = expected
-        self.received = bytearray()
-        self.done = defer.Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self._payload)
-
-    def dataReceived(self, data):
-        self.received += data
-        if len(self.received) >= self._expected and not self.done.called:
-            self.transport.loseConnection()
-            self.done.callback(bytes(self.received))
-
-    def connectionLost(self, reason):
-        if not self.done.called:
-            self.done.errback(reason)
-
-
-class _Terminal(protocol.ProcessProtocol):
-    """kubectl on a pty, as a user's terminal would run it."""
-
-    def __init__(self):
-        self.output = bytearray()
-        self.ended = defer.Deferred()
-
-    def childDataReceived(self, fd, data):
-        self.output += data
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value.exitCode)
 
 
 class _StandinTests:
@@ -195,11 +159,6 @@ class _StandinTests:
             code = yield terminal.ended
             self.assertEqual(code, 7, (binary, bytes(terminal.output[-500:])))
         self.assertNegotiated("exec", self.exec_protocol)
-
-
-def _kill(transport):
-    if transport.pid is not None:
-        transport.signalProcess("KILL")
 
 
 class WebSocketPathTests(_StandinTests, unittest.TestCase):
