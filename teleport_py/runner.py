@@ -27,4 +27,9 @@ def makeService(options, reactor=None):
         from teleport_py.proxy.service import ProxyService
 
         ProxyService(reactor, config, local_auth=auth).setServiceParent(top)
+    if config.kube is not None:
+        from teleport_py.kube.service import KubeService
+
+        # Joins through the proxy like a standalone agent (token + CA pin).
+        KubeService(reactor, config).setServiceParent(top)
     return top
