@@ -7,8 +7,8 @@ client (threads, keep-alive where the path allows it):
 - ``kubectl-proxy``: the real ``kubectl proxy``, plain HTTP on 127.0.0.1;
 - ``teleport``: TLS to the proxy's public port with the user's kube
   certificate and SNI ``kube-teleport-proxy-alpn.teleport.cluster.local``, as
-  kubectl does (each connection is one tunnel stream; the agent opens a new
-  TLS connection to the apiserver per request).
+  kubectl does (each connection is one tunnel stream; the agent forwards on
+  its pool of keep-alive TLS connections to the apiserver).
 
 The deployment is the end-to-end tests' (tests/e2e.py: real ``twistd``
 processes, real tsh/tctl/kubectl). Run by hand from the repository root:

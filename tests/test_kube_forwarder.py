@@ -94,11 +94,14 @@ class Recorder(resource.Resource):
     def __init__(self):
         super().__init__()
         self.requests = []
+        #: The HTTP connection each request came on, in order.
+        self.channels = []
         self.streaming = defer.Deferred()
 
     def render(self, request):
         self.requests.append((request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()),
                               request.content.read()))
+        self.channels.append(request.channel)
         if request.path == b"/api/v1/namespaces/default/pods" and b"watch" in request.args:
             request.write(b'{"type":"ADDED"}\n')
             self.streaming.callback(request)
@@ -108,6 +111,36 @@ class Recorder(resource.Resource):
 
     def header(self, name: bytes, index: int = -1) -> list[bytes]:
         return [v for n, vs in self.requests[index][2] if n.lower() == name for v in vs]
+
+
+class DropsSecondRequest(Protocol):
+    """An API server that answers one request per connection, keeps the
+    connection open, and closes it on the next request without answering:
+    its idle timeout racing the agent's reuse of the connection."""
+
+    def __init__(self, log):
+        self.log = log
+        self.http = h11.Connection(h11.SERVER)
+        self.answered = 0
+
+    def dataReceived(self, data):
+        self.http.receive_data(data)
+        while True:
+            event = self.http.next_event()
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self.log.append((self, event.method))
+                if self.answered:
+                    self.transport.loseConnection()
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                self.answered += 1
+                body = b'{"kind":"Namespace"}'
+                self.transport.write(self.http.send(h11.Response(status_code=200, headers=[
+                    (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))])))
+                self.transport.write(self.http.send(h11.Data(data=body)) + self.http.send(h11.EndOfMessage()))
+                self.http.start_next_cycle()
 
 
 class Client(Protocol):
@@ -146,6 +179,7 @@ class ForwarderTests(TestCase):
         cluster = KubeCluster("c1", labels or {"env": "dev"}, credentials(api.getHost().port, token))
         self.forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
                                    roles=RoleCache(reactor, self.roles.fetch), emit=self.audit.append)
+        self.addCleanup(self.forwarder.close)
         return cluster
 
     async def connect(self, **metadata) -> Client:
@@ -298,6 +332,71 @@ class ForwarderTests(TestCase):
             self.assertEqual(body, b'{"type":"ADDED"}\n{"type":"MODIFIED"}\n')
         return defer.Deferred.fromCoroutine(go())
 
+    def test_requests_share_keep_alive_connections_with_per_request_identity(self):
+        """One TLS connection to the API server serves request after request,
+        from one kubectl connection and from another user's, each request
+        impersonating its own caller."""
+        async def go():
+            self.roles.by_name["dev"] = role()
+            await self.start()
+            alice = await self.connect()
+            for _ in range(2):
+                alice.received = b""
+                alice.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods"))
+                response, _ = await self.response(alice)
+                self.assertEqual(response.status_code, 200)
+            bob = await self.connect(user_cert=user_cert_pem(username="bob"))
+            bob.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods"))
+            response, _ = await self.response(bob)
+            self.assertEqual(response.status_code, 200)
+            self.assertEqual(len(set(map(id, self.recorder.channels))), 1)
+            self.assertEqual([self.recorder.header(b"impersonate-user", i) for i in range(3)],
+                             [[b"alice"], [b"alice"], [b"bob"]])
+            self.assertEqual(self.forwarder.pool(self.forwarder.clusters["c1"]).idle, 1)
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_watch_left_by_kubectl_closes_its_connection(self):
+        """A response kubectl stopped reading midway leaves its connection in
+        an unknown state: it is closed, never lent to the next request."""
+        async def go():
+            await self.start()
+            watcher = await self.connect()
+            watcher.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods?watch=1"))
+            upstream_request = await self.recorder.streaming
+            await watcher.until(b'{"type":"ADDED"}')
+            finished = upstream_request.notifyFinish()
+            watcher.transport.loseConnection()
+            await watcher.lost
+            with self.assertRaises(error.ConnectionLost):
+                await finished
+            client = await self.connect()
+            client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods"))
+            response, _ = await self.response(client)
+            self.assertEqual(response.status_code, 200)
+            self.assertEqual(len(set(map(id, self.recorder.channels))), 2)
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_pooled_connection_closed_before_answering_is_retried_only_without_side_effects(self):
+        async def go():
+            seen = []
+            await self.start(upstream_factory=Factory.forProtocol(lambda: DropsSecondRequest(seen)))
+            client = await self.connect()
+            for expected in (200, 200):  # the second GET is replayed on a new connection
+                client.received = b""
+                client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default"))
+                response, body = await self.response(client)
+                self.assertEqual(response.status_code, expected)
+                self.assertEqual(body, b'{"kind":"Namespace"}')
+            self.assertEqual([method for _, method in seen], [b"GET", b"GET", b"GET"])
+            self.assertEqual(len({connection for connection, _ in seen}), 2)
+            client.received = b""
+            client.transport.write(self.request(b"PUT", b"/api/v1/namespaces/default/pods/web", body=b"{}"))
+            response, body = await self.response(client)
+            self.assertEqual(response.status_code, 502)
+            self.assertEqual(json.loads(body)["kind"], "Status")
+            self.assertEqual([method for _, method in seen][3:], [b"PUT"])  # sent once, never replayed
+        return defer.Deferred.fromCoroutine(go())
+
     def test_several_kube_users_without_choice_is_refused(self):
         async def go():
             await self.start()
@@ -379,5 +478,5 @@ class UpstreamTLSOptionsTests(TestCase):
                               roles=RoleCache(reactor, FakeRoles().fetch), emit=lambda event: None)
         for _ in range(3):
             with self.assertRaises(error.ConnectionRefusedError):
-                await forwarder.connect_upstream(cluster, Protocol())
+                await forwarder.pool(cluster).acquire()
         self.assertEqual(len(built), 1)

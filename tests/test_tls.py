@@ -9,6 +9,7 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
@@ -254,6 +255,11 @@ class TLSHandshakeTests(TestCase):
             self.assertTrue(outcome.accepted, hostname)
             self.assertEqual(outcome.handshakes[0].server_name, sni.encode("ascii"))
 
+    async def test_no_server_name_for_an_ip_address(self):
+        outcome = await self.connect(self.server(), self.client("127.0.0.1"))
+        self.assertTrue(outcome.accepted)
+        self.assertIsNone(outcome.handshakes[0].server_name)
+
     async def test_server_name_does_not_relax_hostname_check(self):
         outcome = await self.connect(self.server(), self.client("other.example.com", server_name="localhost"))
         self.assertEqual(outcome.greeting, b"")
@@ -272,6 +278,15 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(
             ValueError, client_tls_options, "localhost", trusted_cas=[HOST_CA.certificate], certificate=SERVER_CERT
         )
+
+    def test_idle_connections_release_their_buffers(self):
+        """About 34 KiB per connection otherwise (watches sit idle for minutes)."""
+        contexts = [
+            server_tls_options(SERVER_CERT, SERVER_KEY, trusted_cas=[], require_client_certificate=False).getContext(),
+            client_tls_options("localhost", trusted_cas=[HOST_CA.certificate]).context,
+        ]
+        for context in contexts:
+            self.assertTrue(context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS)
 
     def test_peer_certificate_of_plain_transport(self):
         self.assertIsNone(peer_certificate(StringTransport()))

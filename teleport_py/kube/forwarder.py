@@ -1,8 +1,9 @@
 """The agent's HTTP/1.1 front: one kubectl connection per `kube` tunnel stream.
 
 For each request on a stream: authorize it against the caller's roles, then
-replay it on a new TLS connection to the API server with the agent's own
-credentials and ``Impersonate-*`` headers naming who the caller may act as.
+replay it on a pooled keep-alive connection to the API server
+(``teleport_py.kube.upstream``) with the agent's own credentials and
+``Impersonate-*`` headers naming who the caller may act as.
 Responses are relayed event by event, never buffered whole, because
 ``watch`` and ``logs -f`` never end. An upgrade (exec, attach, port-forward)
 becomes a raw byte relay after the API server's 101.
@@ -28,10 +29,10 @@ from urllib.parse import parse_qs, quote
 import attrs
 import h11
 from cryptography import x509
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import Agent, readBody
@@ -42,6 +43,7 @@ from zope.interface import implementer
 from teleport_py import events
 from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
 from teleport_py.kube.sessions import SessionRecorder, SessionRelay, session_info
+from teleport_py.kube.upstream import PooledConnection, UpstreamPool
 from teleport_py.pki import IdentityError, UserIdentity, identity_from_certificate
 from teleport_py.remotecommand import RemoteCommandError
 from teleport_py.rbac import AccessChecker, AccessDenied, RequestInfo, classify, status_body
@@ -59,6 +61,9 @@ _DROPPED_REQUEST_HEADERS = frozenset({
     b"proxy-connection", b"te", b"trailer", b"upgrade",
 })
 _DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"trailer"})
+#: Requests replayed once on a new connection when a pooled one turns out to
+#: have been closed by the API server before answering (safe: no side effects).
+_RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 #: Largest ``create`` body read to learn the new object's name (the API
 #: server's own limit for a request body is 3 MiB).
 MAX_CREATE_BODY = 3 * 1024 * 1024
@@ -188,9 +193,7 @@ class Forwarder:
         self.emit = emit
         self.teleport_cluster = teleport_cluster
         self.sessions = sessions
-        # Building TLS options loads keys and makes an OpenSSL context: a
-        # tenth of the agent's CPU when done per request, so once per cluster.
-        self._upstream_tls: dict[str, object] = {}
+        self._pools: dict[str, UpstreamPool] = {}
 
     def accept_stream(self, metadata: Mapping) -> Protocol:
         """The stream's protocol, only for a user certificate our user CA signed
@@ -218,13 +221,22 @@ class Forwarder:
                 return identity
         raise StreamRejected("user certificate is not valid")
 
-    def connect_upstream(self, cluster: KubeCluster, protocol: Protocol) -> Deferred:
-        """A new TLS connection to the API server for one request (or one upgrade)."""
-        creds = cluster.credentials
-        if cluster.name not in self._upstream_tls:
-            self._upstream_tls[cluster.name] = creds.tls_options()
-        endpoint = wrapClientTLS(self._upstream_tls[cluster.name], HostnameEndpoint(self.reactor, creds.host, creds.port))
-        return endpoint.connect(Factory.forProtocol(lambda: protocol))
+    def pool(self, cluster: KubeCluster) -> UpstreamPool:
+        """The cluster's keep-alive connections to its API server. TLS options
+        are built once per cluster: they load keys and make an OpenSSL
+        context, a tenth of the agent's CPU when done per connection."""
+        pool = self._pools.get(cluster.name)
+        if pool is None:
+            creds = cluster.credentials
+            tls = creds.tls_options()
+            pool = self._pools[cluster.name] = UpstreamPool(
+                self.reactor, lambda: wrapClientTLS(tls, HostnameEndpoint(self.reactor, creds.host, creds.port)))
+        return pool
+
+    def close(self) -> Deferred:
+        """Close idle API server connections (on shutdown); fires when they are closed."""
+        pools, self._pools = list(self._pools.values()), {}
+        return gatherResults([pool.close() for pool in pools])
 
 
 @implementer(IPushProducer)
@@ -371,7 +383,14 @@ class KubeConnection(Protocol):
             upstream.request_data(bytes(held.body))
             upstream.request_done()
         try:
-            await self.forwarder.connect_upstream(self.cluster, upstream)
+            await upstream.start(self.forwarder.pool(self.cluster))
+        except CredentialsError as e:
+            self.upstream = None
+            log.error("cannot authenticate to the API server cluster={cluster} error={error}",
+                      cluster=self.cluster.name, error=e)
+            self._audit(request, decision.info, 502, decision=decision, reason="agent credentials unusable")
+            self.respond_status(502, "ServiceUnavailable",
+                                f'the agent cannot authenticate to kubernetes cluster "{self.cluster.name}"')
         except Exception as e:
             self.upstream = None
             log.warn("API server unreachable cluster={cluster} error={error}", cluster=self.cluster.name, error=e)
@@ -573,16 +592,24 @@ def _status_details(info: RequestInfo | None) -> dict | None:
     return {"name": info.name, "group": info.api_group, "kind": info.resource}
 
 
-class UpstreamRequest(Protocol):
-    """HTTP/1.1 client side: one request (or one upgrade) to the API server."""
+class UpstreamRequest:
+    """HTTP/1.1 client side: one request (or one upgrade) to the API server,
+    on a connection borrowed from the cluster's pool for its duration."""
 
     def __init__(self, downstream: KubeConnection, request: h11.Request, decision: _Decision) -> None:
         self.downstream = downstream
         self.request = request
         self.decision = decision
         self.upgrade = any(n == b"connection" and b"upgrade" in v.lower() for n, v in request.headers)
-        self.http = h11.Connection(h11.CLIENT)
-        self._body: list = []
+        self.connection: PooledConnection | None = None
+        self.transport = None
+        self.http: h11.Connection | None = None
+        #: Request events from kubectl not yet written upstream.
+        self._pending: list = []
+        self._has_body = False
+        self._request_ended = False
+        self._received = False
+        self._retried = False
         self._responded = False
         self._finished = False
         self.session: SessionRelay | None = None
@@ -611,8 +638,6 @@ class UpstreamRequest(Protocol):
             encodings = b",".join(v for n, v in self.request.headers if n == b"accept-encoding").lower()
             if b"gzip" in encodings:
                 headers.append((b"accept-encoding", b"gzip"))
-        if not self.upgrade:
-            headers.append((b"connection", b"close"))
         headers.append((b"impersonate-user", self.decision.user.encode("utf-8")))
         headers += [(b"impersonate-group", group.encode("utf-8")) for group in self.decision.groups]
         token = creds.bearer_token()
@@ -620,35 +645,38 @@ class UpstreamRequest(Protocol):
             headers.append((b"authorization", b"Bearer " + token.encode("ascii")))
         return headers
 
-    def connectionMade(self) -> None:
+    async def start(self, pool: UpstreamPool, *, fresh: bool = False) -> None:
+        """Send the request on a pooled connection (a new one if ``fresh``).
+        Raises ``CredentialsError`` when the agent cannot authenticate and
+        the connection error when the API server is unreachable."""
+        headers = self._headers()
+        connection = await pool.acquire(fresh=fresh)
         if self._finished:  # kubectl went away while we were connecting
-            self.transport.abortConnection()
+            connection.give_back()
             return
-        try:
-            headers = self._headers()
-        except CredentialsError as e:
-            log.error("cannot authenticate to the API server: {error}", error=e)
-            self.transport.abortConnection()
-            return
+        connection.lend(self)
+        self.connection, self.transport, self.http = connection, connection.transport, connection.http
         self.transport.write(self.http.send(h11.Request(
             method=self.request.method, target=self.request.target, headers=headers,
         )))
         # Each side throttles the other (as twisted's portforward does).
         self.transport.registerProducer(_Throttle(self.downstream.transport), True)
         self.downstream.transport.registerProducer(_Throttle(self.transport), True)
-        for event in self._body:
+        pending, self._pending = self._pending, []
+        for event in pending:
             self.transport.write(self.http.send(event))
-        self._body = []
 
     def request_data(self, data: bytes) -> None:
+        self._has_body = True
         self._send(h11.Data(data=data))
 
     def request_done(self) -> None:
+        self._request_ended = True
         self._send(h11.EndOfMessage())
 
     def _send(self, event) -> None:
         if self.transport is None:
-            self._body.append(event)
+            self._pending.append(event)
         elif not self._finished:
             self.transport.write(self.http.send(event))
 
@@ -665,6 +693,7 @@ class UpstreamRequest(Protocol):
         if self.session is not None:
             self.session.from_server(data)
             return
+        self._received = True
         self.http.receive_data(data)
         self._next_events()
 
@@ -814,16 +843,24 @@ class UpstreamRequest(Protocol):
         self.downstream._audit(self.request, self.decision.info, code, decision=self.decision, reason=reason)
 
     def _finish(self) -> None:
+        """The exchange is complete: the connection goes back to the pool
+        (if h11 says it can carry another request) and kubectl's stream is
+        read again if the API server connection had throttled it."""
         self._finished = True
-        self.downstream.transport.unregisterProducer()
-        _close(self.transport)
+        downstream = self.downstream
+        downstream.transport.unregisterProducer()
+        self.transport.unregisterProducer()
+        self.connection.give_back()
+        if not downstream._closed:
+            downstream.transport.resumeProducing()
 
     def _fail(self) -> None:
         """The API server broke off: a Status if kubectl has no response yet, else cut the stream."""
         downstream = self.downstream
         self._finished = True
         self.downstream.transport.unregisterProducer()
-        self.transport.abortConnection()
+        if self.transport is not None:
+            self.transport.abortConnection()
         if self._responded:
             downstream.transport.abortConnection()
             return
@@ -838,8 +875,34 @@ class UpstreamRequest(Protocol):
             return
         if self._finished:
             return
+        if self._may_retry():
+            self._retry()
+            return
         # A response delimited by the end of the connection ends here.
         self.http.receive_data(b"")
         self._next_events()
         if not self._finished:
             self._fail()
+
+    def _may_retry(self) -> bool:
+        """A reused connection the API server closed before answering a
+        request without side effects: most likely its idle timeout raced our
+        request (it never read it), so the request goes once more on a new
+        connection, as Go's HTTP client does."""
+        return (not self._retried and not self._received and self.connection.uses > 1
+                and self._request_ended and not self._has_body and self.request.method in _RETRYABLE_METHODS)
+
+    def _retry(self) -> None:
+        self._retried = True
+        self.downstream.transport.unregisterProducer()
+        self.connection = self.transport = self.http = None
+        self._pending = [h11.EndOfMessage()]
+        log.info("API server closed a pooled connection before answering; retrying cluster={cluster}",
+                 cluster=self.downstream.cluster.name)
+        d = Deferred.fromCoroutine(self.start(self.downstream.forwarder.pool(self.downstream.cluster), fresh=True))
+        d.addErrback(self._retry_failed)
+
+    def _retry_failed(self, failure) -> None:
+        log.warn("API server unreachable on retry cluster={cluster} error={error}",
+                 cluster=self.downstream.cluster.name, error=failure.value)
+        self._fail()

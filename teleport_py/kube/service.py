@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from teleport_py.auth.client import AuthClient
@@ -130,6 +130,9 @@ class KubeService(service.Service):
             self._spool.stop()
         if self._recordings is not None:
             self._recordings.stop()
+        stopping = []
+        if self.forwarder is not None:
+            stopping.append(self.forwarder.close())
         if self.tunnel is not None:
-            return self.tunnel.stop()
-        return None
+            stopping.append(self.tunnel.stop())
+        return gatherResults(stopping)

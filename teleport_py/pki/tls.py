@@ -7,6 +7,11 @@ certificates for the ``sslclient`` purpose, a client checks the server for
 serving TLS). Clients check the host name in their own verify callback:
 Twisted's lets a certificate without any subjectAltName through (it logs the
 error and keeps OpenSSL's verdict), and that must fail closed.
+
+Every context runs with ``SSL_MODE_RELEASE_BUFFERS``: OpenSSL otherwise keeps
+a read and a write buffer of about 17 KiB each for the life of a connection,
+and most of our connections (watches, idle keep-alive and tunnel
+connections) sit idle most of the time.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Sequence
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from OpenSSL import SSL
 from OpenSSL.SSL import VERIFY_FAIL_IF_NO_PEER_CERT, VERIFY_PEER
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet import ssl
@@ -60,7 +66,7 @@ def server_tls_options(
     if require_client_certificate and not trusted_cas:
         raise ValueError("requiring client certificates needs at least one trusted CA")
     own = _twisted_private_certificate(certificate, private_key)
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=own.privateKey.original,
         certificate=own.original,
         verify=bool(trusted_cas),
@@ -69,6 +75,9 @@ def server_tls_options(
         raiseMinimumTo=_MINIMUM_VERSION,
         acceptableProtocols=alpn,
     )
+    # The options build their one context here and reuse it for every connection.
+    options.getContext().set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return options
 
 
 def client_tls_options(
@@ -90,15 +99,20 @@ def client_tls_options(
         raise ValueError("a TLS client needs at least one trusted CA")
     if (certificate is None) != (private_key is None):
         raise ValueError("a client certificate needs its private key, and the reverse")
-    client_certificate = None if certificate is None else _twisted_private_certificate(certificate, private_key)
-    creator = ssl.optionsForClientTLS(
-        hostname,
+    own = {}
+    if certificate is not None:
+        client_certificate = _twisted_private_certificate(certificate, private_key)
+        own = {"privateKey": client_certificate.privateKey.original, "certificate": client_certificate.original}
+    context = ssl.CertificateOptions(
         trustRoot=ssl.trustRootFromCertificates([_twisted_certificate(ca) for ca in trusted_cas]),
-        clientCertificate=client_certificate,
-        acceptableProtocols=alpn,
-        extraCertificateOptions={"raiseMinimumTo": _MINIMUM_VERSION},
-    )
-    return _HostnameChecking(creator, hostname, None if server_name is None else server_name.encode("ascii"))
+        raiseMinimumTo=_MINIMUM_VERSION,
+        **own,
+    ).getContext()
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    if server_name is None and not _is_ip_address(hostname):
+        server_name = hostname  # SNI carries DNS names only (RFC 6066)
+    return _HostnameChecking(context, hostname, None if server_name is None else server_name.encode("idna"),
+                             tuple(alpn or ()))
 
 
 def _is_ip_address(hostname: str) -> bool:
@@ -112,16 +126,20 @@ def _is_ip_address(hostname: str) -> bool:
 @implementer(IOpenSSLClientConnectionCreator)
 @frozen
 class _HostnameChecking:
-    """Twisted's client connection, with our host name check and, optionally, another SNI."""
+    """Client connections from one shared context: the chain checked by
+    OpenSSL against our CAs only, the host name by us, SNI and ALPN set."""
 
-    creator: IOpenSSLClientConnectionCreator
+    context: SSL.Context
     hostname: str
     server_name: bytes | None
+    alpn: tuple[bytes, ...] = ()
 
     def clientConnectionForTLS(self, tlsProtocol):
-        connection = self.creator.clientConnectionForTLS(tlsProtocol)
+        connection = SSL.Connection(self.context, None)
         if self.server_name is not None:
             connection.set_tlsext_host_name(self.server_name)
+        if self.alpn:
+            connection.set_alpn_protos(list(self.alpn))
         connection.set_verify(VERIFY_PEER | VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
         return connection
 
