@@ -9,6 +9,11 @@ in one run, on the same kube-apiserver and kubelet stand-in:
   one TLS connection per session, sequential and concurrent.
 
 Run: TELEPORT_PY_KUBE_BIN=... PATH=.venv/bin:$PATH .venv/bin/python bench/exec_throughput.py [--mb 300]
+
+``--no-record-output`` runs the agent with ``record_exec_output: false``;
+``--profile DIR`` samples the Python processes with py-spy phase by phase
+and prints each process's CPU seconds; ``--only teleport_py`` skips the
+direct path.
 """
 from __future__ import annotations
 
@@ -203,6 +208,46 @@ async def _sessions_per_second(reactor, endpoint, pod, total, concurrency):
     return total / (time.monotonic() - started)
 
 
+def _cpu_seconds(pid):
+    """CPU time of a process and of its children it has waited for (the stand-in's commands)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(t) for t in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class _Profiled:
+    """With a directory: py-spy samples the Python processes during one phase
+    (collapsed stacks in DIR/<phase>-<process>.txt, the input of flame graph
+    tools) and every process's CPU seconds are printed."""
+
+    def __init__(self, reactor, directory, phase, pids):
+        self.reactor, self.directory, self.phase, self.pids = reactor, directory, phase, pids
+        self.samplers = []
+
+    def __enter__(self):
+        if self.directory:
+            os.makedirs(self.directory, exist_ok=True)
+            spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+            self.samplers = [
+                self.reactor.spawnProcess(
+                    protocol.ProcessProtocol(), spy,
+                    [spy, "record", "--nonblocking", "--pid", str(pid), "--format", "raw",
+                     "-o", os.path.join(self.directory, f"{self.phase}-{name}.txt")],
+                    env=os.environ, childFDs={0: "r", 1: "r", 2: "r"})
+                for name, pid in self.pids.items() if name not in ("apiserver", "etcd")]
+        self.cpu = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.started = time.monotonic()
+
+    def __exit__(self, *exc_info):
+        elapsed = time.monotonic() - self.started
+        if self.directory:
+            used = {name: _cpu_seconds(pid) - self.cpu[name] for name, pid in self.pids.items()}
+            print(f"{self.phase}: {elapsed:.1f} s, CPU seconds " +
+                  ", ".join(f"{name} {seconds:.1f}" for name, seconds in used.items()))
+        for sampler in self.samplers:
+            sampler.signalProcess("INT")
+
+
 def _tls(pem_files, hostname):
     cert, key, ca = pem_files
     return optionsForClientTLS(hostname, trustRoot=Certificate.loadPEM(ca),
@@ -224,6 +269,12 @@ async def main(reactor, args):
         await d.tctl("users", "update", "alice", "--set-roles=access,kube-sessions")
         await d.login("alice")
         await d.wait_for_clusters({"my-cluster"})
+        if not args.record_output:
+            with open(d.agent_config, "a") as f:
+                f.write("  record_exec_output: false\n")
+            await d.agent.stop()
+            await d.start_agent()
+            await d.wait_for_clusters({"my-cluster"})
         await d.tsh("kube", "login", "my-cluster")
         standin = KubeletStandin(reactor, d.path("pod-root"), websocket=True)
         os.makedirs(d.path("pod-root"))
@@ -250,22 +301,29 @@ async def main(reactor, args):
 
         size = args.mb * 2**20
         results = {}
+        processes = {"agent": d.agent.pid, "auth-proxy": d.main.pid, "apiserver": d.plane.apiserver.pid,
+                     "etcd": d.plane.etcd.pid, "bench+stand-in": os.getpid()}
         for name, env in paths.items():
-            results[name, "exec MiB/s"] = max(
-                [await _exec_throughput(reactor, binary, env, "bench-pod", size) for _ in range(args.runs)])
+            if args.only not in (None, name):
+                continue
+            with _Profiled(reactor, args.profile, f"{name}-exec", processes):
+                results[name, "exec MiB/s"] = max(
+                    [await _exec_throughput(reactor, binary, env, "bench-pod", size) for _ in range(args.runs)])
             results[name, "port-forward MiB/s"] = max(
                 [await _port_forward_throughput(reactor, binary, env, "bench-pod", echo.getHost().port, size // 2)
                  for _ in range(args.runs)])
             for concurrency in (1, 8):
-                results[name, f"sessions/s x{concurrency}"] = await _sessions_per_second(
-                    reactor, endpoints[name], "bench-pod", args.sessions, concurrency)
+                with _Profiled(reactor, args.profile, f"{name}-sessions-x{concurrency}", processes):
+                    results[name, f"sessions/s x{concurrency}"] = await _sessions_per_second(
+                        reactor, endpoints[name], "bench-pod", args.sessions, concurrency)
 
         print(f"kubectl {binary}, {args.mb} MiB exec, {args.mb // 2} MiB each way port-forward, "
               f"{args.sessions} sessions, best of {args.runs} for throughput")
         print(f"{'metric':24} {'direct':>10} {'teleport_py':>12} {'ratio':>7}")
         for metric in sorted({m for _, m in results}):
-            direct, through = results["direct", metric], results["teleport_py", metric]
-            print(f"{metric:24} {direct:10.1f} {through:12.1f} {through / direct:7.2f}")
+            direct, through = results.get(("direct", metric), 0.0), results.get(("teleport_py", metric), 0.0)
+            ratio = f"{through / direct:7.2f}" if direct and through else "      -"
+            print(f"{metric:24} {direct:10.1f} {through:12.1f} {ratio}")
     finally:
         await harness.close()
 
@@ -275,5 +333,9 @@ if __name__ == "__main__":
     parser.add_argument("--mb", type=int, default=300, help="MiB through exec (half of it each way for port-forward)")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--no-record-output", dest="record_output", action="store_false",
+                        help="the agent does not record non-interactive exec output")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy stacks and CPU seconds per process and phase")
+    parser.add_argument("--only", choices=("direct", "teleport_py"), help="measure one path")
     options = parser.parse_args()
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, options)))

@@ -1,5 +1,6 @@
 """The recording format: round trips through any TCP-like split, torn tails,
-and fuzzing that may only raise RecordingFormatError."""
+version 1 recordings still readable, and fuzzing that may only raise
+RecordingFormatError."""
 from __future__ import annotations
 
 from hypothesis import given
@@ -7,13 +8,13 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teleport_py.recording.format import (
-    RecordingFormatError, RecordingReader, complete_prefix, decode, encode, read_all,
+    MAX_PAYLOAD, RecordingFormatError, RecordingReader, complete_prefix, decode_header, encode, read_all,
 )
 
 START = {"type": "session.start", "ms": 0, "session_id": "s", "user": "alice"}
 events = st.one_of(
     st.builds(lambda ms, data: {"type": "print", "ms": ms, "stream": "stdout", "data": data},
-              st.integers(0, 10**9), st.binary(max_size=64)),
+              st.integers(0, 10**9), st.binary(max_size=64) | st.just(b"\n{}\n")),
     st.builds(lambda ms, w, h: {"type": "resize", "ms": ms, "width": w, "height": h},
               st.integers(0, 10**9), st.integers(0, 65535), st.integers(0, 65535)),
     st.builds(lambda ms, code: {"type": "exit", "ms": ms, "code": code, "message": ""},
@@ -30,13 +31,41 @@ class FormatTests(SynchronousTestCase):
         got = []
         for a, b in zip([0] + points, points + [len(data)]):
             got += reader.feed(data[a:b])
-        self.assertEqual(reader.close(), b"")
+        self.assertTrue(reader.close())
         self.assertEqual(got, [START] + body)
+        self.assertEqual(complete_prefix(data), data)
 
-    def test_torn_last_line_is_dropped(self):
-        data = encode(START) + encode({"type": "print", "ms": 5, "data": b"hi"})
-        self.assertEqual(len(read_all(data[:-3])), 1)
-        self.assertEqual(complete_prefix(data[:-3]), encode(START))
+    def test_output_is_stored_raw_after_its_header(self):
+        record = encode({"type": "print", "ms": 5, "stream": "stdout", "data": b"\x00\xffhi\n"})
+        header, payload = record.split(b"\n", 1)
+        self.assertEqual(payload, b"\x00\xffhi\n")
+        self.assertEqual(decode_header(header)["size"], 5)
+
+    def test_a_torn_record_is_dropped_wherever_it_was_cut(self):
+        whole = encode(START) + encode({"type": "print", "ms": 5, "data": b"hi there"})
+        for cut in range(len(encode(START)) + 1, len(whole)):
+            reader = RecordingReader()
+            self.assertEqual(len(reader.feed(whole[:cut])), 1)
+            self.assertFalse(reader.close())
+            self.assertEqual(complete_prefix(whole[:cut]), encode(START))
+
+    def test_version_1_recordings_still_play(self):
+        """Stored before output went raw: data as base64 inside the line."""
+        v1 = (b'{"ms":0,"session_id":"s","type":"session.start","user":"alice"}\n'
+              b'{"data":"aGkK","ms":12,"stream":"stdout","type":"print"}\n'
+              b'{"code":0,"message":"","ms":20,"type":"exit"}\n')
+        self.assertEqual(read_all(v1)[1], {"type": "print", "ms": 12, "stream": "stdout", "data": b"hi\n"})
+        self.assertEqual(complete_prefix(v1 + b'{"data":"aG'), v1)
+
+    def test_sizes_out_of_range_are_refused(self):
+        for header in (b'{"type":"print","ms":1,"size":-1}', b'{"type":"print","ms":1,"size":"3"}',
+                       b'{"type":"print","ms":1,"size":%d}' % (MAX_PAYLOAD + 1),
+                       b'{"type":"print","ms":1,"size":1,"data":"aA=="}'):
+            self.assertRaises(RecordingFormatError, decode_header, header)
+        self.assertRaises(RecordingFormatError, encode, {"type": "print", "ms": 1, "data": b"x" * (MAX_PAYLOAD + 1)})
+
+    def test_garbage_ends_the_uploadable_prefix(self):
+        self.assertEqual(complete_prefix(encode(START) + b"not json\n" + encode(START)), encode(START))
 
     def test_a_recording_starts_with_session_start(self):
         self.assertRaises(RecordingFormatError, read_all, encode({"type": "exit", "ms": 0, "code": 0}))
@@ -44,7 +73,7 @@ class FormatTests(SynchronousTestCase):
     def test_bad_lines_are_refused(self):
         for line in (b"{", b"[]", b'{"type":"nope","ms":0}', b'{"type":"print","ms":-1}',
                      b'{"type":"print","ms":1,"data":"***"}', b'{"type":"print","ms":1.5}'):
-            self.assertRaises(RecordingFormatError, decode, line)
+            self.assertRaises(RecordingFormatError, decode_header, line)
         self.assertRaises(RecordingFormatError, encode, {"type": "print"})
 
     @given(st.binary(max_size=512))
@@ -54,6 +83,7 @@ class FormatTests(SynchronousTestCase):
             read_all(encode(START) + data)
         except RecordingFormatError:
             pass
+        self.assertTrue((encode(START) + data).startswith(complete_prefix(encode(START) + data)))
 
     def test_an_endless_line_is_refused(self):
         reader = RecordingReader()

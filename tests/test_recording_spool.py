@@ -176,3 +176,20 @@ class WriterTests(TestCase):
         with open(os.path.join(spool.files.directory, SID + ".part"), "rb") as f:
             self.assertEqual([e["type"] for e in read_all(f.read())], ["session.start", "print"])
         writer.close()
+
+    def test_output_in_one_millisecond_becomes_one_record_and_still_reaches_the_disk(self):
+        clock = Clock()
+        spool = RecordingSpool(clock, self.mktemp(), upload=None, stored=None, run_blocking=synchronous)
+        spool.stop()
+        writer = spool.open(SID)
+        writer.record(START)
+        for byte in b"typed":
+            writer.record({"type": "print", "ms": 7, "stream": "stdout", "data": bytes([byte])})
+        writer.record({"type": "print", "ms": 7, "stream": "stderr", "data": b"!"})
+        writer.record({"type": "print", "ms": 8, "stream": "stderr", "data": b"?"})
+        clock.advance(1.0)  # the flush timer seals the open record: a kill -9 now loses nothing
+        with open(os.path.join(spool.files.directory, SID + ".part"), "rb") as f:
+            events = read_all(f.read())
+        self.assertEqual([(e.get("stream"), e.get("data")) for e in events[1:]],
+                         [("stdout", b"typed"), ("stderr", b"!"), ("stderr", b"?")])
+        writer.close()

@@ -74,7 +74,7 @@ class RelayTests(SynchronousTestCase):
         start = recording[0]
         self.assertEqual((start["type"], start["user"], start["pod"], start["namespace"], start["container"]),
                          ("session.start", "alice", "web-0", "dev", "app"))
-        self.assertEqual((start["command"], start["tty"], start["transport"]), (["sh"], True, "spdy"))
+        self.assertEqual((start["command"], start["tty"], start["transport"], start["version"]), (["sh"], True, "spdy", 2))
         self.assertEqual([e["data"] for e in recording if e["type"] == "print"], [b"$ ", b"exit 3\r\n"])
         self.assertEqual([(e["width"], e["height"]) for e in recording if e["type"] == "resize"], [(120, 40), (80, 24)])
         self.assertEqual([e["code"] for e in recording if e["type"] == "exit"], [3])

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from teleport_py.auth.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from teleport_py.pki import HostIdentity, UserIdentity
-from teleport_py.recording.format import START, RecordingFormatError, decode
+from teleport_py.recording.format import START, RecordingFormatError, decode_header
 from teleport_py.recording.spool import SESSION_ID
 
 META = "/recording_meta/"
@@ -95,7 +95,7 @@ class Recordings:
     def _start_fields(first_chunk: bytes) -> dict[str, Any]:
         line = first_chunk.split(b"\n", 1)[0]
         try:
-            event = decode(line)
+            event = decode_header(line)
         except RecordingFormatError as e:
             raise BadParameter(f"data: a recording must start with a session.start line ({e})") from None
         if event["type"] != START:

@@ -30,10 +30,6 @@ from teleport_py.remotecommand import (
 
 log = Logger()
 
-#: Output is recorded in pieces of at most this size, so recording lines stay short.
-MAX_PRINT = 16 * 1024
-
-
 @attrs.frozen
 class SessionInfo:
     """Who runs what where; the session.start line and every audit event carry it."""
@@ -138,7 +134,7 @@ class SessionRelay:
         self._writer = recorder.spool.open(info.session_id)
         self._writer.on_backlog = self._backlog
         start_fields = {k: v for k, v in attrs.asdict(info).items() if k != "kubernetes_groups"}
-        self._record(rec.START, time=events.rfc3339(self._started), participants=[info.user], **start_fields)
+        self._record(rec.START, version=rec.VERSION, time=events.rfc3339(self._started), participants=[info.user], **start_fields)
         self._audit(events.SESSION_START)
         log.info("session started sid={sid} user={user} kind={kind} pod={pod}",
                  sid=info.session_id, user=info.user, kind=info.kind, pod=info.pod)
@@ -202,8 +198,8 @@ class SessionRelay:
                 self._bytes_out += len(data)
                 if self.info.tty or self._recorder.record_output:
                     stream = "stdout" if isinstance(event, Stdout) else "stderr"
-                    for at in range(0, len(data), MAX_PRINT):
-                        self._record(rec.PRINT, stream=stream, data=data[at:at + MAX_PRINT])
+                    for at in range(0, len(data), rec.MAX_PRINT):
+                        self._record(rec.PRINT, stream=stream, data=data[at:at + rec.MAX_PRINT])
             case Resize(width, height):
                 self._record(rec.RESIZE, width=width, height=height)
                 self._audit(events.RESIZE, terminal_size=f"{width}:{height}")

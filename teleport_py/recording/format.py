@@ -1,10 +1,13 @@
-"""The session recording format: JSON lines, one self-contained event a line.
+"""The session recording format: one JSON header line per event, output
+bytes raw right after their header.
 
-Lines and not a binary container because a recording is appended to while
-the session runs and may be cut anywhere by a crash: every complete line is
-an event, an incomplete last line is dropped, and a chunk boundary never has
-to be understood by anyone. Output bytes are base64 so that a line is plain
-ASCII. Format and fields: docs/recordings.md.
+Records and not one container because a recording is appended to while the
+session runs and may be cut anywhere by a crash: every complete record is an
+event, an incomplete last one is dropped, and an upload chunk always ends on
+a record boundary. Output is raw (a ``print`` header says ``size``, that
+many bytes follow) because base64 inside JSON cost the agent as much CPU as
+relaying the session. Version 1 recordings (``data`` as base64 inside the
+line, no ``version`` field) are still read. Format: docs/recordings.md.
 """
 from __future__ import annotations
 
@@ -13,9 +16,12 @@ import binascii
 import json
 from typing import Any
 
-#: The session's identity and what it runs; always the first line.
+#: The version the writer produces (``version`` on the session.start line).
+VERSION = 2
+
+#: The session's identity and what it runs; always the first record.
 START = "session.start"
-#: Terminal or command output (``stream``: stdout or stderr, ``data``: base64).
+#: Terminal or command output (``stream``: stdout or stderr; ``size`` raw bytes follow).
 PRINT = "print"
 RESIZE = "resize"
 EXIT = "exit"
@@ -25,8 +31,14 @@ PORT_ERROR = "port.error"
 END = "session.end"
 TYPES = frozenset({START, PRINT, RESIZE, EXIT, PORT_OPEN, PORT_CLOSE, PORT_ERROR, END})
 
-#: A line longer than this is not ours (the writer cuts output into pieces).
+#: A header line longer than this is not ours (version 1 lines carried up to
+#: 16 KiB of output as base64).
 MAX_LINE = 1 << 20
+#: Output records the writer produces are at most this big.
+MAX_PRINT = 64 * 1024
+#: The most raw bytes one record may carry (under the uploader's chunk size,
+#: so that every record fits in one upload).
+MAX_PAYLOAD = 256 * 1024
 
 
 class RecordingFormatError(Exception):
@@ -34,26 +46,33 @@ class RecordingFormatError(Exception):
 
 
 def encode(event: dict[str, Any]) -> bytes:
-    """One line; ``data`` (bytes) is stored as base64."""
+    """One record: the header line, then ``data`` (bytes) raw, if any."""
     if event.get("type") not in TYPES or not isinstance(event.get("ms"), int):
         raise RecordingFormatError("an event needs a known type and integer ms")
-    doc = dict(event)
-    if "data" in doc:
-        doc["data"] = base64.b64encode(doc["data"]).decode("ascii")
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("ascii") + b"\n"
+    header = dict(event)
+    data = header.pop("data", b"")
+    if "data" in event:
+        if len(data) > MAX_PAYLOAD:
+            raise RecordingFormatError("event data is too large for one record")
+        header["size"] = len(data)
+    return json.dumps(header, separators=(",", ":")).encode("ascii") + b"\n" + data
 
 
-def decode(line: bytes) -> dict[str, Any]:
-    """The event on one line (without its newline), ``data`` back to bytes."""
+def decode_header(line: bytes) -> dict[str, Any]:
+    """The event on one header line (without its newline). Version 1 ``data``
+    comes back as bytes; a version 2 ``size`` stays for the caller to read."""
     try:
         event = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise RecordingFormatError("a recording line is not JSON") from None
     if not isinstance(event, dict) or event.get("type") not in TYPES:
         raise RecordingFormatError("a recording line is not an event of a known type")
     if type(event.get("ms")) is not int or event["ms"] < 0:
         raise RecordingFormatError("an event's ms must be a non-negative integer")
-    if "data" in event:
+    if "size" in event:
+        if "data" in event or type(event["size"]) is not int or not 0 <= event["size"] <= MAX_PAYLOAD:
+            raise RecordingFormatError("an event's size must be an integer up to MAX_PAYLOAD")
+    elif "data" in event:
         if not isinstance(event["data"], str):
             raise RecordingFormatError("event data must be base64 text")
         try:
@@ -66,40 +85,53 @@ def decode(line: bytes) -> dict[str, Any]:
 class RecordingReader:
     """Bytes in any pieces -> events; sans-IO so tsh, Auth and tests share it.
 
-    ``feed`` returns the events completed by the new bytes. ``close`` says the
-    recording ended: a torn last line (a crash mid-write) is dropped there,
-    never an error, since everything before it is intact.
+    ``feed`` returns the events completed by the new bytes, each with its
+    output as ``data`` (bytes). ``close`` says the recording ended: a torn
+    last record (a crash mid-write) is dropped there, never an error, since
+    everything before it is intact.
     """
 
     def __init__(self) -> None:
         self._pending = bytearray()
+        self._header: dict[str, Any] | None = None  # waiting for its payload
         self._first = True
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         self._pending += data
         events = []
-        while True:
-            end = self._pending.find(b"\n")
-            if end < 0:
-                break
-            line = bytes(self._pending[:end])
-            del self._pending[:end + 1]
-            events.append(self._event(line))
-        if len(self._pending) > MAX_LINE:
+        while (event := self._next()) is not None:
+            events.append(event)
+        if self._header is None and len(self._pending) > MAX_LINE:
             raise RecordingFormatError("a recording line is too long")
         return events
 
-    def _event(self, line: bytes) -> dict[str, Any]:
-        event = decode(line)
-        if self._first and event["type"] != START:
-            raise RecordingFormatError("a recording starts with session.start")
-        self._first = False
+    def _next(self) -> dict[str, Any] | None:
+        if self._header is None:
+            end = self._pending.find(b"\n")
+            if end < 0:
+                return None
+            header = decode_header(bytes(self._pending[:end]))
+            del self._pending[:end + 1]
+            if self._first and header["type"] != START:
+                raise RecordingFormatError("a recording starts with session.start")
+            self._first = False
+            if "size" not in header:
+                return header
+            self._header = header
+        size = self._header["size"]
+        if len(self._pending) < size:
+            return None
+        event, self._header = self._header, None
+        del event["size"]
+        event["data"] = bytes(self._pending[:size])
+        del self._pending[:size]
         return event
 
-    def close(self) -> bytes:
-        """The torn tail that was dropped (empty when the recording was whole)."""
-        tail, self._pending = bytes(self._pending), bytearray()
-        return tail
+    def close(self) -> bool:
+        """Whether the recording was whole (False: a torn tail was dropped)."""
+        whole = not self._pending and self._header is None
+        self._pending, self._header = bytearray(), None
+        return whole
 
 
 def read_all(data: bytes) -> list[dict[str, Any]]:
@@ -110,6 +142,20 @@ def read_all(data: bytes) -> list[dict[str, Any]]:
 
 
 def complete_prefix(data: bytes) -> bytes:
-    """The part of ``data`` up to and including its last newline: what may be
-    uploaded from a file another thread is still appending to."""
-    return data[:data.rfind(b"\n") + 1]
+    """The longest prefix of ``data`` (which starts on a record boundary) that
+    holds only whole records: what may be uploaded from a file another thread
+    is still appending to. Bytes that are not records end the prefix too, so
+    a corrupt file is uploaded up to its last good record."""
+    view = memoryview(data)
+    at = 0
+    while True:
+        end = data.find(b"\n", at)
+        if end < 0:
+            return data[:at]
+        try:
+            size = decode_header(view[at:end].tobytes()).get("size", 0)
+        except RecordingFormatError:
+            return data[:at]
+        if end + 1 + size > len(data):
+            return data[:at]
+        at = end + 1 + size

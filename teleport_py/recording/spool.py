@@ -3,11 +3,11 @@
 A recording is written to ``<dir>/<session id>.part`` while its session runs
 (appended at least every ``flush_interval`` seconds, so a kill -9 loses at
 most that much) and fsync'd and renamed to ``<session id>.rec`` when it ends.
-The uploader sends both kinds to Auth in chunks that end on a line boundary,
+The uploader sends both kinds to Auth in chunks that end on a record boundary,
 starting at the size Auth says it has (so uploads resume after a restart of
 either side and a repeated chunk is harmless), and deletes a ``.rec`` once
 Auth holds all of it. A ``.part`` left by a previous process is a session
-that died with it: it is closed as it is, torn last line dropped.
+that died with it: it is closed as it is, torn last record dropped.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from teleport_py.pki import make_private_dirs
-from teleport_py.recording.format import complete_prefix, encode
+from teleport_py.recording.format import MAX_PRINT, PRINT, complete_prefix, encode
 
 log = Logger()
 
@@ -106,7 +106,9 @@ class RecordingFiles:
 class RecordingWriter:
     """One session's recording: ``record(event)`` from the reactor.
 
-    Lines are buffered and handed to the file thread every ``flush_interval``,
+    Consecutive ``print`` events of one stream in the same millisecond become
+    one record (up to MAX_PRINT): a terminal writing a byte at a time would
+    otherwise cost a header per byte, and no timing is lost. Records are buffered and handed to the file thread every ``flush_interval``,
     or at once when half the backlog is waiting (a busy session must not be
     limited to one backlog per interval); ``on_backlog(True)`` asks the relay
     to pause while more than ``max_backlog`` bytes wait for the disk,
@@ -118,6 +120,7 @@ class RecordingWriter:
         self._spool = spool
         self._pending: list[bytes] = []
         self._pending_size = 0
+        self._print: dict[str, Any] | None = None  # the last print, still growing
         self._in_flight = 0
         self._max_backlog = max_backlog
         self._writing: Deferred | None = None
@@ -130,12 +133,31 @@ class RecordingWriter:
             lambda f: log.failure("recording flush loop failed", f))
 
     def record(self, event: dict[str, Any]) -> None:
-        line = encode(event)
-        self._pending.append(line)
-        self._pending_size += len(line)
+        last = self._print
+        if (last is not None and event["type"] == PRINT and event["ms"] == last["ms"]
+                and event.get("stream") == last.get("stream") and len(last["data"]) + len(event["data"]) <= MAX_PRINT):
+            last["data"] += event["data"]
+            self._pending_size += len(event["data"])
+        else:
+            self._seal_print()
+            if event["type"] == PRINT:
+                self._print = {**event, "data": bytearray(event["data"])}
+                self._pending_size += len(event["data"])
+            else:
+                self._append(encode(event))
         if self._pending_size > self._max_backlog // 2 and self._closing is None:
             self.flush()
         self._check_backlog()
+
+    def _append(self, record: bytes) -> None:
+        self._pending.append(record)
+        self._pending_size += len(record)
+
+    def _seal_print(self) -> None:
+        if self._print is not None:
+            last, self._print = self._print, None
+            self._pending_size -= len(last["data"])
+            self._append(encode({**last, "data": bytes(last["data"])}))
 
     def _check_backlog(self) -> None:
         throttled = self._pending_size + self._in_flight > self._max_backlog
@@ -144,6 +166,8 @@ class RecordingWriter:
             self.on_backlog(throttled)
 
     def flush(self) -> None:
+        if self._writing is None:
+            self._seal_print()
         if self._writing is None and self._pending:
             data = b"".join(self._pending)
             self._pending, self._pending_size, self._in_flight = [], 0, len(data)
@@ -177,6 +201,7 @@ class RecordingWriter:
         return self._closing
 
     def _finish(self) -> None:
+        self._seal_print()
         data = b"".join(self._pending)
         self._pending, self._pending_size = [], 0
         self._writing = self._spool.run(self._spool.files.close, self.session_id, data)
