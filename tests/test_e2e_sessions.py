@@ -26,7 +26,7 @@ from twisted.trial.unittest import TestCase
 from tests.e2e import KUBE_ACCESS_ROLE, Deployment, coroutine_test
 from tests.support.kubeenv import create_running_pod, kubectl_binaries, register_node
 from tests.support.clients import Collect as _Collect, Terminal as _Terminal, kill_process as _kill
-from tests.support.kubelet import KubeletStandin
+from tests.support.kubelet import KubeletStandin, create_attachable_pod
 from tests.support.procs import free_port, wait_until
 
 _names = itertools.count()
@@ -279,6 +279,59 @@ class _SessionTests(_SessionsMixin):
         self.assertIn("7", exits)
         ports = [e.get("port") for e in audit if e.get("event") == "port"]
         self.assertIn(remote, [int(p) for p in ports])
+
+    @coroutine_test
+    async def test_attach_piped_and_with_a_terminal_recorded_and_audited(self):
+        """kubectl attach joins the container's running main process (the
+        stand-in keeps one per container), through teleport_py, recorded and audited."""
+        d = await self.deployment()
+        pod = self.pod + "-attach"
+        await create_attachable_pod(d.plane, pod, "default", self.node)
+        binaries = kubectl_binaries()
+        for i, binary in enumerate(binaries):
+            piped = await self.kubectl(binary, "attach", "-i", pod, "-c", "app",
+                                       stdin=b"echo piped-%d-$((6*7))\nexit\n" % i)
+            self.assertIn(f"piped-{i}-42", piped.out)
+
+            terminal = _Terminal()
+            transport = self.reactor.spawnProcess(
+                terminal, binary, [binary, "attach", "-it", pod, "-c", "term"],
+                env={**self.env(), "TERM": "xterm"}, usePTY=True)
+            self.addCleanup(_kill, transport)
+
+            def attached():
+                transport.write(b"echo attached-%d-$((6*7))\n" % i)
+                return f"attached-{i}-42".encode() in terminal.output
+
+            await wait_until(attached, 60, interval=0.5, reactor=self.reactor)
+            transport.write(b"exit\n")
+            self.assertEqual(await terminal.ended, 0, bytes(terminal.output[-500:]))
+
+        used = {n.protocol for n in self.standin.negotiated if n.kind == "attach" and n.status == 101}
+        self.assertEqual(len(used), 1)
+        self.assertLessEqual(used, self.protocols)
+
+        async def attach_recordings():
+            return [r for r in await self.recordings() if r[2] == "attach" and r[6] == "yes"]
+
+        deadline = self.reactor.seconds() + 60
+        while len(await attach_recordings()) < 2 * len(binaries):
+            self.assertLess(self.reactor.seconds(), deadline, await self.recordings())
+            await self.sleep(1)
+        played = [(await d.tsh("play", row[0], "--speed", "1000")).out for row in await attach_recordings()]
+        for i in range(len(binaries)):
+            self.assertTrue(any(f"piped-{i}-42" in out for out in played), played)
+            self.assertTrue(any(f"attached-{i}-42" in out for out in played), played)
+
+        deadline = self.reactor.seconds() + 60
+        while True:
+            audit = [e for e in await d.events("session.start", "session.end") if e.get("session_kind") == "attach"]
+            counts = [sum(e.get("event") == kind for e in audit) for kind in ("session.start", "session.end")]
+            if min(counts) >= 2 * len(binaries):
+                break
+            self.assertLess(self.reactor.seconds(), deadline, counts)
+            await self.sleep(1)
+        self.assertEqual({e.get("kubernetes_pod_name") for e in audit}, {pod})
 
 
 class WebSocketSessionTests(_SessionTests, TestCase):

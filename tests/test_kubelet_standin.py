@@ -21,7 +21,9 @@ from twisted.trial import unittest
 
 from tests.support import kubeenv
 from tests.support.clients import Collect as _Collect, Terminal as _Terminal, kill_process as _kill
-from tests.support.kubelet import KubeletStandin, SessionError, _KubeletConnection, _ResizeDecoder
+from tests.support.kubelet import (
+    KubeletStandin, SessionError, _KubeletConnection, _ResizeDecoder, create_attachable_pod,
+)
 from tests.support.procs import ManagedProcess, free_port, run, wait_until
 
 _names = itertools.count()
@@ -159,6 +161,58 @@ class _StandinTests:
             code = yield terminal.ended
             self.assertEqual(code, 7, (binary, bytes(terminal.output[-500:])))
         self.assertNegotiated("exec", self.exec_protocol)
+
+    @defer.inlineCallbacks
+    def test_attach_shares_the_container_main_process(self):
+        """Two attaches see one process: what B types, A sees too; when the
+        process exits, both sessions end (with no exit code, as a kubelet's
+        attach) and the next attach gets a new process."""
+        pod = self.pod + "-attach"
+        yield defer.ensureDeferred(create_attachable_pod(self.plane, pod, "default", self.node))
+        for binary in self.kubectls:
+            first = _Terminal()
+            transport = self.reactor.spawnProcess(
+                first, binary, [binary, f"--kubeconfig={self.plane.admin_kubeconfig}", "attach", "-i", pod, "-c", "app"],
+                env=self.env())
+            self.addCleanup(_kill, transport)
+
+            def attached():
+                transport.write(b"echo from-a-$((1+1))\n")
+                return b"from-a-2" in first.output
+
+            yield wait_until(attached, 60, interval=0.5, reactor=self.reactor)
+            (main,) = self.standin.containers.values()
+            second = yield self.kubectl(binary, "attach", "-i", pod, "-c", "app",
+                                        stdin=b"echo from-b-$((2+2))\nexit 3\n")
+            self.assertEqual((second.code, second.out.count("from-b-4")), (0, 1), (binary, second.err))
+            self.assertEqual((yield first.ended), 0)
+            self.assertIn(b"from-b-4", first.output)
+            yield main.ended
+            self.assertEqual(self.standin.containers, {})
+        self.assertNegotiated("attach", self.exec_protocol)
+
+    @defer.inlineCallbacks
+    def test_attach_with_a_terminal(self):
+        pod = self.pod + "-attach-tty"
+        yield defer.ensureDeferred(create_attachable_pod(self.plane, pod, "default", self.node))
+        for binary in self.kubectls:
+            terminal = _Terminal()
+            transport = self.reactor.spawnProcess(
+                terminal, binary, [binary, f"--kubeconfig={self.plane.admin_kubeconfig}", "attach", "-it", pod,
+                                   "-c", "term"],
+                env={**self.env(), "TERM": "xterm"}, usePTY=True,
+            )
+            self.addCleanup(_kill, transport)
+            fcntl.ioctl(transport.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", 21, 99, 0, 0))
+
+            def resized():
+                transport.write(b"stty size\n")
+                return b"21 99" in terminal.output
+
+            yield wait_until(resized, 60, interval=0.5, reactor=self.reactor)
+            transport.write(b"exit\n")
+            self.assertEqual((yield terminal.ended), 0, (binary, bytes(terminal.output[-500:])))
+        self.assertNegotiated("attach", self.exec_protocol)
 
 
 class WebSocketPathTests(_StandinTests, unittest.TestCase):

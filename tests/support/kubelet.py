@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import h11
-from twisted.internet import error, protocol
+from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate
@@ -56,6 +56,11 @@ from teleport_py.websocket import (
 from tests.support.kubeenv import CertificateAuthority
 
 log = Logger()
+
+#: The containers of a pod made for ``kubectl attach``: kubectl attaches with
+#: a terminal only to a container whose spec says ``tty``.
+ATTACHABLE_CONTAINERS = ({"name": "app", "image": "stand-in", "stdin": True},
+                         {"name": "term", "image": "stand-in", "stdin": True, "tty": True})
 
 EXEC_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
 PORT_FORWARD_PROTOCOL = "portforward.k8s.io"
@@ -116,7 +121,8 @@ class KubeletStandin:
     Listens with TLS on 127.0.0.1 (self-signed; the apiserver does not verify
     kubelets). ``root`` is the pod's filesystem (cwd of every command);
     ``port_map`` maps pod ports to local ports (default: the same port);
-    ``attach_command`` is what ``kubectl attach`` gets attached to.
+    ``attach_command`` is each container's main process, started the first
+    time ``kubectl attach`` needs it and shared by every attach after that.
     """
 
     def __init__(self, reactor, root, *, websocket=True, port_map=None, attach_command=("sh",)):
@@ -129,6 +135,7 @@ class KubeletStandin:
         self.port = None
         self._listening = None
         self._connections = set()
+        self.containers: dict[tuple[str, str, str], _MainProcess] = {}  # (namespace, pod, container)
 
     def start(self):
         """Fires with the listening port."""
@@ -151,9 +158,32 @@ class KubeletStandin:
         return endpoint.listen(factory).addCallback(listening)
 
     def stop(self):
+        """Close every connection and kill every main process; fires when all are gone."""
         for connection in list(self._connections):
             connection.transport.abortConnection()
-        return self._listening.stopListening()
+        ended = [main.ended for main in self.containers.values()]
+        for main in list(self.containers.values()):
+            main.kill()
+        return defer.gatherResults([self._listening.stopListening(), *ended])
+
+    def main_process(self, request, tty):
+        """The container's main process, started now if it is not running."""
+        key = (request.namespace, request.pod, request.query.get("container", [""])[0])
+        if key not in self.containers:
+            main = _MainProcess(self, key, tty)
+            self.spawn(list(self.attach_command), main, tty)
+            self.containers[key] = main
+        return self.containers[key]
+
+    def spawn(self, argv, process_protocol, tty):
+        """A real process in the pod directory, without a pty unless asked for."""
+        executable = shutil.which(argv[0]) if argv else None
+        if executable is None:
+            raise FileNotFoundError(f"executable file not found: {argv[:1]}")
+        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": self.root}
+        if tty:
+            env["TERM"] = "xterm"
+        return self.reactor.spawnProcess(process_protocol, executable, argv, env=env, path=self.root, usePTY=tty)
 
 
 class _KubeletConnection(protocol.Protocol):
@@ -284,23 +314,26 @@ class _KubeletConnection(protocol.Protocol):
                 return 101, wanted
         return 400, None
 
-    def spawn(self, request, process_protocol):
-        """Run the request's command (attach: the stand-in's attach command) in the pod directory."""
-        standin = self._standin
-        argv = request.query.get("command", []) if request.kind == "exec" else list(standin.attach_command)
-        tty = request.flag("tty")
-        executable = shutil.which(argv[0]) if argv else None
-        if executable is None:
-            raise FileNotFoundError(f"executable file not found: {argv[:1]}")
-        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": standin.root}
-        if tty:
-            env["TERM"] = "xterm"
-        return standin.reactor.spawnProcess(process_protocol, executable, argv, env=env, path=standin.root, usePTY=tty)
-
     def dial(self, pod_port, forward_protocol):
         standin = self._standin
         local_port = standin.port_map.get(pod_port, pod_port)
         return connectProtocol(TCP4ClientEndpoint(standin.reactor, "127.0.0.1", local_port), forward_protocol)
+
+
+async def create_attachable_pod(plane, name, namespace, node):
+    """A Running pod with ATTACHABLE_CONTAINERS (``kubeenv.create_running_pod``
+    cannot set ``stdin``/``tty``, which are immutable once the pod exists)."""
+    containers = [dict(c) for c in ATTACHABLE_CONTAINERS]
+    await plane.apply(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+                                  "spec": {"nodeName": node, "containers": containers}}))
+    running = [{"name": c["name"], "ready": True, "restartCount": 0, "image": "stand-in", "imageID": "",
+                "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}} for c in containers]
+    status = {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                         "containerStatuses": running}}
+    result = await plane.kubectl("patch", "pod", name, "-n", namespace, "--subresource=status", "--type=merge",
+                                 "-p", json.dumps(status))
+    if result.code != 0:
+        raise RuntimeError(f"cannot mark pod {name} Running: {result.err}")
 
 
 def _parse_request(request):
@@ -438,7 +471,7 @@ class _SpdyExec:
         self._channels[stream_id] = channel
         if self._command is None and self._expected <= self._streams.keys():
             self._timeout.cancel()
-            self._command = _Command(self._connection, self._request, self)
+            self._command = _command_for(self._connection, self._request, self)
             self._command.start()
 
     def stream_data(self, stream_id, data, fin):
@@ -561,7 +594,7 @@ class _Command(protocol.ProcessProtocol):
 
     def start(self):
         try:
-            self._connection.spawn(self._request, self)
+            self._connection._standin.spawn(self._request.query.get("command", []), self, self._tty)
         except OSError as e:
             self._ended = True
             self._session.finish({"metadata": {}, "status": "Failure", "message": str(e), "reason": "InternalError"})
@@ -596,7 +629,7 @@ class _Command(protocol.ProcessProtocol):
 
     def _resize(self, width, height):
         if self._tty:
-            fcntl.ioctl(self.transport.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+            _set_window_size(self.transport, width, height)
 
     def childDataReceived(self, fd, data):
         self._session.output(STDOUT if fd == 1 else STDERR, data)
@@ -625,6 +658,144 @@ class _Command(protocol.ProcessProtocol):
                 self.transport.signalProcess("KILL")
             except error.ProcessExitedAlready:
                 pass
+
+
+def _command_for(connection, request, session):
+    """exec runs a new process; attach joins the container's main process."""
+    return (_Attachment if request.kind == "attach" else _Command)(connection, request, session)
+
+
+def _set_window_size(process_transport, width, height):
+    fcntl.ioctl(process_transport.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+@implementer(IPushProducer)
+class _MainProcess(protocol.ProcessProtocol):
+    """A container's long-running main process, as a real kubelet's attach
+    sees it: every attached session gets its output, any of them may write
+    its stdin, and it outlives them. Output waits while any attached client
+    is slow; all attached clients stop being read while its stdin is full."""
+
+    def __init__(self, standin, key, tty):
+        self._standin = standin
+        self._key = key
+        self._tty = tty
+        self._attached: list[_Attachment] = []
+        self._slow: set[_Attachment] = set()
+        self._running = True
+        self.ended = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+
+    def attach(self, attachment):
+        self._attached.append(attachment)
+
+    def detach(self, attachment):
+        if attachment in self._attached:
+            self._attached.remove(attachment)
+            attachment.connection.release_input(self)
+        self.output_resumed(attachment)
+
+    def write(self, data):
+        if self._running:
+            self.transport.write(data)
+
+    def resize(self, width, height):
+        if self._running and self._tty:
+            _set_window_size(self.transport, width, height)
+
+    def childDataReceived(self, fd, data):
+        for attachment in list(self._attached):
+            attachment.output(STDOUT if fd == 1 else STDERR, data)
+
+    def output_paused(self, attachment):
+        if not self._slow and self._running:
+            self.transport.pauseProducing()
+        self._slow.add(attachment)
+
+    def output_resumed(self, attachment):
+        self._slow.discard(attachment)
+        if not self._slow and self._running:
+            self.transport.resumeProducing()
+
+    # IPushProducer of the process's stdin
+    def pauseProducing(self):
+        for attachment in self._attached:
+            attachment.connection.hold_input(self)
+
+    def resumeProducing(self):
+        for attachment in self._attached:
+            attachment.connection.release_input(self)
+
+    stopProducing = resumeProducing
+
+    def processEnded(self, reason):
+        """The container stopped: its attach sessions end (a kubelet attach reports
+        no exit code), and the next attach starts it again."""
+        self._running = False
+        if self._standin.containers.get(self._key) is self:
+            del self._standin.containers[self._key]
+        for attachment in list(self._attached):
+            attachment.container_ended()
+        self.ended.callback(None)
+
+    def kill(self):
+        if self._running:
+            try:
+                self.transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+
+
+class _Attachment:
+    """One attach session on a container's main process; closing it detaches,
+    it never stops the process (stdin is not ``stdinOnce``)."""
+
+    def __init__(self, connection, request, session):
+        self.connection = connection
+        self._request = request
+        self._session = session
+        self._main = None
+        self._resizes = _ResizeDecoder()
+
+    def start(self):
+        try:
+            self._main = self.connection._standin.main_process(self._request, self._request.flag("tty"))
+        except OSError as e:
+            self._session.finish({"metadata": {}, "status": "Failure", "message": str(e), "reason": "InternalError"})
+            return
+        self._main.attach(self)
+
+    def client_data(self, channel, data, fin, whole_message=False):
+        if self._main is None:
+            return
+        if channel == STDIN and data:
+            self._main.write(data)
+        elif channel == RESIZE:
+            for width, height in self._resizes.feed(data) + (self._resizes.flush() if whole_message else []):
+                self._main.resize(width, height)
+
+    def output(self, channel, data):
+        self._session.output(channel, data)
+
+    def container_ended(self):
+        self._main = None
+        self._session.finish(_exit_status(0))
+
+    def pause(self):
+        if self._main is not None:
+            self._main.output_paused(self)
+
+    def resume(self):
+        if self._main is not None:
+            self._main.output_resumed(self)
+
+    def kill(self):
+        """The client went away: detach."""
+        if self._main is not None:
+            self._main.detach(self)
+            self._main = None
 
 
 # ---------------------------------------------------------------- port-forward
@@ -845,7 +1016,7 @@ class _WsExec:
     def __init__(self, connection, request, websocket):
         self._request = request
         self._websocket = websocket
-        self._command = _Command(connection, request, self)
+        self._command = _command_for(connection, request, self)
 
     def start(self):
         writable = [c for c, flag in ((STDOUT, "output"), (STDERR, "error")) if self._request.flag(flag)]
