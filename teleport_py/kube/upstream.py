@@ -19,6 +19,8 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from teleport_py.tcp import no_delay
+
 log = Logger()
 
 
@@ -42,6 +44,9 @@ class PooledConnection(Protocol):
         self.lost = False
         self._expiry = None
         self._lost_waiters: list[Deferred] = []
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
 
     def lend(self, exchange: Exchange) -> None:
         if self._expiry is not None and self._expiry.active():

@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from teleport_py.tcp import no_delay
+
 log = Logger()
 
 TUNNEL_ALPN = b"teleport-reversetunnel"
@@ -122,6 +124,9 @@ class DispatchProtocol(Protocol):
         self._creator = creator
         self._choose = choose
         self._inner: IProtocol | None = None
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
 
     def handshakeCompleted(self) -> None:
         route = self._creator.route_of(self.transport.getHandle())

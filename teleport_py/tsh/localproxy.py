@@ -49,6 +49,7 @@ from teleport_py.tsh.kubeconfig import (
     upsert_context,
     upsert_user,
 )
+from teleport_py.tcp import no_delay
 from teleport_py.tunnel.splice import SpliceEnd
 
 SERVER_NAME_SUFFIX = ".kube.localhost"
@@ -134,6 +135,7 @@ class _KubectlEnd(SpliceEnd):
         """Wait for handshakeCompleted: pausing now would stall the handshake itself."""
 
     def handshakeCompleted(self) -> None:
+        no_delay(self.transport)
         kube_cluster = kube_cluster_from_server_name(self.transport.getHandle().get_servername())
         if kube_cluster not in self.factory.kube_clusters:
             log.warn("local proxy: refused connection for unknown server name cluster={cluster}", cluster=kube_cluster)

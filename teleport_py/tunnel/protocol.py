@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from teleport_py.tcp import no_delay
 from teleport_py.tunnel import mux
 from teleport_py.tunnel.frames import TunnelProtocolError
 from teleport_py.tunnel.mux import StreamRejected, TunnelClosed
@@ -327,6 +328,7 @@ class TunnelProtocol(Protocol):
     # --- Protocol ----------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.transport.registerProducer(self, True)
         self._keepalive = self._reactor.callLater(self._keepalive_interval, self._idle)
         self._deadline = self._reactor.callLater(self._dead_peer_timeout, self._peer_dead)

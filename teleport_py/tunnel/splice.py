@@ -12,6 +12,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from teleport_py.tcp import no_delay
+
 
 @implementer(IHalfCloseableProtocol)
 class SpliceEnd(Protocol):
@@ -31,6 +33,7 @@ class SpliceEnd(Protocol):
         return self.peer.transport is not None and self.peer._lost is None
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         peer = self.peer
         if peer.transport is None:
             self.transport.pauseProducing()
