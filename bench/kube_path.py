@@ -4,6 +4,9 @@ Three ways to the same API server, driven by the same blocking HTTP/1.1
 client (threads, keep-alive where the path allows it):
 
 - ``direct``: TLS with an admin client certificate straight to the apiserver;
+- ``direct-impersonating``: the same, sending the ``Impersonate-*`` headers
+  the agent sends for alice: what the API server's own impersonation checks
+  cost, which no proxy that impersonates can avoid;
 - ``kubectl-proxy``: the real ``kubectl proxy``, plain HTTP on 127.0.0.1;
 - ``teleport``: TLS to the proxy's public port with the user's kube
   certificate and SNI ``kube-teleport-proxy-alpn.teleport.cluster.local``, as
@@ -55,6 +58,7 @@ class Target:
     port: int
     context: ssl.SSLContext | None = None
     server_name: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     def socket(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=120)
@@ -75,8 +79,13 @@ class Connection(http.client.HTTPConnection):
         self.sock = self.target.socket()
 
     def fetch(self, method: str, path: str, body: bytes | None = None) -> bytes:
-        headers = {"Content-Type": "application/json"} if body else {}
-        self.request(method, path, body=body, headers=headers)
+        self.putrequest(method, path)
+        for name, value in self.target.headers:
+            self.putheader(name, value)
+        if body:
+            self.putheader("Content-Type", "application/json")
+            self.putheader("Content-Length", str(len(body)))
+        self.endheaders(body)
         response = self.getresponse()
         data = response.read()
         if response.status >= 300:
@@ -151,6 +160,13 @@ def open_watches(target: Target, count: int, into: list) -> None:
         into.append(sock)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -194,8 +210,12 @@ async def deploy(harness: Harness, workdir: str) -> tuple[Deployment, dict[str, 
         [default_kubectl(), f"--kubeconfig={d.plane.admin_kubeconfig}", "proxy", f"--port={proxy_port}", "--address=127.0.0.1"],
     )
     await kubectl_proxy.wait_for_port(proxy_port, timeout=30)
+    direct_tls = tls_context(apiserver_ca, admin_cert, admin_key)
     return d, {
-        "direct": Target("direct", d.plane.port, tls_context(apiserver_ca, admin_cert, admin_key), "127.0.0.1"),
+        "direct": Target("direct", d.plane.port, direct_tls, "127.0.0.1"),
+        "direct-impersonating": Target("direct-impersonating", d.plane.port, direct_tls, "127.0.0.1", headers=(
+            ("Impersonate-User", "alice"), ("Impersonate-Group", "viewers"),
+            ("Impersonate-Group", "system:authenticated"))),
         "kubectl-proxy": Target("kubectl-proxy", proxy_port),
         "teleport": Target(
             "teleport",
@@ -216,10 +236,16 @@ async def measure(reactor, options) -> dict:
     try:
         d, targets = await deploy(harness, tempfile.mkdtemp(prefix="bench_kube_path."))
         await threads.deferToThread(create_configmaps, targets["direct"], options.list_mib)
+        pids = {"proxy": d.main.pid, "agent": d.agent.pid, "apiserver": d.plane.apiserver.pid}
         for name, target in targets.items():
             print(f"{name}: latency, throughput, list", file=sys.stderr)
+            cpu_before = {process: cpu_seconds(pid) for process, pid in pids.items()}
             results[name] = {
                 "latency": await threads.deferToThread(latency, target, options.requests),
+                # CPU per request of the sequential run: what each hop costs, whatever the load.
+                "cpu_ms_per_request": {
+                    process: 1000 * (cpu_seconds(pid) - cpu_before[process]) / (options.requests + 1)
+                    for process, pid in pids.items()},
                 "rps_c32": await threads.deferToThread(throughput, target, 32, options.requests // 20),
                 "list": await threads.deferToThread(big_list, target, options.list_repeats),
             }
@@ -242,13 +268,14 @@ async def measure(reactor, options) -> dict:
 def report(results: dict, watches: int) -> str:
     direct = results["direct"]
     lines = [f"load average before {results['load_before']}, after {results['load_after']}"]
-    for name in ("direct", "kubectl-proxy", "teleport"):
+    for name in ("direct", "direct-impersonating", "kubectl-proxy", "teleport"):
         r = results[name]
         lines.append(
-            f"{name:14} p50 {r['latency']['p50_ms']:.2f} ms  p99 {r['latency']['p99_ms']:.2f} ms  "
+            f"{name:20} p50 {r['latency']['p50_ms']:.2f} ms  p99 {r['latency']['p99_ms']:.2f} ms  "
             f"c32 {r['rps_c32']:.0f} req/s ({r['rps_c32'] / direct['rps_c32']:.2f}x direct)  "
             f"LIST {r['list']['mib']:.1f} MiB median {r['list']['median_s']:.3f} s "
-            f"({r['list']['median_s'] / direct['list']['median_s']:.2f}x direct)"
+            f"({r['list']['median_s'] / direct['list']['median_s']:.2f}x direct)  CPU ms/request "
+            + ", ".join(f"{process} {ms:.2f}" for process, ms in r["cpu_ms_per_request"].items())
         )
     teleport = results["teleport"]
     added = teleport["latency"]["p50_ms"] - direct["latency"]["p50_ms"]
