@@ -4,9 +4,11 @@ Three ways to the same API server, driven by the same blocking HTTP/1.1
 client (threads, keep-alive where the path allows it):
 
 - ``direct``: TLS with an admin client certificate straight to the apiserver;
-- ``direct-impersonating``: the same, sending the ``Impersonate-*`` headers
-  the agent sends for alice: what the API server's own impersonation checks
-  cost, which no proxy that impersonates can avoid;
+- ``direct-impersonating``: TLS as the agent's own Kubernetes user
+  (``teleport-agent``, allowed to impersonate by RBAC, not a
+  ``system:masters`` admin) sending the ``Impersonate-*`` headers the agent
+  sends for alice: what the API server's authentication, impersonation and
+  RBAC checks cost, which no proxy that impersonates can avoid;
 - ``kubectl-proxy``: the real ``kubectl proxy``, plain HTTP on 127.0.0.1;
 - ``teleport``: TLS to the proxy's public port with the user's kube
   certificate and SNI ``kube-teleport-proxy-alpn.teleport.cluster.local``, as
@@ -210,10 +212,12 @@ async def deploy(harness: Harness, workdir: str) -> tuple[Deployment, dict[str, 
         [default_kubectl(), f"--kubeconfig={d.plane.admin_kubeconfig}", "proxy", f"--port={proxy_port}", "--address=127.0.0.1"],
     )
     await kubectl_proxy.wait_for_port(proxy_port, timeout=30)
-    direct_tls = tls_context(apiserver_ca, admin_cert, admin_key)
+    agent = d.plane.issue_client_certificate("teleport-agent")
+    agent_tls = tls_context(apiserver_ca, d.write("agent.pem", agent.cert_pem.decode()),
+                            d.write("agent-key.pem", agent.key_pem.decode()))
     return d, {
-        "direct": Target("direct", d.plane.port, direct_tls, "127.0.0.1"),
-        "direct-impersonating": Target("direct-impersonating", d.plane.port, direct_tls, "127.0.0.1", headers=(
+        "direct": Target("direct", d.plane.port, tls_context(apiserver_ca, admin_cert, admin_key), "127.0.0.1"),
+        "direct-impersonating": Target("direct-impersonating", d.plane.port, agent_tls, "127.0.0.1", headers=(
             ("Impersonate-User", "alice"), ("Impersonate-Group", "viewers"),
             ("Impersonate-Group", "system:authenticated"))),
         "kubectl-proxy": Target("kubectl-proxy", proxy_port),
