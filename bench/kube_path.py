@@ -169,6 +169,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def idle_cpu_rate(reactor, pids: dict[str, int], seconds: float = 3.0) -> dict[str, float]:
+    """CPU seconds per second each process uses with no requests."""
+    before = {process: cpu_seconds(pid) for process, pid in pids.items()}
+    await task.deferLater(reactor, seconds, lambda: None)
+    return {process: (cpu_seconds(pid) - before[process]) / seconds for process, pid in pids.items()}
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -243,12 +250,17 @@ async def measure(reactor, options) -> dict:
         pids = {"proxy": d.main.pid, "agent": d.agent.pid, "apiserver": d.plane.apiserver.pid}
         for name, target in targets.items():
             print(f"{name}: latency, throughput, list", file=sys.stderr)
+            idle_rate = await idle_cpu_rate(reactor, pids)
             cpu_before = {process: cpu_seconds(pid) for process, pid in pids.items()}
+            started = time.monotonic()
             results[name] = {
                 "latency": await threads.deferToThread(latency, target, options.requests),
-                # CPU per request of the sequential run: what each hop costs, whatever the load.
+                # CPU per request of the sequential run, less what the process
+                # burns when idle (timers, heartbeats) over the same time: what
+                # each hop costs a request, whatever the load.
                 "cpu_ms_per_request": {
-                    process: 1000 * (cpu_seconds(pid) - cpu_before[process]) / (options.requests + 1)
+                    process: 1000 * (cpu_seconds(pid) - cpu_before[process]
+                                     - idle_rate[process] * (time.monotonic() - started)) / (options.requests + 1)
                     for process, pid in pids.items()},
                 "rps_c32": await threads.deferToThread(throughput, target, 32, options.requests // 20),
                 "list": await threads.deferToThread(big_list, target, options.list_repeats),
