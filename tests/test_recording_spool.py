@@ -38,6 +38,7 @@ class FlakyAuth:
         self.recordings = recordings
         self.fail = 0
         self.uploads: list[tuple[int, int, bool]] = []
+        self.asked: list[str] = []
 
     async def upload(self, session_id, offset, data, final):
         if self.fail:
@@ -47,6 +48,7 @@ class FlakyAuth:
         return (await self.recordings.append(KUBE, session_id, offset, data, final))["size"]
 
     async def stored(self, session_id):
+        self.asked.append(session_id)
         return (await self.recordings.stored(KUBE, session_id))["size"]
 
 
@@ -81,6 +83,7 @@ class SpoolTests(TestCase):
             self.assertTrue(page["complete"])
             self.assertEqual([e["type"] for e in events], ["session.start", "print"])
             self.assertEqual(os.listdir(self.directory), [])
+            self.assertEqual(self.auth.asked, [])  # a session we started: Auth cannot have any of it
         return d(go())
 
     def test_upload_resumes_after_failures_in_chunks(self):
@@ -119,6 +122,7 @@ class SpoolTests(TestCase):
                 f.write(encode({"type": "print", "ms": 1, "data": b"before the kill"}) + b'{"type":"pri')
             restarted = self.spool()
             await restarted.upload_all()
+            self.assertEqual(self.auth.asked, [SID])
             page, events = await self.stored_events()
             self.assertTrue(page["complete"])
             self.assertEqual([e.get("data") for e in events], [None, b"before the kill"])

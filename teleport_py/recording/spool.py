@@ -243,6 +243,9 @@ class RecordingSpool:
         self._recovered.addErrback(lambda f: log.failure("cannot recover open recordings", f))
 
     def open(self, session_id: str) -> RecordingWriter:
+        """A new session's recording. Auth cannot hold bytes of a session id
+        we just made, so its first upload skips asking (a 409 would correct us)."""
+        self._offsets[session_id] = 0
         return RecordingWriter(self, session_id, flush_interval=self._flush_interval,
                                max_backlog=self._max_backlog)
 
