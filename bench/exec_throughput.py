@@ -325,7 +325,7 @@ async def main(reactor, args):
             results[name, "port-forward MiB/s"] = max(
                 [await _port_forward_throughput(reactor, binary, env, "bench-pod", echo.getHost().port, size // 2)
                  for _ in range(args.runs)])
-            for concurrency in (1, 8):
+            for concurrency in args.concurrency:
                 await _recordings_uploaded(reactor, d)
                 with _Profiled(reactor, args.profile, f"{name}-sessions-x{concurrency}", processes):
                     results[name, f"sessions/s x{concurrency}"] = await _sessions_per_second(
@@ -350,6 +350,8 @@ if __name__ == "__main__":
     parser.add_argument("--no-record-output", dest="record_output", action="store_false",
                         help="the agent does not record non-interactive exec output")
     parser.add_argument("--profile", metavar="DIR", help="py-spy stacks and CPU seconds per process and phase")
+    parser.add_argument("--concurrency", type=lambda v: [int(n) for n in v.split(",")], default=[1, 8],
+                        help="sessions at once, comma-separated (default 1,8)")
     parser.add_argument("--only", choices=("direct", "teleport_py"), help="measure one path")
     options = parser.parse_args()
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, options)))
