@@ -59,10 +59,14 @@ class _Harness:
         if a != b:
             raise AssertionError(msg or f"{a!r} != {b!r}")
 
-    async def close(self):
+    async def close(self, keep=False):
+        """Stop everything; the directory (logs, data) stays when ``keep``."""
         for f, args in reversed(self.cleanups):
             await defer.maybeDeferred(f, *args)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if keep:
+            print(f"kept {self.root} (logs of every process)")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 class _Count(protocol.ProcessProtocol):
@@ -338,8 +342,10 @@ async def main(reactor, args):
             direct, through = results.get(("direct", metric), 0.0), results.get(("teleport_py", metric), 0.0)
             ratio = f"{through / direct:7.2f}" if direct and through else "      -"
             print(f"{metric:24} {direct:10.1f} {through:12.1f} {ratio}")
-    finally:
-        await harness.close()
+    except BaseException:
+        await harness.close(keep=True)
+        raise
+    await harness.close()
 
 
 if __name__ == "__main__":

@@ -197,3 +197,15 @@ class WriterTests(TestCase):
         self.assertEqual([(e.get("stream"), e.get("data")) for e in events[1:]],
                          [("stdout", b"typed"), ("stderr", b"!"), ("stderr", b"?")])
         writer.close()
+
+
+class FilesTests(TestCase):
+    def test_an_open_recording_closed_after_the_listing_is_still_read(self):
+        """The uploader lists a .part, the session ends and renames it: the read must not fail."""
+        files = spool_module.RecordingFiles(self.mktemp())
+        files.append(SID, encode(START))
+        self.assertEqual(files.listing(), [(SID, False)])
+        files.close(SID)
+        self.assertEqual(files.read(SID, False, 0, 1 << 20), encode(START))
+        files.remove(SID)
+        self.assertRaises(FileNotFoundError, files.read, SID, False, 0, 1)

@@ -95,7 +95,15 @@ class RecordingFiles:
         return found
 
     def read(self, session_id: str, complete: bool, offset: int, size: int) -> bytes:
-        with open(self._path(session_id, CLOSED if complete else OPEN), "rb") as f:
+        """An open recording may have been closed (renamed) since it was
+        listed: it is then read from its closed file."""
+        try:
+            f = open(self._path(session_id, CLOSED if complete else OPEN), "rb")
+        except FileNotFoundError:
+            if complete:
+                raise
+            f = open(self._path(session_id, CLOSED), "rb")
+        with f:
             f.seek(offset)
             return f.read(size)
 
