@@ -1,12 +1,19 @@
 """Tests for Splice, the two-way relay with back-pressure."""
 
-from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.protocol import Protocol
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+import hashlib
 
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from teleport_py.pki import client_tls_options, server_tls_options
 from teleport_py.tunnel import Splice
+from tests.test_kube_forwarder import API_CERT, API_KEY, KUBE_CA
 
 
 class HalfCloseTransport(StringTransport):
@@ -91,3 +98,43 @@ class SpliceTests(SynchronousTestCase):
         self.assertEqual(b.value(), b"last words")
         self.assertTrue(b.disconnecting)
         self.assertIsNone(b.producer)
+
+
+class Collector(Protocol):
+    def __init__(self):
+        self.received = hashlib.sha256()
+        self.size = 0
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.received.update(data)
+        self.size += len(data)
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.lost.callback(None)
+
+
+class TLSHalfCloseTests(TestCase):
+    """The proxy splices kubectl's TLS connection to a tunnel stream: when the
+    stream ends right after its last bytes, they must all reach kubectl."""
+
+    async def test_everything_written_before_the_fin_reaches_a_tls_peer(self):
+        relay = Splice()
+        factory = TLSMemoryBIOFactory(server_tls_options(API_CERT, API_KEY, require_client_certificate=False),
+                                      False, Factory.forProtocol(lambda: relay.a))
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        client = Collector()
+        await connectProtocol(wrapClientTLS(client_tls_options("127.0.0.1", trusted_cas=[KUBE_CA.certificate]),
+                                            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)), client)
+        stream = HalfCloseTransport()
+        relay.b.makeConnection(stream)
+        body = bytes(range(256)) * 4096 * 3  # 3 MiB, more than any buffer on the way
+        for offset in range(0, len(body), 50_000):
+            relay.b.dataReceived(body[offset:offset + 50_000])
+        relay.b.readConnectionLost()
+        await client.lost
+        self.assertEqual(client.size, len(body))
+        self.assertEqual(client.received.hexdigest(), hashlib.sha256(body).hexdigest())
+        self.assertTrue(client.reason.check(ConnectionDone), client.reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -79,7 +80,17 @@ class SpliceEnd(Protocol):
 
 
 def _half_close(transport) -> None:
-    """FIN where the transport supports it, a full close where it does not."""
+    """FIN where the transport has a half-close of its own (TCP, tunnel
+    streams), a full close otherwise. TLS has none: Twisted's ProtocolWrapper
+    would hand ``loseWriteConnection`` to the TCP connection beneath the TLS
+    layer, ending the TCP stream under TLS bytes still buffered (the tail of
+    a response lost). Its full close sends what is buffered and close_notify
+    first, once no producer is registered; this side has nothing left to
+    produce."""
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport.unregisterProducer()
+        transport.loseConnection()
+        return
     lose_write = getattr(transport, "loseWriteConnection", None)
     if lose_write is not None:
         lose_write()
