@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import task, threads  # noqa: E402
 from twisted.internet.defer import ensureDeferred  # noqa: E402
 
-from tests.e2e import KUBE_ACCESS_ROLE, Deployment  # noqa: E402
+from tests.e2e import Deployment  # noqa: E402
 from tests.support.kubeenv import default_kubectl  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402
 
@@ -201,10 +201,7 @@ class Harness:
 
 async def deploy(harness: Harness, workdir: str) -> tuple[Deployment, dict[str, Target]]:
     d = await Deployment(harness, workdir).start()
-    await d.tctl("create", "-f", d.write("kube-access.yaml", KUBE_ACCESS_ROLE))
-    await d.add_user("alice", "access")
-    await d.tctl("users", "update", "alice", "--set-roles=access,kube-access")
-    await d.login("alice")
+    await d.login_with_kube_access("alice")
     await d.wait_for_clusters({"my-cluster"})
     await d.tsh("kube", "login", "my-cluster")
     keys = glob.glob(d.path("home", ".tsh", "keys", "*", "alice"))[0]

@@ -194,6 +194,13 @@ class Deployment:
     async def login(self, user: str) -> None:
         await self.tsh("login", f"--proxy={self.proxy}", f"--user={user}", "--insecure", stdin=PASSWORD.encode() + b"\n")
 
+    async def login_with_kube_access(self, user: str = "alice") -> None:
+        """The seed's steps 2-3: the kube-access role, a user holding it, logged in with tsh."""
+        await self.tctl("create", "-f", self.write("kube-access.yaml", KUBE_ACCESS_ROLE))
+        await self.add_user(user, "access")
+        await self.tctl("users", "update", user, "--set-roles=access,kube-access")
+        await self.login(user)
+
     async def wait_for_clusters(self, expected: set[str], timeout: float = 60.0) -> str:
         """Poll ``tsh kube ls`` until the agent's heartbeats show every cluster."""
         from twisted.internet import reactor

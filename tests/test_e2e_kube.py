@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import KUBE_ACCESS_ROLE, Deployment, coroutine_test, tool
+from tests.e2e import Deployment, coroutine_test, tool
 from tests.support.kubeenv import kubectl_binaries
 from tests.support.procs import free_port
 
@@ -26,10 +26,7 @@ class KubectlEndToEndTests(TestCase):
 
     async def deployment(self) -> Deployment:
         deployment = await Deployment(self, self.mktemp()).start()
-        await deployment.tctl("create", "-f", deployment.write("kube-access.yaml", KUBE_ACCESS_ROLE))
-        await deployment.add_user("alice", "access")
-        await deployment.tctl("users", "update", "alice", "--set-roles=access,kube-access")
-        await deployment.login("alice")
+        await deployment.login_with_kube_access("alice")
         return deployment
 
     @coroutine_test

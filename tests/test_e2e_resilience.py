@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import KUBE_ACCESS_ROLE, Deployment, coroutine_test
+from tests.e2e import Deployment, coroutine_test
 from tests.support.kubeenv import kubectl_binaries
 
 KUBE_SNI = "kube-teleport-proxy-alpn.teleport.cluster.local"
@@ -120,10 +120,7 @@ class ResilienceTests(TestCase):
 
     async def deployment(self) -> Deployment:
         d = await Deployment(self, self.mktemp()).start()
-        await d.tctl("create", "-f", d.write("kube-access.yaml", KUBE_ACCESS_ROLE))
-        await d.add_user("alice", "access")
-        await d.tctl("users", "update", "alice", "--set-roles=access,kube-access")
-        await d.login("alice")
+        await d.login_with_kube_access("alice")
         await d.wait_for_clusters({"my-cluster"})
         await d.tsh("kube", "login", "my-cluster")
         await d.kubectl("get", "pods")
