@@ -268,6 +268,12 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
 
     if no_file:
         kube = None
+    if auth is not None and proxy is not None and _same_socket(auth.listen_addr, proxy.web_listen_addr):
+        raise ConfigError(
+            "proxy_service.web_listen_addr",
+            f"{proxy.web_listen_addr} is also auth_service.listen_addr ({auth.listen_addr}); "
+            "the two services need different ports",
+        )
     return Config(
         nodename=nodename,
         data_dir=data_dir,
@@ -281,6 +287,14 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         kube=kube,
         source=source,
     )
+
+
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def _same_socket(a: Address, b: Address) -> bool:
+    """Would listening on both addresses fight over one port?"""
+    return a.port == b.port and (a.host == b.host or a.host in _WILDCARDS or b.host in _WILDCARDS)
 
 
 def load_config(path: str | None) -> Config:

@@ -1,6 +1,10 @@
 """Command-line options shared by every twistd plugin of teleport_py."""
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+
 from twisted.python import usage
 
 from teleport_py.config import Config, ConfigError, load_config
@@ -23,3 +27,28 @@ def require(enabled, what: str, config: Config):
     if enabled is None:
         raise usage.UsageError(f"{what} is disabled in {config.source}")
     return enabled
+
+
+def exit_nonzero_if_start_fails(*services) -> None:
+    """
+    twistd exits 0 whenever its reactor stops, and a service that cannot
+    start (port taken, auth unreachable, token refused) stops it: make that
+    exit code 1 instead, so systemd's ``Restart=on-failure`` and anyone
+    scripting twistd see the failure. Only for services made by twistd (the
+    plugins' makeService without a reactor), never in a test process.
+    """
+
+    def failed(failure):
+        atexit.register(_exit_failed)
+        return failure
+
+    for svc in services:
+        ready = getattr(svc, "ready", None)
+        if ready is not None:
+            ready.addErrback(failed)
+
+
+def _exit_failed() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)

@@ -5,7 +5,7 @@ embedded defaults (SQLite under the data dir, self-signed CAs).
 """
 from twisted.application import service
 
-from teleport_py.plugin_options import ServiceOptions
+from teleport_py.plugin_options import ServiceOptions, exit_nonzero_if_start_fails
 
 
 class Options(ServiceOptions):
@@ -13,7 +13,8 @@ class Options(ServiceOptions):
 
 
 def makeService(options, reactor=None):
-    if reactor is None:
+    under_twistd = reactor is None
+    if under_twistd:
         from twisted.internet import reactor
     config = options.loaded
     top = service.MultiService()
@@ -32,4 +33,6 @@ def makeService(options, reactor=None):
 
         # Joins through the proxy like a standalone agent (token + CA pin).
         KubeService(reactor, config).setServiceParent(top)
+    if under_twistd:
+        exit_nonzero_if_start_fails(*top)
     return top

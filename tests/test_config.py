@@ -80,6 +80,22 @@ kubernetes_service:
             parse_config("kubernetes_service:\n  enabled: true\n")
         self.assertEqual(cm.exception.path, "kubernetes_service")
 
+    def test_auth_and_proxy_on_one_port_is_refused(self):
+        for auth, proxy in [
+            ("127.0.0.1:4000", "127.0.0.1:4000"),
+            ("0.0.0.0:4000", "127.0.0.1:4000"),
+            ("127.0.0.1:4000", "'[::]:4000'"),
+        ]:
+            with self.assertRaises(ConfigError) as cm:
+                parse_config(f"auth_service:\n  listen_addr: {auth}\nproxy_service:\n  web_listen_addr: {proxy}\n")
+            self.assertEqual(cm.exception.path, "proxy_service.web_listen_addr")
+            self.assertIn("different ports", str(cm.exception))
+        # Different interfaces may share a port number.
+        config = parse_config(
+            "auth_service:\n  listen_addr: 127.0.0.1:4000\nproxy_service:\n  web_listen_addr: 127.0.0.2:4000\n"
+        )
+        self.assertEqual(config.proxy.web_listen_addr, Address("127.0.0.2", 4000))
+
     def test_addresses(self):
         self.assertEqual(parse_address("example.com", "x", 3080), Address("example.com", 3080))
         self.assertEqual(parse_address("[::1]:5", "x", 1), Address("::1", 5))

@@ -63,6 +63,30 @@ subjects:
 """
 
 
+class FreePortTests(unittest.TestCase):
+    def test_never_hands_out_a_port_twice(self):
+        """The kernel may answer two bind(0) calls with one port; a deployment
+        given that port for both auth and proxy cannot start."""
+        import socket
+        from unittest import mock
+
+        taken = procs.free_port()
+        real_socket = socket.socket
+
+        class RepeatingFirst(real_socket):
+            answers = [taken, taken]
+
+            def getsockname(self):
+                if RepeatingFirst.answers:
+                    return ("127.0.0.1", RepeatingFirst.answers.pop())
+                return super().getsockname()
+
+        with mock.patch.object(procs.socket, "socket", RepeatingFirst):
+            port = procs.free_port()
+        self.assertNotEqual(port, taken)
+        self.assertEqual(RepeatingFirst.answers, [])
+
+
 class RunTests(unittest.TestCase):
     def test_collects_output_code_and_stdin(self):
         script = "import sys; d = sys.stdin.read(); print(d.upper()); print('oops', file=sys.stderr); sys.exit(3)"

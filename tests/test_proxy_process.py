@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 
 from treq.client import HTTPClient
@@ -97,3 +98,27 @@ class ProxyProcessTests(TestCase):
         await self.start("teleport-proxy", proxy_config, second_port)
         self.assertEqual((await self.ping(second_port))["cluster_name"], "example")
         self.assertTrue(IdentityFile.exists(os.path.join(self.dir, "proxy2", "proxy")))
+
+    async def test_a_service_that_cannot_start_exits_non_zero(self):
+        """systemd's Restart=on-failure restarts only a process that exits non-zero."""
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", self.proxy_port))
+        taken.listen(1)
+        config = self.write_config(
+            "teleport.yaml",
+            "version: v3\n"
+            f"teleport: {{nodename: allinone, data_dir: {self.dir}/data}}\n"
+            f"auth_service: {{listen_addr: '127.0.0.1:{self.auth_port}', cluster_name: example}}\n"
+            f"proxy_service: {{web_listen_addr: '127.0.0.1:{self.proxy_port}'}}\n",
+        )
+        proc = ManagedProcess(
+            [os.path.join(BIN, "twistd"), "--pidfile=", "-n", "teleport", "--config", config],
+            os.path.join(self.dir, "taken.log"),
+            cwd=self.dir,
+        )
+        proc.start()
+        self.addCleanup(proc.stop)
+        self.assertEqual(await proc.exited, 1, proc.log_tail())
+        self.assertIn(b"proxy service failed to start", proc.output())
+        self.assertIn(b"Address already in use", proc.output())

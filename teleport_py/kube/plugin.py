@@ -1,5 +1,5 @@
 """``twistd teleport-kube``: the Kubernetes service agent alone."""
-from teleport_py.plugin_options import ServiceOptions, require
+from teleport_py.plugin_options import ServiceOptions, exit_nonzero_if_start_fails, require
 
 
 class Options(ServiceOptions):
@@ -9,10 +9,14 @@ class Options(ServiceOptions):
 
 
 def makeService(options, reactor=None):
-    if reactor is None:
+    under_twistd = reactor is None
+    if under_twistd:
         from twisted.internet import reactor
     from teleport_py.kube.service import KubeService
 
     config = options.loaded
     require(config.kube, "kubernetes_service", config)
-    return KubeService(reactor, config, token=options["token"])
+    made = KubeService(reactor, config, token=options["token"])
+    if under_twistd:
+        exit_nonzero_if_start_fails(made)
+    return made

@@ -1,5 +1,5 @@
 """``twistd teleport-proxy``: the Proxy service alone (joins Auth with a token)."""
-from teleport_py.plugin_options import ServiceOptions, require
+from teleport_py.plugin_options import ServiceOptions, exit_nonzero_if_start_fails, require
 
 
 class Options(ServiceOptions):
@@ -7,10 +7,14 @@ class Options(ServiceOptions):
 
 
 def makeService(options, reactor=None):
-    if reactor is None:
+    under_twistd = reactor is None
+    if under_twistd:
         from twisted.internet import reactor
     from teleport_py.proxy.service import ProxyService
 
     config = options.loaded
     require(config.proxy, "proxy_service", config)
-    return ProxyService(reactor, config)
+    made = ProxyService(reactor, config)
+    if under_twistd:
+        exit_nonzero_if_start_fails(made)
+    return made
