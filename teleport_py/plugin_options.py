@@ -29,6 +29,27 @@ def require(enabled, what: str, config: Config):
     return enabled
 
 
+def single_role_service(options: ServiceOptions, reactor, section: str, build):
+    """
+    What every single-role plugin's makeService does: refuse a config that
+    disables the role (``section``, e.g. ``"proxy_service"``), build the
+    service with ``build(reactor, config)``, and, when twistd made it (no
+    reactor passed), exit non-zero if it cannot start.
+    """
+    under_twistd = reactor is None
+    if under_twistd:
+        from twisted.internet import reactor
+    config = options.loaded
+    require(getattr(config, _CONFIG_FIELDS[section]), section, config)
+    made = build(reactor, config)
+    if under_twistd:
+        exit_nonzero_if_start_fails(made)
+    return made
+
+
+_CONFIG_FIELDS = {"auth_service": "auth", "proxy_service": "proxy", "kubernetes_service": "kube"}
+
+
 def exit_nonzero_if_start_fails(*services) -> None:
     """
     twistd exits 0 whenever its reactor stops, and a service that cannot

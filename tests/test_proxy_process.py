@@ -42,6 +42,15 @@ class ProxyProcessTests(TestCase):
             f.write(text)
         return path
 
+    def all_in_one_config(self) -> str:
+        return self.write_config(
+            "teleport.yaml",
+            "version: v3\n"
+            f"teleport: {{nodename: allinone, data_dir: {self.dir}/data}}\n"
+            f"auth_service: {{listen_addr: '127.0.0.1:{self.auth_port}', cluster_name: example}}\n"
+            f"proxy_service: {{web_listen_addr: '127.0.0.1:{self.proxy_port}'}}\n",
+        )
+
     async def start(self, plugin: str, config: str, port: int) -> ManagedProcess:
         proc = ManagedProcess(
             [os.path.join(BIN, "twistd"), "--pidfile=", "-n", plugin, "--config", config],
@@ -62,13 +71,7 @@ class ProxyProcessTests(TestCase):
         return json.loads(await readBody(response))
 
     async def test_all_in_one_and_standalone_proxy(self):
-        config = self.write_config(
-            "teleport.yaml",
-            "version: v3\n"
-            f"teleport: {{nodename: allinone, data_dir: {self.dir}/data}}\n"
-            f"auth_service: {{listen_addr: '127.0.0.1:{self.auth_port}', cluster_name: example}}\n"
-            f"proxy_service: {{web_listen_addr: '127.0.0.1:{self.proxy_port}'}}\n",
-        )
+        config = self.all_in_one_config()
         await self.start("teleport", config, self.proxy_port)
         self.assertEqual(
             await self.ping(self.proxy_port),
@@ -105,13 +108,7 @@ class ProxyProcessTests(TestCase):
         self.addCleanup(taken.close)
         taken.bind(("127.0.0.1", self.proxy_port))
         taken.listen(1)
-        config = self.write_config(
-            "teleport.yaml",
-            "version: v3\n"
-            f"teleport: {{nodename: allinone, data_dir: {self.dir}/data}}\n"
-            f"auth_service: {{listen_addr: '127.0.0.1:{self.auth_port}', cluster_name: example}}\n"
-            f"proxy_service: {{web_listen_addr: '127.0.0.1:{self.proxy_port}'}}\n",
-        )
+        config = self.all_in_one_config()
         proc = ManagedProcess(
             [os.path.join(BIN, "twistd"), "--pidfile=", "-n", "teleport", "--config", config],
             os.path.join(self.dir, "taken.log"),

@@ -1,5 +1,5 @@
 """``twistd teleport-auth``: the Auth service alone."""
-from teleport_py.plugin_options import ServiceOptions, exit_nonzero_if_start_fails, require
+from teleport_py.plugin_options import ServiceOptions, single_role_service
 
 
 class Options(ServiceOptions):
@@ -7,14 +7,9 @@ class Options(ServiceOptions):
 
 
 def makeService(options, reactor=None):
-    under_twistd = reactor is None
-    if under_twistd:
-        from twisted.internet import reactor
-    from teleport_py.auth.service import AuthService
+    def build(reactor, config):
+        from teleport_py.auth.service import AuthService
 
-    config = options.loaded
-    require(config.auth, "auth_service", config)
-    made = AuthService(reactor, config)
-    if under_twistd:
-        exit_nonzero_if_start_fails(made)
-    return made
+        return AuthService(reactor, config)
+
+    return single_role_service(options, reactor, "auth_service", build)

@@ -1,5 +1,5 @@
 """``twistd teleport-kube``: the Kubernetes service agent alone."""
-from teleport_py.plugin_options import ServiceOptions, exit_nonzero_if_start_fails, require
+from teleport_py.plugin_options import ServiceOptions, single_role_service
 
 
 class Options(ServiceOptions):
@@ -9,14 +9,9 @@ class Options(ServiceOptions):
 
 
 def makeService(options, reactor=None):
-    under_twistd = reactor is None
-    if under_twistd:
-        from twisted.internet import reactor
-    from teleport_py.kube.service import KubeService
+    def build(reactor, config):
+        from teleport_py.kube.service import KubeService
 
-    config = options.loaded
-    require(config.kube, "kubernetes_service", config)
-    made = KubeService(reactor, config, token=options["token"])
-    if under_twistd:
-        exit_nonzero_if_start_fails(made)
-    return made
+        return KubeService(reactor, config, token=options["token"])
+
+    return single_role_service(options, reactor, "kubernetes_service", build)
