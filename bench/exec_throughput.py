@@ -326,10 +326,14 @@ async def main(reactor, args):
                 with _Profiled(reactor, args.profile, f"{name}-exec", processes):
                     runs.append(await _exec_throughput(reactor, binary, env, "bench-pod", size))
             results[name, "exec MiB/s"] = max(runs)
-            results[name, "port-forward MiB/s"] = max(
-                [await _port_forward_throughput(reactor, binary, env, "bench-pod", echo.getHost().port, size // 2)
-                 for _ in range(args.runs)])
-            for concurrency in args.concurrency:
+            runs = []
+            for _ in range(args.runs):
+                await _recordings_uploaded(reactor, d)
+                with _Profiled(reactor, args.profile, f"{name}-port-forward", processes):
+                    runs.append(await _port_forward_throughput(
+                        reactor, binary, env, "bench-pod", echo.getHost().port, size // 2))
+            results[name, "port-forward MiB/s"] = max(runs)
+            for concurrency in args.concurrency if args.sessions else ():
                 await _recordings_uploaded(reactor, d)
                 with _Profiled(reactor, args.profile, f"{name}-sessions-x{concurrency}", processes):
                     results[name, f"sessions/s x{concurrency}"] = await _sessions_per_second(
@@ -352,7 +356,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--mb", type=int, default=300, help="MiB through exec (half of it each way for port-forward)")
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--sessions", type=int, default=200, help="0 skips the sessions/s phases")
     parser.add_argument("--no-record-output", dest="record_output", action="store_false",
                         help="the agent does not record non-interactive exec output")
     parser.add_argument("--profile", metavar="DIR", help="py-spy stacks and CPU seconds per process and phase")
