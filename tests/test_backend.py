@@ -27,6 +27,7 @@ from teleport_py.backend import (
     DELETE,
     PUT,
     BackendClosedError,
+    BackendInUseError,
     Event,
     IBackend,
     Item,
@@ -380,6 +381,32 @@ class SQLiteBackendTests(BackendTestsMixin, TestCase):
         await self.assertFailure(closed_by_shutdown.get("/a"), BackendClosedError)
 
     @async_test
+    async def test_a_second_open_is_refused_until_the_first_closes(self):
+        await self.backend.put("/a", b"1")
+        await self.assertFailure(
+            SQLiteBackend.open(ClockedReactor(self.clock), self.path), BackendInUseError
+        )
+        self.assertEqual((await self.backend.get("/a")).value, b"1")
+        await self.reopen()
+        self.assertEqual((await self.backend.get("/a")).value, b"1")
+
+    @async_test
+    async def test_another_process_holding_the_file_is_refused(self):
+        await self.backend.close()
+        holder = _KilledWriter(acknowledgements=1, kill=False)
+        project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        environment = {**os.environ, "PYTHONPATH": project_root}
+        process = reactor.spawnProcess(holder, sys.executable, [sys.executable, "-c", _WRITER, self.path], env=environment)
+        await holder.acknowledged_enough
+        await self.assertFailure(SQLiteBackend.open(ClockedReactor(self.clock), self.path), BackendInUseError)
+        process.signalProcess("KILL")
+        await holder.ended
+        # The kernel released the dead holder's lock.
+        self.backend = await SQLiteBackend.open(ClockedReactor(self.clock), self.path)
+        self.addCleanup(self.backend.close)
+        self.assertIsNotNone(await self.backend.get("/durable/00000000"))
+
+    @async_test
     async def test_files_are_private(self):
         await self.backend.put("/ca/user", b"secret")
         for suffix in ("", "-wal", "-shm"):
@@ -451,20 +478,25 @@ _WRITER = textwrap.dedent(
 
 
 class _KilledWriter(ProcessProtocol):
-    """Collects acknowledged writes and sends SIGKILL once enough arrived."""
+    """Collects acknowledged writes; once enough arrived, fires
+    ``acknowledged_enough`` and (unless ``kill=False``) sends SIGKILL."""
 
-    def __init__(self, acknowledgements: int):
+    def __init__(self, acknowledgements: int, kill: bool = True):
         self.wanted = acknowledgements
+        self.kill = kill
         self.acknowledged: list[int] = []
         self.errors = b""
         self.buffer = b""
+        self.acknowledged_enough = Deferred()
         self.ended = Deferred()
 
     def outReceived(self, data):
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
         self.acknowledged.extend(int(line) for line in lines)
-        if len(self.acknowledged) >= self.wanted and self.transport.pid is not None:
+        if len(self.acknowledged) >= self.wanted and not self.acknowledged_enough.called:
+            self.acknowledged_enough.callback(None)
+        if self.kill and len(self.acknowledged) >= self.wanted and self.transport.pid is not None:
             self.transport.signalProcess("KILL")
 
     def errReceived(self, data):

@@ -1,6 +1,6 @@
 """Key/value storage for the Auth service; see docs/backend.md."""
 
-from .interface import DELETE, PUT, BackendClosedError, Event, IBackend, Item, IWatcher
+from .interface import DELETE, PUT, BackendClosedError, BackendInUseError, Event, IBackend, Item, IWatcher
 from .memory import MemoryBackend
 from .sqlite import SQLiteBackend
 
@@ -8,6 +8,7 @@ __all__ = [
     "DELETE",
     "PUT",
     "BackendClosedError",
+    "BackendInUseError",
     "Event",
     "IBackend",
     "IWatcher",

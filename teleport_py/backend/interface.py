@@ -89,6 +89,10 @@ class BackendClosedError(Exception):
     """The backend was used after ``close()``."""
 
 
+class BackendInUseError(Exception):
+    """Another process (or another open in this one) already has the backend's file."""
+
+
 class IWatcher(Interface):
     def stop() -> None:
         """Deliver no more events to this watcher; safe to call twice."""

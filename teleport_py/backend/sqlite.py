@@ -7,6 +7,7 @@ read-check-write (create, update, compare-and-swap) is atomic. WAL with
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import stat
@@ -18,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from .interface import DELETE, PUT, Event, Item, StoreBackend
+from .interface import DELETE, PUT, BackendInUseError, Event, Item, StoreBackend
 
 log = Logger()
 
@@ -74,13 +75,39 @@ def _open_private(path: str) -> None:
         os.close(fd)
 
 
+def _lock_exclusively(path: str) -> int:
+    """
+    Hold ``<path>.lock`` for as long as the store is open. Watches and the
+    revision counter live in the process that opened the file, so a second
+    process writing the same file (a second auth started by mistake) would
+    go unseen by the first; refuse it instead. The kernel drops the lock when
+    the process dies, even by kill -9.
+    """
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BackendInUseError(f"{path} is already open in another process (lock {lock_path})") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class _SQLiteStore:
     """Synchronous store on one connection; only the backend's thread calls it.
     Every method that writes returns ``(result, events)``."""
 
     def __init__(self, path: str):
         _open_private(path)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock = _lock_exclusively(path)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except BaseException:
+            os.close(self._lock)
+            raise
         try:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
@@ -93,6 +120,7 @@ class _SQLiteStore:
             self._revision = self._db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
         except BaseException:
             self._db.close()
+            os.close(self._lock)
             raise
 
     @contextmanager
@@ -188,11 +216,12 @@ class _SQLiteStore:
 
     def close(self) -> None:
         self._db.close()
+        os.close(self._lock)
 
 
 class SQLiteBackend(StoreBackend):
-    """An ``IBackend`` in one SQLite file; the process that opens it must be
-    the only writer."""
+    """An ``IBackend`` in one SQLite file, open in one process at a time (a
+    second open fails with ``BackendInUseError``)."""
 
     def __init__(self, reactor, store: _SQLiteStore, pool: ThreadPool, sweep_interval: float):
         super().__init__(reactor, store, sweep_interval)
