@@ -11,7 +11,9 @@ in one run, on the same kube-apiserver and kubelet stand-in:
 Run: TELEPORT_PY_KUBE_BIN=... PATH=.venv/bin:$PATH .venv/bin/python bench/exec_throughput.py [--mb 300]
 
 ``--no-record-output`` runs the agent with ``record_exec_output: false``;
-Each phase prints the CPU seconds every process used. ``--profile DIR``
+Each phase prints the CPU seconds every process used, including the upload
+of the phase's recordings to Auth (the phase ends when the agent's spool is
+empty; throughput is timed without that wait). ``--profile DIR``
 also samples the Python processes with py-spy; ``--only teleport_py`` skips
 the direct path.
 """
@@ -325,6 +327,7 @@ async def main(reactor, args):
                 await _recordings_uploaded(reactor, d)
                 with _Profiled(reactor, args.profile, f"{name}-exec", processes):
                     runs.append(await _exec_throughput(reactor, binary, env, "bench-pod", size))
+                    await _recordings_uploaded(reactor, d)  # the recording's upload is part of its cost
             results[name, "exec MiB/s"] = max(runs)
             runs = []
             for _ in range(args.runs):
@@ -332,6 +335,7 @@ async def main(reactor, args):
                 with _Profiled(reactor, args.profile, f"{name}-port-forward", processes):
                     runs.append(await _port_forward_throughput(
                         reactor, binary, env, "bench-pod", echo.getHost().port, size // 2))
+                    await _recordings_uploaded(reactor, d)
             results[name, "port-forward MiB/s"] = max(runs)
             for concurrency in args.concurrency if args.sessions else ():
                 await _recordings_uploaded(reactor, d)
