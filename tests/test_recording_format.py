@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teleport_py.recording.format import (
-    MAX_PAYLOAD, RecordingFormatError, RecordingReader, complete_prefix, decode_header, encode, read_all,
+    MAX_PAYLOAD, RecordingFormatError, RecordingReader, complete_prefix, decode_header, encode, print_header,
+    read_all,
 )
 
 START = {"type": "session.start", "ms": 0, "session_id": "s", "user": "alice"}
@@ -40,6 +41,16 @@ class FormatTests(SynchronousTestCase):
         header, payload = record.split(b"\n", 1)
         self.assertEqual(payload, b"\x00\xffhi\n")
         self.assertEqual(decode_header(header)["size"], 5)
+
+    @given(st.integers(0, 10**12), st.sampled_from(["stdout", "stderr"]), st.integers(0, MAX_PAYLOAD))
+    def test_print_header_is_the_header_encode_writes(self, ms, stream, size):
+        data = b"x" * size
+        self.assertEqual(print_header(ms, stream, size) + data,
+                         encode({"type": "print", "ms": ms, "stream": stream, "data": data}))
+
+    def test_print_header_refuses_what_encode_would_not_write(self):
+        for ms, stream, size in [(1, 'std"out', 1), (1.5, "stdout", 1), (1, "stdout", MAX_PAYLOAD + 1), (1, "stdout", -1)]:
+            self.assertRaises(RecordingFormatError, print_header, ms, stream, size)
 
     def test_a_torn_record_is_dropped_wherever_it_was_cut(self):
         whole = encode(START) + encode({"type": "print", "ms": 5, "data": b"hi there"})

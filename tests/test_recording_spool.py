@@ -15,7 +15,7 @@ from teleport_py.auth.server import AuthServer
 from teleport_py.backend import MemoryBackend
 from teleport_py.pki import HostIdentity
 from teleport_py.recording import spool as spool_module
-from teleport_py.recording.format import encode, read_all
+from teleport_py.recording.format import MAX_PRINT, encode, read_all
 from teleport_py.recording.spool import RecordingSpool
 from tests.test_recording_auth import SID, user
 
@@ -76,7 +76,7 @@ class SpoolTests(TestCase):
             spool = self.spool()
             writer = spool.open(SID)
             writer.record(START)
-            writer.record({"type": "print", "ms": 5, "data": b"hello"})
+            writer.output("stdout", 5, b"hello")
             await writer.close()
             await spool.upload_all()
             page, events = await self.stored_events()
@@ -94,7 +94,7 @@ class SpoolTests(TestCase):
             writer = spool.open(SID)
             writer.record(START)
             for i in range(40):
-                writer.record({"type": "print", "ms": i, "data": b"x" * 50})
+                writer.output("stdout", i, b"x" * 50)
             await writer.close()
             self.auth.fail = 1
             with self.assertRaises(ConnectionError):
@@ -173,7 +173,7 @@ class WriterTests(TestCase):
         writer = spool.open(SID)
         writer.record(START)
         self.assertEqual(writes, ["recover"])  # a small recording waits for the timer
-        writer.record({"type": "print", "ms": 1, "data": b"x" * 600})
+        writer.output("stdout", 1, b"x" * 600)
         self.assertEqual(writes, ["recover", "append"])  # more than half the backlog: written at once
         clock.advance(1.0)
         self.assertEqual(writes, ["recover", "append"])  # nothing left for the timer
@@ -188,15 +188,32 @@ class WriterTests(TestCase):
         writer = spool.open(SID)
         writer.record(START)
         for byte in b"typed":
-            writer.record({"type": "print", "ms": 7, "stream": "stdout", "data": bytes([byte])})
-        writer.record({"type": "print", "ms": 7, "stream": "stderr", "data": b"!"})
-        writer.record({"type": "print", "ms": 8, "stream": "stderr", "data": b"?"})
+            writer.output("stdout", 7, bytes([byte]))
+        writer.record({"type": "print", "ms": 7, "stream": "stderr", "data": b"!"})  # the same as output()
+        writer.output("stderr", 8, b"?")
         clock.advance(1.0)  # the flush timer seals the open record: a kill -9 now loses nothing
         with open(os.path.join(spool.files.directory, SID + ".part"), "rb") as f:
             events = read_all(f.read())
         self.assertEqual([(e.get("stream"), e.get("data")) for e in events[1:]],
                          [("stdout", b"typed"), ("stderr", b"!"), ("stderr", b"?")])
         writer.close()
+
+    def test_output_fills_records_up_to_max_print(self):
+        clock = Clock()
+        spool = RecordingSpool(clock, self.mktemp(), upload=None, stored=None, run_blocking=synchronous)
+        spool.stop()
+        writer = spool.open(SID)
+        writer.record(START)
+        reads = [bytes([n]) * (MAX_PRINT // 2 + 1) for n in range(3)] + [b"z" * (2 * MAX_PRINT + 5)]
+        for data in reads:
+            writer.output("stdout", 3, data)
+        writer.output("stdout", 4, b"later")
+        writer.close()
+        with open(os.path.join(spool.files.directory, SID + ".rec"), "rb") as f:
+            events = read_all(f.read())[1:]
+        self.assertEqual([len(e["data"]) for e in events], [MAX_PRINT] * 3 + [MAX_PRINT // 2 + 8, 5])
+        self.assertEqual(b"".join(e["data"] for e in events), b"".join(reads) + b"later")
+        self.assertEqual([e["ms"] for e in events], [3] * 4 + [4])
 
 
 class FilesTests(TestCase):

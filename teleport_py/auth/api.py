@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -27,6 +28,7 @@ from teleport_py.pki import HostIdentity, IdentityError, UserIdentity, identity_
 MAX_BODY = 1 << 20
 USER_CERT_HEADER = b"teleport-user-certificate"
 CLIENT_ADDR_HEADER = b"teleport-client-address"
+OCTET_STREAM = b"application/octet-stream"
 
 
 class Unauthenticated:
@@ -43,6 +45,30 @@ def _peer_certificate(request) -> x509.Certificate | None:
 def _client_addr(request) -> str:
     peer = request.getClientAddress()
     return getattr(peer, "host", "") or ""
+
+
+def _query_int(request, name: bytes, default: int | None = None) -> int:
+    values = request.args.get(name)
+    if values is None and default is not None:
+        return default
+    try:
+        return int(values[0])
+    except (TypeError, ValueError):
+        raise BadParameter(f"{name.decode()}: must be an integer") from None
+
+
+class BoundedRequest(server.Request):
+    """Keeps a request body in memory and stops storing it past MAX_BODY
+    (``_body`` then refuses it): Twisted would otherwise keep any size, and
+    spool every body over 100 kB to a temporary file, one per recording chunk."""
+
+    def gotLength(self, length):
+        self.content = io.BytesIO()
+
+    def handleContentChunk(self, data):
+        room = MAX_BODY + 1 - self.content.tell()
+        if room > 0:
+            self.content.write(data[:room])
 
 
 def _parse_time(value: str, field: str) -> datetime:
@@ -87,6 +113,8 @@ class AuthAPI(resource.Resource):
             (b"GET", "recordings/*/stored"): self.stored_recording,
             (b"POST", "recordings/*/chunks"): self.append_recording,
         }
+        #: Handlers that take an application/octet-stream body as bytes.
+        self.raw_handlers = {self.append_recording}
         self.recordings = Recordings(auth)
 
     # -- plumbing -------------------------------------------------------------
@@ -114,7 +142,7 @@ class AuthAPI(resource.Resource):
         request.notifyFinish().addBoth(finished.append)
         try:
             caller = self.caller(request)
-            body = self._body(request)
+            body = self._body(request, raw=handler in self.raw_handlers)
             result = await handler(caller, request, body, *args)
             status, payload = 200, result
         except AuthError as e:
@@ -137,12 +165,15 @@ class AuthAPI(resource.Resource):
         return json.dumps(error.to_json()).encode("utf-8")
 
     @staticmethod
-    def _body(request) -> Any:
+    def _body(request, raw: bool) -> Any:
+        """The JSON object, or for a ``raw`` handler an octet-stream body as bytes."""
         if request.method in (b"GET", b"DELETE"):
             return None
         data = request.content.read(MAX_BODY + 1) if request.content else b""
         if len(data) > MAX_BODY:
             raise BadParameter("request body too large")
+        if raw and request.getHeader(b"content-type") == OCTET_STREAM:
+            return data
         if not data:
             return {}
         try:
@@ -325,21 +356,24 @@ class AuthAPI(resource.Resource):
         return await self.recordings.get(self._authenticated(caller), session_id)
 
     async def read_recording(self, caller, request, body, session_id):
-        try:
-            offset = int(request.args.get(b"offset", [b"0"])[0])
-        except ValueError:
-            raise BadParameter("offset: must be an integer") from None
-        page = await self.recordings.read(self._authenticated(caller), session_id, offset)
+        page = await self.recordings.read(self._authenticated(caller), session_id, _query_int(request, b"offset", 0))
         return {**page, "data": base64.b64encode(page["data"]).decode("ascii")}
 
     async def stored_recording(self, caller, request, body, session_id):
         return await self.recordings.stored(self._authenticated(caller), session_id)
 
     async def append_recording(self, caller, request, body, session_id):
-        try:
-            data = base64.b64decode(self._str(body, "data", required=False), validate=True)
-        except (binascii.Error, ValueError):
-            raise BadParameter("data: must be base64") from None
-        return await self.recordings.append(
-            self._authenticated(caller), session_id, body.get("offset"), data, body.get("final") is True,
-        )
+        """A chunk as raw bytes, ``offset`` and ``final`` in the query (no
+        base64: it cost both sides more CPU than storing the bytes); agents
+        older than that still send JSON with base64 ``data``."""
+        if isinstance(body, bytes):
+            offset = _query_int(request, b"offset")
+            final = request.args.get(b"final") == [b"true"]
+            data = body
+        else:
+            try:
+                data = base64.b64decode(self._str(body, "data", required=False), validate=True)
+            except (binascii.Error, ValueError):
+                raise BadParameter("data: must be base64") from None
+            offset, final = body.get("offset"), body.get("final") is True
+        return await self.recordings.append(self._authenticated(caller), session_id, offset, data, final)

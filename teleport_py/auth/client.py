@@ -23,6 +23,7 @@ from teleport_py.auth.server import AUTH_SERVER_NAME
 from teleport_py.pki import client_tls_options
 
 MAX_RESPONSE = 64 << 20
+OCTET_STREAM = b"application/octet-stream"
 #: No call may hang forever: agents' uploaders and heartbeats retry with
 #: backoff, but only once a call has failed.
 DEFAULT_TIMEOUT = 60.0
@@ -75,14 +76,21 @@ class AuthClient:
         merged.update(headers)
         return AuthClient(self.http, self.base_url, merged, self.timeout)
 
-    async def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> Any:
+    async def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None,
+                   content: bytes | None = None) -> Any:
+        """``body`` is sent as JSON, ``content`` as raw bytes (recording chunks)."""
         url = f"{self.base_url}/v1/{path}"
         if params:
             url += "?" + urlencode(params, doseq=True)
-        data = json.dumps(body).encode("utf-8") if body is not None else None
         headers = dict(self.headers)
-        if data is not None:
+        if content is not None:
+            data = content
+            headers[b"content-type"] = [OCTET_STREAM]
+        elif body is not None:
+            data = json.dumps(body).encode("utf-8")
             headers[b"content-type"] = [b"application/json"]
+        else:
+            data = None
         # treq cancels the call when no response has arrived in time.
         response = await self.http.request(method, url, data=data, headers=headers, timeout=self.timeout)
         content = await treq.content(response)
@@ -188,9 +196,9 @@ class AuthClient:
         return (await self.call("GET", f"recordings/{session_id}/stored"))["size"]
 
     async def upload_recording(self, session_id: str, offset: int, data: bytes, final: bool) -> int:
-        """Send one chunk at ``offset``; returns the size Auth now holds."""
-        body = {"offset": offset, "data": base64.b64encode(data).decode("ascii"), "final": final}
-        return (await self.call("POST", f"recordings/{session_id}/chunks", body))["size"]
+        """Send one chunk at ``offset``, raw; returns the size Auth now holds."""
+        params = {"offset": str(offset), "final": "true" if final else "false"}
+        return (await self.call("POST", f"recordings/{session_id}/chunks", params=params, content=data))["size"]
 
     async def list_recordings(self) -> list[dict]:
         return (await self.call("GET", "recordings"))["items"]

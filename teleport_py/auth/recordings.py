@@ -29,8 +29,8 @@ from teleport_py.recording.spool import SESSION_ID
 
 META = "/recording_meta/"
 DATA = "/recording_data/"
-#: Raw bytes a single chunk may carry (fits the API's 1 MiB body as base64).
-MAX_CHUNK = 512 * 1024
+#: Raw bytes a single chunk may carry (the API's 1 MiB body limit).
+MAX_CHUNK = 1024 * 1024
 #: Raw bytes one read returns; readers page with ``offset``.
 MAX_READ = 512 * 1024
 #: Metadata copied from the session.start line.
@@ -81,12 +81,14 @@ class Recordings:
         if meta is None:
             meta = {"server_id": host.host_id, "size": 0, "complete": False, "chunks": [],
                     **self._start_fields(data)}
+        writes = []
         if data:
-            await self.backend.put(f"{DATA}{session_id}/{offset:016d}", data)
+            writes.append((f"{DATA}{session_id}/{offset:016d}", data))
             meta["chunks"].append(offset)
         meta["size"] = offset + len(data)
         meta["complete"] = bool(final)
-        await self.backend.put(META + session_id, json.dumps(meta, sort_keys=True).encode("utf-8"))
+        # One transaction: one sync per chunk, and never data the metadata does not count.
+        await self.backend.put_all(writes + [(META + session_id, json.dumps(meta, sort_keys=True).encode("utf-8"))])
         if final:
             self.log.info("recording stored session={session} bytes={size}", session=session_id, size=meta["size"])
         return {"size": meta["size"]}

@@ -131,6 +131,7 @@ class SessionRelay:
         self._error: str | None = None
         self._ended = False
         self._throttled = False
+        self._record_output = info.tty or recorder.record_output
         self._writer = recorder.spool.open(info.session_id)
         self._writer.on_backlog = self._backlog
         start_fields = {k: v for k, v in attrs.asdict(info).items() if k != "kubernetes_groups"}
@@ -196,10 +197,8 @@ class SessionRelay:
                 self._bytes_in += len(data)
             case Stdout(data) | Stderr(data):
                 self._bytes_out += len(data)
-                if self.info.tty or self._recorder.record_output:
-                    stream = "stdout" if isinstance(event, Stdout) else "stderr"
-                    for at in range(0, len(data), rec.MAX_PRINT):
-                        self._record(rec.PRINT, stream=stream, data=data[at:at + rec.MAX_PRINT])
+                if self._record_output:
+                    self._writer.output("stdout" if type(event) is Stdout else "stderr", self._ms(), data)
             case Resize(width, height):
                 self._record(rec.RESIZE, width=width, height=height)
                 self._audit(events.RESIZE, terminal_size=f"{width}:{height}")
@@ -248,9 +247,11 @@ class SessionRelay:
         log.info("session ended sid={sid} bytes_in={bytes_in} bytes_out={bytes_out}",
                  sid=self.info.session_id, bytes_in=self._bytes_in, bytes_out=self._bytes_out)
 
+    def _ms(self) -> int:
+        return int((self._reactor.seconds() - self._started) * 1000)
+
     def _record(self, event_type: str, **fields) -> None:
-        ms = int((self._reactor.seconds() - self._started) * 1000)
-        self._writer.record({"type": event_type, "ms": ms, **{k: v for k, v in fields.items() if v is not None}})
+        self._writer.record({"type": event_type, "ms": self._ms(), **{k: v for k, v in fields.items() if v is not None}})
 
     def _audit(self, event_type: str, success: bool = True, **fields) -> None:
         self._recorder.emit(events.make_event(

@@ -45,6 +45,18 @@ class RecordingFormatError(Exception):
     """The bytes are not a recording; the one error this module raises."""
 
 
+#: The streams output comes from.
+STREAMS = ("stdout", "stderr")
+
+
+def print_header(ms: int, stream: str, size: int) -> bytes:
+    """The header line ``encode`` writes for ``size`` bytes of output, without
+    building a dict or calling json.dumps: the writer makes one per record."""
+    if stream not in STREAMS or type(ms) is not int or not 0 <= size <= MAX_PAYLOAD:
+        raise RecordingFormatError("a print needs a known stream, integer ms and a size up to MAX_PAYLOAD")
+    return b'{"type":"print","ms":%d,"stream":"%s","size":%d}\n' % (ms, stream.encode("ascii"), size)
+
+
 def encode(event: dict[str, Any]) -> bytes:
     """One record: the header line, then ``data`` (bytes) raw, if any."""
     if event.get("type") not in TYPES or not isinstance(event.get("ms"), int):

@@ -22,13 +22,14 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from teleport_py.pki import make_private_dirs
-from teleport_py.recording.format import MAX_PRINT, PRINT, complete_prefix, encode
+from teleport_py.recording.format import MAX_PRINT, PRINT, complete_prefix, encode, print_header
 
 log = Logger()
 
 SESSION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-#: Raw bytes per upload request: under Auth's 1 MiB body limit once base64'd.
-CHUNK_SIZE = 512 * 1024
+#: Raw bytes per upload request: Auth's limit (fewer requests and
+#: transactions per MiB than smaller chunks).
+CHUNK_SIZE = 1024 * 1024
 #: Recorded bytes held in memory before the relay is asked to pause.
 MAX_BACKLOG = 4 * 1024 * 1024
 OPEN, CLOSED = ".part", ".rec"
@@ -114,9 +115,10 @@ class RecordingFiles:
 class RecordingWriter:
     """One session's recording: ``record(event)`` from the reactor.
 
-    Consecutive ``print`` events of one stream in the same millisecond become
-    one record (up to MAX_PRINT): a terminal writing a byte at a time would
-    otherwise cost a header per byte, and no timing is lost. Records are buffered and handed to the file thread every ``flush_interval``,
+    Consecutive output of one stream in the same millisecond becomes one
+    ``print`` record (up to MAX_PRINT): a terminal writing a byte at a time
+    would otherwise cost a header per byte, and no timing is lost. Records are
+    buffered and handed to the file thread every ``flush_interval``,
     or at once when half the backlog is waiting (a busy session must not be
     limited to one backlog per interval); ``on_backlog(True)`` asks the relay
     to pause while more than ``max_backlog`` bytes wait for the disk,
@@ -128,7 +130,7 @@ class RecordingWriter:
         self._spool = spool
         self._pending: list[bytes] = []
         self._pending_size = 0
-        self._print: dict[str, Any] | None = None  # the last print, still growing
+        self._print: tuple[str, int, bytearray] | None = None  # the last print (stream, ms, data), still growing
         self._in_flight = 0
         self._max_backlog = max_backlog
         self._writing: Deferred | None = None
@@ -141,18 +143,29 @@ class RecordingWriter:
             lambda f: log.failure("recording flush loop failed", f))
 
     def record(self, event: dict[str, Any]) -> None:
-        last = self._print
-        if (last is not None and event["type"] == PRINT and event["ms"] == last["ms"]
-                and event.get("stream") == last.get("stream") and len(last["data"]) + len(event["data"]) <= MAX_PRINT):
-            last["data"] += event["data"]
-            self._pending_size += len(event["data"])
-        else:
-            self._seal_print()
-            if event["type"] == PRINT:
-                self._print = {**event, "data": bytearray(event["data"])}
-                self._pending_size += len(event["data"])
-            else:
-                self._append(encode(event))
+        if event["type"] == PRINT:
+            self.output(event["stream"], event["ms"], event["data"])
+            return
+        self._seal_print()
+        self._append(encode(event))
+        self._recorded()
+
+    def output(self, stream: str, ms: int, data: bytes) -> None:
+        """Output of any size: what the relay calls for every read of it, so
+        no event dict is built; it fills print records of up to MAX_PRINT."""
+        view = memoryview(data)
+        while view:
+            last = self._print
+            if last is None or last[0] != stream or last[1] != ms or len(last[2]) >= MAX_PRINT:
+                self._seal_print()
+                last = self._print = (stream, ms, bytearray())
+            room = MAX_PRINT - len(last[2])
+            last[2].extend(view[:room])
+            view = view[room:]
+        self._pending_size += len(data)
+        self._recorded()
+
+    def _recorded(self) -> None:
         if self._pending_size > self._max_backlog // 2 and self._closing is None:
             self.flush()
         self._check_backlog()
@@ -163,9 +176,10 @@ class RecordingWriter:
 
     def _seal_print(self) -> None:
         if self._print is not None:
-            last, self._print = self._print, None
-            self._pending_size -= len(last["data"])
-            self._append(encode({**last, "data": bytes(last["data"])}))
+            (stream, ms, data), self._print = self._print, None
+            self._pending_size -= len(data)
+            self._append(print_header(ms, stream, len(data)))
+            self._append(data)
 
     def _check_backlog(self) -> None:
         throttled = self._pending_size + self._in_flight > self._max_backlog
