@@ -15,6 +15,7 @@ from treq.client import HTTPClient
 from teleport_py.auth.api import MAX_BODY, AuthAPI, BoundedRequest
 from teleport_py.auth.client import AuthClient
 from teleport_py.auth.errors import AlreadyExists, BadParameter
+from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
 from teleport_py.backend import MemoryBackend
 from tests.test_recording_auth import BODY, KUBE, SID, START
@@ -43,19 +44,20 @@ class AuthClientTests(TestCase):
 
         return defer.Deferred.fromCoroutine(go())
 
-    async def _agent_client(self) -> tuple[AuthClient, MemoryBackend]:
+    async def _agent_client(self) -> tuple[AuthClient, MemoryBackend, Recordings]:
         backend = MemoryBackend(reactor)
         self.addCleanup(backend.close)
         auth = await AuthServer.initialize(reactor, backend, "example")
-        site = Site(AgentCallerAPI(auth), requestFactory=BoundedRequest)
+        recordings = Recordings(auth, self.mktemp(), run_blocking=defer.maybeDeferred)
+        site = Site(AgentCallerAPI(auth, recordings), requestFactory=BoundedRequest)
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)
         http = HTTPClient(Agent(reactor))
-        return AuthClient(http, f"http://127.0.0.1:{port.getHost().port}"), backend
+        return AuthClient(http, f"http://127.0.0.1:{port.getHost().port}"), backend, recordings
 
     def test_recording_chunks_are_raw_resumable_and_bounded(self):
         async def go():
-            client, backend = await self._agent_client()
+            client, backend, recordings = await self._agent_client()
             self.assertEqual(await client.upload_recording(SID, 0, START, False), len(START))
             self.assertEqual(await client.upload_recording(SID, 0, START, False), len(START))  # a retry
             with self.assertRaises(AlreadyExists) as wrong:
@@ -68,8 +70,7 @@ class AuthClientTests(TestCase):
             legacy = {"offset": len(START), "data": base64.b64encode(BODY).decode(), "final": True}
             self.assertEqual((await client.call("POST", f"recordings/{SID}/chunks", legacy))["size"],
                              len(START) + len(BODY))
-            stored = await backend.get_range("/recording_data/")
-            self.assertEqual(b"".join(item.value for item in stored), START + BODY)
+            self.assertEqual(recordings.files.read(SID, 0, MAX_BODY), START + BODY)
             meta = json.loads((await backend.get(f"/recording_meta/{SID}")).value)
             self.assertEqual((meta["size"], meta["complete"]), (len(START) + len(BODY), True))
 
@@ -77,7 +78,7 @@ class AuthClientTests(TestCase):
 
     def test_raw_bodies_only_where_a_handler_takes_them(self):
         async def go():
-            client, _ = await self._agent_client()
+            client, _, _ = await self._agent_client()
             with self.assertRaises(BadParameter):
                 await client.call("POST", "heartbeats/kube", content=b'{"resource": {}}')
             with self.assertRaises(BadParameter):

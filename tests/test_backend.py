@@ -112,22 +112,6 @@ class BackendTestsMixin:
         self.assertEqual(await self.backend.get("/roles/a"), Item("/roles/a", b"v2", 2000.0, again.revision))
 
     @async_test
-    async def test_put_all_stores_every_item_or_none(self):
-        events = []
-        self.backend.watch("/rec/", events.append)
-        await self.backend.put("/rec/meta", b"old", expires=2000.0)
-        stored = await self.backend.put_all([("/rec/data/0", b"chunk"), ("/rec/meta", b"new")])
-        self.assertEqual([(item.key, item.value, item.expires) for item in stored],
-                         [("/rec/data/0", b"chunk", None), ("/rec/meta", b"new", None)])
-        self.assertLess(stored[0].revision, stored[1].revision)
-        self.assertEqual([await self.backend.get(item.key) for item in stored], stored)
-        self.assertEqual([event.item for event in events[1:]], stored)
-        with self.assertRaises(TypeError):
-            await self.backend.put_all([("/rec/data/1", b"chunk"), ("/rec/meta", "not bytes")])
-        self.assertIsNone(await self.backend.get("/rec/data/1"))
-        self.assertEqual((await self.backend.get("/rec/meta")).value, b"new")
-
-    @async_test
     async def test_revisions_increase_across_all_writes(self):
         events = []
         self.backend.watch("/", events.append)

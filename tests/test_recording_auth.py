@@ -2,10 +2,12 @@
 who may list and read them (role rules or the session's participant)."""
 from __future__ import annotations
 
+import json
+import os
 from datetime import datetime, timedelta, timezone
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.trial.unittest import TestCase
 
 from teleport_py.auth.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
@@ -37,7 +39,7 @@ class RecordingsTests(TestCase):
         backend = MemoryBackend(reactor)
         self.addCleanup(backend.close)
         auth = await AuthServer.initialize(reactor, backend, "example")
-        return Recordings(auth)
+        return Recordings(auth, self.mktemp(), run_blocking=maybeDeferred)
 
     def test_upload_is_chunked_idempotent_and_resumable(self):
         async def go():
@@ -87,4 +89,33 @@ class RecordingsTests(TestCase):
             with self.assertRaises(NotFound):
                 await r.read(user("carol", "access"), SID, 0)
             self.assertNotIn("chunks", await r.get(user("alice"), SID))
+        return d(go())
+
+    def test_bytes_are_in_a_file_and_a_crash_before_the_metadata_loses_nothing(self):
+        async def go():
+            r = await self._setup()
+            await r.append(KUBE, SID, 0, START, False)
+            path = os.path.join(r.files.directory, SID + ".rec")
+            with open(path, "ab") as f:
+                f.write(b"a chunk whose metadata was never written" * 100)
+            self.assertEqual(await r.stored(KUBE, SID), {"size": len(START), "complete": False})
+            self.assertEqual((await r.read(user("alice"), SID, 0))["data"], START)  # only what Auth holds
+            await r.append(KUBE, SID, len(START), BODY, True)  # the agent resends from Auth's size
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), START + BODY)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+            self.assertEqual(await r.backend.get_range("/recording_data/"), [])
+        return d(go())
+
+    def test_recordings_stored_in_the_backend_still_play_and_grow(self):
+        async def go():
+            r = await self._setup()
+            meta = {"server_id": "kube-1", "size": len(START), "complete": False, "chunks": [0],
+                    "session_id": SID, "user": "alice"}
+            await r.backend.put(f"/recording_meta/{SID}", json.dumps(meta).encode())
+            await r.backend.put(f"/recording_data/{SID}/{0:016d}", START)
+            await r.append(KUBE, SID, len(START), BODY, True)
+            self.assertEqual((await r.read(user("alice"), SID, 0))["data"], START + BODY)
+            self.assertEqual((await r.read(user("alice"), SID, 3))["data"], (START + BODY)[3:])
+            self.assertFalse(os.path.exists(os.path.join(r.files.directory, SID + ".rec")))
         return d(go())

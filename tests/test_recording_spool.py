@@ -56,7 +56,8 @@ class SpoolTests(TestCase):
     async def _setup(self):
         backend = MemoryBackend(reactor)
         self.addCleanup(backend.close)
-        self.auth = FlakyAuth(Recordings(await AuthServer.initialize(reactor, backend, "example")))
+        auth = await AuthServer.initialize(reactor, backend, "example")
+        self.auth = FlakyAuth(Recordings(auth, self.mktemp(), run_blocking=synchronous))
         self.clock = Clock()
         self.directory = self.mktemp()
 

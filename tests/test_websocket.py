@@ -19,6 +19,7 @@ from teleport_py.websocket import (
     MessageAssembler,
     WebSocketError,
     WsFrame,
+    apply_mask,
     encode_close,
     encode_frame,
     parse_close,
@@ -42,6 +43,10 @@ def parse_all(parser: FrameParser, chunks: list[bytes]) -> list[WsFrame]:
 
 
 class FrameTests(SynchronousTestCase):
+    @given(st.binary(min_size=4, max_size=4), st.binary(max_size=2000))
+    def test_mask_is_a_byte_by_byte_xor_with_the_repeated_key(self, mask, payload):
+        self.assertEqual(apply_mask(mask, payload), bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.one_of(data_frames, control_frames), max_size=6),
            st.booleans(), st.lists(st.integers(0, 10**6), max_size=8))

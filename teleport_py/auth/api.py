@@ -83,7 +83,7 @@ class AuthAPI(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, auth: AuthServer):
+    def __init__(self, auth: AuthServer, recordings: Recordings):
         super().__init__()
         self.auth = auth
         self.routes: dict[tuple[bytes, str], Callable] = {
@@ -115,7 +115,7 @@ class AuthAPI(resource.Resource):
         }
         #: Handlers that take an application/octet-stream body as bytes.
         self.raw_handlers = {self.append_recording}
-        self.recordings = Recordings(auth)
+        self.recordings = recordings
 
     # -- plumbing -------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from teleport_py.auth.api import AuthAPI, BoundedRequest
+from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AUTH_SERVER_NAME, AuthServer
 from teleport_py.backend import SQLiteBackend
 from teleport_py.config import Config
@@ -91,7 +92,8 @@ class AuthService(service.Service):
             trusted_cas=[self.auth.user_ca.certificate, self.auth.host_ca.certificate],
             require_client_certificate=False,
         )
-        site = Site(AuthAPI(self.auth), requestFactory=BoundedRequest)
+        recordings = Recordings(self.auth, os.path.join(self.config.data_dir, "session_recordings"))
+        site = Site(AuthAPI(self.auth, recordings), requestFactory=BoundedRequest)
         site.displayTracebacks = False
         endpoint = serverFromString(self.reactor, self.config.auth.listen_addr.server_endpoint())
         self._port = await endpoint.listen(TLSMemoryBIOFactory(tls, False, site))

@@ -119,10 +119,6 @@ class IBackend(Interface):
     def put(key: str, value: bytes, expires: float | None = None) -> Deferred:
         """Store unconditionally; fire with the stored ``Item``."""
 
-    def put_all(items: list[tuple[str, bytes]]) -> Deferred:
-        """Store every ``(key, value)`` (no expiry) in one durable write, all
-        or none; fire with the stored ``Item``s."""
-
     def create(key: str, value: bytes, expires: float | None = None) -> Deferred:
         """Store only if no live item exists; fire with the ``Item`` or ``None``."""
 
@@ -230,10 +226,6 @@ class StoreBackend:
     @_deferred
     def put(self, key, value, expires=None):
         return self._write(self._store.put, Item(key, value, expires))
-
-    @_deferred
-    def put_all(self, items):
-        return self._write(self._store.put_all, [Item(key, value, None) for key, value in items])
 
     @_deferred
     def create(self, key, value, expires=None):

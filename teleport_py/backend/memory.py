@@ -43,10 +43,6 @@ class _MemoryStore:
     def put(self, item: Item, now: float):
         return self._store(item)
 
-    def put_all(self, items: list[Item], now: float):
-        stored = [self._store(item) for item in items]
-        return [item for item, _ in stored], [event for _, events in stored for event in events]
-
     def create(self, item: Item, now: float):
         if self._live(item.key, now) is not None:
             return None, []

@@ -175,11 +175,6 @@ class _SQLiteStore:
         with self._transaction():
             return self._store(item)
 
-    def put_all(self, items: list[Item], now: float):
-        with self._transaction():
-            stored = [self._store(item) for item in items]
-        return [item for item, _ in stored], [event for _, events in stored for event in events]
-
     def create(self, item: Item, now: float):
         with self._transaction():
             if self._live(item.key, now) is not None:

@@ -7,6 +7,7 @@ connection: the parser is told whether the frames it sees must be masked
 and leaves extension bits for the caller to judge.
 """
 
+import functools
 import struct
 
 import attrs
@@ -53,12 +54,23 @@ def is_control(opcode: int) -> bool:
     return opcode >= 0x8
 
 
+@functools.lru_cache(maxsize=64)
+def _every_fourth_byte(words: int) -> int:
+    """1 in the lowest byte of each of ``words`` 4-byte words (little-endian)."""
+    return int.from_bytes(b"\x01\x00\x00\x00" * words, "little")
+
+
 def apply_mask(mask: bytes, payload: bytes) -> bytes:
-    """XOR with the 4-byte key; masking and unmasking are the same."""
+    """XOR with the 4-byte key; masking and unmasking are the same.
+
+    As one big-integer XOR; the repeated key is the mask times a cached
+    0x..00000001_00000001, so no key bytes are built or converted per frame
+    (the relay unmasks every byte a client sends)."""
     length = len(payload)
-    key = (mask * (length // 4 + 1))[:length]
-    return (int.from_bytes(payload, "big")
-            ^ int.from_bytes(key, "big")).to_bytes(length, "big")
+    words = (length + 3) // 4
+    key = int.from_bytes(mask, "little") * _every_fourth_byte(words)
+    unmasked = (int.from_bytes(payload, "little") ^ key).to_bytes(4 * words, "little")
+    return unmasked if length == 4 * words else unmasked[:length]
 
 
 class FrameParser:
