@@ -40,7 +40,7 @@ import attr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet import task, threads  # noqa: E402
+from twisted.internet import protocol, task, threads  # noqa: E402
 from twisted.internet.defer import ensureDeferred  # noqa: E402
 
 from tests.e2e import Deployment  # noqa: E402
@@ -128,15 +128,18 @@ def throughput(target: Target, concurrency: int, per_client: int) -> float:
     return concurrency * per_client / (time.perf_counter() - start)
 
 
-def big_list(target: Target, repeats: int) -> dict:
+def big_list(target: Target, repeats: int, pids: dict[str, int]) -> dict:
     times, size = [], 0
+    cpu_before = {process: cpu_seconds(pid) for process, pid in pids.items()}
     for _ in range(repeats):
         connection = Connection(target)
         start = time.perf_counter()
         size = len(connection.fetch("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps"))
         times.append(time.perf_counter() - start)
         connection.close()
-    return {"median_s": statistics.median(times), "min_s": min(times), "mib": size / 2**20}
+    return {"median_s": statistics.median(times), "min_s": min(times), "mib": size / 2**20,
+            "cpu_s_per_list": {process: (cpu_seconds(pid) - cpu_before[process]) / repeats
+                               for process, pid in pids.items()}}
 
 
 def create_configmaps(target: Target, total_mib: int) -> None:
@@ -174,6 +177,33 @@ async def idle_cpu_rate(reactor, pids: dict[str, int], seconds: float = 3.0) -> 
     before = {process: cpu_seconds(pid) for process, pid in pids.items()}
     await task.deferLater(reactor, seconds, lambda: None)
     return {process: (cpu_seconds(pid) - before[process]) / seconds for process, pid in pids.items()}
+
+
+class Sampled:
+    """With a directory, py-spy samples the Python processes during one phase
+    (collapsed stacks in DIR/<phase>-<process>.txt, the input of flame graph
+    tools), so a cost is found in the profile rather than guessed."""
+
+    def __init__(self, reactor, directory: str | None, phase: str, pids: dict[str, int]):
+        self.reactor, self.directory, self.phase, self.pids = reactor, directory, phase, pids
+        self.samplers: list = []
+
+    def __enter__(self):
+        if self.directory:
+            os.makedirs(self.directory, exist_ok=True)
+            spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+            self.samplers = [
+                self.reactor.spawnProcess(
+                    protocol.ProcessProtocol(), spy,
+                    [spy, "record", "--nonblocking", "-r", "200", "--pid", str(pid), "--format", "raw",
+                     "-o", os.path.join(self.directory, f"{self.phase}-{name}.txt")],
+                    env=os.environ, childFDs={0: "r", 1: "r", 2: "r"})
+                for name, pid in self.pids.items() if name != "apiserver"]
+        return self
+
+    def __exit__(self, *exc_info):
+        for sampler in self.samplers:
+            sampler.signalProcess("INT")
 
 
 def rss_kib(pid: int) -> int:
@@ -250,8 +280,10 @@ async def measure(reactor, options) -> dict:
             idle_rate = await idle_cpu_rate(reactor, pids)
             cpu_before = {process: cpu_seconds(pid) for process, pid in pids.items()}
             started = time.monotonic()
+            with Sampled(reactor, name == "teleport" and options.profile, "get", pids):
+                get_latency = await threads.deferToThread(latency, target, options.requests)
             results[name] = {
-                "latency": await threads.deferToThread(latency, target, options.requests),
+                "latency": get_latency,
                 # CPU per request of the sequential run, less what the process
                 # burns when idle (timers, heartbeats) over the same time: what
                 # each hop costs a request, whatever the load.
@@ -260,8 +292,9 @@ async def measure(reactor, options) -> dict:
                                      - idle_rate[process] * (time.monotonic() - started)) / (options.requests + 1)
                     for process, pid in pids.items()},
                 "rps_c32": await threads.deferToThread(throughput, target, 32, options.requests // 20),
-                "list": await threads.deferToThread(big_list, target, options.list_repeats),
             }
+            with Sampled(reactor, name == "teleport" and options.profile, "list", pids):
+                results[name]["list"] = await threads.deferToThread(big_list, target, options.list_repeats, pids)
         pids = {"proxy (auth+proxy process)": d.main.pid, "agent": d.agent.pid}
         watches: list = []
         memory = {"0": {name: rss_kib(pid) for name, pid in pids.items()}}
@@ -289,6 +322,7 @@ def report(results: dict, watches: int) -> str:
             f"LIST {r['list']['mib']:.1f} MiB median {r['list']['median_s']:.3f} s "
             f"({r['list']['median_s'] / direct['list']['median_s']:.2f}x direct)  CPU ms/request "
             + ", ".join(f"{process} {ms:.2f}" for process, ms in r["cpu_ms_per_request"].items())
+            + "  CPU s/LIST " + ", ".join(f"{process} {s:.3f}" for process, s in r["list"]["cpu_s_per_list"].items())
         )
     teleport = results["teleport"]
     added = teleport["latency"]["p50_ms"] - direct["latency"]["p50_ms"]
@@ -309,6 +343,8 @@ def main() -> None:
     parser.add_argument("--list-repeats", type=int, default=5)
     parser.add_argument("--watches", type=int, default=1000)
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="py-spy stacks of the proxy and agent during teleport's GETs and LISTs")
     options = parser.parse_args()
 
     def run(reactor):
