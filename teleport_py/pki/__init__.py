@@ -20,7 +20,19 @@ from teleport_py.pki.keys import (
     private_key_pem,
     write_private_file,
 )
-from teleport_py.pki.tls import client_tls_options, peer_certificate, server_tls_options
+
+# TLS brings in Twisted; tsh answering kubectl from a stored certificate
+# needs only the X.509 half, so the TLS names load on first use.
+_TLS_NAMES = ("client_tls_options", "peer_certificate", "server_tls_options")
+
+
+def __getattr__(name: str):
+    if name in _TLS_NAMES:
+        from teleport_py.pki import tls
+
+        return getattr(tls, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "SYSTEM_ROLES",

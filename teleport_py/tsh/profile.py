@@ -24,12 +24,12 @@ from pathlib import Path
 
 from attrs import asdict, field, frozen
 from cryptography import x509
-from twisted.internet.task import deferLater
 
 from teleport_py.identityfile import IdentityFile
 from teleport_py.pki import certificate_pem, load_certificate_pem, make_private_dirs, write_private_file
 
 LOCK_POLL_SECONDS = 0.02
+DEFAULT_PROXY_PORT = 3080
 
 
 class ProfileError(Exception):
@@ -40,6 +40,18 @@ def _path_component(instance, attribute, value: str) -> None:
     """Names become directory names: nothing that could climb out of the store."""
     if not isinstance(value, str) or value in ("", ".", "..") or "/" in value or "\0" in value:
         raise ValueError("%s is not usable as a file name: %r" % (attribute.name, value))
+
+
+def normalize_proxy(address: str) -> str:
+    """``--proxy`` as the ``host:port`` that names its profile (port 3080 when left out)."""
+    if not address or "/" in address:
+        raise ProfileError("--proxy must be host:port, got %r" % (address,))
+    host, colon, port = address.rpartition(":")
+    if not colon or "]" in port:
+        return "%s:%d" % (address, DEFAULT_PROXY_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ProfileError("--proxy must be host:port, got %r" % (address,))
+    return address
 
 
 def check_kube_cluster_name(name: str) -> str:
@@ -158,6 +170,8 @@ class ProfileStore:
     @contextlib.asynccontextmanager
     async def lock(self, profile: Profile, reactor):
         """Exclusive between processes; waits by polling so the reactor keeps running."""
+        from twisted.internet.task import deferLater  # only commands that may reissue lock
+
         path = self.key_dir(profile) / ".lock"
         make_private_dirs(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
