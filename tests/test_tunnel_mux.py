@@ -142,6 +142,27 @@ class StreamTests(SynchronousTestCase):
         exchange(agent, proxy)
         self.assertEqual(received(proxy, stream_id), b"reply")
 
+    def test_queued_bytes_do_not_change_with_the_callers_buffer(self):
+        """Frames refer to immutable bytes without copying; anything mutable is copied."""
+        agent, proxy = pair()
+        stream_id = open_accepted(proxy, agent)
+        mutable = bytearray(b"a" * 250)
+        proxy.send_data(stream_id, mutable)
+        proxy.send_data(stream_id, memoryview(mutable)[:10])
+        mutable[:] = b"b" * 250
+        data_frames = sent_frames(proxy)
+        self.assertEqual(b"".join(f.data for f in data_frames), b"a" * 260)
+
+    def test_fin_rides_on_the_last_frame_of_held_back_data(self):
+        agent, proxy = pair(initial_window=150)
+        stream_id = open_accepted(proxy, agent)
+        proxy.send_data(stream_id, b"x" * 250)
+        proxy.end_stream(stream_id)
+        self.assertEqual([(len(f.data), f.fin) for f in sent_frames(proxy)], [(100, False), (50, False)])
+        agent.acknowledge(stream_id, 150)
+        proxy.receive_data(agent.data_to_send())
+        self.assertEqual([(len(f.data), f.fin) for f in sent_frames(proxy)], [(100, True)])
+
     def test_peer_stream_with_our_parity_is_protocol_error(self):
         agent, _ = pair()
         self.assertRaises(

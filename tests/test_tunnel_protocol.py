@@ -11,6 +11,7 @@ from twisted.internet.error import ConnectionAborted, ConnectionDone, Connection
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -19,7 +20,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol
+from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol, frames, mux
+from teleport_py.tunnel.frames import FrameDecoder
+from teleport_py.tunnel.protocol import COALESCE_FROM
 
 WINDOW = 64 * 1024
 
@@ -240,6 +243,79 @@ class FlowControlTests(SynchronousTestCase):
         self.assertTrue(producer.paused)
         tunnel.agent.resumeProducing()
         self.assertFalse(producer.paused)
+
+
+class WriteBatchingTests(SynchronousTestCase):
+    """Full-record writes wait for the end of the reactor turn and leave as
+    one DATA frame; small ones leave at once; order, FIN, abort and
+    back-pressure are as if every write had gone at once."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.accepted = []
+        self.tunnel = TunnelProtocol(
+            self.clock, initiator=False, accept_stream=lambda kind, metadata: self.accepted.append(HalfCloser())
+            or self.accepted[-1],
+        )
+        self.wire = StringTransport()
+        self.tunnel.makeConnection(self.wire)
+        self.peer = mux.Multiplexer(initiator=True, initial_window=WINDOW, max_frame_payload=WINDOW)
+        self.stream_id = self.peer.open_stream("kube", {})
+        self.tunnel.dataReceived(self.peer.data_to_send())
+        [self.stream] = self.accepted
+        self.sent()
+
+    def sent(self):
+        out = FrameDecoder(2**24).feed(self.wire.value())
+        self.wire.clear()
+        return [f for f in out if not isinstance(f, (frames.Hello, frames.Accept))]
+
+    def test_full_records_of_one_turn_leave_as_one_frame(self):
+        for _ in range(3):
+            self.stream.transport.write(b"r" * COALESCE_FROM)
+        self.assertEqual(self.sent(), [])
+        self.clock.advance(0)
+        [sent] = self.sent()
+        self.assertEqual(sent, frames.Data(self.stream_id, b"r" * 3 * COALESCE_FROM))
+
+    def test_small_write_leaves_at_once(self):
+        self.stream.transport.write(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(self.sent(), [frames.Data(self.stream_id, b"GET / HTTP/1.1\r\n\r\n")])
+
+    def test_small_write_after_a_held_one_keeps_its_place(self):
+        self.stream.transport.write(b"r" * COALESCE_FROM)
+        self.stream.transport.write(b"tail")
+        self.assertEqual(self.sent(), [])
+        self.clock.advance(0)
+        self.assertEqual(self.sent(), [frames.Data(self.stream_id, b"r" * COALESCE_FROM + b"tail")])
+
+    def test_fin_follows_held_data(self):
+        self.stream.transport.write(b"r" * COALESCE_FROM)
+        self.stream.transport.loseWriteConnection()
+        sent = self.sent()
+        self.assertEqual(b"".join(f.data for f in sent), b"r" * COALESCE_FROM)
+        self.assertEqual([f.fin for f in sent], [False] * (len(sent) - 1) + [True])
+
+    def test_abort_drops_held_data(self):
+        self.stream.transport.write(b"r" * COALESCE_FROM)
+        self.stream.transport.abortConnection()
+        self.clock.advance(0)
+        self.assertEqual(self.sent(), [frames.Reset(self.stream_id, "aborted")])
+
+    def test_producer_pauses_when_held_data_outgrows_the_window(self):
+        producer = Producer()
+        self.stream.transport.registerProducer(producer, True)
+        for _ in range(WINDOW // COALESCE_FROM):
+            self.stream.transport.write(b"r" * COALESCE_FROM)
+        self.assertFalse(producer.paused)
+        self.stream.transport.write(b"r" * COALESCE_FROM)
+        self.assertTrue(producer.paused)
+        self.clock.advance(0)
+        self.assertEqual(sum(len(f.data) for f in self.sent()), WINDOW)
+        self.assertTrue(producer.paused)
+        self.tunnel.dataReceived(frames.encode(frames.WindowUpdate(self.stream_id, WINDOW)))
+        self.assertFalse(producer.paused)
+        self.assertEqual(self.sent(), [frames.Data(self.stream_id, b"r" * COALESCE_FROM)])
 
 
 class NotYetStarted(Producer):

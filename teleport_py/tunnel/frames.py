@@ -156,6 +156,12 @@ def encode(frame: Frame) -> bytes:
     return HEADER.pack(frame.TYPE, flags, stream_id, len(payload)) + payload
 
 
+def data_header(stream_id: int, length: int, *, fin: bool) -> bytes:
+    """The header of a DATA frame, for senders that queue the payload as is
+    rather than copy it into ``encode``'s result."""
+    return HEADER.pack(Data.TYPE, FLAG_FIN if fin else 0, stream_id, length)
+
+
 # Per type: (needs a stream id, allowed flags, maximum payload or None for
 # "the advertised data limit").
 _RULES: dict[int, tuple[bool, int, int | None]] = {
@@ -185,21 +191,33 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         if self._broken:
             raise TunnelProtocolError("decoder already failed")
-        self._buffer += data
+        # Frames are parsed where they lie (the new bytes themselves when
+        # nothing was left over) and the consumed prefix is dropped once, so a
+        # payload is copied once, not once per step.
+        if self._buffer:
+            self._buffer += data
+            data = self._buffer
         frames = []
+        offset = 0
         try:
-            while (frame := self._next_frame()) is not None:
-                frames.append(frame)
+            with memoryview(data) as view:
+                while (parsed := self._next_frame(view, offset)) is not None:
+                    frame, offset = parsed
+                    frames.append(frame)
         except TunnelProtocolError:
             self._broken = True
             self._buffer.clear()
             raise
+        if data is self._buffer:
+            del self._buffer[:offset]
+        else:
+            self._buffer += data[offset:]
         return frames
 
-    def _next_frame(self) -> Frame | None:
-        if len(self._buffer) < HEADER.size:
+    def _next_frame(self, view: memoryview, offset: int) -> tuple[Frame, int] | None:
+        if len(view) - offset < HEADER.size:
             return None
-        kind, flags, stream_id, length = HEADER.unpack_from(self._buffer)
+        kind, flags, stream_id, length = HEADER.unpack_from(view, offset)
         rule = _RULES.get(kind)
         if rule is None:
             raise TunnelProtocolError(f"unknown frame type {kind:#04x}")
@@ -210,12 +228,10 @@ class FrameDecoder:
             raise TunnelProtocolError(f"unknown flags {flags:#04x}")
         if length > (self._max_data_payload if limit is None else limit):
             raise TunnelProtocolError(f"frame type {kind:#04x} too long: {length}")
-        end = HEADER.size + length
-        if len(self._buffer) < end:
+        end = offset + HEADER.size + length
+        if len(view) < end:
             return None
-        payload = bytes(self._buffer[HEADER.size : end])
-        del self._buffer[:end]
-        return _parse(kind, flags, stream_id, payload)
+        return _parse(kind, flags, stream_id, view[offset + HEADER.size : end].tobytes()), end
 
 
 def _parse(kind: int, flags: int, stream_id: int, payload: bytes) -> Frame:

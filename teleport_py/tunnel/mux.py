@@ -170,7 +170,7 @@ class Multiplexer:
         self._next_stream_id = 1 if initiator else 2
         self._last_peer_stream_id = 0
         self._peer: frames.Hello | None = None
-        self._outgoing = bytearray()
+        self._outgoing: list[bytes] = []
         self._events: deque[Event] = deque()
         self._going_away = False
         self._peer_going_away = False
@@ -186,7 +186,9 @@ class Multiplexer:
     # --- outputs -----------------------------------------------------------
 
     def data_to_send(self) -> bytes:
-        data = bytes(self._outgoing)
+        """Everything queued, joined once: DATA payloads are queued as the
+        caller's own bytes objects, not copied frame by frame."""
+        data = b"".join(self._outgoing)
         self._outgoing.clear()
         return data
 
@@ -212,6 +214,13 @@ class Multiplexer:
         """Bytes written on the stream but still waiting for window."""
         stream = self._streams.get(stream_id)
         return len(stream.outbox) if stream else 0
+
+    def sendable(self, stream_id: int) -> int:
+        """Bytes the stream could send now without waiting for window."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.accepted or stream.fin_requested:
+            return 0
+        return max(0, stream.send_window - len(stream.outbox))
 
     # --- calls from the application ----------------------------------------
 
@@ -244,6 +253,10 @@ class Multiplexer:
         stream = self._streams.get(stream_id)
         if stream is None or stream.fin_requested or not data:
             return
+        if not stream.outbox and stream.accepted and type(data) is bytes:
+            # Nothing waits before it: frame the caller's (immutable) bytes
+            # directly; only what the window holds back is copied.
+            data = data[self._frame(stream_id, stream, data, fin=False) :]
         stream.outbox += data
         self._flush(stream_id, stream)
 
@@ -418,15 +431,12 @@ class Multiplexer:
     def _flush(self, stream_id: int, stream: _Stream) -> None:
         if not stream.accepted:
             return
-        limit = self._peer.max_frame_payload
-        while stream.outbox and stream.send_window > 0:
-            size = min(len(stream.outbox), stream.send_window, limit)
-            chunk = bytes(stream.outbox[:size])
+        if stream.outbox and stream.send_window > 0:
+            size = min(len(stream.outbox), stream.send_window)
+            with memoryview(stream.outbox) as view:
+                chunk = view[:size].tobytes()
             del stream.outbox[:size]
-            stream.send_window -= size
-            last = stream.fin_requested and not stream.outbox
-            self._send(frames.Data(stream_id, chunk, fin=last))
-            stream.fin_sent = last
+            self._frame(stream_id, stream, chunk, fin=stream.fin_requested and not stream.outbox)
         if stream.stalled and not stream.outbox:
             self._events.append(SendBufferDrained(stream_id))
         stream.stalled = bool(stream.outbox)
@@ -435,10 +445,27 @@ class Multiplexer:
             self._send(frames.Data(stream_id, b"", fin=True))
         self._retire_if_done(stream_id, stream)
 
+    def _frame(self, stream_id: int, stream: _Stream, data: bytes, *, fin: bool) -> int:
+        """Queue DATA frames for the start of ``data``, as far as the window
+        allows (FIN on the last one if ``fin`` and all of it went); returns
+        how many bytes went. The frames refer to ``data`` without copying it."""
+        limit = self._peer.max_frame_payload
+        view = memoryview(data)
+        sent = 0
+        while sent < len(data) and stream.send_window > 0:
+            size = min(len(data) - sent, stream.send_window, limit)
+            last = fin and sent + size == len(data)
+            self._outgoing.append(frames.data_header(stream_id, size, fin=last))
+            self._outgoing.append(data if size == len(data) else view[sent : sent + size])
+            sent += size
+            stream.send_window -= size
+            stream.fin_sent = last
+        return sent
+
     def _retire_if_done(self, stream_id: int, stream: _Stream) -> None:
         if stream.fin_sent and stream.fin_received:
             del self._streams[stream_id]
             self._events.append(StreamClosed(stream_id))
 
     def _send(self, frame: frames.Frame) -> None:
-        self._outgoing += frames.encode(frame)
+        self._outgoing.append(frames.encode(frame))

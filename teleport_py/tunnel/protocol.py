@@ -32,6 +32,12 @@ from teleport_py.tunnel.mux import StreamRejected, TunnelClosed
 
 log = Logger()
 
+#: Writes this big are full TLS records of a bulk transfer in flight: they
+#: wait for the end of the reactor turn, so the records of one network read
+#: leave as one DATA frame (fewer frames and calls per byte on both ends).
+#: Smaller writes (a request, a response head) leave at once.
+COALESCE_FROM = 16 * 1024
+
 
 @implementer(IAddress)
 @attrs.frozen
@@ -62,6 +68,8 @@ class _StreamTransport:
         self._window_blocked = False
         self._reading_paused = False
         self._inbox: list[bytes] = []
+        self._unsent: list[bytes] = []
+        self._unsent_size = 0
         self._fin_pending = False
         self.disconnecting = False
         self._write_closed = False
@@ -70,12 +78,19 @@ class _StreamTransport:
     # ITransport
 
     def write(self, data: bytes) -> None:
-        if self._write_closed or self._finished:
+        if self._write_closed or self._finished or not data:
             return
-        self._tunnel._mux.send_data(self._id, data)
-        self._window_blocked = self._tunnel._mux.buffered(self._id) > 0
-        self._update_producer()
-        self._tunnel._pump()
+        if not self._unsent and len(data) < COALESCE_FROM:
+            self._queue(data)
+            self._tunnel._pump()
+            return
+        self._unsent.append(data)
+        self._unsent_size += len(data)
+        if self._unsent_size > self._tunnel._mux.sendable(self._id):
+            # Beyond the window: pause the producer now, as an unbatched write would.
+            self._window_blocked = True
+            self._update_producer()
+        self._tunnel._send_soon(self)
 
     def writeSequence(self, data) -> None:
         self.write(b"".join(data))
@@ -85,6 +100,7 @@ class _StreamTransport:
         if self._write_closed or self._finished:
             return
         self._write_closed = True
+        self._queue_unsent()
         self._tunnel._mux.end_stream(self._id)
         self._tunnel._pump()
 
@@ -205,8 +221,22 @@ class _StreamTransport:
             log.failure("stream protocol failed on FIN stream={stream}", stream=self._id)
             self.abortConnection()
 
+    def _queue(self, data: bytes) -> None:
+        """Hand bytes to the Multiplexer (the caller pumps) and pause the
+        producer if they must wait for window."""
+        self._tunnel._mux.send_data(self._id, data)
+        self._window_blocked = self._tunnel._mux.buffered(self._id) > 0
+        self._update_producer()
+
+    def _queue_unsent(self) -> None:
+        if self._unsent:
+            data = b"".join(self._unsent)
+            self._unsent.clear()
+            self._unsent_size = 0
+            self._queue(data)
+
     def _send_buffer_drained(self) -> None:
-        self._window_blocked = False
+        self._window_blocked = self._unsent_size > self._tunnel._mux.sendable(self._id)
         if self.producer is not None and not self._streaming:
             self.producer.resumeProducing()
         self._update_producer()
@@ -227,6 +257,7 @@ class _StreamTransport:
             return
         self._finished = True
         self._inbox.clear()
+        self._unsent.clear()
         self._tunnel._stream_finished(self._id)
         if self.producer is not None:
             self.producer.stopProducing()
@@ -288,6 +319,8 @@ class TunnelProtocol(Protocol):
         self._keepalive = None
         self._deadline = None
         self._drain_waiters: list[Deferred] = []
+        self._unsent_streams: dict[int, _StreamTransport] = {}
+        self._send_call = None
         self.closed: Deferred[None] = Deferred()
 
     @property
@@ -395,6 +428,19 @@ class TunnelProtocol(Protocol):
         finally:
             self._pumping = False
 
+    def _send_soon(self, stream: _StreamTransport) -> None:
+        """Queue the stream's batched writes at the end of this reactor turn."""
+        self._unsent_streams[stream._id] = stream
+        if self._send_call is None:
+            self._send_call = self._reactor.callLater(0, self._send_unsent)
+
+    def _send_unsent(self) -> None:
+        self._send_call = None
+        streams, self._unsent_streams = self._unsent_streams, {}
+        for stream in streams.values():
+            stream._queue_unsent()
+        self._pump()
+
     def _dispatch(self, event: mux.Event) -> None:
         match event:
             case mux.StreamOpened():
@@ -491,7 +537,7 @@ class TunnelProtocol(Protocol):
         if self._gone:
             return
         self._gone = True
-        for timer in (self._keepalive, self._deadline):
+        for timer in (self._keepalive, self._deadline, self._send_call):
             if timer is not None and timer.active():
                 timer.cancel()
         for _, opened, _ in list(self._opening.values()):
