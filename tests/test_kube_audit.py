@@ -1,9 +1,10 @@
 """The agent's audit spool: durable before upload, deleted only once stored."""
 from __future__ import annotations
 
+import json
 import os
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -44,8 +45,13 @@ class SpoolTests(SynchronousTestCase):
         self.clock = Clock()
         self.auth = FakeAuth()
 
-    def spool(self):
-        return EventSpool(self.clock, self.dir, self.auth.upload, run_blocking=inline, delay=1.0, max_backoff=8.0)
+    def spool(self, run_blocking=inline):
+        return EventSpool(self.clock, self.dir, self.auth.upload, run_blocking=run_blocking, delay=1.0,
+                          max_backoff=8.0, commit_delay=0.05)
+
+    def commit(self):
+        """Let the open group-commit window end."""
+        self.clock.advance(0.05)
 
     def spooled_lines(self) -> int:
         total = 0
@@ -61,6 +67,7 @@ class SpoolTests(SynchronousTestCase):
         spool = self.spool()
         spool.emit(self.event(1))
         spool.emit(self.event(2))
+        self.commit()
         self.assertEqual(self.spooled_lines(), 2)
         self.assertEqual(self.auth.stored, {})
         self.clock.advance(1)
@@ -73,6 +80,7 @@ class SpoolTests(SynchronousTestCase):
         events = [self.event(n) for n in range(5)]
         for event in events:
             spool.emit(event)
+        self.commit()
         self.clock.advance(1)
         spool.stop()
         self.assertEqual(self.spooled_lines(), 5)
@@ -89,6 +97,7 @@ class SpoolTests(SynchronousTestCase):
         self.auth.failing = True
         spool = self.spool()
         spool.emit(self.event(1))
+        self.commit()
         attempts = []
         for step in (1, 1, 2, 4, 8, 8):
             self.clock.advance(step)
@@ -104,8 +113,10 @@ class SpoolTests(SynchronousTestCase):
         self.auth.hold = Deferred()
         held = self.auth.hold
         spool.emit(self.event(1))
+        self.commit()
         self.clock.advance(1)
         spool.emit(self.event(2))
+        self.commit()
         held.callback(None)
         self.assertEqual(len(self.auth.stored), 1)
         self.clock.advance(1)
@@ -124,6 +135,102 @@ class SpoolTests(SynchronousTestCase):
     def test_spool_files_are_private(self):
         spool = self.spool()
         spool.emit(self.event(1))
+        self.commit()
         (name,) = os.listdir(self.dir)
         self.assertEqual(os.stat(os.path.join(self.dir, name)).st_mode & 0o777, 0o600)
         self.assertEqual(os.stat(self.dir).st_mode & 0o777, 0o700)
+
+    def test_a_window_of_events_is_one_write_in_order(self):
+        writes = []
+
+        def recording(f, *args):
+            writes.append(f.__name__)
+            return maybeDeferred(f, *args)
+
+        spool = self.spool(recording)
+        events = [self.event(n) for n in range(3)]
+        for event in events:
+            spool.emit(event)
+        self.assertEqual((writes, self.spooled_lines()), ([], 0))
+        self.commit()
+        self.assertEqual(writes, ["append"])
+        self.assertEqual(self.spooled_events(), [e["uid"] for e in events])
+
+    def test_events_emitted_while_writing_are_the_next_group(self):
+        held = []
+        spool = self.spool(lambda f, *args: self._deferred_for(held, f, args))
+        spool.emit(self.event(1))
+        self.commit()
+        spool.emit(self.event(2))
+        spool.emit(self.event(3))
+        self.commit()
+        self.assertEqual(len(held), 1)  # the first write has not finished
+        self.release(held, 0)
+        self.commit()
+        self.assertEqual([len(args[0]) for _, args, _ in held], [1, 2])
+        self.release(held, 1)
+        self.assertEqual(self.spooled_lines(), 3)
+
+    def test_flush_commits_the_open_window_now(self):
+        spool = self.spool()
+        spool.emit(self.event(1))
+        spool.emit(self.event(2))
+        flushed = spool.flush()
+        self.assertIsNone(self.successResultOf(flushed))
+        self.assertEqual(self.spooled_lines(), 2)
+        self.clock.advance(1)  # the cancelled window writes nothing twice
+        self.assertEqual(self.spooled_lines(), 0)
+        self.assertEqual(len(self.auth.stored), 2)
+
+    def test_flush_waits_for_the_write_in_progress_and_the_next_group(self):
+        held = []
+        spool = self.spool(lambda f, *args: self._deferred_for(held, f, args))
+        spool.emit(self.event(1))
+        self.commit()
+        spool.emit(self.event(2))
+        flushed = spool.flush()
+        self.assertNoResult(flushed)
+        self.release(held, 0)
+        self.assertNoResult(flushed)
+        self.release(held, 1)
+        self.successResultOf(flushed)
+        self.assertEqual(self.spooled_lines(), 2)
+
+    def test_failed_write_keeps_its_events_and_retries(self):
+        failures = [OSError("disk full")]
+
+        def failing_once(f, *args):
+            if failures:
+                return fail(failures.pop())
+            return maybeDeferred(f, *args)
+
+        spool = self.spool(failing_once)
+        events = [self.event(1), self.event(2)]
+        spool.emit(events[0])
+        self.commit()
+        self.assertEqual(self.spooled_lines(), 0)
+        spool.emit(events[1])
+        self.clock.advance(1)
+        self.assertEqual(self.spooled_events(), [e["uid"] for e in events])
+        self.assertEqual(len(self.auth.stored), 0)
+        self.clock.advance(1)
+        self.assertEqual(len(self.auth.stored), 2)
+        self.flushLoggedErrors(OSError)
+
+    def spooled_events(self) -> list:
+        uids = []
+        for name in sorted(os.listdir(self.dir)):
+            with open(os.path.join(self.dir, name), "rb") as f:
+                uids += [json.loads(line)["uid"] for line in f]
+        return uids
+
+    @staticmethod
+    def _deferred_for(held, f, args):
+        d = Deferred()
+        held.append((f, args, d))
+        return d
+
+    @staticmethod
+    def release(held, index):
+        f, args, d = held[index]
+        d.callback(f(*args))
