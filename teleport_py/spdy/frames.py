@@ -116,7 +116,9 @@ class FrameParser:
     """Parses one direction of a SPDY connection.
 
     Buffers at most one frame; refuses frames longer than `max_frame_length`
-    before buffering them.
+    before buffering them. Frames are read in place and only a frame cut by
+    the end of the bytes fed is kept: dropping each frame from the front of a
+    buffer moved the rest of a large read once per frame.
     """
 
     def __init__(self, max_frame_length: int = MAX_FRAME_LENGTH) -> None:
@@ -128,23 +130,30 @@ class FrameParser:
     def feed(self, data: bytes) -> list[Frame]:
         if self._failed:
             raise SpdyError("parser already failed")
-        self._buffer += data
+        if self._buffer:
+            self._buffer += data
+            data = self._buffer
         frames = []
+        at = 0
         try:
-            while len(self._buffer) >= 8:
-                word, flags_and_length = struct.unpack_from("!II", self._buffer)
-                length = flags_and_length & 0xFFFFFF
-                if length > self._max_frame_length:
-                    raise SpdyError(f"frame of {length} bytes is too large")
-                if len(self._buffer) < 8 + length:
-                    break
-                payload = bytes(self._buffer[8:8 + length])
-                del self._buffer[:8 + length]
-                flags = flags_and_length >> 24
-                frames.append(self._frame(word, flags, payload))
+            with memoryview(data) as view:
+                while len(view) - at >= 8:
+                    word, flags_and_length = _TWO_U32.unpack_from(view, at)
+                    length = flags_and_length & 0xFFFFFF
+                    if length > self._max_frame_length:
+                        raise SpdyError(f"frame of {length} bytes is too large")
+                    end = at + 8 + length
+                    if len(view) < end:
+                        break
+                    frames.append(self._frame(word, flags_and_length >> 24, view[at + 8:end].tobytes()))
+                    at = end
+                if data is not self._buffer:
+                    self._buffer = bytearray(view[at:])
         except SpdyError:
             self._failed = True
             raise
+        if data is self._buffer:
+            del self._buffer[:at]
         return frames
 
     def _frame(self, word: int, flags: int, payload: bytes) -> Frame:

@@ -79,6 +79,10 @@ class FrameParser:
     expect_masked: True for client-to-server bytes, False for
     server-to-client, None to accept both (RFC 6455 requires one or the
     other, so None is only for tests and tunnels of unknown origin).
+
+    Frames are read in place and only a frame cut by the end of the bytes
+    fed is kept for the next feed: dropping each frame from the front of a
+    buffer moved the rest of a large read once per frame.
     """
 
     def __init__(self, expect_masked: bool | None,
@@ -91,21 +95,30 @@ class FrameParser:
     def feed(self, data: bytes) -> list[WsFrame]:
         if self._failed:
             raise WebSocketError("parser already failed")
-        self._buffer += data
+        if self._buffer:
+            self._buffer += data
+            data = self._buffer
         frames = []
+        at = 0
         try:
-            while (frame := self._next_frame()) is not None:
-                frames.append(frame)
+            with memoryview(data) as view:
+                while (found := self._next_frame(view, at)) is not None:
+                    frame, at = found
+                    frames.append(frame)
+                if data is not self._buffer:
+                    self._buffer = bytearray(view[at:])
         except WebSocketError:
             self._failed = True
             raise
+        if data is self._buffer:
+            del self._buffer[:at]
         return frames
 
-    def _next_frame(self) -> WsFrame | None:
-        buffer = self._buffer
-        if len(buffer) < 2:
+    def _next_frame(self, view: memoryview, at: int) -> tuple[WsFrame, int] | None:
+        """The frame at ``at`` and where the next one starts, or None if it is not all there."""
+        if len(view) - at < 2:
             return None
-        first, second = buffer[0], buffer[1]
+        first, second = view[at], view[at + 1]
         fin, rsv, opcode = bool(first & 0x80), (first >> 4) & 0x7, first & 0xF
         masked, length = bool(second & 0x80), second & 0x7F
         if opcode not in _KNOWN_OPCODES:
@@ -114,24 +127,24 @@ class FrameParser:
             raise WebSocketError("frame masking does not match its direction")
         if is_control(opcode) and (not fin or length > 125):
             raise WebSocketError("control frames must be single and short")
-        offset = 2
+        offset = at + 2
         if length >= 126:
             size = 2 if length == 126 else 8
-            if len(buffer) < offset + size:
+            if len(view) < offset + size:
                 return None
-            (length,) = struct.unpack_from("!H" if size == 2 else "!Q", buffer, 2)
+            (length,) = struct.unpack_from("!H" if size == 2 else "!Q", view, offset)
             offset += size
         if length > self._max_payload:
             raise WebSocketError(f"frame of {length} bytes is too large")
-        mask_size = 4 if masked else 0
-        end = offset + mask_size + length
-        if len(buffer) < end:
-            return None
-        payload = bytes(buffer[offset + mask_size:end])
         if masked:
-            payload = apply_mask(bytes(buffer[offset:offset + 4]), payload)
-        del buffer[:end]
-        return WsFrame(opcode, fin, payload, rsv)
+            offset += 4
+        end = offset + length
+        if len(view) < end:
+            return None
+        payload = view[offset:end].tobytes()
+        if masked:
+            payload = apply_mask(view[offset - 4:offset].tobytes(), payload)
+        return WsFrame(opcode, fin, payload, rsv), end
 
 
 class MessageAssembler:
