@@ -15,12 +15,20 @@ import h11
 from twisted.internet import defer, error, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
 from teleport_py.kube.credentials import ClusterCredentials
-from teleport_py.kube.forwarder import Forwarder, KubeCluster, RoleCache
+from teleport_py.kube.forwarder import (
+    CheckerCache,
+    Forwarder,
+    KubeCluster,
+    RoleCache,
+    UpstreamRequest,
+    _Decision,
+)
 from teleport_py.pki import (
     CertAuthority,
     HostIdentity,
@@ -29,6 +37,7 @@ from teleport_py.pki import (
     generate_private_key,
     server_tls_options,
 )
+from teleport_py.rbac import RequestInfo
 from teleport_py.resources.role import KubernetesResource, Role, RoleConditions
 from teleport_py.tunnel import StreamRejected
 
@@ -480,3 +489,129 @@ class UpstreamTLSOptionsTests(TestCase):
             with self.assertRaises(error.ConnectionRefusedError):
                 await forwarder.pool(cluster).acquire()
         self.assertEqual(len(built), 1)
+
+
+class _CountingTransport(StringTransport):
+    """Records each write apart: every write to a tunnel stream is a frame."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def write(self, data):
+        self.writes.append(data)
+        super().write(data)
+
+
+class _LentConnection:
+    """A pooled API server connection, as far as one exchange sees it."""
+
+    def __init__(self):
+        self.http = h11.Connection(h11.CLIENT)
+        self.transport = _CountingTransport()
+        self.given_back = 0
+
+    def lend(self, exchange):
+        pass
+
+    def give_back(self):
+        self.given_back += 1
+
+
+class _OneConnectionPool:
+    def __init__(self, connection):
+        self.connection = connection
+
+    async def acquire(self, fresh=False):
+        return self.connection
+
+
+class ResponseRelayTests(SynchronousTestCase):
+    """How the API server's response reaches kubectl's stream."""
+
+    def setUp(self):
+        self.audit = []
+        cluster = KubeCluster("c1", {"env": "dev"}, credentials(1))
+        forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+                              roles=RoleCache(reactor, FakeRoles().fetch), emit=self.audit.append)
+        self.kubectl = forwarder.accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
+        self.kubectl.makeConnection(_CountingTransport())
+        self.kubectl.http.receive_data(ForwarderTests.request(b"GET", b"/api/v1/namespaces/default"))
+        request = self.kubectl.http.next_event()
+        self.kubectl.http.next_event()
+        info = RequestInfo(verb="get", api_version="v1", resource="namespaces", namespace="default",
+                           name="default", is_resource_request=True)
+        self.upstream = UpstreamRequest(self.kubectl, request, _Decision("alice", ("system:authenticated",), info))
+        self.kubectl.upstream = self.upstream
+        self.api = _LentConnection()
+        self.successResultOf(defer.Deferred.fromCoroutine(self.upstream.start(_OneConnectionPool(self.api))))
+        self.upstream.request_done()
+
+    def kubectl_saw(self) -> tuple[h11.Response, bytes]:
+        http = h11.Connection(h11.CLIENT)
+        http.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"x")]))
+        http.send(h11.EndOfMessage())
+        http.receive_data(self.kubectl.transport.value())
+        response, body = http.next_event(), b""
+        while type(event := http.next_event()) is h11.Data:
+            body += event.data
+        self.assertIsInstance(event, h11.EndOfMessage)
+        return response, body
+
+    def test_a_response_read_at_once_is_one_write(self):
+        self.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                   b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+        self.assertEqual(len(self.kubectl.transport.writes), 1)
+        response, body = self.kubectl_saw()
+        self.assertEqual((response.status_code, body), (200, b"{}"))
+        self.assertEqual([e["response_code"] for e in self.audit], [200])
+        self.assertEqual(self.api.given_back, 1)
+
+    def test_a_response_in_pieces_is_relayed_as_it_comes(self):
+        self.upstream.dataReceived(b"HTTP/1.1 404 Not Found\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\nno")
+        self.assertEqual((len(self.kubectl.transport.writes), self.api.given_back), (1, 0))
+        self.assertEqual([e["response_code"] for e in self.audit], [404])
+        self.upstream.dataReceived(b"pe")
+        self.assertEqual((len(self.kubectl.transport.writes), self.api.given_back), (2, 0))
+        self.upstream.dataReceived(b"!")
+        response, body = self.kubectl_saw()
+        self.assertEqual((response.status_code, body), (404, b"nope!"))
+        self.assertNotIn(b"connection", dict(response.headers))
+        self.assertEqual((len(self.audit), self.api.given_back), (1, 1))
+
+    def test_a_broken_off_response_cuts_kubectl_off_and_stays_out_of_the_pool(self):
+        self.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok")
+        self.upstream.connectionLost(None)
+        self.assertEqual(self.api.given_back, 0)
+        self.assertTrue(self.kubectl.transport.disconnecting)
+        self.assertEqual(self.kubectl.transport.value().split(b"\r\n\r\n", 1)[1], b"ok")
+
+
+class CheckerCacheTests(SynchronousTestCase):
+    """A checker is reused only for the very inputs it was built from."""
+
+    def identity(self, username="alice", traits=()):
+        return UserIdentity(username, ("dev",), traits=traits, kube_cluster="c1", expires=NOW + timedelta(hours=1))
+
+    def test_same_identity_and_role_objects_share_a_checker(self):
+        cache, roles = CheckerCache(), [role()]
+        first = cache.checker(self.identity(), roles)
+        self.assertIs(cache.checker(self.identity(), list(roles)), first)
+
+    def test_each_input_is_part_of_the_key(self):
+        cache, roles = CheckerCache(), [role()]
+        first = cache.checker(self.identity(), roles)
+        self.assertIsNot(cache.checker(self.identity("bob"), roles), first)
+        self.assertIsNot(cache.checker(self.identity(traits={"groups": ["x"]}), roles), first)
+        edited = [role(groups=("admins",))]
+        checker = cache.checker(self.identity(), edited)
+        self.assertIsNot(checker, first)
+        self.assertEqual(checker.kube_principals({"env": "dev"})[1], {"admins", "system:authenticated"})
+
+    def test_bounded_oldest_first(self):
+        cache, roles = CheckerCache(max_entries=2), [role()]
+        a = cache.checker(self.identity("a"), roles)
+        b = cache.checker(self.identity("b"), roles)
+        cache.checker(self.identity("c"), roles)
+        self.assertIs(cache.checker(self.identity("b"), roles), b)
+        self.assertIsNot(cache.checker(self.identity("a"), roles), a)

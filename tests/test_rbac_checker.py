@@ -3,7 +3,7 @@ import json
 
 import attrs
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -82,6 +82,31 @@ class ClusterTests(SynchronousTestCase):
         for path in ["/api", "/apis", "/api/v1", "/apis/apps/v1", "/version", "/openapi/v2"]:
             self.assertTrue(allowed(only_pods, "GET", path), path)
             self.assertFalse(allowed(nothing, "GET", path), path)
+
+
+class PerLabelsTests(SynchronousTestCase):
+    """A checker answers for each cluster's labels on their own, however
+    often and in whatever order it is asked (it keeps answers per labels)."""
+
+    def test_answers_follow_the_labels_asked_about(self) -> None:
+        checker = AccessChecker("alice", [
+            role("dev", labels={"env": ("dev",)}, users=["dev-user"], resources=[res("pods", "dev")]),
+            role("prod", labels={"env": ("prod",)}, users=["prod-user"], resources=[res("pods", "prod")]),
+        ], {})
+        dev, prod, qa = {"env": "dev"}, {"env": "prod"}, {"env": "qa"}
+        for _ in range(2):
+            self.assertEqual(checker.kube_principals(dev)[0], {"dev-user"})
+            self.assertEqual(checker.kube_principals(prod)[0], {"prod-user"})
+            self.assertTrue(allowed(checker, "GET", "/api/v1/namespaces/dev/pods/p", labels=dev))
+            self.assertFalse(allowed(checker, "GET", "/api/v1/namespaces/dev/pods/p", labels=prod))
+            self.assertTrue(allowed(checker, "GET", "/api/v1/namespaces/prod/pods/p", labels=prod))
+            self.assertRaises(AccessDenied, checker.check_cluster, "qa", qa)
+            checker.check_cluster("dev", dev)
+
+    def test_a_refusal_is_asked_again_not_remembered_as_an_answer(self) -> None:
+        checker = AccessChecker("alice", [role(users=["{{external.user"])], {})
+        for _ in range(2):
+            self.assertRaises(AccessDenied, checker.kube_principals, DEV_CLUSTER)
 
 
 class PrincipalTests(SynchronousTestCase):
@@ -359,7 +384,7 @@ def decisions(checker, request, item):
 
 
 class PropertyTests(SynchronousTestCase):
-    @settings(max_examples=300)
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])  # CI shares its cores
     @given(roles_of(v8_rules), v8_rules, requests)
     def test_deny_always_wins(self, roles, rule, request) -> None:
         info = classify(*request, {})
@@ -370,7 +395,7 @@ class PropertyTests(SynchronousTestCase):
                                                          role(resources=[rule])], {}), *request)
         self.assertFalse(granted and denied)
 
-    @settings(max_examples=300)
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])  # CI shares its cores
     @given(roles_of(v8_rules), roles_of(v8_rules), requests, items)
     def test_allow_never_removes_access(self, roles, extra, request, item) -> None:
         extra = [role(r.name, labels=r.allow.kubernetes_labels, resources=r.allow.kubernetes_resources)
@@ -379,7 +404,7 @@ class PropertyTests(SynchronousTestCase):
         after = decisions(AccessChecker("alice", roles + extra, {}), request, item)
         self.assertTrue(all(a or not b for a, b in zip(after, before)), (before, after))
 
-    @settings(max_examples=300)
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])  # CI shares its cores
     @given(roles_of(v8_rules), st.lists(v8_rules, min_size=1, max_size=3), requests, items)
     def test_deny_never_adds_access(self, roles, deny, request, item) -> None:
         before = decisions(AccessChecker("alice", roles, {}), request, item)
@@ -387,7 +412,7 @@ class PropertyTests(SynchronousTestCase):
                           request, item)
         self.assertTrue(all(b or not a for a, b in zip(after, before)), (before, after))
 
-    @settings(max_examples=300)
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])  # CI shares its cores
     @given(roles_of(v7_rules), requests, items)
     def test_v7_decides_like_its_v8_conversion(self, roles, request, item) -> None:
         v7 = [attrs.evolve(r, version="v7") for r in roles]

@@ -103,6 +103,28 @@ class RoleCache:
         return found
 
 
+class CheckerCache:
+    """Access checkers by verified identity and the role objects the
+    RoleCache returned: building one converts and expands every role, which
+    every request of a user would otherwise repeat. An entry keeps its roles
+    alive, so their ids in its key cannot be reused; roles fetched anew
+    (edited, or past the RoleCache's TTL) are new objects, hence new entries.
+    Bounded; the oldest entry goes first."""
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self._max_entries = max_entries
+        self._entries: dict[tuple, tuple[list[Role], AccessChecker]] = {}
+
+    def checker(self, identity: UserIdentity, roles: list[Role]) -> AccessChecker:
+        key = (identity.username, identity.traits, tuple(map(id, roles)))
+        entry = self._entries.get(key)
+        if entry is None:
+            if len(self._entries) >= self._max_entries:
+                del self._entries[next(iter(self._entries))]
+            entry = self._entries[key] = (roles, AccessChecker(identity.username, roles, dict(identity.traits)))
+        return entry[1]
+
+
 class DiscoveryError(Exception):
     """The API server's discovery document could not be read."""
 
@@ -193,6 +215,7 @@ class Forwarder:
         self.emit = emit
         self.teleport_cluster = teleport_cluster
         self.sessions = sessions
+        self.checkers = CheckerCache()
         self._pools: dict[str, UpstreamPool] = {}
 
     def accept_stream(self, metadata: Mapping) -> Protocol:
@@ -438,7 +461,7 @@ class KubeConnection(Protocol):
         except Exception as e:
             log.warn("role lookup failed user={user} error={error}", user=identity.username, error=e)
             raise AccessDenied("access denied: roles could not be loaded", "role lookup failed") from None
-        checker = AccessChecker(identity.username, roles, dict(identity.traits))
+        checker = self.forwarder.checkers.checker(identity, roles)
         checker.check_cluster(cluster.name, cluster.labels)
         user, groups = checker.impersonation(cluster.labels, requested_user, requested_groups)
         namespace_scoped = await self.forwarder.discovery.namespace_scoped(cluster, info)
@@ -450,9 +473,10 @@ class KubeConnection(Protocol):
 
     # -- answering kubectl -----------------------------------------------------
 
-    def send(self, event) -> None:
-        if not self._closed:
-            self.transport.write(self.http.send(event))
+    def send(self, *events) -> None:
+        """One write for several events: each write is a tunnel frame."""
+        if events and not self._closed:
+            self.transport.write(b"".join([self.http.send(event) for event in events]))
 
     def respond_status(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
         """A Kubernetes Status body kubectl prints as the error."""
@@ -462,9 +486,7 @@ class KubeConnection(Protocol):
         body = status_body(code, reason, message, details)
         self.send(h11.Response(status_code=code, headers=[
             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-        ]))
-        self.send(h11.Data(data=body))
-        self.send(h11.EndOfMessage())
+        ]), h11.Data(data=body), h11.EndOfMessage())
 
     def upstream_finished(self) -> None:
         """The API server's response is complete: take the next request."""
@@ -542,6 +564,16 @@ class KubeConnection(Protocol):
             addr_remote=self.client_addr,
             reason=reason,
         ))
+
+
+def _relayed_response(response: h11.Response) -> h11.Response:
+    """The API server's response head as kubectl gets it: its own hop-by-hop
+    headers are not kubectl's connection's (usually there are none, and
+    the head, already validated by h11, goes as it is)."""
+    if not any(n in _DROPPED_RESPONSE_HEADERS for n, _ in response.headers):
+        return response
+    return h11.Response(status_code=response.status_code, reason=response.reason,
+                        headers=[(n, v) for n, v in response.headers if n not in _DROPPED_RESPONSE_HEADERS])
 
 
 def _close(transport) -> None:
@@ -698,36 +730,36 @@ class UpstreamRequest:
         self._next_events()
 
     def _next_events(self) -> None:
+        """Relay what the API server sent. Events that go straight to kubectl
+        are sent together, in one write once this read is parsed (a small
+        response is then one tunnel frame, not three); anything else first
+        sends what is collected, so order and h11's state stay exact."""
         downstream = self.downstream
+        relayed: list = []
         while not self._finished:
             try:
                 event = self.http.next_event()
             except h11.RemoteProtocolError as e:
+                downstream.send(*relayed)
                 log.warn("malformed response from the API server: {error}", error=e)
                 self._fail()
                 return
+            if self._relay_as_is(event, relayed):
+                continue
+            downstream.send(*relayed)
+            relayed = []
             if event is h11.NEED_DATA:
                 return
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101 and self.http.our_state is h11.SWITCHED_PROTOCOL:
                     self._switch(event)
                     return
-            elif isinstance(event, h11.Response):
+            elif isinstance(event, h11.Response):  # a list or watch to filter
                 self._responded = True
-                response = h11.Response(
-                    status_code=event.status_code, reason=event.reason,
-                    headers=[(n, v) for n, v in event.headers if n not in _DROPPED_RESPONSE_HEADERS],
-                )
-                if self.decision.item_filter is not None and 200 <= event.status_code < 300:
-                    if not self._start_filter(response):
-                        return
-                    continue
-                self._audit(event.status_code)
-                downstream.send(response)
+                if not self._start_filter(_relayed_response(event)):
+                    return
             elif isinstance(event, h11.Data):
-                if self._filter is None:
-                    downstream.send(event)
-                elif not self._filter_step(event.data):
+                if not self._filter_step(event.data):
                     return
             elif isinstance(event, h11.EndOfMessage):
                 if self._held_response is not None:
@@ -736,11 +768,38 @@ class UpstreamRequest:
                 if self._filter is not None and not self._filter_step(None):
                     return
                 downstream.send(h11.EndOfMessage())
-                self._finish()
-                downstream.upstream_finished()
+                self._end_of_response()
                 return
             else:
                 return
+        downstream.send(*relayed)
+
+    def _relay_as_is(self, event, relayed: list) -> bool:
+        """Collect ``event`` for kubectl if it needs no decision of ours:
+        an unfiltered response's head, body or end. The exchange's end is
+        sent at once, before the connection goes back to the pool."""
+        if self._filter is not None or self._held_response is not None:
+            return False
+        if type(event) is h11.Data:
+            relayed.append(event)
+            return True
+        if type(event) is h11.Response and (
+                self.decision.item_filter is None or not 200 <= event.status_code < 300):
+            self._responded = True
+            self._audit(event.status_code)
+            relayed.append(_relayed_response(event))
+            return True
+        if type(event) is h11.EndOfMessage:
+            relayed.append(event)
+            self.downstream.send(*relayed)
+            relayed.clear()
+            self._end_of_response()
+            return True
+        return False
+
+    def _end_of_response(self) -> None:
+        self._finish()
+        self.downstream.upstream_finished()
 
     def _start_filter(self, response: h11.Response) -> bool:
         """Set up item filtering of a 2xx list/watch response; refuse the
@@ -782,10 +841,8 @@ class UpstreamRequest:
         if downstream._closed:
             return
         self._audit(self._held_response.status_code)
-        downstream.send(self._held_response)
-        if body:
-            downstream.send(h11.Data(data=body))
-        downstream.send(h11.EndOfMessage())
+        body_events = [h11.Data(data=body)] if body else []
+        downstream.send(self._held_response, *body_events, h11.EndOfMessage())
         downstream.upstream_finished()
 
     def _list_filter_failed(self, failure) -> None:

@@ -48,6 +48,9 @@ BUILTIN_API_GROUPS = frozenset({
     "events.k8s.io", "authentication.k8s.io", "authorization.k8s.io", "flowcontrol.apiserver.k8s.io",
 })
 
+#: ``(role name, rule)`` pairs.
+_Rules = tuple[tuple[str, KubernetesResource], ...]
+
 _EVERYTHING_V7 = KubernetesResource(kind=WILDCARD, namespace=WILDCARD, name=WILDCARD, verbs=(WILDCARD,))
 _EVERYTHING_V8 = attrs.evolve(_EVERYTHING_V7, api_group=WILDCARD)
 
@@ -185,6 +188,18 @@ class AccessChecker:
         self.username = username
         self.roles = tuple(as_v8(role) for role in roles)
         self.traits = traits
+        #: Rules and principals by cluster labels: the checker's inputs never
+        #: change, and every request of a connection asks about one cluster.
+        self._by_labels: dict[tuple[str, frozenset], object] = {}
+
+    def _per_labels(self, what: str, cluster_labels: Mapping[str, str], compute: Callable):
+        """``compute(cluster_labels)``, once per labels; a refusal is not kept."""
+        key = (what, frozenset(cluster_labels.items()))
+        try:
+            return self._by_labels[key]
+        except KeyError:
+            result = self._by_labels[key] = compute(cluster_labels)
+            return result
 
     # -- clusters -----------------------------------------------------------
 
@@ -200,6 +215,9 @@ class AccessChecker:
 
     def _cluster_denial(self, cluster_labels: Mapping[str, str]) -> str | None:
         """Why the cluster is out of reach, or ``None`` if it is not."""
+        return self._per_labels("denial", cluster_labels, self._compute_cluster_denial)
+
+    def _compute_cluster_denial(self, cluster_labels: Mapping[str, str]) -> str | None:
         for role in self.roles:
             if self._labels_match(role.deny.kubernetes_labels, cluster_labels)[0]:
                 return f"deny kubernetes_labels of role {role.name!r} match"
@@ -228,6 +246,9 @@ class AccessChecker:
     def kube_principals(self, cluster_labels: Mapping[str, str]) -> tuple[frozenset[str], frozenset[str]]:
         """Kubernetes users and groups: union over the allow roles selecting the
         cluster, minus every role's deny. No user configured: the Teleport username."""
+        return self._per_labels("principals", cluster_labels, self._compute_kube_principals)
+
+    def _compute_kube_principals(self, cluster_labels: Mapping[str, str]) -> tuple[frozenset[str], frozenset[str]]:
         users: set[str] = set()
         groups: set[str] = set()
         for role in self._allow_roles(cluster_labels):
@@ -266,13 +287,16 @@ class AccessChecker:
 
     # -- resources ----------------------------------------------------------
 
-    def _resources(self, cluster_labels: Mapping[str, str]) -> tuple[list[tuple[str, KubernetesResource]], ...]:
+    def _resources(self, cluster_labels: Mapping[str, str]) -> tuple[_Rules, _Rules]:
         """(role name, rule) pairs: allow rules of roles selecting the cluster,
         deny rules of every role (deny is greedy, as in Teleport)."""
-        allowed = [(role.name, rule) for role in self._allow_roles(cluster_labels)
-                   for rule in self._expand_rule(role.allow.kubernetes_resources)]
-        denied = [(role.name, rule) for role in self.roles
-                  for rule in self._expand_rule(role.deny.kubernetes_resources)]
+        return self._per_labels("resources", cluster_labels, self._compute_resources)
+
+    def _compute_resources(self, cluster_labels: Mapping[str, str]) -> tuple[_Rules, _Rules]:
+        allowed = tuple((role.name, rule) for role in self._allow_roles(cluster_labels)
+                        for rule in self._expand_rule(role.allow.kubernetes_resources))
+        denied = tuple((role.name, rule) for role in self.roles
+                       for rule in self._expand_rule(role.deny.kubernetes_resources))
         return allowed, denied
 
     def _expand_rule(self, rules: Iterable[KubernetesResource]) -> list[KubernetesResource]:
