@@ -32,11 +32,12 @@ from teleport_py.tunnel.mux import StreamRejected, TunnelClosed
 
 log = Logger()
 
-#: Writes this big are full TLS records of a bulk transfer in flight: they
-#: wait for the end of the reactor turn, so the records of one network read
-#: leave as one DATA frame (fewer frames and calls per byte on both ends).
-#: Smaller writes (a request, a response head) leave at once.
-COALESCE_FROM = 16 * 1024
+#: Writes this big are most likely pieces of a bulk transfer in flight (TLS
+#: records, re-framed HTTP chunks): they wait for the end of the reactor
+#: turn, so the pieces of one network read leave as one DATA frame (fewer
+#: frames and calls per byte on both ends). Smaller writes (a request, a
+#: response head, a watch event) leave at once.
+COALESCE_FROM = 4 * 1024
 
 
 @implementer(IAddress)
