@@ -7,11 +7,9 @@ service. Elsewhere, pass ``--identity DIR`` and ``--auth-server``.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
-from datetime import datetime, timezone
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
@@ -22,6 +20,7 @@ from teleport_py.auth.client import AuthClient
 from teleport_py.auth.errors import AuthError
 from teleport_py.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_address
 from teleport_py.identityfile import IdentityFile
+from teleport_py.passwords import PasswordInputError, read_password
 from teleport_py.resources import ValidationError, parse_duration, parse_yaml, resource_from_dict, resource_to_dict, to_yaml
 
 KIND_ALIASES = {
@@ -98,10 +97,11 @@ def _csv(value: str | None) -> list[str]:
 
 
 class Tctl:
-    def __init__(self, reactor, args, out=sys.stdout):
+    def __init__(self, reactor, args, out=sys.stdout, password: str | None = None):
         self.reactor = reactor
         self.args = args
         self.out = out
+        self.password = password
         self.config = None
         config_path = args.config or (DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None)
         if config_path:
@@ -250,8 +250,7 @@ class Tctl:
             self.print(f"https://{self._proxy_hint()}/web/invite/{result['token']}")
         elif sub == "signup":
             token = a.token.rstrip("/").rsplit("/", 1)[-1]
-            password = read_new_password()
-            result = await self.client.signup(token, password)
+            result = await self.client.signup(token, self.password)
             self.print(f'Password set for user "{result["user"]}"')
 
     async def cmd_tokens(self) -> None:
@@ -329,25 +328,19 @@ class Tctl:
             self.print(" ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def read_new_password() -> str:
-    """Twice from a terminal; one line from stdin otherwise (scripts, tests)."""
-    if sys.stdin.isatty():
-        first = getpass.getpass("Password: ")
-        if getpass.getpass("Confirm password: ") != first:
-            raise CLIError("passwords do not match")
-        return first
-    line = sys.stdin.readline()
-    if not line:
-        raise CLIError("no password given on stdin")
-    return line.rstrip("\r\n")
-
-
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)
+    password = None
+    if args.command == "users" and args.users_command == "signup":
+        try:
+            password = read_password("Password: ", confirm=True)
+        except PasswordInputError as e:
+            sys.stderr.write(f"ERROR: {e}\n")
+            raise SystemExit(1)
 
     async def run(reactor):
         try:
-            await Tctl(reactor, args).run()
+            await Tctl(reactor, args, password=password).run()
         except (CLIError, AuthError) as e:
             sys.stderr.write(f"ERROR: {e}\n")
             raise SystemExit(1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import getpass
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from OpenSSL.SSL import Error as TLSError
 from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
 from teleport_py.identityfile import IdentityFile
+from teleport_py.passwords import PasswordInputError, read_password
 from teleport_py.pki import (
     UserIdentity,
     certificate_pem,
@@ -48,19 +48,6 @@ from teleport_py.tsh.webclient import WebClient, WebError
 
 class CLIError(Exception):
     pass
-
-
-def read_password(confirm: bool) -> str:
-    """From a terminal (twice when choosing one); one line from stdin otherwise (scripts, tests)."""
-    if sys.stdin.isatty():
-        password = getpass.getpass("Enter password: ")
-        if confirm and getpass.getpass("Confirm password: ") != password:
-            raise CLIError("passwords do not match")
-        return password
-    line = sys.stdin.readline()
-    if not line:
-        raise CLIError("no password given on stdin")
-    return line.rstrip("\r\n")
 
 
 def format_duration(delta: timedelta) -> str:
@@ -421,8 +408,11 @@ class Tsh:
 def run(args) -> None:
     """Every command but a ``kube credentials`` that the stored certificate answers (see main.py)."""
     try:
-        password = read_password(confirm=args.command == "signup") if args.command in ("login", "signup") else None
-    except CLIError as error:
+        password = (
+            read_password("Enter password: ", confirm=args.command == "signup")
+            if args.command in ("login", "signup") else None
+        )
+    except PasswordInputError as error:
         sys.stderr.write("ERROR: %s\n" % error)
         raise SystemExit(1)
 
