@@ -306,6 +306,36 @@ class AuthServerTests(TestCase):
 
         return d(go())
 
+    def test_agents_append_audit_batches(self):
+        async def go():
+            auth = await self._setup()
+            kube = HostIdentity(host_id="agent-1", nodename="n", system_role="kube", teleport_cluster="example")
+            now = self.clock.seconds()
+            batch = [
+                events.make_event("kube.request", now, verb="get", server_id="forged")
+                for _ in range(3)
+            ]
+            self.assertEqual(await auth.append_events(kube, batch), 3)
+            await auth.append_events(kube, batch)  # an upload retried after a crash
+            start = datetime.fromtimestamp(now - 60, timezone.utc)
+            end = datetime.fromtimestamp(now + 60, timezone.utc)
+            stored = await auth.search_events(ADMIN, start, end, ["kube.request"], 100)
+            self.assertEqual(sorted(e["uid"] for e in stored), sorted(e["uid"] for e in batch))
+            self.assertEqual({e["server_id"] for e in stored}, {"agent-1"})
+
+            broken = [events.make_event("kube.request", now, verb="list"), {"event": "kube.request"}]
+            with self.assertRaises(BadParameter):
+                await auth.append_events(kube, broken)
+            with self.assertRaises(BadParameter):
+                await auth.append_events(kube, [events.make_event("kube.request", now), "not an object"])
+            self.assertEqual(len(await auth.search_events(ADMIN, start, end, ["kube.request"], 100)), 3,
+                             "a batch with a malformed event stores none of it")
+            alice = UserIdentity(username="alice", roles=("access",), expires=datetime.now(timezone.utc) + timedelta(hours=1))
+            with self.assertRaises(AccessDenied):
+                await auth.append_events(alice, batch)
+
+        return d(go())
+
 
 class KubeAgentRoleAccessTests(TestCase):
     """A kube agent reads roles to authorize kubectl requests, and nothing more."""

@@ -112,6 +112,24 @@ class BackendTestsMixin:
         self.assertEqual(await self.backend.get("/roles/a"), Item("/roles/a", b"v2", 2000.0, again.revision))
 
     @async_test
+    async def test_put_all_stores_every_entry_in_order(self):
+        events = []
+        self.backend.watch("/events/", events.append)
+        await self.backend.put("/events/b", b"old")
+        stored = await self.backend.put_all([("/events/b", b"1", None), ("/events/a", b"2", 3000.0)])
+        self.assertEqual([(i.key, i.value, i.expires) for i in stored], [("/events/b", b"1", None), ("/events/a", b"2", 3000.0)])
+        self.assertLess(stored[0].revision, stored[1].revision)
+        self.assertEqual([await self.backend.get(i.key) for i in stored], stored)
+        self.assertEqual([e.item for e in events[1:]], stored)
+        self.assertEqual(await self.backend.put_all([]), [])
+
+    @async_test
+    async def test_put_all_with_a_bad_entry_stores_nothing(self):
+        with self.assertRaises(ValueError):
+            await self.backend.put_all([("/events/a", b"1", None), ("", b"2", None)])
+        self.assertEqual(await self.backend.get_range("/"), [])
+
+    @async_test
     async def test_revisions_increase_across_all_writes(self):
         events = []
         self.backend.watch("/", events.append)

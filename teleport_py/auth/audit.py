@@ -48,13 +48,23 @@ class AuditLog:
         return event
 
     async def append(self, event: dict[str, Any]) -> None:
-        """Store an event built elsewhere (an agent's spool); idempotent by uid."""
-        for field in ("event", "time", "uid"):
-            if not isinstance(event.get(field), str) or not event[field]:
-                raise ValueError(f"audit event needs a string field {field!r}")
-        event.setdefault("cluster_name", self.cluster_name)
-        await self._backend.put(_key(event), json.dumps(event, sort_keys=True).encode("utf-8"))
-        self.log.debug("audit event={event} uid={uid}", event=event["event"], uid=event["uid"])
+        """Store an event built elsewhere; idempotent by uid."""
+        await self.append_all([event])
+
+    async def append_all(self, events: list[dict[str, Any]]) -> None:
+        """Store a batch (an agent's spool segment) in one durable write: all
+        of it or, when one event is malformed (ValueError), none of it.
+        Idempotent by uid, so a batch uploaded twice is stored once."""
+        entries = []
+        for event in events:
+            for field in ("event", "time", "uid"):
+                if not isinstance(event.get(field), str) or not event[field]:
+                    raise ValueError(f"audit event needs a string field {field!r}")
+            event.setdefault("cluster_name", self.cluster_name)
+            entries.append((_key(event), json.dumps(event, sort_keys=True).encode("utf-8"), None))
+        await self._backend.put_all(entries)
+        for event in events:
+            self.log.debug("audit event={event} uid={uid}", event=event["event"], uid=event["uid"])
 
     async def search(
         self,

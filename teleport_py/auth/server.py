@@ -601,15 +601,12 @@ class AuthServer:
 
     async def append_events(self, caller: Identity, batch: list[dict[str, Any]]) -> int:
         host = self.require_system_role(caller, "kube", "proxy")
-        for event in batch:
-            if not isinstance(event, dict):
-                raise BadParameter("events must be objects")
-            event = dict(event)
-            event["server_id"] = host.host_id
-            try:
-                await self.audit.append(event)
-            except (ValueError, KeyError) as e:
-                raise BadParameter(str(e)) from None
+        if not all(isinstance(event, dict) for event in batch):
+            raise BadParameter("events must be objects")
+        try:
+            await self.audit.append_all([{**event, "server_id": host.host_id} for event in batch])
+        except (ValueError, KeyError) as e:
+            raise BadParameter(str(e)) from None
         return len(batch)
 
     async def search_events(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -119,6 +119,11 @@ class IBackend(Interface):
     def put(key: str, value: bytes, expires: float | None = None) -> Deferred:
         """Store unconditionally; fire with the stored ``Item``."""
 
+    def put_all(entries: Sequence[tuple[str, bytes, float | None]]) -> Deferred:
+        """Store every ``(key, value, expires)`` unconditionally in one
+        transaction (all or none, one durable write); fire with the stored
+        ``Item`` list in order."""
+
     def create(key: str, value: bytes, expires: float | None = None) -> Deferred:
         """Store only if no live item exists; fire with the ``Item`` or ``None``."""
 
@@ -167,6 +172,17 @@ def _deliver(watchers: dict, events: list[Event]) -> None:
                 except Exception:
                     # Keys can be secrets (join tokens), so only the prefix is logged.
                     log.failure("backend watch callback failed prefix={prefix!r}", prefix=watcher.prefix)
+
+
+def store_each(store_one, items) -> tuple[list, list]:
+    """``put_all`` for a store: each item through ``store_one`` (inside the
+    store's one transaction); the stored items and all their events."""
+    stored, events = [], []
+    for item in items:
+        one, its_events = store_one(item)
+        stored.append(one)
+        events.extend(its_events)
+    return stored, events
 
 
 def _deferred(method):
@@ -226,6 +242,10 @@ class StoreBackend:
     @_deferred
     def put(self, key, value, expires=None):
         return self._write(self._store.put, Item(key, value, expires))
+
+    @_deferred
+    def put_all(self, entries):
+        return self._write(self._store.put_all, [Item(key, value, expires) for key, value, expires in entries])
 
     @_deferred
     def create(self, key, value, expires=None):

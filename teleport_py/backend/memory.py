@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
-from .interface import DELETE, PUT, Event, Item, StoreBackend
+from .interface import DELETE, PUT, Event, Item, StoreBackend, store_each
 
 
 class _MemoryStore:
@@ -42,6 +42,9 @@ class _MemoryStore:
 
     def put(self, item: Item, now: float):
         return self._store(item)
+
+    def put_all(self, items: list[Item], now: float):
+        return store_each(self._store, items)
 
     def create(self, item: Item, now: float):
         if self._live(item.key, now) is not None:

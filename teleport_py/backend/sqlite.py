@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from .interface import DELETE, PUT, BackendInUseError, Event, Item, StoreBackend
+from .interface import DELETE, PUT, BackendInUseError, Event, Item, StoreBackend, store_each
 
 log = Logger()
 
@@ -174,6 +174,10 @@ class _SQLiteStore:
     def put(self, item: Item, now: float):
         with self._transaction():
             return self._store(item)
+
+    def put_all(self, items: list[Item], now: float):
+        with self._transaction():
+            return store_each(self._store, items)
 
     def create(self, item: Item, now: float):
         with self._transaction():
