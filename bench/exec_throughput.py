@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -39,36 +38,13 @@ from twisted.internet.endpoints import (  # noqa: E402
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS  # noqa: E402
 from twisted.protocols.wire import Echo  # noqa: E402
 
+from bench.support import Harness, Sampled, cpu_seconds  # noqa: E402
 from teleport_py.spdy import Data, FrameEncoder, FrameParser, SynStream  # noqa: E402
 from tests.e2e import Deployment  # noqa: E402
 from tests.support.kubeenv import create_running_pod, kubectl_binaries, register_node  # noqa: E402
 from tests.support.kubelet import KubeletStandin  # noqa: E402
 from tests.support.procs import free_port, wait_until  # noqa: E402
 from tests.test_e2e_sessions import SESSIONS_RBAC, SESSIONS_ROLE  # noqa: E402
-
-
-class _Harness:
-    """What Deployment needs from a test case, for a script."""
-
-    def __init__(self, root):
-        self.root = root
-        self.cleanups = []
-
-    def addCleanup(self, f, *args):
-        self.cleanups.append((f, args))
-
-    def assertEqual(self, a, b, msg=None):
-        if a != b:
-            raise AssertionError(msg or f"{a!r} != {b!r}")
-
-    async def close(self, keep=False):
-        """Stop everything; the directory (logs, data) stays when ``keep``."""
-        for f, args in reversed(self.cleanups):
-            await defer.maybeDeferred(f, *args)
-        if keep:
-            print(f"kept {self.root} (logs of every process)")
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
 
 
 class _Count(protocol.ProcessProtocol):
@@ -223,45 +199,24 @@ async def _recordings_uploaded(reactor, d):
     await wait_until(lambda: not os.path.isdir(spool) or not os.listdir(spool), 600, interval=0.2, reactor=reactor)
 
 
-def _cpu_seconds(pid):
-    """CPU time of a process and of its children it has waited for (the stand-in's commands)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return sum(int(t) for t in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-class _Profiled:
+class _Profiled(Sampled):
     """One phase: every process's CPU seconds are printed (the stand-in's
     commands count with the bench process that waited for them); with a
-    directory, py-spy also samples the Python processes (collapsed stacks in
-    DIR/<phase>-<process>.txt, the input of flame graph tools; the samplers'
-    own CPU then counts with the bench process too)."""
-
-    def __init__(self, reactor, directory, phase, pids):
-        self.reactor, self.directory, self.phase, self.pids = reactor, directory, phase, pids
-        self.samplers = []
+    directory, py-spy also samples the Python processes (the samplers' own
+    CPU then counts with the bench process too)."""
 
     def __enter__(self):
-        if self.directory:
-            os.makedirs(self.directory, exist_ok=True)
-            spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
-            self.samplers = [
-                self.reactor.spawnProcess(
-                    protocol.ProcessProtocol(), spy,
-                    [spy, "record", "--nonblocking", "--pid", str(pid), "--format", "raw",
-                     "-o", os.path.join(self.directory, f"{self.phase}-{name}.txt")],
-                    env=os.environ, childFDs={0: "r", 1: "r", 2: "r"})
-                for name, pid in self.pids.items() if name not in ("apiserver", "etcd")]
-        self.cpu = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+        super().__enter__()
+        self.cpu = {name: cpu_seconds(pid, children=True) for name, pid in self.pids.items()}
         self.started = time.monotonic()
+        return self
 
     def __exit__(self, *exc_info):
         elapsed = time.monotonic() - self.started
-        used = {name: _cpu_seconds(pid) - self.cpu[name] for name, pid in self.pids.items()}
+        used = {name: cpu_seconds(pid, children=True) - self.cpu[name] for name, pid in self.pids.items()}
         print(f"{self.phase}: {elapsed:.1f} s, CPU seconds " +
               ", ".join(f"{name} {seconds:.1f}" for name, seconds in used.items()), flush=True)
-        for sampler in self.samplers:
-            sampler.signalProcess("INT")
+        super().__exit__(*exc_info)
 
 
 def _tls(pem_files, hostname):
@@ -276,7 +231,7 @@ def _read(path):
 
 
 async def main(reactor, args):
-    harness = _Harness(tempfile.mkdtemp(prefix="exec_bench."))
+    harness = Harness(tempfile.mkdtemp(prefix="exec_bench."))
     try:
         d = await Deployment(harness, harness.root).start()
         await d.plane.apply(SESSIONS_RBAC)

@@ -40,9 +40,10 @@ import attr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet import protocol, task, threads  # noqa: E402
+from twisted.internet import task, threads  # noqa: E402
 from twisted.internet.defer import ensureDeferred  # noqa: E402
 
+from bench.support import Harness, Sampled, cpu_seconds, rss_kib  # noqa: E402
 from tests.e2e import Deployment  # noqa: E402
 from tests.support.kubeenv import default_kubectl  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402
@@ -165,68 +166,11 @@ def open_watches(target: Target, count: int, into: list) -> None:
         into.append(sock)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def idle_cpu_rate(reactor, pids: dict[str, int], seconds: float = 3.0) -> dict[str, float]:
     """CPU seconds per second each process uses with no requests."""
     before = {process: cpu_seconds(pid) for process, pid in pids.items()}
     await task.deferLater(reactor, seconds, lambda: None)
     return {process: (cpu_seconds(pid) - before[process]) / seconds for process, pid in pids.items()}
-
-
-class Sampled:
-    """With a directory, py-spy samples the Python processes during one phase
-    (collapsed stacks in DIR/<phase>-<process>.txt, the input of flame graph
-    tools), so a cost is found in the profile rather than guessed."""
-
-    def __init__(self, reactor, directory: str | None, phase: str, pids: dict[str, int]):
-        self.reactor, self.directory, self.phase, self.pids = reactor, directory, phase, pids
-        self.samplers: list = []
-
-    def __enter__(self):
-        if self.directory:
-            os.makedirs(self.directory, exist_ok=True)
-            spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
-            self.samplers = [
-                self.reactor.spawnProcess(
-                    protocol.ProcessProtocol(), spy,
-                    [spy, "record", "--nonblocking", "-r", "200", "--pid", str(pid), "--format", "raw",
-                     "-o", os.path.join(self.directory, f"{self.phase}-{name}.txt")],
-                    env=os.environ, childFDs={0: "r", 1: "r", 2: "r"})
-                for name, pid in self.pids.items() if name != "apiserver"]
-        return self
-
-    def __exit__(self, *exc_info):
-        for sampler in self.samplers:
-            sampler.signalProcess("INT")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
-class Harness:
-    """Just enough of a TestCase for tests/e2e.py's Deployment."""
-
-    def __init__(self):
-        self.cleanups = []
-
-    def addCleanup(self, f, *args):
-        self.cleanups.append((f, args))
-
-    def assertEqual(self, a, b, message=None):
-        if a != b:
-            raise AssertionError(message or f"{a!r} != {b!r}")
-
-    async def cleanup(self):
-        for f, args in reversed(self.cleanups):
-            await f(*args)
 
 
 async def deploy(harness: Harness, workdir: str) -> tuple[Deployment, dict[str, Target]]:
@@ -307,7 +251,7 @@ async def measure(reactor, options) -> dict:
         results["rss_kib"] = memory
         results["load_after"] = os.getloadavg()
     finally:
-        await harness.cleanup()
+        await harness.close()
     return results
 
 
