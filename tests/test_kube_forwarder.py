@@ -510,12 +510,17 @@ class _LentConnection:
         self.http = h11.Connection(h11.CLIENT)
         self.transport = _CountingTransport()
         self.given_back = 0
+        self.read_as_is = False
 
     def lend(self, exchange):
         pass
 
     def give_back(self):
         self.given_back += 1
+
+    def next_cycle_read_as_is(self):
+        self.http = h11.Connection(h11.CLIENT)
+        self.read_as_is = True
 
 
 class _OneConnectionPool:
@@ -585,6 +590,76 @@ class ResponseRelayTests(SynchronousTestCase):
         self.assertEqual(self.api.given_back, 0)
         self.assertTrue(self.kubectl.transport.disconnecting)
         self.assertEqual(self.kubectl.transport.value().split(b"\r\n\r\n", 1)[1], b"ok")
+
+
+    def relayed_body(self) -> bytes:
+        return self.kubectl.transport.value().split(b"\r\n\r\n", 1)[1]
+
+    def assert_next_request_accepted(self):
+        self.assertEqual((self.kubectl.http.our_state, self.kubectl.http.their_state), (h11.IDLE, h11.IDLE))
+        self.assertIsNone(self.kubectl.upstream)
+
+    def test_an_unfiltered_chunked_body_goes_as_framed_in_any_pieces(self):
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        body = b"3;ext=1\r\n{\"a\r\nB\r\n\":\"0123456\"\r\n1 \r\n}\r\n000\r\n\r\n"
+        self.upstream.dataReceived(head + body[:5])
+        for i in range(5, len(body)):
+            self.assertEqual(self.api.given_back, 0)
+            self.upstream.dataReceived(body[i:i + 1])
+        self.assertEqual(self.relayed_body(), body)  # extensions, blanks and all: not re-encoded
+        self.assertEqual(self.kubectl_saw()[1], b'{"a":"0123456"}')
+        self.assertEqual((self.api.given_back, self.api.read_as_is), (1, True))
+        self.assertEqual([e["response_code"] for e in self.audit], [200])
+        self.assert_next_request_accepted()
+
+    def test_a_content_length_body_ends_exactly(self):
+        self.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n{}")
+        self.assertEqual(self.api.given_back, 0)
+        self.upstream.dataReceived(b"{}")
+        self.assertEqual((self.relayed_body(), self.api.given_back, self.api.read_as_is), (b"{}{}", 1, True))
+        self.assert_next_request_accepted()
+
+    def test_a_response_closing_its_connection_is_not_reused(self):
+        self.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+        self.assertEqual((self.api.given_back, self.api.read_as_is), (1, False))
+        self.assertEqual(self.kubectl_saw()[1], b"{}")
+
+    def test_responses_without_a_body(self):
+        for status in (b"204 No Content", b"304 Not Modified"):
+            with self.subTest(status=status):
+                self.setUp()
+                self.upstream.dataReceived(b"HTTP/1.1 " + status + b"\r\ncontent-length: 9\r\n\r\n")
+                self.assertEqual((self.relayed_body(), self.api.given_back), (b"", 1))
+                self.assert_next_request_accepted()
+
+    def assert_failed_closed(self):
+        self.assertTrue(self.kubectl.transport.disconnecting)
+        self.assertTrue(self.api.transport.disconnecting)
+        self.assertEqual(self.api.given_back, 0)
+        self.assertEqual([e["response_code"] for e in self.audit], [200])
+
+    def test_malformed_chunks_cut_kubectl_off(self):
+        for bad in (b"2\r\n{}x", b"zz\r\n", b"2\r\n{}\r\n0\r\ntrailer: x\r\n\r\n"):
+            with self.subTest(bad=bad):
+                self.setUp()
+                self.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + bad)
+                self.assert_failed_closed()
+                self.assertFalse(self.relayed_body().endswith(b"0\r\n\r\n"))
+
+    def test_bytes_past_the_end_never_reach_kubectl(self):
+        for extra in (b"", b"2\r\n{}\r\n0\r\n\r\n"):
+            with self.subTest(extra=extra):
+                self.setUp()
+                self.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n" + extra)
+                self.upstream.dataReceived(b"{}{}HTTP/1.1 200 OK\r\n")
+                self.assert_failed_closed()
+                self.assertNotIn(b"HTTP/1.1 200 OK", self.relayed_body())
+
+    def test_a_truncated_chunked_body_cuts_kubectl_off(self):
+        self.upstream.dataReceived(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n")
+        self.upstream.connectionLost(None)
+        self.assertTrue(self.kubectl.transport.disconnecting)
+        self.assertEqual(self.api.given_back, 0)
 
 
 class CheckerCacheTests(SynchronousTestCase):

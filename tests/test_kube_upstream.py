@@ -80,6 +80,19 @@ class UpstreamPoolTests(SynchronousTestCase):
         self.assertTrue(connection.transport.disconnecting)
         self.assertEqual(self.pool.idle, 0)
 
+    def test_exchange_read_as_is_starts_over_with_a_new_h11_state(self):
+        connection = self.acquire()
+        connection.lend(Exchange())
+        connection.http.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"api")]))
+        connection.http.send(h11.EndOfMessage())
+        connection.http.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        connection.http.next_event()  # the head; the body is read without h11
+        connection.next_cycle_read_as_is()
+        connection.give_back()
+        self.assertIs(self.acquire(), connection)
+        self.assertEqual((connection.http.our_state, connection.http.their_state), (h11.IDLE, h11.IDLE))
+        self.assertEqual(connection.http.trailing_data, (b"", False))
+
     def test_unused_connection_is_kept(self):
         connection = self.acquire()
         connection.give_back()

@@ -41,6 +41,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from teleport_py import events
+from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody, FramingError, body_framing
 from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
 from teleport_py.kube.sessions import SessionRecorder, SessionRelay, session_info
 from teleport_py.kube.upstream import PooledConnection, UpstreamPool
@@ -478,6 +479,21 @@ class KubeConnection(Protocol):
         if events and not self._closed:
             self.transport.write(b"".join([self.http.send(event) for event in events]))
 
+    def send_framed(self, head: Sequence, body: bytes, framing: ChunkedBody | ContentLengthBody, end: bool) -> None:
+        """``head`` events, then body bytes as the API server framed them, in
+        one write; h11 follows our response without encoding it again: a
+        Content-Length body passes through it as is (it only counts), a
+        chunked one already holds its last chunk, so h11's is not sent."""
+        if self._closed:
+            return
+        out = [self.http.send(event) for event in head]
+        out.append(self.http.send(h11.Data(data=body)) if body and not framing.chunked else body)
+        if end:
+            eom = self.http.send(h11.EndOfMessage())
+            if not framing.chunked:
+                out.append(eom)
+        self.transport.write(b"".join(out))
+
     def respond_status(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
         """A Kubernetes Status body kubectl prints as the error."""
         if self.http.our_state is not h11.SEND_RESPONSE:
@@ -648,6 +664,8 @@ class UpstreamRequest:
         self._filter = None
         #: A filtered list's response head waits for the filtered body.
         self._held_response: h11.Response | None = None
+        #: An unfiltered body relayed as framed: where it ends.
+        self._body: ChunkedBody | ContentLengthBody | None = None
 
     # -- request, from kubectl -------------------------------------------------
 
@@ -725,6 +743,10 @@ class UpstreamRequest:
         if self.session is not None:
             self.session.from_server(data)
             return
+        if self._body is not None:
+            if not self._finished:
+                self._relay_body(data)
+            return
         self._received = True
         self.http.receive_data(data)
         self._next_events()
@@ -745,6 +767,9 @@ class UpstreamRequest:
                 self._fail()
                 return
             if self._relay_as_is(event, relayed):
+                if self._body is not None:
+                    self._relay_body(self.http.trailing_data[0], relayed)
+                    return
                 continue
             downstream.send(*relayed)
             relayed = []
@@ -788,6 +813,8 @@ class UpstreamRequest:
             self._responded = True
             self._audit(event.status_code)
             relayed.append(_relayed_response(event))
+            if not self.upgrade and self.downstream.http.their_http_version == b"1.1":
+                self._body = body_framing(self.request.method, event)
             return True
         if type(event) is h11.EndOfMessage:
             relayed.append(event)
@@ -796,6 +823,28 @@ class UpstreamRequest:
             self._end_of_response()
             return True
         return False
+
+    def _relay_body(self, data: bytes, head: Sequence = ()) -> None:
+        """Relay body bytes as they are, up to the body's end. Bytes past it
+        are a server out of step with its own framing: nothing of them reaches
+        kubectl and the connection is dropped, as for malformed framing."""
+        try:
+            taken, ended = self._body.feed(data)
+        except FramingError as e:
+            self.downstream.send(*head)
+            log.warn("malformed response body from the API server: {error}", error=e)
+            self._fail()
+            return
+        if taken < len(data):
+            self.downstream.send(*head)
+            log.warn("API server sent {extra} bytes past the end of a response", extra=len(data) - taken)
+            self._fail()
+            return
+        self.downstream.send_framed(head, data, self._body, ended)
+        if ended:
+            if self.http.our_state is h11.DONE:  # our request ended and the response keeps the connection alive
+                self.connection.next_cycle_read_as_is()
+            self._end_of_response()
 
     def _end_of_response(self) -> None:
         self._finish()
@@ -931,6 +980,9 @@ class UpstreamRequest:
             _close(self.downstream.transport)
             return
         if self._finished:
+            return
+        if self._body is not None:  # the body's end never came
+            self._fail()
             return
         if self._may_retry():
             self._retry()

@@ -68,10 +68,16 @@ class PooledConnection(Protocol):
         if states == (h11.DONE, h11.DONE):
             self.http.start_next_cycle()
             self.pool.take_back(self)
-        elif states == (h11.IDLE, h11.IDLE):  # never used: the caller went away first
+        elif states == (h11.IDLE, h11.IDLE):  # never used (the caller went away first), or read as is
             self.pool.take_back(self)
         else:
             self.transport.loseConnection()
+
+    def next_cycle_read_as_is(self) -> None:
+        """The exchange's request ended and its response was read to its
+        exact end without h11 (relayed as framed, kube/bodyframing.py):
+        a new h11 state carries the next request."""
+        self.http = h11.Connection(h11.CLIENT)
 
     def when_lost(self) -> Deferred:
         """Fires once the connection is closed."""
