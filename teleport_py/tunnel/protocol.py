@@ -28,7 +28,7 @@ from zope.interface import implementer
 from teleport_py.tcp import no_delay
 from teleport_py.tunnel import mux
 from teleport_py.tunnel.frames import TunnelProtocolError
-from teleport_py.tunnel.mux import StreamRejected, TunnelClosed
+from teleport_py.tunnel.mux import DEFAULT_WINDOW, StreamRejected, TunnelClosed
 
 log = Logger()
 
@@ -300,7 +300,7 @@ class TunnelProtocol(Protocol):
         accept_stream: Callable[[str, dict], IProtocol],
         keepalive_interval: float = 15.0,
         dead_peer_timeout: float = 45.0,
-        initial_window: int = 256 * 1024,
+        initial_window: int = DEFAULT_WINDOW,
         max_frame_payload: int = 32 * 1024,
     ) -> None:
         self._reactor = reactor
