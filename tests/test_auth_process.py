@@ -7,7 +7,6 @@ import os
 import re
 import sys
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 

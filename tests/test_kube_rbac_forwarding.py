@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server

@@ -2,7 +2,6 @@
 127.0.0.1: web API relays, kube routing to fake agents, agents' auth streams."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 from datetime import datetime, timedelta, timezone
