@@ -155,11 +155,11 @@ class ProxyServiceTests(TestCase):
                                 expires=now + timedelta(hours=1))
         return self.auth.user_ca.issue_user_certificate(key.public_key(), identity, now), key
 
-    async def kubectl(self, pair, send=b"GET /api HTTP/1.1\r\nHost: k\r\n\r\n"):
+    async def kubectl(self, pair, send=b"GET /api HTTP/1.1\r\nHost: k\r\n\r\n", alpn=(b"http/1.1",)):
         """Connect like kubectl, send, close our side after the first answer, return what came back."""
         cert, key = pair
         options = client_tls_options(KUBE_SERVER_NAME, trusted_cas=[self.host_ca], certificate=cert,
-                                     private_key=key, alpn=[b"h2", b"http/1.1"])
+                                     private_key=key, alpn=list(alpn))
         client = Collect(send)
         client.dataReceived = lambda data: (setattr(client, "received", client.received + data),
                                             client.transport.loseConnection())
@@ -237,7 +237,7 @@ class ProxyServiceTests(TestCase):
         client = await self.kubectl(self.user_cert(), send=b"ping over the tunnel")
         self.assertEqual(client.received, b"ping over the tunnel")
         [stream] = agent.streams
-        self.assertEqual((stream["kind"], stream["kube_cluster"]), ("kube", "k8s"))
+        self.assertEqual((stream["kind"], stream["kube_cluster"], stream["alpn"]), ("kube", "k8s", "http/1.1"))
         self.assertTrue(stream["client_addr"].startswith("127.0.0.1:"))
         self.assertEqual(load_certificate_pem(stream["user_cert"].encode()).subject.rfc4514_string().split(",")[-1], "CN=alice")
 

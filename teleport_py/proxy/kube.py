@@ -2,12 +2,19 @@
 
 Everything the route needs is in the user certificate TLS just verified
 (who, and which kube cluster), so the proxy never parses kube HTTP except to
-answer the two cases no agent can: no cluster named, or no agent online.
+answer the cases no agent can: no cluster named, no agent online, or the
+agent refusing the stream. kubectl speaks HTTP/2 when the handshake chose
+``h2``, so those answers come in the protocol ALPN chose, and the agent is
+told which one it is (stream metadata ``alpn``).
 """
 from __future__ import annotations
 
 from http import HTTPStatus
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
@@ -19,10 +26,17 @@ from teleport_py.tunnel import SpliceEnd
 log = Logger()
 
 
+H2_ALPN = b"h2"
+
+
+def _status(code: int, message: str) -> tuple[HTTPStatus, bytes]:
+    status = HTTPStatus(code)
+    return status, status_body(code, status.phrase.replace(" ", ""), message)
+
+
 def status_response(code: int, message: str) -> bytes:
     """A complete HTTP/1.1 response carrying a Kubernetes ``Status``, then close."""
-    status = HTTPStatus(code)
-    body = status_body(code, status.phrase.replace(" ", ""), message)
+    status, body = _status(code, message)
     head = (
         f"HTTP/1.1 {code} {status.phrase}\r\n"
         "Content-Type: application/json\r\n"
@@ -33,7 +47,7 @@ def status_response(code: int, message: str) -> bytes:
 
 
 class StatusAnswer(Protocol):
-    """Answers the first request with one Status response and hangs up."""
+    """HTTP/1.1: answers the first request with one Status response and hangs up."""
 
     def __init__(self, code: int, message: str):
         self.response = status_response(code, message)
@@ -45,6 +59,56 @@ class StatusAnswer(Protocol):
             self.transport.loseConnection()
 
 
+class H2StatusAnswer(Protocol):
+    """HTTP/2: answers every request that arrived with the Status, then GOAWAY
+    and hang up. kubectl's transport retries requests the GOAWAY did not
+    cover on a new connection, which gets the same answer."""
+
+    def __init__(self, code: int, message: str):
+        status, self._body = _status(code, message)
+        self._head = [(b":status", b"%d" % status.value), (b"content-type", b"application/json"),
+                      (b"content-length", b"%d" % len(self._body))]
+        self._h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+
+    def connectionMade(self) -> None:
+        self._h2.initiate_connection()
+        self.transport.write(self._h2.data_to_send())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._h2.state_machine.state is h2.connection.ConnectionState.CLOSED:
+            return
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            log.info("malformed HTTP/2 from kubectl error={error}", error=e)
+            self._hang_up()
+            return
+        requests = [e.stream_id for e in events if isinstance(e, h2.events.RequestReceived)]
+        for stream_id in requests:
+            try:
+                self._h2.send_headers(stream_id, self._head)
+                self._h2.send_data(stream_id, self._body, end_stream=True)
+            except h2.exceptions.StreamClosedError:
+                pass  # kubectl reset it already
+        if requests:
+            self._hang_up()
+        else:
+            self.transport.write(self._h2.data_to_send())
+
+    def _hang_up(self) -> None:
+        if self._h2.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+            self._h2.close_connection()
+        self.transport.write(self._h2.data_to_send())
+        self.transport.loseConnection()
+
+
+def status_answer(tls_transport, code: int, message: str) -> Protocol:
+    """The Status answer in the protocol kubectl's handshake chose."""
+    if tls_transport.negotiatedProtocol == H2_ALPN:
+        return H2StatusAnswer(code, message)
+    return StatusAnswer(code, message)
+
+
 class _KubectlEnd(SpliceEnd):
     """kubectl's side of the splice; opens the agent's stream once connected,
     and answers 503 itself if the agent refuses it."""
@@ -52,16 +116,30 @@ class _KubectlEnd(SpliceEnd):
     def __init__(self, open_stream):
         super().__init__()
         self._open_stream = open_stream
+        self._answer: Protocol | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._open_stream(self.peer).addErrback(self._refused)
 
     def _refused(self, failure) -> None:
+        """kubectl's bytes so far were held, not relayed: the answer reads them."""
         log.warn("agent refused a kube stream reason={reason}", reason=failure.getErrorMessage())
-        if self._lost is None:
-            self.transport.write(status_response(503, "the kubernetes service could not take the connection, retry"))
-            self.transport.loseConnection()
+        if self._lost is not None:
+            return
+        answer = self._answer = status_answer(
+            self.transport, 503, "the kubernetes service could not take the connection, retry")
+        answer.makeConnection(self.transport)
+        self.transport.resumeProducing()
+        pending, self._pending = self._pending, []
+        for data in pending:
+            answer.dataReceived(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._answer is not None:
+            self._answer.dataReceived(data)
+        else:
+            super().dataReceived(data)
 
 
 class KubeRouter:
@@ -77,22 +155,24 @@ class KubeRouter:
             identity = identity_from_certificate(cert, user_ca=self._user_ca, host_ca=None)
         except IdentityError as e:
             log.warn("kube connection with an unusable certificate refused reason={reason}", reason=str(e))
-            return StatusAnswer(403, "the client certificate carries no valid identity")
+            return status_answer(tls_transport, 403, "the client certificate carries no valid identity")
         if not isinstance(identity, UserIdentity) or not identity.kube_cluster:
-            return StatusAnswer(
-                403, "the certificate names no kubernetes cluster; run 'tsh kube login <cluster>' first"
+            return status_answer(
+                tls_transport, 403, "the certificate names no kubernetes cluster; run 'tsh kube login <cluster>' first"
             )
         cluster = identity.kube_cluster
         picked = self._registry.pick(cluster)
         if picked is None:
             log.info("kube cluster offline user={user} cluster={cluster}", user=identity.username, cluster=cluster)
-            return StatusAnswer(503, f'kubernetes cluster "{cluster}" is offline')
+            return status_answer(tls_transport, 503, f'kubernetes cluster "{cluster}" is offline')
         tunnel, agent = picked
         peer = tls_transport.getPeer()
         metadata = {
             "user_cert": certificate_pem(cert).decode("ascii"),
             "client_addr": f"{peer.host}:{peer.port}",
             "kube_cluster": cluster,
+            # What the bytes are: the agent speaks the protocol TLS chose.
+            "alpn": (tls_transport.negotiatedProtocol or b"http/1.1").decode("ascii"),
         }
         log.info(
             "kube connection routed user={user} cluster={cluster} agent={agent}",

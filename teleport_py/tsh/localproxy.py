@@ -12,9 +12,10 @@ has its own small CA, kept in the profile's key directory:
   0600 kubeconfig, so other local users cannot borrow the listener.
 
 Each accepted connection is spliced to one TLS connection to the proxy's kube
-path (SNI ``kube-teleport-proxy-alpn.teleport.cluster.local``, ALPN
-``http/1.1``, the user's certificate routed to that cluster): kubectl sees
-the same thing as through ``tsh kube login``.
+path (SNI ``kube-teleport-proxy-alpn.teleport.cluster.local``, the user's
+certificate routed to that cluster), asking the proxy for the protocol
+kubectl chose here (``h2`` or ``http/1.1``): kubectl sees the same thing as
+through ``tsh kube login``.
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ SERVER_NAME_SUFFIX = ".kube.localhost"
 LOCAL_CA_CLUSTER = "tsh-local-proxy"
 _SERVER_IDENTITY = HostIdentity("local-proxy", "localhost", "proxy", LOCAL_CA_CLUSTER)
 _CLIENT_IDENTITY = HostIdentity("kube-client", "localhost", "kube", LOCAL_CA_CLUSTER)
+#: Offered to kubectl, most preferred first; the proxy is then asked for the one chosen.
+KUBE_ALPN = (b"http/1.1",)
 
 log = Logger()
 
@@ -117,7 +120,7 @@ def listener_tls_options(local_ca: LocalCA, now: datetime, not_after: datetime):
     key = generate_private_key()
     certificate = local_ca.issue_server_certificate(key.public_key(), now, not_after)
     return server_tls_options(
-        certificate, key, trusted_cas=[local_ca.certificate], require_client_certificate=True, alpn=[b"http/1.1"]
+        certificate, key, trusted_cas=[local_ca.certificate], require_client_certificate=True, alpn=list(KUBE_ALPN)
     )
 
 
@@ -142,7 +145,8 @@ class _KubectlEnd(SpliceEnd):
             self.transport.abortConnection()
             return
         self.transport.pauseProducing()
-        dialled = Deferred.fromCoroutine(self.factory.dial(kube_cluster, self.peer))
+        alpn = self.transport.negotiatedProtocol or b"http/1.1"
+        dialled = Deferred.fromCoroutine(self.factory.dial(kube_cluster, self.peer, alpn))
         dialled.addErrback(self._dial_failed, kube_cluster)
 
     def _dial_failed(self, failure, kube_cluster: str) -> None:
@@ -177,14 +181,15 @@ class KubeLocalProxyFactory(Factory):
     def buildProtocol(self, addr) -> _KubectlEnd:
         return _KubectlEnd(self)
 
-    async def dial(self, kube_cluster: str, protocol: SpliceEnd) -> None:
+    async def dial(self, kube_cluster: str, protocol: SpliceEnd, alpn: bytes = b"http/1.1") -> None:
+        """Only ``alpn`` is offered: the bytes relayed are already in that protocol."""
         certificate, private_key = await self.credentials(kube_cluster)
         creator = client_tls_options(
             KUBE_PROXY_SERVER_NAME,
             trusted_cas=self.host_cas,
             certificate=certificate,
             private_key=private_key,
-            alpn=[b"http/1.1"],
+            alpn=[alpn],
         )
         endpoint = wrapClientTLS(creator, HostnameEndpoint(self.reactor, self.proxy_host, self.proxy_port))
         await connectProtocol(endpoint, protocol)
