@@ -21,14 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
 from teleport_py.kube.credentials import ClusterCredentials
-from teleport_py.kube.forwarder import (
-    CheckerCache,
-    Forwarder,
-    KubeCluster,
-    RoleCache,
-    UpstreamRequest,
-    _Decision,
-)
+from teleport_py.kube.authorize import CheckerCache, Decision, RoleCache
+from teleport_py.kube.forwarder import Forwarder, KubeCluster
+from teleport_py.kube.upstream import UpstreamRequest
 from teleport_py.pki import (
     CertAuthority,
     HostIdentity,
@@ -449,7 +444,7 @@ class AcceptStreamTests(SynchronousTestCase):
 
     def test_valid_certificate_for_served_cluster(self):
         protocol = self.forwarder.accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
-        self.assertEqual(protocol.identity.username, "alice")
+        self.assertEqual(protocol.caller.identity.username, "alice")
 
     def test_refusals(self):
         other_ca = CertAuthority.generate("user", "example", NOW)
@@ -546,7 +541,7 @@ class ResponseRelayTests(SynchronousTestCase):
         self.kubectl.http.next_event()
         info = RequestInfo(verb="get", api_version="v1", resource="namespaces", namespace="default",
                            name="default", is_resource_request=True)
-        self.upstream = UpstreamRequest(self.kubectl, request, _Decision("alice", ("system:authenticated",), info))
+        self.upstream = UpstreamRequest(self.kubectl, request, Decision("alice", ("system:authenticated",), info))
         self.kubectl.upstream = self.upstream
         self.api = _LentConnection()
         self.successResultOf(defer.Deferred.fromCoroutine(self.upstream.start(_OneConnectionPool(self.api))))

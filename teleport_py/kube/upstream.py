@@ -1,4 +1,4 @@
-"""Keep-alive HTTP/1.1 connections to one API server, shared by all requests.
+"""Requests to the API server on keep-alive HTTP/1.1 connections shared by all.
 
 A TLS handshake with the API server costs more than the small request it
 carries, and the caller's identity travels in per-request ``Impersonate-*``
@@ -7,21 +7,47 @@ A connection is lent to one exchange at a time and comes back only when h11
 says both the request and the response ended cleanly; anything else (a
 broken-off response, a watch kubectl left, an upgrade to exec or
 port-forward) closes it or keeps it out of the pool for good.
+
+An `UpstreamRequest` is one exchange on a borrowed connection: it relays
+the response to kubectl's side through the small `Downstream` interface,
+which an HTTP/1.1 connection (kube/http1.py) and an HTTP/2 stream
+(kube/http2.py) both implement, filtering list and watch bodies by role
+when the decision says so. An unfiltered body goes to an HTTP/1.1 client
+as the API server framed it (kube/bodyframing.py); anything else is
+decoded by h11 and re-framed by the client's protocol.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol as Interface
+from typing import TYPE_CHECKING, Callable, Protocol as Interface, Sequence
 
 import h11
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody, FramingError, body_framing
+from teleport_py.kube.sessions import SessionRelay
+from teleport_py.rbac.filters import FilterError, filterable_accept, response_filter
 from teleport_py.tcp import no_delay
 
+if TYPE_CHECKING:
+    from teleport_py.kube.authorize import Decision, KubeCaller
+
 log = Logger()
+
+#: Request headers never passed upstream: the client's own credentials,
+#: impersonation (we set it), and hop-by-hop headers of the client's connection.
+_DROPPED_REQUEST_HEADERS = frozenset({
+    b"authorization", b"proxy-authorization", b"host", b"connection", b"keep-alive",
+    b"proxy-connection", b"te", b"trailer", b"upgrade",
+})
+_DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"trailer"})
+#: Requests replayed once on a new connection when a pooled one turns out to
+#: have been closed by the API server before answering (safe: no side effects).
+_RETRYABLE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 class Exchange(Interface):
@@ -162,3 +188,426 @@ class UpstreamPool:
         if connection in self._idle_connections:
             self._idle_connections.remove(connection)
 
+
+class Downstream(Interface):
+    """kubectl's side of one request, as its upstream exchange sees it: an
+    HTTP/1.1 connection or one HTTP/2 stream. Events are h11's; each front
+    end writes them in its own protocol."""
+
+    caller: "KubeCaller"
+    upstream: "UpstreamRequest | None"
+    #: kubectl has gone: nothing more is written.
+    closed: bool
+    #: An unfiltered body may go as the API server framed it (HTTP/1.1 only).
+    passes_framing: bool
+    #: Part of a response has been written: a Status can no longer replace it.
+    response_started: bool
+
+    def send(self, *events) -> None: ...
+
+    def send_framed(self, head: Sequence, body: bytes, framing: ChunkedBody | ContentLengthBody,
+                    end: bool) -> None: ...
+
+    def respond_status(self, code: int, reason: str, message: str, details: dict | None = None) -> None: ...
+
+    def throttle(self, upstream_transport) -> None:
+        """Each side pauses the other while it cannot take more."""
+
+    def unthrottle(self) -> None:
+        """The exchange no longer reads or writes: undo ``throttle``."""
+
+    def abort(self) -> None:
+        """Cut kubectl off: its response cannot be completed."""
+
+    def upstream_finished(self) -> None: ...
+
+    def switch_to_relay(self, upstream: "UpstreamRequest", response: h11.InformationalResponse,
+                        pending: bytes) -> None:
+        """After a 101 (HTTP/1.1 only: HTTP/2 requests never upgrade)."""
+
+    def session_ended(self) -> None:
+        """The API server's side of a relayed session closed."""
+
+
+def _relayed_response(response: h11.Response) -> h11.Response:
+    """The API server's response head as kubectl gets it: its own hop-by-hop
+    headers are not kubectl's connection's (usually there are none, and
+    the head, already validated by h11, goes as it is)."""
+    if not any(n in _DROPPED_RESPONSE_HEADERS for n, _ in response.headers):
+        return response
+    return h11.Response(status_code=response.status_code, reason=response.reason,
+                        headers=[(n, v) for n, v in response.headers if n not in _DROPPED_RESPONSE_HEADERS])
+
+
+class UpstreamRequest:
+    """HTTP/1.1 client side: one request (or one upgrade) to the API server,
+    on a connection borrowed from the cluster's pool for its duration."""
+
+    def __init__(self, downstream: Downstream, request: h11.Request, decision: Decision) -> None:
+        self.downstream = downstream
+        self.request = request
+        self.decision = decision
+        self.upgrade = any(n == b"connection" and b"upgrade" in v.lower() for n, v in request.headers)
+        self.connection: PooledConnection | None = None
+        self._pool: UpstreamPool | None = None
+        self.transport = None
+        self.http: h11.Connection | None = None
+        #: Request events from kubectl not yet written upstream.
+        self._pending: list = []
+        self._has_body = False
+        self._request_ended = False
+        self._received = False
+        self._retried = False
+        self._responded = False
+        self._finished = False
+        self.session: SessionRelay | None = None
+        self._filter = None
+        #: A filtered list's response head waits for the filtered body.
+        self._held_response: h11.Response | None = None
+        #: An unfiltered body relayed as framed: where it ends.
+        self._body: ChunkedBody | ContentLengthBody | None = None
+
+    # -- request, from kubectl -------------------------------------------------
+
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        creds = self.downstream.caller.cluster.credentials
+        headers = [(b"host", f"{creds.host}:{creds.port}".encode("idna"))]
+        filtering = self.decision.item_filter is not None
+        for name, value in self.request.headers:
+            if name in _DROPPED_REQUEST_HEADERS or name.startswith(b"impersonate-"):
+                if self.upgrade and name in (b"connection", b"upgrade"):
+                    headers.append((name, value))
+                continue
+            if filtering and name in (b"accept", b"accept-encoding"):
+                continue
+            headers.append((name, value))
+        if filtering:
+            # Only JSON (plain or gzip) can be filtered item by item.
+            accept = b",".join(v for n, v in self.request.headers if n == b"accept").decode("latin-1")
+            headers.append((b"accept", filterable_accept(accept).encode("latin-1")))
+            encodings = b",".join(v for n, v in self.request.headers if n == b"accept-encoding").lower()
+            if b"gzip" in encodings:
+                headers.append((b"accept-encoding", b"gzip"))
+        headers.append((b"impersonate-user", self.decision.user.encode("utf-8")))
+        headers += [(b"impersonate-group", group.encode("utf-8")) for group in self.decision.groups]
+        token = creds.bearer_token()
+        if token:
+            headers.append((b"authorization", b"Bearer " + token.encode("ascii")))
+        return headers
+
+    async def start(self, pool: UpstreamPool, *, fresh: bool = False) -> None:
+        """Send the request on a pooled connection (a new one if ``fresh``).
+        Raises ``CredentialsError`` when the agent cannot authenticate and
+        the connection error when the API server is unreachable."""
+        headers = self._headers()
+        self._pool = pool
+        connection = await pool.acquire(fresh=fresh)
+        if self._finished:  # kubectl went away while we were connecting
+            connection.give_back()
+            return
+        connection.lend(self)
+        self.connection, self.transport, self.http = connection, connection.transport, connection.http
+        self.transport.write(self.http.send(h11.Request(
+            method=self.request.method, target=self.request.target, headers=headers,
+        )))
+        self.downstream.throttle(self.transport)
+        pending, self._pending = self._pending, []
+        for event in pending:
+            self.transport.write(self.http.send(event))
+
+    def request_data(self, data: bytes) -> None:
+        self._has_body = True
+        self._send(h11.Data(data=data))
+
+    def request_done(self) -> None:
+        self._request_ended = True
+        self._send(h11.EndOfMessage())
+
+    def _send(self, event) -> None:
+        if self.transport is None:
+            self._pending.append(event)
+        elif not self._finished:
+            self.transport.write(self.http.send(event))
+
+    def downstream_lost(self) -> None:
+        if self._finished:  # our side of the API server connection is already closing
+            return
+        self._finished = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # -- response, from the API server -------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.from_server(data)
+            return
+        if self._body is not None:
+            if not self._finished:
+                self._relay_body(data)
+            return
+        self._received = True
+        self.http.receive_data(data)
+        self._next_events()
+
+    def _next_events(self) -> None:
+        """Relay what the API server sent. Events that go straight to kubectl
+        are sent together, in one write once this read is parsed (a small
+        response is then one tunnel frame, not three); anything else first
+        sends what is collected, so order and h11's state stay exact."""
+        downstream = self.downstream
+        relayed: list = []
+        while not self._finished:
+            try:
+                event = self.http.next_event()
+            except h11.RemoteProtocolError as e:
+                downstream.send(*relayed)
+                log.warn("malformed response from the API server: {error}", error=e)
+                self._fail()
+                return
+            if self._relay_as_is(event, relayed):
+                if self._body is not None:
+                    self._relay_body(self.http.trailing_data[0], relayed)
+                    return
+                continue
+            downstream.send(*relayed)
+            relayed = []
+            if event is h11.NEED_DATA:
+                return
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101 and self.http.our_state is h11.SWITCHED_PROTOCOL:
+                    self._switch(event)
+                    return
+            elif isinstance(event, h11.Response):  # a list or watch to filter
+                self._responded = True
+                if not self._start_filter(_relayed_response(event)):
+                    return
+            elif isinstance(event, h11.Data):
+                if not self._filter_step(event.data):
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                if self._held_response is not None:
+                    self._filter_list_off_reactor()
+                    return
+                if self._filter is not None and not self._filter_step(None):
+                    return
+                downstream.send(h11.EndOfMessage())
+                self._end_of_response()
+                return
+            else:
+                return
+        downstream.send(*relayed)
+
+    def _relay_as_is(self, event, relayed: list) -> bool:
+        """Collect ``event`` for kubectl if it needs no decision of ours:
+        an unfiltered response's head, body or end. The exchange's end is
+        sent at once, before the connection goes back to the pool."""
+        if self._filter is not None or self._held_response is not None:
+            return False
+        if type(event) is h11.Data:
+            relayed.append(event)
+            return True
+        if type(event) is h11.Response and (
+                self.decision.item_filter is None or not 200 <= event.status_code < 300):
+            self._responded = True
+            self._audit(event.status_code)
+            relayed.append(_relayed_response(event))
+            if not self.upgrade and self.downstream.passes_framing:
+                self._body = body_framing(self.request.method, event)
+            return True
+        if type(event) is h11.EndOfMessage:
+            relayed.append(event)
+            self.downstream.send(*relayed)
+            relayed.clear()
+            self._end_of_response()
+            return True
+        return False
+
+    def _relay_body(self, data: bytes, head: Sequence = ()) -> None:
+        """Relay body bytes as they are, up to the body's end. Bytes past it
+        are a server out of step with its own framing: nothing of them reaches
+        kubectl and the connection is dropped, as for malformed framing."""
+        try:
+            taken, ended = self._body.feed(data)
+        except FramingError as e:
+            self.downstream.send(*head)
+            log.warn("malformed response body from the API server: {error}", error=e)
+            self._fail()
+            return
+        if taken < len(data):
+            self.downstream.send(*head)
+            log.warn("API server sent {extra} bytes past the end of a response", extra=len(data) - taken)
+            self._fail()
+            return
+        self.downstream.send_framed(head, data, self._body, ended)
+        if ended:
+            if self.http.our_state is h11.DONE:  # our request ended and the response keeps the connection alive
+                self.connection.next_cycle_read_as_is()
+            self._end_of_response()
+
+    def _end_of_response(self) -> None:
+        self._finish()
+        self.downstream.upstream_finished()
+
+    def _start_filter(self, response: h11.Response) -> bool:
+        """Set up item filtering of a 2xx list/watch response; refuse the
+        response (and say so) when its body cannot be filtered."""
+        headers = {n: v.decode("latin-1") for n, v in response.headers}
+        watch = self.decision.info.verb == "watch"
+        self._filter = response_filter(headers.get(b"content-type", ""), headers.get(b"content-encoding"),
+                                       self.decision.item_filter, watch=watch)
+        if self._filter is None:
+            content = f"{headers.get(b'content-type', '')!r} ({headers.get(b'content-encoding', 'identity')})"
+            self._refuse(500, "InternalError",
+                         f"the API server answered {content}, which teleport cannot filter by role; "
+                         "your roles allow only part of this collection, so it is returned only as JSON",
+                         f"unfilterable response {content}")
+            return False
+        # The body changes length: h11 sends it chunked.
+        response = h11.Response(status_code=response.status_code, reason=response.reason, headers=[
+            (n, v) for n, v in response.headers if n not in (b"content-length", b"transfer-encoding")])
+        if watch:
+            self._audit(response.status_code)
+            self.downstream.send(response)
+        else:
+            self._held_response = response
+        return True
+
+    def _filter_list_off_reactor(self) -> None:
+        """Parse and filter a whole list on a worker thread: a list of
+        thousands of objects takes long enough to stall every other connection
+        of this agent if done on the reactor thread."""
+        reactor = self.downstream.caller.forwarder.reactor
+        list_filter, self._filter = self._filter, None
+        self._finish()
+        d = deferToThreadPool(reactor, reactor.getThreadPool(), list_filter.finish)
+        d.addCallbacks(self._list_filtered, self._list_filter_failed)
+        d.addErrback(lambda f: log.failure("sending a filtered list failed", f))
+
+    def _list_filtered(self, body: bytes) -> None:
+        downstream = self.downstream
+        if downstream.closed:
+            return
+        self._audit(self._held_response.status_code)
+        body_events = [h11.Data(data=body)] if body else []
+        downstream.send(self._held_response, *body_events, h11.EndOfMessage())
+        downstream.upstream_finished()
+
+    def _list_filter_failed(self, failure) -> None:
+        """The API server's connection is already closed; answer kubectl only."""
+        failure.trap(FilterError)
+        downstream = self.downstream
+        if downstream.closed:
+            return
+        log.warn("refused an unfilterable list user={user} path={path} error={error}",
+                 user=downstream.caller.identity.username, path=self.decision.info.path, error=failure.value)
+        self._audit(500, f"filter failed: {failure.value}")
+        downstream.respond_status(500, "InternalError", "teleport could not filter the response by role: "
+                                  "the API server's response is malformed or too large")
+        downstream.upstream_finished()
+
+    def _filter_step(self, data: bytes | None) -> bool:
+        """Feed ``data`` (``None``: the body ended) to the filter and send
+        what it lets through; False when the response had to be refused."""
+        try:
+            out = self._filter.finish() if data is None else self._filter.feed(data)
+        except FilterError as e:
+            log.warn("refused an unfilterable response user={user} path={path} error={error}",
+                     user=self.downstream.caller.identity.username, path=self.decision.info.path, error=e)
+            self._refuse(500, "InternalError", "teleport could not filter the response by role: "
+                         "the API server's response is malformed or too large", f"filter failed: {e}")
+            return False
+        if data is None and self._held_response is not None:
+            self._audit(self._held_response.status_code)
+            self.downstream.send(self._held_response)
+        if out:
+            self.downstream.send(h11.Data(data=out))
+        return True
+
+    def _refuse(self, code: int, status_reason: str, message: str, audit_reason: str) -> None:
+        """Drop the API server's response: a Status instead, or, when a watch
+        is already streaming, end kubectl's connection (fail closed)."""
+        downstream = self.downstream
+        self._finished = True
+        downstream.unthrottle()
+        self.transport.abortConnection()
+        if downstream.response_started:
+            downstream.abort()
+            return
+        self._audit(code, audit_reason)
+        downstream.respond_status(code, status_reason, message)
+        downstream.upstream_finished()
+
+    def _switch(self, response: h11.InformationalResponse) -> None:
+        self._finished = True
+        self._audit(101)
+        pending, _ = self.http.trailing_data
+        self.downstream.switch_to_relay(self, response, pending)
+
+    def _audit(self, code: int, reason: str | None = None) -> None:
+        self.downstream.caller.audit(self.request, self.decision.info, code, decision=self.decision, reason=reason)
+
+    def _finish(self) -> None:
+        """The exchange is complete: the connection goes back to the pool
+        (if h11 says it can carry another request) and kubectl's stream is
+        read again if the API server connection had throttled it."""
+        self._finished = True
+        self.downstream.unthrottle()
+        self.transport.unregisterProducer()
+        self.connection.give_back()
+
+    def _fail(self) -> None:
+        """The API server broke off: a Status if kubectl has no response yet, else cut the stream."""
+        downstream = self.downstream
+        self._finished = True
+        downstream.unthrottle()
+        if self.transport is not None:
+            self.transport.abortConnection()
+        if self._responded:
+            downstream.abort()
+            return
+        self._audit(502)
+        downstream.respond_status(502, "ServiceUnavailable", "the kubernetes API server closed the connection")
+        downstream.upstream_finished()
+
+    def connectionLost(self, reason=None) -> None:
+        if self.session is not None:
+            self.session.connection_lost()
+            self.downstream.session_ended()
+            return
+        if self._finished:
+            return
+        if self._body is not None:  # the body's end never came
+            self._fail()
+            return
+        if self._may_retry():
+            self._retry()
+            return
+        # A response delimited by the end of the connection ends here.
+        self.http.receive_data(b"")
+        self._next_events()
+        if not self._finished:
+            self._fail()
+
+    def _may_retry(self) -> bool:
+        """A reused connection the API server closed before answering a
+        request without side effects: most likely its idle timeout raced our
+        request (it never read it), so the request goes once more on a new
+        connection, as Go's HTTP client does."""
+        return (not self._retried and not self._received and self.connection.uses > 1
+                and self._request_ended and not self._has_body and self.request.method in _RETRYABLE_METHODS)
+
+    def _retry(self) -> None:
+        self._retried = True
+        self.downstream.unthrottle()
+        self.connection = self.transport = self.http = None
+        self._pending = [h11.EndOfMessage()]
+        log.info("API server closed a pooled connection before answering; retrying cluster={cluster}",
+                 cluster=self.downstream.caller.cluster.name)
+        d = Deferred.fromCoroutine(self.start(self._pool, fresh=True))
+        d.addErrback(self._retry_failed)
+
+    def _retry_failed(self, failure) -> None:
+        log.warn("API server unreachable on retry cluster={cluster} error={error}",
+                 cluster=self.downstream.caller.cluster.name, error=failure.value)
+        self._fail()

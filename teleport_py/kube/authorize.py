@@ -1,0 +1,356 @@
+"""What the agent decides about each kubectl request, whichever HTTP version carried it.
+
+A `KubeCaller` is the verified user of one `kube` tunnel stream. For each
+request (an h11 ``Request``, built from HTTP/2 pseudo-headers when kubectl
+spoke h2) it checks the certificate's expiry, the ``Impersonate-*``
+headers and the caller's roles, answers denials as Kubernetes ``Status``
+JSON, hands what is allowed to an upstream exchange (kube/upstream.py) and
+emits one audit event per request. The HTTP front ends (kube/http1.py,
+kube/http2.py) only translate between their wire and these calls.
+
+Roles may grant only part of a collection (pods in one namespace), so the
+decision says when list and watch responses must be filtered item by item
+(``teleport_py.rbac.filters``). A ``create`` body is read first (bounded) so
+that rules restricting names apply to the object's ``metadata.name``.
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
+from urllib.parse import parse_qs, quote
+
+import attrs
+import h11
+from twisted.logger import Logger
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from teleport_py import events
+from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
+from teleport_py.kube.upstream import UpstreamRequest
+from teleport_py.pki import UserIdentity
+from teleport_py.rbac import AccessChecker, AccessDenied, RequestInfo, classify, status_body
+from teleport_py.rbac.checker import BUILTIN_API_GROUPS
+from teleport_py.resources import Role
+
+if TYPE_CHECKING:
+    from teleport_py.kube.forwarder import Forwarder, KubeCluster
+    from teleport_py.kube.upstream import Downstream
+
+log = Logger()
+
+#: Largest ``create`` body read to learn the new object's name (the API
+#: server's own limit for a request body is 3 MiB).
+MAX_CREATE_BODY = 3 * 1024 * 1024
+
+
+class RoleCache:
+    """Roles by name, kept for ``ttl`` seconds: a kubectl command makes several
+    requests and each must not cost a round trip to Auth, while an edited role
+    still takes effect within seconds."""
+
+    def __init__(self, reactor, fetch: Callable[[str], Awaitable[Role | None]], ttl: float = 10.0) -> None:
+        self._reactor = reactor
+        self._fetch = fetch
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, Role | None]] = {}
+
+    async def roles(self, names: Sequence[str]) -> list[Role]:
+        """The named roles that exist; a lookup failure raises (fail closed)."""
+        found = []
+        for name in names:
+            now = self._reactor.seconds()
+            cached = self._cache.get(name)
+            if cached is None or cached[0] <= now:
+                cached = (now + self._ttl, await self._fetch(name))
+                self._cache[name] = cached
+            if cached[1] is not None:
+                found.append(cached[1])
+        return found
+
+
+class CheckerCache:
+    """Access checkers by verified identity and the role objects the
+    RoleCache returned: building one converts and expands every role, which
+    every request of a user would otherwise repeat. An entry keeps its roles
+    alive, so their ids in its key cannot be reused; roles fetched anew
+    (edited, or past the RoleCache's TTL) are new objects, hence new entries.
+    Bounded; the oldest entry goes first."""
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self._max_entries = max_entries
+        self._entries: dict[tuple, tuple[list[Role], AccessChecker]] = {}
+
+    def checker(self, identity: UserIdentity, roles: list[Role]) -> AccessChecker:
+        key = (identity.username, identity.traits, tuple(map(id, roles)))
+        entry = self._entries.get(key)
+        if entry is None:
+            if len(self._entries) >= self._max_entries:
+                del self._entries[next(iter(self._entries))]
+            entry = self._entries[key] = (roles, AccessChecker(identity.username, roles, dict(identity.traits)))
+        return entry[1]
+
+
+class DiscoveryError(Exception):
+    """The API server's discovery document could not be read."""
+
+
+@implementer(IPolicyForHTTPS)
+@attrs.frozen
+class _ClusterTLS:
+    credentials: ClusterCredentials
+
+    def creatorForNetloc(self, hostname, port):
+        return self.credentials.tls_options()
+
+
+async def fetch_api_resources(reactor, credentials: ClusterCredentials, group: str, version: str) -> dict[str, bool]:
+    """``{resource: namespaced}`` from ``/apis/GROUP/VERSION``, asked with the
+    agent's own credentials (discovery is open to every authenticated user)."""
+    host = f"[{credentials.host}]" if ":" in credentials.host else credentials.host
+    path = f"/apis/{quote(group, safe='')}/{quote(version, safe='')}" if group else f"/api/{quote(version, safe='')}"
+    headers = Headers({b"accept": [b"application/json"]})
+    token = credentials.bearer_token()
+    if token:
+        headers.addRawHeader(b"authorization", b"Bearer " + token.encode("ascii"))
+    agent = Agent(reactor, contextFactory=_ClusterTLS(credentials))
+    response = await agent.request(b"GET", f"https://{host}:{credentials.port}{path}".encode("ascii"), headers)
+    body = await readBody(response)
+    if response.code != 200:
+        raise DiscoveryError(f"GET {path} answered {response.code}")
+    try:
+        resources = json.loads(body)["resources"]
+        return {r["name"]: r["namespaced"] is True for r in resources}
+    except (ValueError, KeyError, TypeError) as e:
+        raise DiscoveryError(f"GET {path}: malformed APIResourceList ({e!r})") from None
+
+
+class Discovery:
+    """Whether resources outside Kubernetes' built-in API groups (CRDs,
+    aggregated APIs) are namespaced, learnt from the API server and cached
+    per cluster and group version: a rule scoped to a namespace must never
+    reach a cluster-scoped custom resource, and no table of ours knows them."""
+
+    def __init__(self, reactor, fetch=fetch_api_resources, ttl: float = 60.0, refresh_after: float = 1.0) -> None:
+        self._reactor = reactor
+        self._fetch = fetch
+        self._ttl = ttl
+        self._refresh_after = refresh_after
+        self._cache: dict[tuple[str, str, str], tuple[float, dict[str, bool]]] = {}
+
+    async def namespace_scoped(self, cluster: "KubeCluster", info: RequestInfo) -> bool | None:
+        """``None`` when the checker's own knowledge applies or discovery failed."""
+        if not info.is_resource_request or not info.resource or info.api_group in BUILTIN_API_GROUPS:
+            return None
+        key = (cluster.name, info.api_group, info.api_version)
+        now = self._reactor.seconds()
+        fetched_at, resources = self._cache.get(key, (None, {}))
+        stale = fetched_at is None or now >= fetched_at + self._ttl
+        if stale or (info.resource not in resources and now >= fetched_at + self._refresh_after):
+            # A CRD created a moment ago must not wait for the TTL.
+            try:
+                resources = await self._fetch(self._reactor, cluster.credentials, info.api_group, info.api_version)
+            except Exception as e:
+                log.warn("API discovery failed cluster={cluster} group={group} version={version} error={error}",
+                         cluster=cluster.name, group=info.api_group, version=info.api_version, error=e)
+                return None
+            self._cache[key] = (now, resources)
+        return resources.get(info.resource)
+
+
+@attrs.frozen
+class Decision:
+    user: str
+    groups: tuple[str, ...]
+    info: RequestInfo
+    #: ``(namespace, name) -> bool`` when the response must be filtered item by item.
+    item_filter: Callable[[str, str], bool] | None = None
+
+
+@attrs.define
+class HeldRequest:
+    """A ``create`` whose body is read before authorizing (bounded)."""
+
+    request: h11.Request
+    body: bytearray = attrs.Factory(bytearray)
+    too_large: bool = False
+
+    def add(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        if len(self.body) + len(data) > MAX_CREATE_BODY:
+            self.too_large = True
+            self.body.clear()
+        else:
+            self.body += data
+
+
+def status_response(code: int, reason: str, message: str, details: dict | None = None) -> tuple:
+    """A Kubernetes Status kubectl prints as the error, as h11 events."""
+    body = status_body(code, reason, message, details)
+    return (h11.Response(status_code=code, headers=[
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+    ]), h11.Data(data=body), h11.EndOfMessage())
+
+
+class KubeCaller:
+    """The verified user of one tunnel stream and the cluster it is routed
+    to: authorizes, forwards and audits each of its requests."""
+
+    def __init__(self, forwarder: "Forwarder", identity: UserIdentity, cluster: "KubeCluster", client_addr: str):
+        self.forwarder = forwarder
+        self.identity = identity
+        self.cluster = cluster
+        self.client_addr = client_addr
+
+    async def forward(self, downstream: "Downstream", request: h11.Request, held: HeldRequest | None) -> None:
+        """Authorize ``request`` and start it upstream, or answer kubectl
+        with the reason it cannot go (a Status, audited). Returns once the
+        request is on its way: the exchange is then ``downstream.upstream``."""
+        if held is not None and held.too_large:
+            self.audit(request, None, 413, reason="create body too large to authorize")
+            downstream.respond_status(413, "RequestEntityTooLarge",
+                                      f"request body larger than {MAX_CREATE_BODY} bytes cannot be authorized")
+            return
+        try:
+            decision = await self._authorize(request, held)
+        except AccessDenied as denied:
+            info = getattr(denied, "info", None)
+            self.audit(request, info, 403, reason=denied.reason)
+            downstream.respond_status(403, "Forbidden", denied.message, details=status_details(info))
+            return
+        upstream = UpstreamRequest(downstream, request, decision)
+        downstream.upstream = upstream
+        if held is not None:
+            upstream.request_data(bytes(held.body))
+            upstream.request_done()
+        try:
+            await upstream.start(self._carrier())
+        except CredentialsError as e:
+            downstream.upstream = None
+            log.error("cannot authenticate to the API server cluster={cluster} error={error}",
+                      cluster=self.cluster.name, error=e)
+            self.audit(request, decision.info, 502, decision=decision, reason="agent credentials unusable")
+            downstream.respond_status(502, "ServiceUnavailable",
+                                      f'the agent cannot authenticate to kubernetes cluster "{self.cluster.name}"')
+        except Exception as e:
+            downstream.upstream = None
+            log.warn("API server unreachable cluster={cluster} error={error}", cluster=self.cluster.name, error=e)
+            self.audit(request, decision.info, 502, decision=decision, reason="API server unreachable")
+            downstream.respond_status(502, "ServiceUnavailable",
+                                      f'kubernetes cluster "{self.cluster.name}" is unreachable')
+
+    def _carrier(self):
+        """What carries a request to the API server: the one place to choose
+        it. Today every request borrows a keep-alive HTTP/1.1 connection
+        from the cluster's pool, whichever protocol kubectl spoke."""
+        return self.forwarder.pool(self.cluster)
+
+    async def _authorize(self, request: h11.Request, held: HeldRequest | None) -> Decision:
+        path, _, query = request.target.decode("latin-1").partition("?")
+        info = classify(request.method.decode("latin-1"), path, parse_qs(query, keep_blank_values=True))
+        if held is not None:
+            info = attrs.evolve(info, name=name_from_body(request, held.body, info))
+        try:
+            return await self._decide(request, info)
+        except AccessDenied as e:
+            e.info = info
+            raise
+
+    async def _decide(self, request: h11.Request, info: RequestInfo) -> Decision:
+        identity, cluster = self.identity, self.cluster
+        if self.forwarder.reactor.seconds() >= identity.expires.timestamp():
+            raise AccessDenied("your certificate has expired, please log in again", "certificate expired")
+        requested_user, requested_groups = None, []
+        for name, value in request.headers:
+            if name == b"impersonate-user":
+                if requested_user is not None:
+                    raise AccessDenied("impersonation request has been denied, more than one user requested")
+                requested_user = value.decode("latin-1")
+            elif name == b"impersonate-group":
+                requested_groups.append(value.decode("latin-1"))
+            elif name.startswith(b"impersonate-"):
+                raise AccessDenied(
+                    f"impersonation request has been denied, header {name.decode('latin-1')!r} is not allowed"
+                )
+        try:
+            roles = await self.forwarder.roles.roles(identity.roles)
+        except Exception as e:
+            log.warn("role lookup failed user={user} error={error}", user=identity.username, error=e)
+            raise AccessDenied("access denied: roles could not be loaded", "role lookup failed") from None
+        checker = self.forwarder.checkers.checker(identity, roles)
+        checker.check_cluster(cluster.name, cluster.labels)
+        user, groups = checker.impersonation(cluster.labels, requested_user, requested_groups)
+        namespace_scoped = await self.forwarder.discovery.namespace_scoped(cluster, info)
+        checker.check_request(info, cluster.labels, namespace_scoped=namespace_scoped)
+        item_filter = None
+        if checker.needs_filtering(info, cluster.labels, namespace_scoped=namespace_scoped):
+            item_filter = checker.item_filter(info, cluster.labels)
+        return Decision(user, groups, info, item_filter)
+
+    def audit(self, request: h11.Request, info, code: int, *, decision: Decision | None = None,
+               reason: str | None = None) -> None:
+        self.forwarder.emit(events.make_event(
+            events.KUBE_REQUEST,
+            self.forwarder.reactor.seconds(),
+            success=reason is None,
+            user=self.identity.username,
+            cluster_name=self.forwarder.teleport_cluster or self.identity.teleport_cluster,
+            kube_cluster=self.cluster.name,
+            http_method=request.method.decode("latin-1"),
+            verb=getattr(info, "verb", None),
+            request_path=request.target.decode("latin-1"),
+            response_code=code,
+            resource_api_group=getattr(info, "api_group", None),
+            resource_kind=getattr(info, "resource", None),
+            resource_namespace=getattr(info, "namespace", None),
+            resource_name=getattr(info, "name", None),
+            kubernetes_users=[decision.user] if decision else [],
+            kubernetes_groups=list(decision.groups) if decision else [],
+            addr_remote=self.client_addr,
+            reason=reason,
+        ))
+
+
+def names_object_in_body(request: h11.Request) -> bool:
+    """A create without a name in the path: the name is in the body."""
+    if request.method != b"POST" or any(n == b"connection" and b"upgrade" in v.lower() for n, v in request.headers):
+        return False
+    path, _, query = request.target.decode("latin-1").partition("?")
+    info = classify("POST", path, parse_qs(query, keep_blank_values=True))
+    return info.is_resource_request and info.verb == "create" and not info.name
+
+
+def name_from_body(request: h11.Request, body: bytes, info: RequestInfo) -> str:
+    """``metadata.name`` of the object a create sends (``""`` with only
+    ``generateName``). A body we cannot read the way the API server will is
+    refused: guessing ``""`` would slip past deny rules on names."""
+    content_type = next((v for n, v in request.headers if n == b"content-type"), b"")
+    if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+        raise _denied("teleport can only authorize create requests with a JSON body",
+                      f"create body of type {content_type.decode('latin-1')!r}", info)
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _denied("teleport could not read the object's name: malformed JSON body",
+                      "malformed create body", info) from None
+    metadata = obj.get("metadata", {}) if isinstance(obj, dict) else None
+    name = metadata.get("name", "") if isinstance(metadata, dict) else None
+    if not isinstance(name, str):
+        raise _denied("teleport could not read the object's name from the body", "malformed create body", info)
+    return name
+
+
+def _denied(message: str, reason: str, info) -> AccessDenied:
+    denied = AccessDenied(message, reason)
+    denied.info = info
+    return denied
+
+
+def status_details(info: RequestInfo | None) -> dict | None:
+    """Which object was refused, as the API server's Forbidden Status says it."""
+    if info is None or not info.is_resource_request or not info.resource:
+        return None
+    return {"name": info.name, "group": info.api_group, "kind": info.resource}

@@ -1,0 +1,245 @@
+"""The agent's HTTP/1.1 front end: one kubectl connection per `kube` tunnel stream.
+
+Requests are parsed by h11 (sans-IO), so a malformed one is a 400 and never
+an exception on the reactor; each is decided and forwarded by the stream's
+`KubeCaller` (kube/authorize.py), one at a time. Responses are relayed event
+by event, never buffered whole, because ``watch`` and ``logs -f`` never end.
+An upgrade (exec, attach, port-forward) becomes a raw byte relay after the
+API server's 101 (kube/sessions.py).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+import h11
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from teleport_py.kube.authorize import HeldRequest, KubeCaller, names_object_in_body, status_response
+from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody
+from teleport_py.kube.sessions import SessionRelay, session_info
+from teleport_py.kube.upstream import UpstreamRequest
+from teleport_py.rbac import status_body
+from teleport_py.remotecommand import RemoteCommandError
+
+log = Logger()
+
+
+@implementer(IPushProducer)
+@attrs.define
+class _Throttle:
+    """Lets one transport pause another without being able to stop it: a
+    transport stops its producer when it closes, and one finished request
+    must not tear down the kubectl connection it came from."""
+
+    transport: object
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Closing is decided by the protocols, not by the peer transport."""
+
+
+class KubeConnection(Protocol):
+    """HTTP/1.1 server side of one kubectl connection (one tunnel stream)."""
+
+    #: Body bytes the API server framed go to kubectl unchanged, HTTP/1.1 only.
+    passes_framing = property(lambda self: self.http.their_http_version == b"1.1")
+    response_started = property(lambda self: self.http.our_state is not h11.SEND_RESPONSE)
+
+    def __init__(self, caller: KubeCaller) -> None:
+        self.caller = caller
+        self.http = h11.Connection(h11.SERVER)
+        self.upstream: UpstreamRequest | None = None
+        self._held: HeldRequest | None = None
+        self._authorizing = False
+        self._relay: SessionRelay | None = None
+        self.closed = False
+
+    # -- Protocol --------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._relay is not None:
+            self._relay.from_client(data)
+            return
+        self.http.receive_data(data)
+        self._next_events()
+
+    def connectionLost(self, reason=None) -> None:
+        self.closed = True
+        if self.upstream is not None:
+            self.upstream.downstream_lost()
+        if self._relay is not None:
+            self._relay.connection_lost()
+            _close(self._relay.server_transport)
+
+    # -- HTTP events from kubectl ----------------------------------------------
+
+    def _next_events(self) -> None:
+        while not self._authorizing and not self.closed and self._relay is None:
+            try:
+                event = self.http.next_event()
+            except h11.RemoteProtocolError as e:
+                self._bad_request(e)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                if names_object_in_body(event):
+                    self._held = HeldRequest(event)
+                else:
+                    self._begin(event)
+            elif isinstance(event, h11.Data):
+                if self._held is not None:
+                    self._held.add(event.data)
+                elif self.upstream is not None:
+                    self.upstream.request_data(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                if self._held is not None:
+                    held, self._held = self._held, None
+                    self._begin(held.request, held)
+                    return
+                if self.upstream is not None:
+                    self.upstream.request_done()
+                self._maybe_next_cycle()
+            elif isinstance(event, h11.ConnectionClosed):
+                self.transport.loseConnection()
+                return
+
+    def _maybe_next_cycle(self) -> None:
+        if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE:
+            self.http.start_next_cycle()
+        elif self.http.our_state is h11.MUST_CLOSE:
+            self.transport.loseConnection()
+
+    def _begin(self, request: h11.Request, held: HeldRequest | None = None) -> None:
+        self._authorizing = True
+        self.transport.pauseProducing()
+        d = Deferred.fromCoroutine(self._start(request, held))
+        d.addErrback(self._internal_error)
+
+    async def _start(self, request: h11.Request, held: HeldRequest | None) -> None:
+        await self.caller.forward(self, request, held)
+        self._resume()
+
+    def _resume(self) -> None:
+        self._authorizing = False
+        if self.closed:
+            return
+        self.transport.resumeProducing()
+        self._maybe_next_cycle()
+        self._next_events()
+
+    # -- answering kubectl -----------------------------------------------------
+
+    def send(self, *events) -> None:
+        """One write for several events: each write is a tunnel frame."""
+        if events and not self.closed:
+            self.transport.write(b"".join([self.http.send(event) for event in events]))
+
+    def send_framed(self, head: Sequence, body: bytes, framing: ChunkedBody | ContentLengthBody, end: bool) -> None:
+        """``head`` events, then body bytes as the API server framed them, in
+        one write; h11 follows our response without encoding it again: a
+        Content-Length body passes through it as is (it only counts), a
+        chunked one already holds its last chunk, so h11's is not sent."""
+        if self.closed:
+            return
+        out = [self.http.send(event) for event in head]
+        out.append(self.http.send(h11.Data(data=body)) if body and not framing.chunked else body)
+        if end:
+            eom = self.http.send(h11.EndOfMessage())
+            if not framing.chunked:
+                out.append(eom)
+        self.transport.write(b"".join(out))
+
+    def respond_status(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
+        """A Kubernetes Status body kubectl prints as the error."""
+        if self.response_started:
+            self.transport.abortConnection()
+            return
+        self.send(*status_response(code, reason, message, details))
+
+    def throttle(self, upstream_transport) -> None:
+        """Each side throttles the other (as twisted's portforward does)."""
+        upstream_transport.registerProducer(_Throttle(self.transport), True)
+        self.transport.registerProducer(_Throttle(upstream_transport), True)
+
+    def unthrottle(self) -> None:
+        self.transport.unregisterProducer()
+        if not self.closed:
+            self.transport.resumeProducing()
+
+    def abort(self) -> None:
+        self.transport.abortConnection()
+
+    def session_ended(self) -> None:
+        _close(self.transport)
+
+    def upstream_finished(self) -> None:
+        """The API server's response is complete: take the next request."""
+        self.upstream = None
+        if not self.closed:
+            self._maybe_next_cycle()
+            self._next_events()
+
+    def switch_to_relay(self, upstream: UpstreamRequest, response: h11.InformationalResponse, pending: bytes) -> None:
+        """After a 101: a recording relay both ways (kube/sessions.py), fed
+        first what the client sent right after its request and the API server
+        right after its 101. A session we could not record is refused."""
+        self.upstream = None
+        decision = upstream.decision
+        caller = self.caller
+        info = session_info(
+            upstream.request.target, response.headers, user=caller.identity.username,
+            cluster_name=caller.forwarder.teleport_cluster or caller.identity.teleport_cluster,
+            kube_cluster=caller.cluster.name, client_addr=caller.client_addr,
+            kubernetes_users=[decision.user], kubernetes_groups=decision.groups,
+        )
+        try:
+            if caller.forwarder.sessions is None:
+                raise RemoteCommandError("session recording is not configured on this agent")
+            relay = caller.forwarder.sessions.start(info, self.transport, upstream.transport)
+        except RemoteCommandError as e:
+            log.warn("refused unrecordable session user={user} error={error}", user=caller.identity.username, error=e)
+            upstream.transport.abortConnection()
+            caller.audit(upstream.request, decision.info, 502, decision=decision, reason=f"session not recordable: {e}")
+            self.respond_status(502, "BadGateway", f"the session cannot be recorded: {e}")
+            self.transport.loseConnection()
+            return
+        self.send(response)
+        self._relay = upstream.session = relay
+        client_bytes, _ = self.http.trailing_data
+        if client_bytes:
+            relay.from_client(client_bytes)
+        if pending:
+            relay.from_server(pending)
+
+    def _bad_request(self, error: Exception) -> None:
+        log.info("malformed HTTP from kubectl client={client} error={error}", client=self.caller.client_addr, error=error)
+        if self.http.our_state in (h11.SEND_RESPONSE, h11.IDLE):
+            body = status_body(400, "BadRequest", "malformed HTTP request")
+            self.transport.write(h11.Connection(h11.SERVER).send(h11.Response(
+                status_code=400,
+                headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                         (b"connection", b"close")],
+            )) + body)
+        self.transport.loseConnection()
+
+    def _internal_error(self, failure) -> None:
+        log.failure("kube request failed user={user}", failure, user=self.caller.identity.username)
+        if not self.closed:
+            self.transport.abortConnection()
+
+
+def _close(transport) -> None:
+    """A TLS transport closes only once its producer is gone."""
+    transport.unregisterProducer()
+    transport.loseConnection()
