@@ -44,13 +44,15 @@ class ClusterCredentials:
     token_file: str = ""
     tls_server_name: str = ""
 
-    def tls_options(self):
-        """TLS to the API server: verified against its CA, with our client certificate if any."""
+    def tls_options(self, alpn: tuple[bytes, ...] = ()):
+        """TLS to the API server: verified against its CA, with our client
+        certificate if any; ``alpn`` offers protocols (h2 for the multiplexed pool)."""
         return client_tls_options(
             self.tls_server_name or self.host,
             trusted_cas=self.ca_certificates,
             certificate=self.client_certificate,
             private_key=self.client_key,
+            alpn=alpn,
         )
 
     def bearer_token(self) -> str:
