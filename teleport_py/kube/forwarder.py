@@ -2,8 +2,9 @@
 
 Each stream is one kubectl TLS connection the proxy terminated, for a user
 whose certificate is verified again here. Requests are decided and forwarded
-by ``kube.authorize`` and ``kube.upstream``; ``kube.http1`` speaks
-kubectl's HTTP/1.1.
+by ``kube.authorize`` and ``kube.upstream``; ``kube.http1`` or
+``kube.http2`` speaks the protocol kubectl's TLS handshake with the proxy
+chose (stream metadata ``alpn``; absent from older proxies: HTTP/1.1).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from twisted.logger import Logger
 from teleport_py.kube.authorize import CheckerCache, Discovery, KubeCaller, RoleCache
 from teleport_py.kube.credentials import ClusterCredentials
 from teleport_py.kube.http1 import KubeConnection
+from teleport_py.kube.http2 import KubeHTTP2Connection
 from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.kube.upstream import UpstreamPool
 from teleport_py.pki import IdentityError, UserIdentity, identity_from_certificate
@@ -62,17 +64,24 @@ class Forwarder:
         self.sessions = sessions
         self.checkers = CheckerCache()
         self._pools: dict[str, UpstreamPool] = {}
+        #: Live HTTP/2 fronts, told to go away on shutdown.
+        self.h2_connections: set[KubeHTTP2Connection] = set()
 
     def accept_stream(self, metadata: Mapping) -> Protocol:
         """The stream's protocol, only for a user certificate our user CA signed
-        that is valid now and routed to a cluster we serve."""
+        that is valid now and routed to a cluster we serve, speaking the
+        protocol the proxy's handshake with kubectl chose."""
         identity = self._verified_user(metadata.get("user_cert"))
         cluster = self.clusters.get(metadata.get("kube_cluster"))
         if cluster is None or identity.kube_cluster != cluster.name:
             log.warn("refused kube stream user={user} cluster={cluster}",
                      user=identity.username, cluster=metadata.get("kube_cluster"))
             raise StreamRejected("kubernetes cluster not served here")
-        return KubeConnection(KubeCaller(self, identity, cluster, str(metadata.get("client_addr", ""))))
+        alpn = metadata.get("alpn", "http/1.1")
+        front = _FRONTS.get(alpn) if isinstance(alpn, str) else None
+        if front is None:
+            raise StreamRejected("unknown application protocol")
+        return front(KubeCaller(self, identity, cluster, str(metadata.get("client_addr", ""))))
 
     def _verified_user(self, pem) -> UserIdentity:
         now = datetime.fromtimestamp(self.reactor.seconds(), timezone.utc)
@@ -102,6 +111,13 @@ class Forwarder:
         return pool
 
     def close(self) -> Deferred:
-        """Close idle API server connections (on shutdown); fires when they are closed."""
+        """On shutdown: HTTP/2 clients are told to go away (GOAWAY), idle API
+        server connections closed; fires when they are closed."""
+        for connection in list(self.h2_connections):
+            connection.go_away()
         pools, self._pools = list(self._pools.values()), {}
         return gatherResults([pool.close() for pool in pools])
+
+
+#: The front end for each protocol the proxy may have negotiated with kubectl.
+_FRONTS = {"http/1.1": KubeConnection, "h2": KubeHTTP2Connection}

@@ -1,0 +1,390 @@
+"""The agent's HTTP/2 front end: every request of one kubectl process on one tunnel stream.
+
+client-go multiplexes all of a process's requests, watches included, on one
+HTTP/2 connection when the proxy offers h2: a thousand watches are then one
+TLS connection in the proxy and one tunnel stream here, not a thousand.
+Each h2 stream is one request with exactly the HTTP/1.1 semantics: it is
+built into an h11 ``Request`` and decided, forwarded and audited by the
+tunnel stream's `KubeCaller` (kube/authorize.py); the response comes back
+as h11 events from its upstream exchange and is re-framed as HEADERS and
+DATA.
+
+Flow control holds end to end: a response is written only within kubectl's
+stream and connection windows, and a request whose response waits for a
+window, or whose tunnel stream takes no more, has its API server connection
+paused. Request body bytes are acknowledged (WINDOW_UPDATE) once written
+upstream, and not while the API server connection is not taking more.
+HTTP/2 framing is h2's (sans-IO): a protocol error is a GOAWAY and the end
+of THIS tunnel stream only. Upgrades (exec, attach, port-forward) stay on
+HTTP/1.1: kubectl never sends them over h2.
+"""
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h11
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes, Settings
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from teleport_py.kube.authorize import HeldRequest, KubeCaller, names_object_in_body, status_response
+
+log = Logger()
+
+#: kube-apiserver's own choice.
+MAX_CONCURRENT_STREAMS = 1000
+#: kubectl's headers are a few hundred bytes; h2's HPACK decoder enforces this.
+MAX_HEADER_LIST_SIZE = 64 * 1024
+#: Response headers that describe an HTTP/1.1 connection, forbidden in HTTP/2.
+_CONNECTION_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                                 b"upgrade", b"te", b"trailer"})
+
+
+class NotForwarded(Exception):
+    """A request HTTP/2 can carry but this agent does not forward."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+def request_from_headers(headers: list[tuple[bytes, bytes]], has_body: bool) -> h11.Request:
+    """The HTTP/1.1 request an h2 header list (already validated by h2)
+    stands for: the same checks and the same upstream exchange serve both."""
+    pseudo = {name: value for name, value in headers if name.startswith(b":")}
+    regular = [(name, value) for name, value in headers if not name.startswith(b":") and name != b"host"]
+    method, path, authority = pseudo.get(b":method"), pseudo.get(b":path"), pseudo.get(b":authority")
+    if method == b"CONNECT" or b":protocol" in pseudo:
+        raise NotForwarded(405, "MethodNotAllowed", "CONNECT is not supported: exec, attach and port-forward "
+                           "use HTTP/1.1 upgrades")
+    if not method or not path or not authority:
+        raise NotForwarded(400, "BadRequest", "request without :method, :path or :authority")
+    if has_body and not any(name == b"content-length" for name, _ in regular):
+        regular.append((b"transfer-encoding", b"chunked"))
+    try:
+        return h11.Request(method=method, target=path, headers=[(b"host", authority), *regular])
+    except h11.LocalProtocolError as e:
+        raise NotForwarded(400, "BadRequest", f"malformed HTTP request: {e}") from None
+
+
+class KubeHTTP2Connection(Protocol):
+    """HTTP/2 server side of one kubectl connection (one tunnel stream).
+
+    It is its tunnel stream's producer: while the stream takes no more,
+    every request's API server connection is paused."""
+
+    def __init__(self, caller: KubeCaller) -> None:
+        self.caller = caller
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.h2.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+        })
+        self.streams: dict[int, RequestStream] = {}
+        #: The tunnel stream takes no more for now.
+        self.paused = False
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(_TunnelThrottle(self), True)
+        self.caller.forwarder.h2_connections.add(self)
+        self.h2.initiate_connection()
+        self.write_out()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            # h2 has queued a GOAWAY with the error's code.
+            log.info("malformed HTTP/2 from kubectl client={client} error={error}",
+                     client=self.caller.client_addr, error=e)
+            self.write_out()
+            self.transport.loseConnection()
+            return
+        for event in events:
+            handler = self._handlers.get(type(event))
+            if handler is not None:
+                handler(self, event)
+        self.write_out()
+
+    def connectionLost(self, reason=None) -> None:
+        self.closed = True
+        self.caller.forwarder.h2_connections.discard(self)
+        streams, self.streams = list(self.streams.values()), {}
+        for stream in streams:
+            stream.lost()
+
+    def go_away(self) -> None:
+        """The agent is shutting down: kubectl opens no more streams here."""
+        if not self.closed:
+            self.h2.close_connection()
+            self.write_out()
+
+    def write_out(self) -> None:
+        """One write for all the frames h2 has ready: each write is a tunnel frame."""
+        data = self.h2.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        for stream in list(self.streams.values()):
+            stream.flush()
+        self.write_out()
+
+    # -- h2 events -------------------------------------------------------------
+
+    def _request_received(self, event: h2.events.RequestReceived) -> None:
+        stream = self.streams[event.stream_id] = RequestStream(self, event.stream_id)
+        try:
+            request = request_from_headers(event.headers, has_body=event.stream_ended is None)
+        except NotForwarded as e:
+            log.info("refused an HTTP/2 request client={client} error={error}",
+                     client=self.caller.client_addr, error=e)
+            stream.respond_status(e.code, e.reason, e.message)
+            return
+        stream.begin(request)
+
+    def _data_received(self, event: h2.events.DataReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:  # answered already, or refused: nothing more goes upstream
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        else:
+            stream.body(event.data, event.flow_controlled_length)
+
+    def _stream_ended(self, event: h2.events.StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.request_ended()
+
+    def _stream_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is not None:
+            stream.lost()
+
+    def _window_updated(self, event) -> None:
+        streams = self.streams.values() if getattr(event, "stream_id", 0) == 0 else filter(
+            None, [self.streams.get(event.stream_id)])
+        for stream in list(streams):
+            stream.flush()
+
+    _handlers = {
+        h2.events.RequestReceived: _request_received,
+        h2.events.DataReceived: _data_received,
+        h2.events.StreamEnded: _stream_ended,
+        h2.events.StreamReset: _stream_reset,
+        h2.events.WindowUpdated: _window_updated,
+        h2.events.RemoteSettingsChanged: _window_updated,  # the initial window may have grown
+    }
+
+
+@implementer(IPushProducer)
+class _TunnelThrottle:
+    """The tunnel stream's producer: pauses, never stops, the h2 connection
+    (it is closed by its protocol, not by the transport's producer)."""
+
+    def __init__(self, connection: KubeHTTP2Connection) -> None:
+        self._connection = connection
+
+    def pauseProducing(self) -> None:
+        self._connection.set_paused(True)
+
+    def resumeProducing(self) -> None:
+        self._connection.set_paused(False)
+
+    def stopProducing(self) -> None:
+        """Closing is decided by the protocols."""
+
+
+@implementer(IPushProducer)
+class RequestStream:
+    """One h2 stream: one kubectl request, kubectl's side of its upstream
+    exchange (the `Downstream` of kube/upstream.py). It is the producer the
+    API server connection pauses: a paused stream holds back the
+    WINDOW_UPDATEs that let kubectl send more of the request body."""
+
+    passes_framing = False
+
+    def __init__(self, connection: KubeHTTP2Connection, stream_id: int) -> None:
+        self.connection = connection
+        self.caller = connection.caller
+        self.stream_id = stream_id
+        self.upstream = None
+        self.closed = False
+        self.response_started = False
+        self._held: HeldRequest | None = None
+        #: Body bytes that arrived before the request was on its way upstream.
+        self._early: list[bytes] = []
+        self._forwarding = False
+        self._request_ended = False
+        #: Body bytes received but not yet acknowledged to kubectl.
+        self._unacknowledged = 0
+        self._acks_held = False
+        #: Response bytes waiting for kubectl's window.
+        self._out = bytearray()
+        self._end = False
+        self._upstream_transport = None
+        self._upstream_paused = False
+
+    # -- the request, from kubectl ----------------------------------------------
+
+    def begin(self, request: h11.Request) -> None:
+        """Forward now, or once a create's body (holding the name) is read."""
+        if names_object_in_body(request):
+            self._held = HeldRequest(request)
+        else:
+            self._forward(request, None)
+
+    def _forward(self, request: h11.Request, held: HeldRequest | None) -> None:
+        d = Deferred.fromCoroutine(self._start(request, held))
+        d.addErrback(self._internal_error)
+
+    async def _start(self, request: h11.Request, held: HeldRequest | None) -> None:
+        await self.caller.forward(self, request, held)
+        self._forwarding = True
+        early, self._early = self._early, []
+        if self.upstream is not None:
+            for data in early:
+                self.upstream.request_data(data)
+            if self._request_ended:
+                self.upstream.request_done()
+        self._acknowledge()
+
+    def body(self, data: bytes, flow_controlled_length: int) -> None:
+        self._unacknowledged += flow_controlled_length
+        if self._held is not None:
+            self._held.add(data)  # bounded: acknowledged at once
+        elif not self._forwarding:
+            self._early.append(data)
+            return
+        elif self.upstream is not None:
+            self.upstream.request_data(data)
+        self._acknowledge()
+
+    def request_ended(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._forward(held.request, held)
+        elif not self._forwarding:
+            self._request_ended = True
+        elif self.upstream is not None:
+            self.upstream.request_done()
+
+    def _acknowledge(self) -> None:
+        if self._unacknowledged and not self._acks_held:
+            acknowledged, self._unacknowledged = self._unacknowledged, 0
+            self.connection.h2.acknowledge_received_data(acknowledged, self.stream_id)
+            self.connection.write_out()
+
+    # IPushProducer, for the API server connection's transport.
+    def pauseProducing(self) -> None:
+        self._acks_held = True
+
+    def resumeProducing(self) -> None:
+        self._acks_held = False
+        self._acknowledge()
+
+    def stopProducing(self) -> None:
+        """The exchange ends the stream, not the API server's transport."""
+
+    # -- the response (the Downstream interface) --------------------------------
+
+    def send(self, *events) -> None:
+        if self.closed:
+            return
+        for event in events:
+            if type(event) is h11.Response:
+                self.response_started = True
+                self.connection.h2.send_headers(self.stream_id, [(b":status", b"%d" % event.status_code)] + [
+                    (name, value) for name, value in event.headers if name not in _CONNECTION_HEADERS])
+            elif type(event) is h11.Data:
+                self._out += event.data
+            elif type(event) is h11.EndOfMessage:
+                self._end = True
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what kubectl's windows allow; pause the API server
+        connection while anything waits or the tunnel stream is full."""
+        if self.closed:
+            return
+        h2conn, out = self.connection.h2, self._out
+        while out:
+            size = min(h2conn.local_flow_control_window(self.stream_id), h2conn.max_outbound_frame_size, len(out))
+            if size <= 0:
+                break
+            chunk = bytes(out[:size])
+            del out[:size]
+            h2conn.send_data(self.stream_id, chunk)
+        if self._end and not out:
+            h2conn.end_stream(self.stream_id)
+            self.connection.streams.pop(self.stream_id, None)
+            self._close()
+        else:
+            self._pause_upstream(bool(out) or self.connection.paused)
+        self.connection.write_out()
+
+    def _pause_upstream(self, pause: bool) -> None:
+        if self._upstream_transport is None or pause == self._upstream_paused:
+            return
+        self._upstream_paused = pause
+        if pause:
+            self._upstream_transport.pauseProducing()
+        else:
+            self._upstream_transport.resumeProducing()
+
+    def respond_status(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
+        if self.response_started:
+            self.abort()
+            return
+        self.send(*status_response(code, reason, message, details))
+
+    def throttle(self, upstream_transport) -> None:
+        self._upstream_transport, self._upstream_paused = upstream_transport, False
+        upstream_transport.registerProducer(self, True)
+        self.flush()
+
+    def unthrottle(self) -> None:
+        """The API server connection is given back or closed: never touch it again."""
+        self._upstream_transport = None
+        self._upstream_paused = False
+        self.resumeProducing()
+
+    def abort(self) -> None:
+        """kubectl sees the stream reset: its response cannot be completed."""
+        if self.closed:
+            return
+        self.connection.h2.reset_stream(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+        self.connection.streams.pop(self.stream_id, None)
+        self._close()
+
+    def upstream_finished(self) -> None:
+        self.upstream = None
+
+    def lost(self) -> None:
+        """kubectl reset this stream, or the tunnel stream is gone: cancel the exchange."""
+        if self.closed:
+            return
+        self._close()
+        if self.upstream is not None:
+            self.upstream.downstream_lost()
+
+    def _close(self) -> None:
+        self.closed = True
+        self._out.clear()
+        self._early.clear()
+        self._acks_held = False
+        self._acknowledge()
+
+    def _internal_error(self, failure) -> None:
+        log.failure("kube request failed user={user}", failure, user=self.caller.identity.username)
+        self.abort()
+        self.connection.write_out()

@@ -1,0 +1,384 @@
+"""The agent's HTTP/2 front end, driven by a real h2 client on in-memory transports.
+
+kubectl's side is an h2 client connection whose bytes go straight into the
+protocol ``Forwarder.accept_stream`` returns for ``alpn: h2``; the API
+server's side is a pool of in-memory HTTP/1.1 connections the test reads
+requests from and answers on, so flow control and cancellation are visible.
+"""
+from __future__ import annotations
+
+import json
+
+import h11
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import hyperframe.frame
+from h2.errors import ErrorCodes
+from hypothesis import HealthCheck, given, settings, strategies as st
+from twisted.internet import reactor
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from teleport_py.kube.forwarder import Forwarder, KubeCluster, RoleCache
+from teleport_py.kube.http1 import KubeConnection
+from teleport_py.kube.http2 import KubeHTTP2Connection
+from teleport_py.resources.role import KubernetesResource
+from teleport_py.tunnel import StreamRejected
+from tests.test_kube_forwarder import USER_CA, FakeRoles, credentials, role, user_cert_pem
+
+PODS = b"/api/v1/namespaces/default/pods"
+WATCH = PODS + b"?watch=1"
+
+
+class FakeAPIConnection:
+    """A pooled API server connection: what the exchange wrote, and a way to answer."""
+
+    def __init__(self):
+        self.http = h11.Connection(h11.CLIENT)
+        self.transport = StringTransport()
+        self.exchange = None
+        self.given_back = False
+
+    def lend(self, exchange):
+        self.exchange = exchange
+
+    def give_back(self):
+        self.given_back = True
+
+    def next_cycle_read_as_is(self):
+        self.http = h11.Connection(h11.CLIENT)
+
+    def request(self) -> tuple[h11.Request, bytes]:
+        server = h11.Connection(h11.SERVER)
+        server.receive_data(self.transport.value())
+        request, body = server.next_event(), b""
+        while type(event := server.next_event()) is h11.Data:
+            body += event.data
+        return request, body
+
+    def header(self, name: bytes) -> list[bytes]:
+        return [v for n, v in self.request()[0].headers if n == name]
+
+    def answer(self, data: bytes):
+        self.exchange.dataReceived(data)
+
+
+class FakePool:
+    def __init__(self):
+        self.connections: list[FakeAPIConnection] = []
+
+    async def acquire(self, fresh=False):
+        connection = FakeAPIConnection()
+        self.connections.append(connection)
+        return connection
+
+
+def json_response(body: bytes, status: bytes = b"200 OK") -> bytes:
+    return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        status, len(body), body)
+
+
+class Kubectl:
+    """kubectl's side: a real h2 client wired to the agent's front."""
+
+    def __init__(self, front, *, window: int | None = None, validate: bool = True):
+        self.front = front
+        self.transport = StringTransport()
+        front.makeConnection(self.transport)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=validate,
+            normalize_outbound_headers=validate))
+        self.h2.initiate_connection()
+        if window is not None:
+            self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.events: list = []
+        self.pump()
+
+    def pump(self):
+        """Exchange bytes both ways until both sides are quiet."""
+        while True:
+            out = self.h2.data_to_send()
+            if out:
+                self.front.dataReceived(out)
+            back = self.transport.value()
+            self.transport.clear()
+            if back:
+                self.events += self.h2.receive_data(back)
+            if not out and not back:
+                return
+
+    def request(self, method: bytes, path: bytes, *headers, body: bytes | None = None) -> int:
+        stream_id = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream_id, [(b":method", method), (b":scheme", b"https"), (b":path", path),
+                                         (b":authority", b"proxy"), *headers], end_stream=body is None)
+        if body is not None:
+            self.h2.send_data(stream_id, body, end_stream=True)
+        self.pump()
+        return stream_id
+
+    def response(self, stream_id: int) -> tuple[int | None, bytes, bool]:
+        """(status, body so far, ended) of one stream."""
+        status, body, ended = None, b"", False
+        for event in self.events:
+            if getattr(event, "stream_id", None) != stream_id:
+                continue
+            if isinstance(event, h2.events.ResponseReceived):
+                status = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended = True
+        return status, body, ended
+
+    def was_reset(self, stream_id: int) -> bool:
+        return any(isinstance(e, h2.events.StreamReset) and e.stream_id == stream_id for e in self.events)
+
+
+class HTTP2FrontTests(SynchronousTestCase):
+    def setUp(self):
+        self.audit = []
+        self.roles = FakeRoles(role(), role("names", resources=(KubernetesResource(
+            kind="pods", namespace="default", name="allowed", verbs=("*",), api_group=""),)))
+        cluster = KubeCluster("c1", {"env": "dev"}, credentials(1))
+        self.forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+                                   roles=RoleCache(reactor, self.roles.fetch), emit=self.audit.append)
+        self.pool = FakePool()
+        self.forwarder.pool = lambda cluster: self.pool
+
+    def kubectl(self, roles=("dev",), **options) -> Kubectl:
+        front = self.forwarder.accept_stream({"user_cert": user_cert_pem(roles=roles), "kube_cluster": "c1",
+                                              "client_addr": "192.0.2.1:5000", "alpn": "h2"})
+        return Kubectl(front, **options)
+
+    def test_protocol_follows_the_negotiated_alpn_and_unknown_ones_are_refused(self):
+        metadata = {"user_cert": user_cert_pem(), "kube_cluster": "c1"}
+        self.assertIsInstance(self.forwarder.accept_stream(dict(metadata, alpn="h2")), KubeHTTP2Connection)
+        self.assertIsInstance(self.forwarder.accept_stream(dict(metadata, alpn="http/1.1")), KubeConnection)
+        self.assertIsInstance(self.forwarder.accept_stream(metadata), KubeConnection)
+        for alpn in ("spdy/3.1", "", ["h2"], None):
+            self.assertRaises(StreamRejected, self.forwarder.accept_stream, dict(metadata, alpn=alpn))
+
+    def test_allowed_get_is_impersonated_relayed_and_audited(self):
+        kubectl = self.kubectl()
+        stream = kubectl.request(b"GET", PODS, (b"authorization", b"Bearer user-secret"))
+        (api,) = self.pool.connections
+        request, _ = api.request()
+        self.assertEqual((request.method, request.target), (b"GET", PODS))
+        self.assertEqual(api.header(b"impersonate-user"), [b"alice"])
+        self.assertEqual(api.header(b"host"), [b"127.0.0.1:1"])
+        self.assertEqual(api.header(b"authorization"), [])
+        api.answer(json_response(b'{"kind":"PodList","items":[]}'))
+        kubectl.pump()
+        self.assertEqual(kubectl.response(stream), (200, b'{"kind":"PodList","items":[]}', True))
+        self.assertTrue(api.given_back)
+        (event,) = self.audit
+        self.assertEqual((event["verb"], event["resource_kind"], event["response_code"], event["success"]),
+                         ("list", "pods", 200, True))
+        self.assertEqual(event["addr_remote"], "192.0.2.1:5000")
+
+    def test_a_chunked_upstream_body_is_decoded_into_data_frames(self):
+        kubectl = self.kubectl()
+        stream = kubectl.request(b"GET", PODS)
+        self.pool.connections[0].answer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                        b"2\r\n{}\r\n0\r\n\r\n")
+        kubectl.pump()
+        self.assertEqual(kubectl.response(stream), (200, b"{}", True))
+
+    def test_denied_request_is_a_status_over_h2_and_audited(self):
+        kubectl = self.kubectl()
+        stream = kubectl.request(b"DELETE", b"/api/v1/namespaces/kube-system/pods/x")
+        status, body, ended = kubectl.response(stream)
+        self.assertEqual((status, ended), (403, True))
+        self.assertIn('pods "x" is forbidden', json.loads(body)["message"])
+        self.assertEqual(self.pool.connections, [])
+        (event,) = self.audit
+        self.assertEqual((event["verb"], event["response_code"], event["success"]), ("delete", 403, False))
+        # The connection carries the next request.
+        stream = kubectl.request(b"GET", PODS)
+        self.assertEqual(len(self.pool.connections), 1)
+
+    def test_impersonation_headers_are_refused(self):
+        kubectl = self.kubectl()
+        for header in ((b"impersonate-uid", b"1"), (b"impersonate-user", b"admin")):
+            stream = kubectl.request(b"GET", PODS, header)
+            status, body, _ = kubectl.response(stream)
+            self.assertEqual(status, 403)
+            self.assertIn("impersonation request has been denied", json.loads(body)["message"])
+        self.assertEqual(self.pool.connections, [])
+
+    def test_create_is_authorized_by_the_name_in_its_body(self):
+        kubectl = self.kubectl(roles=("names",))
+        denied = kubectl.request(b"POST", PODS, (b"content-type", b"application/json"),
+                                 body=json.dumps({"metadata": {"name": "other"}}).encode())
+        self.assertEqual(kubectl.response(denied)[0], 403)
+        self.assertEqual(self.audit[-1]["resource_name"], "other")
+        body = json.dumps({"metadata": {"name": "allowed"}}).encode()
+        allowed = kubectl.request(b"POST", PODS, (b"content-type", b"application/json"), body=body)
+        (api,) = self.pool.connections
+        self.assertEqual(api.request()[1], body)
+        api.answer(json_response(b"{}", b"201 Created"))
+        kubectl.pump()
+        self.assertEqual(kubectl.response(allowed)[0], 201)
+
+    def test_a_request_body_without_length_goes_upstream_chunked(self):
+        kubectl = self.kubectl()
+        stream = kubectl.h2.get_next_available_stream_id()
+        kubectl.h2.send_headers(stream, [(b":method", b"PUT"), (b":scheme", b"https"),
+                                         (b":path", PODS + b"/p"), (b":authority", b"proxy")])
+        kubectl.pump()
+        for part in (b'{"a":', b'1}'):
+            kubectl.h2.send_data(stream, part)
+            kubectl.pump()
+        kubectl.h2.end_stream(stream)
+        kubectl.pump()
+        (api,) = self.pool.connections
+        request, body = api.request()
+        self.assertEqual((dict(request.headers)[b"transfer-encoding"], body), (b"chunked", b'{"a":1}'))
+
+    def test_watch_is_filtered_item_by_item(self):
+        kubectl = self.kubectl()
+        stream = kubectl.request(b"GET", b"/api/v1/pods?watch=1")
+        (api,) = self.pool.connections
+        api.answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        for namespace, name in (("kube-system", "dns"), ("default", "web-1")):
+            line = json.dumps({"type": "ADDED", "object": {"kind": "Pod", "metadata": {
+                "namespace": namespace, "name": name}}}).encode() + b"\n"
+            api.answer(b"%x\r\n%s\r\n" % (len(line), line))
+        kubectl.pump()
+        status, body, ended = kubectl.response(stream)
+        self.assertEqual((status, ended), (200, False))
+        self.assertEqual([json.loads(e)["object"]["metadata"]["name"] for e in body.splitlines()], ["web-1"])
+        self.assertEqual(self.audit[0]["verb"], "watch")
+
+    def test_response_waits_for_kubectls_window_and_pauses_the_api_server(self):
+        kubectl = self.kubectl(window=0)
+        stream = kubectl.request(b"GET", PODS)
+        (api,) = self.pool.connections
+        api.answer(json_response(b"x" * 1000))
+        kubectl.pump()
+        self.assertEqual(kubectl.response(stream), (200, b"", False))
+        self.assertEqual(api.transport.producerState, "paused")
+        kubectl.h2.increment_flow_control_window(600, stream_id=stream)
+        kubectl.pump()
+        self.assertEqual((len(kubectl.response(stream)[1]), api.transport.producerState), (600, "paused"))
+        kubectl.h2.increment_flow_control_window(400, stream_id=stream)
+        kubectl.pump()
+        self.assertEqual(kubectl.response(stream), (200, b"x" * 1000, True))
+
+    def test_a_full_tunnel_stream_pauses_every_api_server_connection(self):
+        kubectl = self.kubectl()
+        streams = [kubectl.request(b"GET", WATCH) for _ in range(2)]
+        for api in self.pool.connections:
+            api.answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        kubectl.pump()
+        kubectl.transport.producer.pauseProducing()
+        self.assertEqual([a.transport.producerState for a in self.pool.connections], ["paused", "paused"])
+        kubectl.transport.producer.resumeProducing()
+        self.assertEqual([a.transport.producerState for a in self.pool.connections], ["producing", "producing"])
+        self.assertEqual([kubectl.response(s)[0] for s in streams], [200, 200])
+
+    def test_request_body_is_acknowledged_only_once_the_api_server_takes_it(self):
+        kubectl = self.kubectl()
+        stream = kubectl.h2.get_next_available_stream_id()
+        kubectl.h2.send_headers(stream, [(b":method", b"PUT"), (b":scheme", b"https"), (b":path", PODS + b"/p"),
+                                         (b":authority", b"proxy"), (b"content-length", b"60000")])
+        kubectl.pump()
+        (api,) = self.pool.connections
+        api.transport.producer.pauseProducing()  # the API server connection's buffer is full
+        window = kubectl.h2.outbound_flow_control_window
+        for _ in range(5):
+            kubectl.h2.send_data(stream, b"x" * 10000)
+        kubectl.pump()
+        self.assertEqual(kubectl.h2.outbound_flow_control_window, window - 50000)
+        api.transport.producer.resumeProducing()
+        kubectl.pump()
+        self.assertEqual(kubectl.h2.outbound_flow_control_window, window)
+        self.assertEqual(len(api.request()[1]), 50000)
+
+    def test_rst_stream_cancels_only_its_request(self):
+        kubectl = self.kubectl()
+        first, second = (kubectl.request(b"GET", WATCH) for _ in range(2))
+        api1, api2 = self.pool.connections
+        for api in (api1, api2):
+            api.answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        kubectl.h2.reset_stream(first, ErrorCodes.CANCEL)
+        kubectl.pump()
+        self.assertTrue(api1.transport.disconnecting)
+        self.assertFalse(api2.transport.disconnecting)
+        api2.answer(b"3\r\n{}\n\r\n")
+        kubectl.pump()
+        self.assertEqual(kubectl.response(second)[1], b"{}\n")
+        self.assertFalse(kubectl.transport.disconnecting)
+
+    def test_fifty_concurrent_requests(self):
+        kubectl = self.kubectl()
+        streams = [kubectl.request(b"GET", PODS + b"/p%d" % i) for i in range(50)]
+        self.assertEqual(len(self.pool.connections), 50)
+        for i, api in reversed(list(enumerate(self.pool.connections))):
+            self.assertEqual(api.request()[0].target, PODS + b"/p%d" % i)
+            api.answer(json_response(b'{"n":%d}' % i))
+        kubectl.pump()
+        self.assertEqual([kubectl.response(s) for s in streams],
+                         [(200, b'{"n":%d}' % i, True) for i in range(50)])
+        self.assertEqual(len(self.audit), 50)
+
+    def test_requests_without_pseudo_headers_or_with_connect_are_refused(self):
+        kubectl = self.kubectl(validate=False)
+        missing = kubectl.h2.get_next_available_stream_id()
+        kubectl.h2.send_headers(missing, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", PODS),
+                                          (b"host", b"proxy")], end_stream=True)
+        kubectl.pump()
+        connect = kubectl.h2.get_next_available_stream_id()
+        kubectl.h2.send_headers(connect, [(b":method", b"CONNECT"), (b":authority", b"proxy")], end_stream=True)
+        kubectl.pump()
+        self.assertEqual((kubectl.response(missing)[0], kubectl.response(connect)[0]), (400, 405))
+        self.assertEqual(self.pool.connections, [])
+
+    def test_malformed_frames_end_only_that_tunnel_stream(self):
+        other = self.kubectl()
+        kubectl = self.kubectl()
+        watch = kubectl.request(b"GET", b"/api/v1/pods?watch=1")
+        kubectl.front.dataReceived(b"\x00\x00\x03\x08\x00\x00\x00\x00\x00\x00\x00\x01")  # WINDOW_UPDATE of 3 bytes
+        self.assertTrue(kubectl.transport.disconnecting)
+        goaway = hyperframe.frame.Frame.parse_frame_header(memoryview(kubectl.transport.value()[:9]))[0]
+        self.assertIsInstance(goaway, hyperframe.frame.GoAwayFrame)
+        kubectl.front.connectionLost(None)
+        self.assertTrue(self.pool.connections[0].transport.disconnecting)
+        self.assertFalse(kubectl.was_reset(watch))
+        stream = other.request(b"GET", PODS)
+        self.pool.connections[-1].answer(json_response(b"{}"))
+        other.pump()
+        self.assertEqual(other.response(stream), (200, b"{}", True))
+
+    def test_shutdown_sends_goaway(self):
+        kubectl = self.kubectl()
+        self.successResultOf(self.forwarder.close())
+        kubectl.pump()
+        self.assertTrue(any(isinstance(e, h2.events.ConnectionTerminated) for e in kubectl.events))
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.binary(max_size=200))
+    def test_random_bytes_after_the_preface_never_raise(self, data):
+        self.assert_survives(data)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 255), st.sampled_from([0, 1, 2, 3, 2 ** 31 - 1]),
+                              st.binary(max_size=40)), max_size=6))
+    def test_random_frames_never_raise(self, frames):
+        self.assert_survives(b"".join(
+            len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream_id.to_bytes(4, "big") + payload
+            for kind, flags, stream_id, payload in frames))
+
+    def assert_survives(self, data):
+        self.pool.connections.clear()
+        kubectl = self.kubectl()
+        kubectl.request(b"GET", b"/api/v1/pods?watch=1")
+        kubectl.front.dataReceived(data)
+        if kubectl.transport.disconnecting:
+            kubectl.front.connectionLost(None)
+            self.assertTrue(all(a.transport.disconnecting for a in self.pool.connections))
+        else:
+            kubectl.front.dataReceived(kubectl.h2.data_to_send())
