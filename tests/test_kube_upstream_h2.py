@@ -322,6 +322,28 @@ class PoolTests(SynchronousTestCase):
         server.pump()
         self.assertTrue(server.of(h2.events.ConnectionTerminated))
 
+    def test_silent_server_is_pinged_then_dropped(self):
+        receiver = Receiver()
+        stream = self.open(receiver)
+        self.clock.advance(30)
+        self.assertIn(b"tpkeepal", stream.connection.transport.value())  # the PING
+        self.clock.advance(14)
+        self.assertIsNone(receiver.failure)
+        self.clock.advance(1)
+        self.assertTrue(receiver.failure.check(UpstreamConnectionLost))
+        self.assertTrue(stream.connection.transport.disconnected)
+        self.assertEqual(self.pool.connections, [])
+
+    def test_answered_ping_keeps_the_streams(self):
+        receiver = Receiver()
+        self.open(receiver)
+        server = self.servers[0]
+        for _ in range(10):
+            self.clock.advance(15)
+            server.pump()
+        self.assertTrue(server.of(h2.events.PingReceived))
+        self.assertIsNone(receiver.failure)
+
     def test_response_window_is_acknowledged_only_once_consumed(self):
         receiver = Receiver()
         stream = self.open(receiver)

@@ -223,6 +223,10 @@ class H2UpstreamConnection(Protocol):
         self.going_away = False
         self.lost = False
         self._idle_timer = None
+        #: Liveness: when the server last sent anything, and our unanswered PING.
+        self._last_read = 0.0
+        self._ping_sent_at: float | None = None
+        self._keepalive = None
         self._lost_waiters: list[Deferred] = []
 
     # -- TLS and HTTP/2 setup ---------------------------------------------------
@@ -325,6 +329,7 @@ class H2UpstreamConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.lost:
             return
+        self._last_read = self.pool.reactor.seconds()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -343,6 +348,7 @@ class H2UpstreamConnection(Protocol):
     def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
         if not self.ready.called:
             self._start_idle_timer()  # before the waiters open their streams
+            self._keepalive = self.pool.reactor.callLater(self.pool.ping_interval, self._check_alive)
             self.ready.callback(self)
 
     def _on_response(self, event: h2.events.ResponseReceived) -> None:
@@ -443,6 +449,8 @@ class H2UpstreamConnection(Protocol):
         self.lost = True
         self.going_away = True
         self._cancel_idle_timer()
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
         self.pool.retire(self)
         self._fail_setup(UpstreamConnectionLost("the connection closed during HTTP/2 setup"))
         streams, self.streams = list(self.streams.values()), {}
@@ -484,6 +492,26 @@ class H2UpstreamConnection(Protocol):
         if data and not self.lost:
             self.transport.write(data)
 
+    def _check_alive(self) -> None:
+        """A watch on a connection that died silently (no FIN, no RST) would
+        wait forever: after ``ping_interval`` without a byte from the server
+        we PING, and without an answer in ``ping_timeout`` its streams fail."""
+        pool, now = self.pool, self.pool.reactor.seconds()
+        if now - self._last_read < pool.ping_interval:
+            self._ping_sent_at = None
+            next_check = self._last_read + pool.ping_interval
+        elif self._ping_sent_at is None:
+            self._ping_sent_at = now
+            self.h2.ping(b"tpkeepal")
+            self._write()
+            next_check = now + pool.ping_timeout
+        else:
+            log.warn("API server did not answer a PING in {timeout} s; dropping the connection",
+                     timeout=pool.ping_timeout)
+            self._abort(UpstreamConnectionLost("the API server stopped answering (PING timeout)"))
+            return
+        self._keepalive = pool.reactor.callLater(next_check - now, self._check_alive)
+
     def _start_idle_timer(self) -> None:
         self._cancel_idle_timer()
         self._idle_timer = self.pool.reactor.callLater(self.pool.idle_timeout, self.close)
@@ -505,9 +533,12 @@ class H2Pool:
     """
 
     def __init__(self, reactor, endpoint: Callable[[], IStreamClientEndpoint], *,
-                 idle_timeout: float = 30.0, setup_timeout: float = 30.0, h2_retry_after: float = 300.0) -> None:
+                 idle_timeout: float = 30.0, setup_timeout: float = 30.0, h2_retry_after: float = 300.0,
+                 ping_interval: float = 30.0, ping_timeout: float = 15.0) -> None:
         self.reactor = reactor
         self.idle_timeout = idle_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self._endpoint = endpoint
         self._setup_timeout = setup_timeout
         self._h2_retry_after = h2_retry_after
