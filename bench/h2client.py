@@ -10,7 +10,6 @@ when the server names no limit). One connection belongs to one thread.
 """
 from __future__ import annotations
 
-import select
 import ssl
 
 import attr
@@ -102,7 +101,24 @@ class H2Connection:
 
     def read(self) -> list[int]:
         """Block for one read; the ids of the streams it ended."""
-        data = self.sock.recv(65536)
+        return self._handle(self.sock.recv(65536))
+
+    def poll(self) -> list[int]:
+        """Read whatever has arrived, without blocking (a partial TLS record
+        or a session ticket alone is nothing to read yet)."""
+        ended = []
+        timeout = self.sock.gettimeout()
+        while True:
+            self.sock.settimeout(0)
+            try:
+                data = self.sock.recv(65536)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                return ended
+            finally:
+                self.sock.settimeout(timeout)
+            ended += self._handle(data)
+
+    def _handle(self, data: bytes) -> list[int]:
         if not data:
             raise ConnectionLost("server closed the connection")
         ended = []
@@ -125,13 +141,6 @@ class H2Connection:
                 raise ConnectionLost(f"GOAWAY {event.error_code!r}")
         self._acknowledge()
         self._flush()
-        return ended
-
-    def poll(self) -> list[int]:
-        """Read whatever has arrived, without blocking."""
-        ended = []
-        while self.sock.pending() or select.select([self.sock], [], [], 0)[0]:
-            ended += self.read()
         return ended
 
     def fetch(self, method: str, path: str, body: bytes | None = None) -> bytes:
