@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 
+import h11
 import h2.config
 import h2.connection
 import h2.events
@@ -12,6 +13,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 from hypothesis import HealthCheck, given, settings, strategies as st
+from twisted.internet import reactor
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -22,12 +24,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from teleport_py.kube import upstream_h2
+from teleport_py.kube.authorize import Decision, RoleCache
+from teleport_py.kube.forwarder import Forwarder, KubeCluster
 from teleport_py.kube.credentials import ClusterCredentials
 from teleport_py.kube.upstream_h2 import (
     REQUEST_BODY_BUFFER,
     STREAM_WINDOW,
     H2NotSupported,
     H2Pool,
+    H2UpstreamRequest,
     StreamRefused,
     StreamReset,
     UpstreamConnectionLost,
@@ -35,6 +40,8 @@ from teleport_py.kube.upstream_h2 import (
     request_headers,
 )
 from teleport_py.pki import load_certificates_pem
+from teleport_py.rbac import RequestInfo
+from tests import test_kube_forwarder as forwarder_tests
 from tests.support.kubeenv import shared_control_plane
 
 HOST = [(b"Host", b"api:6443")]
@@ -457,6 +464,133 @@ class PoolTests(SynchronousTestCase):
         self.successResultOf(closed)
         self.assertTrue(receiver.failure.check(UpstreamConnectionLost))
         self.failureResultOf(self.request(), UpstreamConnectionLost)
+
+
+def watch_event(name: str, kind="ADDED") -> bytes:
+    return json.dumps({"type": kind, "object": {"kind": "ConfigMap", "apiVersion": "v1",
+                                                "metadata": {"name": name, "namespace": "default"}}}).encode() + b"\n"
+
+
+class WatchRelayTests(SynchronousTestCase):
+    """H2UpstreamRequest: a kubectl watch (HTTP/1.1 front end) carried on an H2Pool stream."""
+
+    def setUp(self):
+        self.audit = []
+        self.clock = MemoryReactorClock()
+        self.endpoint = FakeEndpoint()
+        self.pool = H2Pool(self.clock, lambda: self.endpoint)
+        cluster = KubeCluster("c1", {"env": "dev"}, forwarder_tests.credentials(6443))
+        forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[forwarder_tests.USER_CA.certificate],
+                              roles=RoleCache(reactor, forwarder_tests.FakeRoles().fetch), emit=self.audit.append)
+        self.kubectl = forwarder.accept_stream({"user_cert": forwarder_tests.user_cert_pem(), "kube_cluster": "c1"})
+        self.kubectl.makeConnection(StringTransport())
+        self.kubectl.http.receive_data(forwarder_tests.ForwarderTests.request(
+            b"GET", b"/api/v1/namespaces/default/configmaps?watch=1", (b"accept", b"application/json")))
+        self.request = self.kubectl.http.next_event()
+        self.kubectl.http.next_event()
+
+    def start(self, item_filter=None, server=True):
+        info = RequestInfo(verb="watch", api_version="v1", resource="configmaps", namespace="default",
+                           is_resource_request=True)
+        self.upstream = H2UpstreamRequest(self.kubectl, self.request,
+                                          Decision("alice", ("developers",), info, item_filter))
+        self.kubectl.upstream = self.upstream
+        started = Deferred.fromCoroutine(self.upstream.start(self.pool))
+        self.upstream.request_done()
+        if server:
+            self.server = Server(*self.endpoint.connections[-1])
+            self.server.handshake()
+        self.successResultOf(started)
+        self.server.pump()
+        return self.upstream.stream
+
+    def kubectl_saw(self):
+        http = h11.Connection(h11.CLIENT)
+        http.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"x")]))
+        http.send(h11.EndOfMessage())
+        http.receive_data(self.kubectl.transport.value())
+        events = []
+        while (event := http.next_event()) is not h11.NEED_DATA:
+            events.append(event)
+            if type(event) is h11.EndOfMessage:
+                break
+        return events[0], b"".join(e.data for e in events if type(e) is h11.Data), type(events[-1]) is h11.EndOfMessage
+
+    def test_watch_events_reach_kubectl(self):
+        stream = self.start()
+        [request] = self.server.of(h2.events.RequestReceived)
+        headers = dict(request.headers)
+        self.assertEqual(headers[b":authority"], b"127.0.0.1:6443")
+        self.assertEqual(headers[b"impersonate-user"], b"alice")
+        self.assertNotIn(b"host", headers)
+        self.server.respond(stream.stream_id, end=False, headers=[(b"content-type", b"application/json")])
+        self.server.h2.send_data(stream.stream_id, watch_event("a") + watch_event("b"))
+        self.server.h2.end_stream(stream.stream_id)
+        self.server.pump()
+        response, body, ended = self.kubectl_saw()
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(body, watch_event("a") + watch_event("b"))
+        self.assertTrue(ended)
+        self.assertEqual([e["response_code"] for e in self.audit], [200])
+        self.assertIsNone(self.kubectl.upstream)
+
+    def test_watch_events_are_filtered_by_role(self):
+        stream = self.start(item_filter=lambda namespace, name: name == "a")
+        self.server.respond(stream.stream_id, end=False, headers=[(b"content-type", b"application/json")])
+        self.server.h2.send_data(stream.stream_id, watch_event("b") + watch_event("a"))
+        self.server.pump()
+        response, body, _ = self.kubectl_saw()
+        self.assertEqual(json.loads(body)["object"]["metadata"]["name"], "a")
+        self.assertEqual(body.count(b"\n"), 1)
+
+    def test_a_paused_kubectl_stops_the_acknowledgements(self):
+        stream = self.start()
+        self.server.respond(stream.stream_id, end=False, headers=[(b"content-type", b"application/json")])
+        self.kubectl.transport.producer.pauseProducing()  # kubectl's side is full
+        sent = 40 * 16384  # over half the window: h2 batches smaller acknowledgements
+        for _ in range(40):
+            self.server.h2.send_data(stream.stream_id, b"x" * 16384)
+        self.server.pump()
+        self.assertEqual(self.server.h2.local_flow_control_window(stream.stream_id), STREAM_WINDOW - sent)
+        self.kubectl.transport.producer.resumeProducing()
+        self.server.pump()
+        self.assertEqual(self.server.h2.local_flow_control_window(stream.stream_id), STREAM_WINDOW)
+
+    def test_a_refused_stream_is_retried_once(self):
+        stream = self.start()
+        self.server.h2.reset_stream(stream.stream_id, ErrorCodes.REFUSED_STREAM)
+        self.server.pump()
+        retried = self.upstream.stream
+        self.assertNotEqual(retried.stream_id, stream.stream_id)
+        self.server.h2.reset_stream(retried.stream_id, ErrorCodes.REFUSED_STREAM)
+        self.server.pump()
+        response, body, _ = self.kubectl_saw()
+        self.assertEqual(response.status_code, 502)
+        self.assertEqual([e["response_code"] for e in self.audit], [502])
+
+    def test_a_stream_broken_after_the_head_cuts_kubectl_off(self):
+        stream = self.start()
+        self.server.respond(stream.stream_id, end=False, headers=[(b"content-type", b"application/json")])
+        self.server.h2.reset_stream(stream.stream_id, ErrorCodes.INTERNAL_ERROR)
+        self.server.pump()
+        self.assertTrue(self.kubectl.transport.disconnecting)
+
+    def test_kubectl_gone_cancels_only_its_stream(self):
+        stream = self.start()
+        self.kubectl.connectionLost(Failure(ConnectionDone()))
+        self.server.pump()
+        self.assertEqual([(e.stream_id, e.error_code) for e in self.server.of(h2.events.StreamReset)],
+                         [(stream.stream_id, ErrorCodes.CANCEL)])
+        self.assertFalse(stream.connection.transport.disconnecting)
+
+    def test_no_h2_is_raised_for_the_caller_to_fall_back(self):
+        self.endpoint.alpn = b"http/1.1"
+        info = RequestInfo(verb="watch", api_version="v1", resource="configmaps", namespace="default",
+                           is_resource_request=True)
+        upstream = H2UpstreamRequest(self.kubectl, self.request, Decision("alice", ("developers",), info))
+        started = Deferred.fromCoroutine(upstream.start(self.pool))
+        self.endpoint.connections[0][0].handshakeCompleted()
+        self.failureResultOf(started, H2NotSupported)
 
 
 class FuzzTests(SynchronousTestCase):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Protocol as Interface
 
+import h11
 import h2.config
 import h2.connection
 import h2.events
@@ -30,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from teleport_py.kube.upstream import _RETRYABLE_METHODS, UpstreamRequest, _relayed_response
 from teleport_py.tcp import no_delay
 
 log = Logger()
@@ -635,3 +637,160 @@ class H2Pool:
             connections.add(self._pending)
         self._connections = []
         return gatherResults([connection.close() for connection in connections])
+
+
+class _StreamFlow:
+    """What a Downstream's ``throttle`` expects of the API server's side
+    (HTTP/1.1: its TCP transport), for one HTTP/2 stream: pausing it stops
+    acknowledging response bytes (the server stops at the stream window),
+    and the registered producer (kubectl's side) is paused while the
+    request body waits for the server's windows."""
+
+    def __init__(self, exchange: "H2UpstreamRequest") -> None:
+        self.exchange = exchange
+        self.paused = False
+        self.withheld = 0
+        self.producer = None
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        withheld, self.withheld = self.withheld, 0
+        if withheld and self.exchange.stream is not None:
+            self.exchange.stream.consumed(withheld)
+
+    def passed_on(self, n: int) -> None:
+        """``n`` response bytes went to kubectl's side."""
+        if self.paused:
+            self.withheld += n
+        elif self.exchange.stream is not None:
+            self.exchange.stream.consumed(n)
+
+    def abortConnection(self) -> None:
+        """Only this stream: the connection carries other requests."""
+        if self.exchange.stream is not None:
+            self.exchange.stream.cancel()
+
+    loseConnection = abortConnection
+
+
+class H2UpstreamRequest(UpstreamRequest):
+    """One request (meant for watches) on a stream of the cluster's H2Pool,
+    authorized, impersonated, filtered and audited exactly as
+    ``UpstreamRequest`` does over HTTP/1.1: only the carrying differs. The
+    response reaches kubectl as h11 events, whichever front end it speaks.
+    Never an upgrade (HTTP/2 has none)."""
+
+    def __init__(self, downstream, request: h11.Request, decision) -> None:
+        super().__init__(downstream, request, decision)
+        self.stream: H2Stream | None = None
+        self.transport: _StreamFlow | None = None
+        #: Request body from kubectl before the stream is open.
+        self._body_pending: list[bytes] = []
+
+    async def start(self, pool: H2Pool, *, fresh: bool = False) -> None:
+        """Open the stream. Raises ``H2NotSupported`` when the API server
+        does not speak h2 (the caller then uses ``UpstreamRequest``)."""
+        headers = self._headers()
+        self._pool = pool
+        without_body = self._request_ended and not self._body_pending
+        stream = await pool.request(self.request.method, self.request.target, headers, self,
+                                    end_stream=without_body)
+        if self._finished:  # kubectl went away while we were connecting
+            stream.cancel()
+            return
+        self.stream, self.transport = stream, _StreamFlow(self)
+        self.downstream.throttle(self.transport)
+        pending, self._body_pending = self._body_pending, []
+        for data in pending:
+            stream.send_data(data)
+        if self._request_ended and not without_body:
+            stream.end()
+
+    def request_data(self, data: bytes) -> None:
+        self._has_body = True
+        if self.stream is None:
+            self._body_pending.append(data)
+        else:
+            self.stream.send_data(data)
+
+    def request_done(self) -> None:
+        self._request_ended = True
+        if self.stream is not None:
+            self.stream.end()
+
+    # -- ResponseReceiver ------------------------------------------------------------
+
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self._finished:
+            return
+        self._received = self._responded = True
+        response = _relayed_response(h11.Response(status_code=status, headers=headers, reason=b""))
+        if self.decision.item_filter is not None and 200 <= status < 300:
+            self._start_filter(response)
+            return
+        self._audit(status)
+        self.downstream.send(response)
+
+    def response_data(self, data: bytes) -> None:
+        if self._finished:
+            return
+        if self._filter is not None:
+            if not self._filter_step(data):
+                return
+        else:
+            self.downstream.send(h11.Data(data=data))
+        self.transport.passed_on(len(data))
+
+    def response_end(self) -> None:
+        if self._finished:
+            return
+        if self._held_response is not None:
+            self._filter_list_off_reactor()
+            return
+        if self._filter is not None and not self._filter_step(None):
+            return
+        self.downstream.send(h11.EndOfMessage())
+        self._end_of_response()
+
+    def response_failed(self, reason: Failure) -> None:
+        if self._finished:
+            return
+        if (reason.check(StreamRefused) and not self._retried and not self._received and not self._has_body
+                and self.request.method in _RETRYABLE_METHODS):
+            self._retry()
+            return
+        log.warn("API server stream failed cluster={cluster} error={error}",
+                 cluster=self.downstream.caller.cluster.name, error=reason.value)
+        self._fail()
+
+    def pause_request_body(self) -> None:
+        if self.transport is not None and self.transport.producer is not None:
+            self.transport.producer.pauseProducing()
+
+    def resume_request_body(self) -> None:
+        if self.transport is not None and self.transport.producer is not None:
+            self.transport.producer.resumeProducing()
+
+    # -- UpstreamRequest's connection handling, for a stream ----------------------------
+
+    def _finish(self) -> None:
+        self._finished = True
+        self.downstream.unthrottle()
+
+    def _retry(self) -> None:
+        """The server refused the stream before reading it: once more, on whichever connection has room."""
+        self._retried = True
+        self.downstream.unthrottle()
+        self.stream = self.transport = None
+        log.info("API server refused a stream; retrying cluster={cluster}", cluster=self.downstream.caller.cluster.name)
+        d = Deferred.fromCoroutine(self.start(self._pool))
+        d.addErrback(self._retry_failed)
