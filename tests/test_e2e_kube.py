@@ -2,11 +2,23 @@
 kubectl -> proxy -> reverse tunnel -> agent -> kube-apiserver."""
 from __future__ import annotations
 
+import glob
+import os
+
+import h2.config
+import h2.connection
+import h2.events
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
+from teleport_py.pki import client_tls_options
+from teleport_py.pki.keys import load_certificate_pem, load_certificates_pem, load_private_key_pem
 from tests.e2e import Deployment, coroutine_test, tool
 from tests.support.kubeenv import kubectl_binaries
-from tests.support.procs import free_port
+from tests.support.procs import free_port, wait_until
 
 DEV_ONLY_ROLE = """\
 kind: role
@@ -19,6 +31,47 @@ spec:
       env: dev
     kubernetes_groups: [viewers]
 """
+
+
+class H2Kubectl(Protocol):
+    """A raw HTTP/2 kubectl connection: each stream's status, body and end."""
+
+    def __init__(self):
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.streams: dict[int, dict] = {}
+        self.lost = False
+        self.goaway = False
+
+    def connectionMade(self):
+        self.h2.initiate_connection()
+        self.transport.write(self.h2.data_to_send())
+
+    def request(self, path: bytes, *headers: tuple[bytes, bytes]) -> int:
+        stream_id = self.h2.get_next_available_stream_id()
+        self.streams[stream_id] = {"status": None, "body": b"", "ended": False, "reset": False}
+        self.h2.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", path),
+                                         (b":authority", b"kube"), *headers], end_stream=True)
+        self.transport.write(self.h2.data_to_send())
+        return stream_id
+
+    def dataReceived(self, data):
+        for event in self.h2.receive_data(data):
+            stream = self.streams.get(getattr(event, "stream_id", None))
+            if isinstance(event, h2.events.ResponseReceived):
+                stream["status"] = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                stream["body"] += event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                stream["ended"] = True
+            elif isinstance(event, h2.events.StreamReset):
+                stream["reset"] = True
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.goaway = True
+        self.transport.write(self.h2.data_to_send())
+
+    def connectionLost(self, reason):
+        self.lost = True
 
 
 class KubectlEndToEndTests(TestCase):
@@ -103,3 +156,44 @@ class KubectlEndToEndTests(TestCase):
         self.assertIn("default", (await d.kubectl("--context", other, "get", "namespaces", env=env)).out)
         denied = await d.kubectl("delete", "pod", "proxied-pod", "-n", "default", env=env, expect=1)
         self.assertIn("forbidden", denied.err.lower())
+
+    @coroutine_test
+    async def test_h2_multiplexes_watches_and_requests_on_one_connection(self):
+        """The proxy offers h2 on the kube SNI: 20 watches, a GET and a denied
+        request share one TLS connection (one tunnel stream, one HTTP/2
+        front in the agent), and the agent's death ends the watches with an
+        error, not a hang."""
+        d = await self.deployment()
+        await d.wait_for_clusters({"my-cluster"})
+        await d.tsh("kube", "login", "my-cluster")
+        keys = glob.glob(d.path("home", ".tsh", "keys", "*", "alice"))[0]
+        read = lambda *parts: open(os.path.join(keys, *parts), "rb").read()
+        tls = client_tls_options(
+            "kube-teleport-proxy-alpn.teleport.cluster.local", trusted_cas=load_certificates_pem(read("host_ca.pem")),
+            certificate=load_certificate_pem(read("kube", "my-cluster", "cert.pem")),
+            private_key=load_private_key_pem(read("key.pem")), alpn=[b"h2"])
+        client = await connectProtocol(
+            wrapClientTLS(tls, TCP4ClientEndpoint(reactor, "127.0.0.1", d.proxy_port)), H2Kubectl())
+        watches = [client.request(b"/api/v1/namespaces/default/configmaps?watch=1") for _ in range(20)]
+        get = client.request(b"/api/v1/namespaces/default")
+        denied = client.request(b"/api/v1/namespaces/default/pods", (b"impersonate-user", b"admin"))
+        streams = client.streams
+        await wait_until(lambda: streams[get]["ended"] and streams[denied]["ended"]
+                         and all(streams[w]["status"] for w in watches), 60)
+        self.assertEqual(client.transport.negotiatedProtocol, b"h2")
+        self.assertEqual((streams[get]["status"], streams[denied]["status"]), (200, 403))
+        self.assertIn(b"impersonation request has been denied", streams[denied]["body"])
+        self.assertEqual({streams[w]["status"] for w in watches}, {200})
+
+        await d.plane.kubectl("create", "configmap", "h2-watched", "-n", "default", "--from-literal=a=b")
+        await wait_until(lambda: all(b"h2-watched" in streams[w]["body"] for w in watches), 60)
+
+        async def watches_audited():
+            events = await d.events("kube.request")
+            return len([e for e in events if e.get("verb") == "watch" and e.get("resource_kind") == "configmaps"
+                        and e.get("response_code") == 200]) == 20
+        await wait_until(lambda: Deferred.fromCoroutine(watches_audited()), 60)
+
+        await d.agent.kill9()
+        await wait_until(lambda: client.lost or all(streams[w]["reset"] for w in watches), 60)
+        self.assertFalse(any(streams[w]["ended"] for w in watches), "a watch ended as if complete")

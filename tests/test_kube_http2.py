@@ -353,11 +353,29 @@ class HTTP2FrontTests(SynchronousTestCase):
         other.pump()
         self.assertEqual(other.response(stream), (200, b"{}", True))
 
-    def test_shutdown_sends_goaway(self):
+    def test_shutdown_sends_goaway_and_ends_requests(self):
         kubectl = self.kubectl()
+        kubectl.request(b"GET", WATCH)
+        (api,) = self.pool.connections
         self.successResultOf(self.forwarder.close())
         kubectl.pump()
         self.assertTrue(any(isinstance(e, h2.events.ConnectionTerminated) for e in kubectl.events))
+        self.assertEqual((kubectl.transport.disconnecting, api.transport.disconnecting), (True, True))
+
+    def test_an_unfilterable_watch_event_resets_only_that_stream(self):
+        kubectl = self.kubectl()
+        bad, good = kubectl.request(b"GET", b"/api/v1/pods?watch=1"), kubectl.request(b"GET", WATCH)
+        api_bad, api_good = self.pool.connections
+        for api in (api_bad, api_good):
+            api.answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        api_bad.answer(b"6\r\nnot js\r\n1\r\n\n\r\n")
+        kubectl.pump()
+        self.assertTrue(kubectl.was_reset(bad))
+        self.assertTrue(api_bad.transport.disconnecting)
+        api_good.answer(b"3\r\n{}\n\r\n")
+        kubectl.pump()
+        self.assertEqual(kubectl.response(good), (200, b"{}\n", False))
+        self.assertFalse(kubectl.was_reset(good))
 
     @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.binary(max_size=200))

@@ -13,6 +13,7 @@ from teleport_py.pki import CertAuthority, UserIdentity, client_tls_options, ide
 from teleport_py.proxy.listener import DispatchFactory, Route
 from tests.test_proxy_helpers import (
     HOST_CA,
+    KUBE_SERVER_NAME,
     NOW,
     OTHER_USER_CA,
     USER_CA,
@@ -50,10 +51,22 @@ class DispatchTests(TestCase):
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
 
-    async def test_kube_sni_routes_to_kube_with_http11_only(self):
+    async def test_kube_sni_routes_to_kube_with_h2_when_offered(self):
         client = await connect_tls(self.port, kube_client(user_pair()))
         self.assertEqual(client.received, b"kube alice")
-        self.assertEqual(client.alpn, b"http/1.1")
+        self.assertEqual(client.alpn, b"h2")
+
+    async def test_kube_without_h2_gets_http11(self):
+        cert, key = user_pair()
+        client = await connect_tls(self.port, client_tls_options(
+            KUBE_SERVER_NAME, trusted_cas=[HOST_CA.certificate], certificate=cert, private_key=key,
+            alpn=[b"http/1.1"]))
+        self.assertEqual((client.received, client.alpn), (b"kube alice", b"http/1.1"))
+
+    async def test_web_api_never_negotiates_h2(self):
+        client = await connect_tls(self.port, client_tls_options(
+            "127.0.0.1", trusted_cas=[HOST_CA.certificate], alpn=[b"h2", b"http/1.1"]))
+        self.assertEqual((client.received, client.alpn), (b"web anonymous", b"http/1.1"))
 
     async def test_tunnel_alpn_routes_to_tunnel(self):
         client = await connect_tls(self.port, tunnel_client(host_pair("agent-1", "kube")))

@@ -106,12 +106,11 @@ class KubeHTTP2Connection(Protocol):
             # h2 has queued a GOAWAY with the error's code.
             log.info("malformed HTTP/2 from kubectl client={client} error={error}",
                      client=self.caller.client_addr, error=e)
-            self.write_out()
-            self.transport.loseConnection()
+            self._hang_up()
             return
         for event in events:
             handler = self._handlers.get(type(event))
-            if handler is not None:
+            if handler is not None and not self.closed:
                 handler(self, event)
         self.write_out()
 
@@ -123,10 +122,20 @@ class KubeHTTP2Connection(Protocol):
             stream.lost()
 
     def go_away(self) -> None:
-        """The agent is shutting down: kubectl opens no more streams here."""
+        """The agent is shutting down: kubectl retries elsewhere (h2 can
+        carry no stream once it sent GOAWAY, so the requests end here too)."""
         if not self.closed:
             self.h2.close_connection()
-            self.write_out()
+            self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Send what h2 queued (its GOAWAY), cancel every request, close."""
+        self.write_out()
+        self.closed = True
+        streams, self.streams = list(self.streams.values()), {}
+        for stream in streams:
+            stream.lost()
+        self.transport.loseConnection()
 
     def write_out(self) -> None:
         """One write for all the frames h2 has ready: each write is a tunnel frame."""
@@ -171,10 +180,11 @@ class KubeHTTP2Connection(Protocol):
             stream.lost()
 
     def _window_updated(self, event) -> None:
-        streams = self.streams.values() if getattr(event, "stream_id", 0) == 0 else filter(
-            None, [self.streams.get(event.stream_id)])
-        for stream in list(streams):
-            stream.flush()
+        """A window grew: the stream's (``stream_id``), or every stream's."""
+        stream_id = getattr(event, "stream_id", 0)
+        for stream in list(self.streams.values()) if not stream_id else [self.streams.get(stream_id)]:
+            if stream is not None:
+                stream.flush()
 
     _handlers = {
         h2.events.RequestReceived: _request_received,
@@ -279,7 +289,7 @@ class RequestStream:
             self.upstream.request_done()
 
     def _acknowledge(self) -> None:
-        if self._unacknowledged and not self._acks_held:
+        if self._unacknowledged and not self._acks_held and not self.connection.closed:
             acknowledged, self._unacknowledged = self._unacknowledged, 0
             self.connection.h2.acknowledge_received_data(acknowledged, self.stream_id)
             self.connection.write_out()
@@ -303,8 +313,9 @@ class RequestStream:
         for event in events:
             if type(event) is h11.Response:
                 self.response_started = True
-                self.connection.h2.send_headers(self.stream_id, [(b":status", b"%d" % event.status_code)] + [
-                    (name, value) for name, value in event.headers if name not in _CONNECTION_HEADERS])
+                self._guarded(self.connection.h2.send_headers, self.stream_id, [
+                    (b":status", b"%d" % event.status_code), *[
+                        (name, value) for name, value in event.headers if name not in _CONNECTION_HEADERS]])
             elif type(event) is h11.Data:
                 self._out += event.data
             elif type(event) is h11.EndOfMessage:
@@ -314,8 +325,22 @@ class RequestStream:
     def flush(self) -> None:
         """Send what kubectl's windows allow; pause the API server
         connection while anything waits or the tunnel stream is full."""
+        self._guarded(self._flush)
+        self.connection.write_out()
+
+    def _guarded(self, send, *args) -> None:
+        """h2 refuses to send on a stream or connection it has closed:
+        that request is over, and its API server connection with it."""
         if self.closed:
             return
+        try:
+            send(*args)
+        except h2.exceptions.ProtocolError as e:
+            log.info("kubectl's HTTP/2 stream is gone stream={stream} error={error}", stream=self.stream_id, error=e)
+            self.connection.streams.pop(self.stream_id, None)
+            self.lost()
+
+    def _flush(self) -> None:
         h2conn, out = self.connection.h2, self._out
         while out:
             size = min(h2conn.local_flow_control_window(self.stream_id), h2conn.max_outbound_frame_size, len(out))
@@ -330,7 +355,6 @@ class RequestStream:
             self._close()
         else:
             self._pause_upstream(bool(out) or self.connection.paused)
-        self.connection.write_out()
 
     def _pause_upstream(self, pause: bool) -> None:
         if self._upstream_transport is None or pause == self._upstream_paused:
@@ -360,11 +384,11 @@ class RequestStream:
 
     def abort(self) -> None:
         """kubectl sees the stream reset: its response cannot be completed."""
-        if self.closed:
-            return
-        self.connection.h2.reset_stream(self.stream_id, ErrorCodes.INTERNAL_ERROR)
-        self.connection.streams.pop(self.stream_id, None)
-        self._close()
+        self._guarded(self.connection.h2.reset_stream, self.stream_id, ErrorCodes.INTERNAL_ERROR)
+        if not self.closed:
+            self.connection.streams.pop(self.stream_id, None)
+            self._close()
+        self.connection.write_out()
 
     def upstream_finished(self) -> None:
         self.upstream = None
@@ -387,4 +411,3 @@ class RequestStream:
     def _internal_error(self, failure) -> None:
         log.failure("kube request failed user={user}", failure, user=self.caller.identity.username)
         self.abort()
-        self.connection.write_out()

@@ -26,6 +26,7 @@ log = Logger()
 
 TUNNEL_ALPN = b"teleport-reversetunnel"
 HTTP11_ALPN = b"http/1.1"
+H2_ALPN = b"h2"
 KUBE_SNI_PREFIX = b"kube-teleport-proxy-alpn."
 #: The web API under the proxy's cluster certificate (host CA) instead of the
 #: configured public one: joining agents verify it against their pinned CA.
@@ -46,8 +47,19 @@ def _openssl_verdict(connection, certificate, error_number, depth, ok) -> bool:
 
 
 def _http11_only(connection: SSL.Connection, offered: list[bytes]):
-    """Never h2: one kubectl connection must stay one HTTP/1.1 conversation for the agent."""
+    """The web API speaks HTTP/1.1 only."""
     return HTTP11_ALPN if HTTP11_ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def _kube_alpn(connection: SSL.Connection, offered: list[bytes]):
+    """h2 whenever kubectl offers it: client-go then multiplexes all of a
+    process's requests, watches included, on this one connection, which
+    is one tunnel stream and one HTTP/2 front in the agent (the stream's
+    metadata says which protocol was chosen). Exec, attach and port-forward
+    still come on connections offering only HTTP/1.1."""
+    if H2_ALPN in offered:
+        return H2_ALPN
+    return _http11_only(connection, offered)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -70,7 +82,7 @@ class ProxyConnectionCreator:
                       cluster_web.getContext() if cluster_web is not None else None)
         creator.web.set_tlsext_servername_callback(creator._server_name)
         creator.web.set_alpn_select_callback(creator._web_alpn)
-        creator.kube.set_alpn_select_callback(_http11_only)
+        creator.kube.set_alpn_select_callback(_kube_alpn)
         creator.tunnel.set_alpn_select_callback(creator._web_alpn)
         if creator.cluster_web is not None:
             # Agents dial their tunnel under this very name too: ALPN still wins.
