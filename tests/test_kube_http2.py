@@ -353,6 +353,16 @@ class HTTP2FrontTests(SynchronousTestCase):
         other.pump()
         self.assertEqual(other.response(stream), (200, b"{}", True))
 
+    def test_stream_and_header_limits_are_advertised_and_enforced(self):
+        kubectl = self.kubectl()
+        remote = kubectl.h2.remote_settings
+        self.assertEqual((remote.max_concurrent_streams, remote.max_header_list_size), (1000, 64 * 1024))
+        kubectl.request(b"GET", PODS, (b"x-big", b"x" * (64 * 1024)))
+        (terminated,) = [e for e in kubectl.events if isinstance(e, h2.events.ConnectionTerminated)]
+        self.assertEqual(terminated.error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertTrue(kubectl.transport.disconnecting)
+        self.assertEqual(self.pool.connections, [])
+
     def test_shutdown_sends_goaway_and_ends_requests(self):
         kubectl = self.kubectl()
         kubectl.request(b"GET", WATCH)
