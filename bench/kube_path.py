@@ -376,10 +376,10 @@ async def measure_path(reactor, name: str, target: Target, pids: dict[str, int],
 
 
 async def measure(reactor, options) -> dict:
-    harness = Harness()
+    harness = Harness(tempfile.mkdtemp(prefix="bench_kube_path."))
     results = {"load_before": os.getloadavg()}
     try:
-        d, targets = await deploy(harness, tempfile.mkdtemp(prefix="bench_kube_path."))
+        d, targets = await deploy(harness, harness.root)
         await threads.deferToThread(create_configmaps, targets["direct"], options.list_mib)
         results["alpn"] = {name: await threads.deferToThread(target.negotiated) for name, target in targets.items()}
         pids = {"proxy": d.main.pid, "agent": d.agent.pid, "apiserver": d.plane.apiserver.pid}
