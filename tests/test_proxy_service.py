@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+
+import h2.config
+import h2.connection
+import h2.events
 from datetime import datetime, timedelta, timezone
 
 from cryptography.hazmat.primitives import serialization
@@ -226,6 +230,49 @@ class ProxyServiceTests(TestCase):
         status = json.loads(body)
         self.assertEqual((status["kind"], status["code"]), ("Status", 503))
         self.assertIn('kubernetes cluster "k8s" is offline', status["message"])
+
+    async def kubectl_h2(self, pair):
+        """kubectl with HTTP/2, as client-go talks when offered h2: one GET,
+        everything read until the proxy hangs up; ``{stream: (status, body)}``."""
+        cert, key = pair
+        options = client_tls_options(KUBE_SERVER_NAME, trusted_cas=[self.host_ca], certificate=cert,
+                                     private_key=key, alpn=[b"h2", b"http/1.1"])
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        conn.initiate_connection()
+        conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/api"), (b":scheme", b"https"),
+                              (b":authority", b"k")], end_stream=True)
+        client = Collect(conn.data_to_send())
+        await wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy_port)).connect(
+            Factory.forProtocol(lambda: client))
+        await client.done
+        self.assertEqual(client.alpn, b"h2")
+        heads, bodies = {}, {}
+        for event in conn.receive_data(client.received):
+            if isinstance(event, h2.events.ResponseReceived):
+                heads[event.stream_id] = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                bodies[event.stream_id] = bodies.get(event.stream_id, b"") + event.data
+        return {sid: (code, json.loads(bodies[sid])) for sid, code in heads.items()}
+
+    async def test_offline_cluster_answers_503_status_over_http2(self):
+        answers = await self.kubectl_h2(self.user_cert())
+        code, status = answers[1]
+        self.assertEqual((code, status["kind"], status["code"]), (503, "Status", 503))
+        self.assertIn('kubernetes cluster "k8s" is offline', status["message"])
+
+    async def test_certificate_without_kube_cluster_answers_403_over_http2(self):
+        answers = await self.kubectl_h2(self.user_cert(kube_cluster=""))
+        self.assertEqual(answers[1][0], 403)
+        self.assertIn("tsh kube login", answers[1][1]["message"])
+
+    async def test_http2_is_relayed_with_its_protocol_named(self):
+        agent = await FakeAgent(self.auth, "agent-1").connect(self.proxy_port)
+        self.addCleanup(agent.disconnect)
+        client = await self.kubectl(self.user_cert(), send=b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                                    alpn=(b"h2", b"http/1.1"))
+        self.assertEqual(client.received, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        [stream] = agent.streams
+        self.assertEqual(stream["alpn"], "h2")
 
     async def test_certificate_without_kube_cluster_answers_403(self):
         client = await self.kubectl(self.user_cert(kube_cluster=""))

@@ -123,7 +123,7 @@ class LocalProxyTests(TestCase):
         upstream_factory.user_ca = self.user_ca
         self.upstream = upstream_factory
         tls = server_tls_options(upstream_cert, upstream_key, trusted_cas=[self.user_ca.certificate],
-                                 require_client_certificate=True, alpn=[b"http/1.1"])
+                                 require_client_certificate=True, alpn=[b"h2", b"http/1.1"])
         upstream_port = await SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1").listen(upstream_factory)
         self.addCleanup(upstream_port.stopListening)
 
@@ -147,7 +147,7 @@ class LocalProxyTests(TestCase):
                                 expires=now + timedelta(hours=1))
         return succeed((self.user_ca.issue_user_certificate(self.user_key.public_key(), identity, now), self.user_key))
 
-    async def connect(self, kube_cluster, ca=None, with_certificate=True):
+    async def connect(self, kube_cluster, ca=None, with_certificate=True, alpn=(b"http/1.1",)):
         ca = ca or self.local_ca
         kwargs = {}
         if with_certificate:
@@ -156,7 +156,7 @@ class LocalProxyTests(TestCase):
             kwargs = dict(certificate=ca.issue_client_certificate(key.public_key(), now, now + timedelta(hours=1)),
                           private_key=key)
         creator = client_tls_options(server_name_for(kube_cluster), trusted_cas=[self.local_ca.certificate],
-                                     alpn=[b"http/1.1"], **kwargs)
+                                     alpn=list(alpn), **kwargs)
         endpoint = wrapClientTLS(creator, HostnameEndpoint(reactor, "127.0.0.1", self.local_port))
         client = Client()
         await connectProtocol(endpoint, client)
@@ -178,6 +178,15 @@ class LocalProxyTests(TestCase):
                          [b"kube-teleport-proxy-alpn.teleport.cluster.local"] * 2)
         self.assertEqual([c.identity.kube_cluster for c in self.upstream.connections], ["prod", "staging"])
         self.assertEqual([c.transport.negotiatedProtocol for c in self.upstream.connections], [b"http/1.1"] * 2)
+
+    async def test_the_proxy_is_asked_for_the_protocol_kubectl_chose(self):
+        """kubectl's bytes are relayed as they are, so both handshakes must agree."""
+        h2 = await self.connect("prod", alpn=(b"h2", b"http/1.1"))
+        await h2.wait_for(len(b"hello from prod"))
+        http11 = await self.connect("prod", alpn=(b"http/1.1",))
+        await http11.wait_for(len(b"hello from prod"))
+        self.assertEqual([h2.transport.negotiatedProtocol, http11.transport.negotiatedProtocol], [b"h2", b"http/1.1"])
+        self.assertEqual([c.transport.negotiatedProtocol for c in self.upstream.connections], [b"h2", b"http/1.1"])
 
     async def test_large_transfer_keeps_every_byte(self):
         client = await self.connect("prod")

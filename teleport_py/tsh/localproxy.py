@@ -60,7 +60,7 @@ LOCAL_CA_CLUSTER = "tsh-local-proxy"
 _SERVER_IDENTITY = HostIdentity("local-proxy", "localhost", "proxy", LOCAL_CA_CLUSTER)
 _CLIENT_IDENTITY = HostIdentity("kube-client", "localhost", "kube", LOCAL_CA_CLUSTER)
 #: Offered to kubectl, most preferred first; the proxy is then asked for the one chosen.
-KUBE_ALPN = (b"http/1.1",)
+KUBE_ALPN = (b"h2", b"http/1.1")
 
 log = Logger()
 
