@@ -18,7 +18,7 @@ from teleport_py.pki import client_tls_options
 from teleport_py.pki.keys import load_certificate_pem, load_certificates_pem, load_private_key_pem
 from tests.e2e import Deployment, coroutine_test, tool
 from tests.support.kubeenv import kubectl_binaries
-from tests.support.procs import free_port, wait_until
+from tests.support.procs import free_port, tcp_connections, wait_until
 
 DEV_ONLY_ROLE = """\
 kind: role
@@ -184,6 +184,10 @@ class KubectlEndToEndTests(TestCase):
         self.assertEqual((streams[get]["status"], streams[denied]["status"]), (200, 403))
         self.assertIn(b"impersonation request has been denied", streams[denied]["body"])
         self.assertEqual({streams[w]["status"] for w in watches}, {200})
+        # The agent carries the 20 watches as streams of its HTTP/2 connection
+        # to the API server (HTTP/1.1 would hold a connection per watch),
+        # next to its keep-alive HTTP/1.1 connection for the GET.
+        self.assertLessEqual(tcp_connections(d.agent.pid, d.plane.port), 3)
 
         await d.plane.kubectl("create", "configmap", "h2-watched", "-n", "default", "--from-literal=a=b")
         await wait_until(lambda: all(b"h2-watched" in streams[w]["body"] for w in watches), 60)

@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from teleport_py.kube.forwarder import Forwarder, KubeCluster, RoleCache
 from teleport_py.kube.http1 import KubeConnection
 from teleport_py.kube.http2 import KubeHTTP2Connection
+from teleport_py.kube.upstream_h2 import H2NotSupported
 from teleport_py.resources.role import KubernetesResource
 from teleport_py.tunnel import StreamRejected
 from tests.test_kube_forwarder import USER_CA, FakeRoles, credentials, role, user_cert_pem
@@ -73,6 +74,18 @@ class FakePool:
         connection = FakeAPIConnection()
         self.connections.append(connection)
         return connection
+
+
+class HTTP11OnlyAPIServer:
+    """The cluster's HTTP/2 pool when the API server did not negotiate h2:
+    watches then fall back to the HTTP/1.1 pool, where these tests see them."""
+
+    def __init__(self):
+        self.requests: list[bytes] = []
+
+    async def request(self, method, target, headers, receiver, end_stream=True):
+        self.requests.append(target)
+        raise H2NotSupported("the API server did not negotiate h2 (ALPN)")
 
 
 def json_response(body: bytes, status: bytes = b"200 OK") -> bytes:
@@ -147,6 +160,8 @@ class HTTP2FrontTests(SynchronousTestCase):
                                    roles=RoleCache(reactor, self.roles.fetch), emit=self.audit.append)
         self.pool = FakePool()
         self.forwarder.pool = lambda cluster: self.pool
+        self.h2_pool = HTTP11OnlyAPIServer()
+        self.forwarder.h2_pool = lambda cluster: self.h2_pool
 
     def kubectl(self, roles=("dev",), **options) -> Kubectl:
         front = self.forwarder.accept_stream({"user_cert": user_cert_pem(roles=roles), "kube_cluster": "c1",
@@ -160,6 +175,24 @@ class HTTP2FrontTests(SynchronousTestCase):
         self.assertIsInstance(self.forwarder.accept_stream(metadata), KubeConnection)
         for alpn in ("spdy/3.1", "", ["h2"], None):
             self.assertRaises(StreamRejected, self.forwarder.accept_stream, dict(metadata, alpn=alpn))
+
+    def test_watches_go_to_the_http2_pool_and_everything_else_to_http11(self):
+        """A watch holds its carrier as long as kubectl keeps it open: a
+        stream of a shared HTTP/2 connection, not a TLS connection of its own."""
+        kubectl = self.kubectl()
+        get = kubectl.request(b"GET", PODS)
+        self.assertEqual(self.h2_pool.requests, [])
+        self.pool.connections[0].answer(json_response(b"{}"))
+        kubectl.pump()
+        self.assertEqual(kubectl.response(get)[0], 200)
+        watch = kubectl.request(b"GET", WATCH)
+        self.assertEqual(self.h2_pool.requests, [WATCH])
+        # This API server has no h2: the watch fell back to an HTTP/1.1 connection.
+        self.assertEqual(self.pool.connections[1].request()[0].target, WATCH)
+        self.pool.connections[1].answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                        b"transfer-encoding: chunked\r\n\r\n4\r\n{}\n\n\r\n")
+        kubectl.pump()
+        self.assertEqual(kubectl.response(watch)[:2], (200, b"{}\n\n"))
 
     def test_allowed_get_is_impersonated_relayed_and_audited(self):
         kubectl = self.kubectl()

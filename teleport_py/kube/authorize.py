@@ -30,6 +30,7 @@ from zope.interface import implementer
 from teleport_py import events
 from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
 from teleport_py.kube.upstream import UpstreamRequest
+from teleport_py.kube.upstream_h2 import H2NotSupported, H2UpstreamRequest
 from teleport_py.pki import UserIdentity
 from teleport_py.rbac import AccessChecker, AccessDenied, RequestInfo, classify, status_body
 from teleport_py.rbac.checker import BUILTIN_API_GROUPS
@@ -221,13 +222,22 @@ class KubeCaller:
             self.audit(request, info, 403, reason=denied.reason)
             downstream.respond_status(403, "Forbidden", denied.message, details=status_details(info))
             return
-        upstream = UpstreamRequest(downstream, request, decision)
+        exchange, carrier = self._carrier(decision)
+        upstream = exchange(downstream, request, decision)
         downstream.upstream = upstream
         if held is not None:
             upstream.request_data(bytes(held.body))
             upstream.request_done()
         try:
-            await upstream.start(self._carrier())
+            try:
+                await upstream.start(carrier)
+            except H2NotSupported:
+                # An API server without HTTP/2: the watch takes a connection of its own.
+                ended = upstream._request_ended
+                upstream = downstream.upstream = UpstreamRequest(downstream, request, decision)
+                if ended:
+                    upstream.request_done()
+                await upstream.start(self.forwarder.pool(self.cluster))
         except CredentialsError as e:
             downstream.upstream = None
             log.error("cannot authenticate to the API server cluster={cluster} error={error}",
@@ -242,11 +252,16 @@ class KubeCaller:
             downstream.respond_status(502, "ServiceUnavailable",
                                       f'kubernetes cluster "{self.cluster.name}" is unreachable')
 
-    def _carrier(self):
+    def _carrier(self, decision: Decision):
         """What carries a request to the API server: the one place to choose
-        it. Today every request borrows a keep-alive HTTP/1.1 connection
-        from the cluster's pool, whichever protocol kubectl spoke."""
-        return self.forwarder.pool(self.cluster)
+        it. A watch lives as long as kubectl keeps it, so it goes on a stream
+        of the cluster's HTTP/2 connections (a few KiB, where a connection of
+        its own holds about 37 KiB of TLS state); everything else borrows a
+        keep-alive HTTP/1.1 connection, whose pass-through relay costs less
+        CPU per request than HTTP/2's framing."""
+        if decision.info.verb == "watch":
+            return H2UpstreamRequest, self.forwarder.h2_pool(self.cluster)
+        return UpstreamRequest, self.forwarder.pool(self.cluster)
 
     async def _authorize(self, request: h11.Request, held: HeldRequest | None) -> Decision:
         path, _, query = request.target.decode("latin-1").partition("?")

@@ -24,6 +24,7 @@ from teleport_py.kube.http1 import KubeConnection
 from teleport_py.kube.http2 import KubeHTTP2Connection
 from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.kube.upstream import UpstreamPool
+from teleport_py.kube.upstream_h2 import H2Pool
 from teleport_py.pki import IdentityError, UserIdentity, identity_from_certificate
 from teleport_py.tunnel import StreamRejected
 
@@ -64,6 +65,7 @@ class Forwarder:
         self.sessions = sessions
         self.checkers = CheckerCache()
         self._pools: dict[str, UpstreamPool] = {}
+        self._h2_pools: dict[str, H2Pool] = {}
         #: Live HTTP/2 fronts, told to go away on shutdown.
         self.h2_connections: set[KubeHTTP2Connection] = set()
 
@@ -110,12 +112,25 @@ class Forwarder:
                 self.reactor, lambda: wrapClientTLS(tls, HostnameEndpoint(self.reactor, creds.host, creds.port)))
         return pool
 
+    def h2_pool(self, cluster: KubeCluster) -> H2Pool:
+        """The cluster's multiplexed HTTP/2 connections to its API server
+        (watches). ALPN offers HTTP/1.1 too, so a server without HTTP/2
+        still completes the handshake and says so (``H2NotSupported``)."""
+        pool = self._h2_pools.get(cluster.name)
+        if pool is None:
+            creds = cluster.credentials
+            tls = creds.tls_options(alpn=(b"h2", b"http/1.1"))
+            pool = self._h2_pools[cluster.name] = H2Pool(
+                self.reactor, lambda: wrapClientTLS(tls, HostnameEndpoint(self.reactor, creds.host, creds.port)))
+        return pool
+
     def close(self) -> Deferred:
-        """On shutdown: HTTP/2 clients are told to go away (GOAWAY), idle API
+        """On shutdown: HTTP/2 clients are told to go away (GOAWAY), API
         server connections closed; fires when they are closed."""
         for connection in list(self.h2_connections):
             connection.go_away()
-        pools, self._pools = list(self._pools.values()), {}
+        pools = list(self._pools.values()) + list(self._h2_pools.values())
+        self._pools, self._h2_pools = {}, {}
         return gatherResults([pool.close() for pool in pools])
 
 

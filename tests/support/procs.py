@@ -45,6 +45,29 @@ def free_port() -> int:
             return port
 
 
+def tcp_connections(pid: int, remote_port: int) -> int:
+    """How many established TCP connections process ``pid`` holds to
+    ``remote_port`` on this host (its socket inodes matched in /proc/net)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                remote_address, state, inode = fields[2], fields[3], fields[9]
+                if state == "01" and inode in inodes and int(remote_address.rsplit(":", 1)[1], 16) == remote_port:
+                    count += 1
+    return count
+
+
 def running_under_ci():
     """CI=true turns every missing-tool skip into a failure."""
     return os.environ.get("CI", "").lower() == "true"
