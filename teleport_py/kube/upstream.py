@@ -58,7 +58,30 @@ class Exchange(Interface):
     def connectionLost(self, reason) -> None: ...
 
 
-class PooledConnection(Protocol):
+class APIServerConnection(Protocol):
+    """What both kinds of API server connection share: ``when_lost`` for a
+    pool closing them on shutdown. ``connectionLost`` must call
+    ``_notify_lost`` once it has done its own work."""
+
+    lost = False
+
+    def when_lost(self) -> Deferred:
+        """Fires once the connection is closed."""
+        waiter = Deferred()
+        if self.lost:
+            waiter.callback(None)
+        else:
+            self.__dict__.setdefault("_lost_waiters", []).append(waiter)
+        return waiter
+
+    def _notify_lost(self) -> None:
+        self.lost = True
+        waiters, self._lost_waiters = self.__dict__.get("_lost_waiters", []), []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
+class PooledConnection(APIServerConnection):
     """One TLS connection to the API server and its HTTP/1.1 client state."""
 
     def __init__(self, pool: "UpstreamPool") -> None:
@@ -67,9 +90,7 @@ class PooledConnection(Protocol):
         self.exchange: Exchange | None = None
         #: How many exchanges this connection has been lent to.
         self.uses = 0
-        self.lost = False
         self._expiry = None
-        self._lost_waiters: list[Deferred] = []
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -105,15 +126,6 @@ class PooledConnection(Protocol):
         a new h11 state carries the next request."""
         self.http = h11.Connection(h11.CLIENT)
 
-    def when_lost(self) -> Deferred:
-        """Fires once the connection is closed."""
-        waiter = Deferred()
-        if self.lost:
-            waiter.callback(None)
-        else:
-            self._lost_waiters.append(waiter)
-        return waiter
-
     def dataReceived(self, data: bytes) -> None:
         if self.exchange is None:
             # An idle HTTP/1.1 connection has nothing to say before a request.
@@ -131,9 +143,7 @@ class PooledConnection(Protocol):
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.connectionLost(reason)
-        waiters, self._lost_waiters = self._lost_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        self._notify_lost()
 
 
 class UpstreamPool:

@@ -26,12 +26,11 @@ from h2.errors import ErrorCodes
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from teleport_py.kube.upstream import _RETRYABLE_METHODS, UpstreamRequest, _relayed_response
+from teleport_py.kube.upstream import _RETRYABLE_METHODS, APIServerConnection, UpstreamRequest, _relayed_response
 from teleport_py.tcp import no_delay
 
 log = Logger()
@@ -206,7 +205,7 @@ class H2Stream:
 
 
 @implementer(IHandshakeListener)
-class H2UpstreamConnection(Protocol):
+class H2UpstreamConnection(APIServerConnection):
     """One TLS connection to the API server carrying many streams."""
 
     def __init__(self, pool: "H2Pool") -> None:
@@ -223,13 +222,11 @@ class H2UpstreamConnection(Protocol):
         #: Fires once the server's SETTINGS arrived (its stream limit is known).
         self.ready: Deferred = Deferred()
         self.going_away = False
-        self.lost = False
         self._idle_timer = None
         #: Liveness: when the server last sent anything, and our unanswered PING.
         self._last_read = 0.0
         self._ping_sent_at: float | None = None
         self._keepalive = None
-        self._lost_waiters: list[Deferred] = []
 
     # -- TLS and HTTP/2 setup ---------------------------------------------------
 
@@ -285,14 +282,6 @@ class H2UpstreamConnection(Protocol):
                 self.h2.close_connection()
                 self._write()
             self.transport.loseConnection()
-        return waiter
-
-    def when_lost(self) -> Deferred:
-        waiter = Deferred()
-        if self.lost:
-            waiter.callback(None)
-        else:
-            self._lost_waiters.append(waiter)
         return waiter
 
     # -- streams' requests ---------------------------------------------------------
@@ -459,9 +448,7 @@ class H2UpstreamConnection(Protocol):
         for stream in streams:
             stream.done = True
             stream.receiver.response_failed(Failure(UpstreamConnectionLost("the API server connection was lost")))
-        waiters, self._lost_waiters = self._lost_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        self._notify_lost()
 
     # -- internals -----------------------------------------------------------------
 
