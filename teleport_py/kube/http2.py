@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from teleport_py.kube.authorize import HeldRequest, KubeCaller, names_object_in_body, status_response
+from teleport_py.kube.upstream_h2 import CONNECTION_SPECIFIC_HEADERS
 
 log = Logger()
 
@@ -42,8 +43,7 @@ MAX_CONCURRENT_STREAMS = 1000
 #: kubectl's headers are a few hundred bytes; h2's HPACK decoder enforces this.
 MAX_HEADER_LIST_SIZE = 64 * 1024
 #: Response headers that describe an HTTP/1.1 connection, forbidden in HTTP/2.
-_CONNECTION_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                                 b"upgrade", b"te", b"trailer"})
+_CONNECTION_HEADERS = CONNECTION_SPECIFIC_HEADERS | {b"trailer"}
 
 
 class NotForwarded(Exception):

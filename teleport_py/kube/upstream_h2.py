@@ -49,11 +49,13 @@ REQUEST_BODY_BUFFER = 256 * 1024
 #: takes no new streams.
 LAST_STREAM_ID = (1 << 31) - 1
 
-#: Connection-specific headers (RFC 9113 8.2.2) and Host, which becomes
-#: :authority; ``te`` is allowed with the value ``trailers`` only.
-_HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host", b"te",
+#: Connection-specific headers, which HTTP/2 forbids (RFC 9113 8.2.2;
+#: ``te`` is allowed with the value ``trailers`` only).
+CONNECTION_SPECIFIC_HEADERS = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
 })
+#: What a request sent over HTTP/2 drops: those, and Host (it becomes :authority).
+_HOP_BY_HOP = CONNECTION_SPECIFIC_HEADERS | {b"host"}
 
 
 class H2NotSupported(Exception):
