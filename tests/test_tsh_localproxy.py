@@ -30,6 +30,7 @@ from teleport_py.tsh.localproxy import (
     listener_tls_options,
     server_name_for,
 )
+from tests.support.procs import free_port
 
 
 def _now():
@@ -126,6 +127,12 @@ class LocalProxyTests(TestCase):
                                  require_client_certificate=True, alpn=[b"h2", b"http/1.1"])
         upstream_port = await SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1").listen(upstream_factory)
         self.addCleanup(upstream_port.stopListening)
+        # An older proxy: its kube path speaks HTTP/1.1 only.
+        tls = server_tls_options(upstream_cert, upstream_key, trusted_cas=[self.user_ca.certificate],
+                                 require_client_certificate=True, alpn=[b"http/1.1"])
+        old_port = await SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1").listen(upstream_factory)
+        self.addCleanup(old_port.stopListening)
+        self.old_proxy_port = old_port.getHost().port
 
         factory = KubeLocalProxyFactory(
             reactor,
@@ -135,6 +142,7 @@ class LocalProxyTests(TestCase):
             kube_clusters=["prod", "staging"],
             credentials=self.credentials,
         )
+        self.factory = factory
         tls = listener_tls_options(self.local_ca, now, now + timedelta(hours=1))
         local_port = await SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1").listen(factory)
         self.addCleanup(local_port.stopListening)
@@ -187,6 +195,15 @@ class LocalProxyTests(TestCase):
         await http11.wait_for(len(b"hello from prod"))
         self.assertEqual([h2.transport.negotiatedProtocol, http11.transport.negotiatedProtocol], [b"h2", b"http/1.1"])
         self.assertEqual([c.transport.negotiatedProtocol for c in self.upstream.connections], [b"h2", b"http/1.1"])
+
+    async def test_kubectl_is_offered_h2_only_if_the_proxy_takes_it(self):
+        """kubectl's bytes are relayed as they are: offering kubectl h2 in
+        front of a proxy that speaks HTTP/1.1 only would break every request."""
+        self.assertEqual(await self.factory.kube_protocols("prod"), (b"h2", b"http/1.1"))
+        self.factory.proxy_port = self.old_proxy_port
+        self.assertEqual(await self.factory.kube_protocols("prod"), (b"http/1.1",))
+        self.factory.proxy_port = free_port()  # nothing listens there
+        self.assertEqual(await self.factory.kube_protocols("prod"), (b"http/1.1",))
 
     async def test_large_transfer_keeps_every_byte(self):
         client = await self.connect("prod")

@@ -352,7 +352,7 @@ class Tsh:
             kube_clusters=wanted,
             credentials=lambda kube_cluster: Deferred.fromCoroutine(credentials(kube_cluster)),
         )
-        tls = listener_tls_options(local_ca, now, identity.expires)
+        tls = listener_tls_options(local_ca, now, identity.expires, await factory.kube_protocols(wanted[0]))
         port = await SSL4ServerEndpoint(self.reactor, a.port, tls, interface="127.0.0.1").listen(factory)
         path = self.store.key_dir(profile) / "localproxy-kubeconfig.yaml"
         kubeconfig.save(path, local_kubeconfig(

@@ -14,8 +14,10 @@ has its own small CA, kept in the profile's key directory:
 Each accepted connection is spliced to one TLS connection to the proxy's kube
 path (SNI ``kube-teleport-proxy-alpn.teleport.cluster.local``, the user's
 certificate routed to that cluster), asking the proxy for the protocol
-kubectl chose here (``h2`` or ``http/1.1``): kubectl sees the same thing as
-through ``tsh kube login``.
+kubectl chose here: kubectl sees the same thing as through ``tsh kube
+login``. kubectl is offered ``h2`` only if the proxy's kube path takes it
+(one handshake at start-up; an older proxy speaks HTTP/1.1 only), since the
+bytes are relayed as they are.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -59,8 +61,11 @@ SERVER_NAME_SUFFIX = ".kube.localhost"
 LOCAL_CA_CLUSTER = "tsh-local-proxy"
 _SERVER_IDENTITY = HostIdentity("local-proxy", "localhost", "proxy", LOCAL_CA_CLUSTER)
 _CLIENT_IDENTITY = HostIdentity("kube-client", "localhost", "kube", LOCAL_CA_CLUSTER)
-#: Offered to kubectl, most preferred first; the proxy is then asked for the one chosen.
+#: Offered to kubectl, most preferred first, when the proxy takes them all.
 KUBE_ALPN = (b"h2", b"http/1.1")
+HTTP11_ONLY = (b"http/1.1",)
+#: How long asking the proxy which protocols it speaks may take.
+PROBE_TIMEOUT = 10.0
 
 log = Logger()
 
@@ -115,13 +120,29 @@ class LocalCA:
         return self.authority.issue_host_certificate(public_key, _CLIENT_IDENTITY, now, not_after)
 
 
-def listener_tls_options(local_ca: LocalCA, now: datetime, not_after: datetime):
+def listener_tls_options(local_ca: LocalCA, now: datetime, not_after: datetime, alpn: Sequence[bytes] = KUBE_ALPN):
     """A ``*.kube.localhost`` server certificate; only clients holding a certificate from the same CA get in."""
     key = generate_private_key()
     certificate = local_ca.issue_server_certificate(key.public_key(), now, not_after)
     return server_tls_options(
-        certificate, key, trusted_cas=[local_ca.certificate], require_client_certificate=True, alpn=list(KUBE_ALPN)
+        certificate, key, trusted_cas=[local_ca.certificate], require_client_certificate=True, alpn=list(alpn)
     )
+
+
+@implementer(IHandshakeListener)
+class _ALPNProbe(Protocol):
+    """Completes one handshake, notes the protocol chosen, hangs up."""
+
+    def __init__(self) -> None:
+        self.chosen: Deferred = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        self.chosen.callback(self.transport.negotiatedProtocol)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        if not self.chosen.called:
+            self.chosen.callback(None)
 
 
 @implementer(IHandshakeListener)
@@ -146,7 +167,7 @@ class _KubectlEnd(SpliceEnd):
             return
         self.transport.pauseProducing()
         alpn = self.transport.negotiatedProtocol or b"http/1.1"
-        dialled = Deferred.fromCoroutine(self.factory.dial(kube_cluster, self.peer, alpn))
+        dialled = Deferred.fromCoroutine(self.factory.dial(kube_cluster, self.peer, (alpn,)))
         dialled.addErrback(self._dial_failed, kube_cluster)
 
     def _dial_failed(self, failure, kube_cluster: str) -> None:
@@ -181,15 +202,31 @@ class KubeLocalProxyFactory(Factory):
     def buildProtocol(self, addr) -> _KubectlEnd:
         return _KubectlEnd(self)
 
-    async def dial(self, kube_cluster: str, protocol: SpliceEnd, alpn: bytes = b"http/1.1") -> None:
-        """Only ``alpn`` is offered: the bytes relayed are already in that protocol."""
+    async def kube_protocols(self, kube_cluster: str) -> tuple[bytes, ...]:
+        """What kubectl may be offered: ``h2`` too only if the proxy's kube
+        path chooses it, asked with one handshake. A failed handshake means
+        HTTP/1.1 only (and each kubectl connection then reports the error)."""
+        probe = _ALPNProbe()
+        try:
+            await self.dial(kube_cluster, probe, KUBE_ALPN)
+            chosen = await probe.chosen.addTimeout(PROBE_TIMEOUT, self.reactor)
+        except Exception as e:
+            log.warn("local proxy: cannot ask the proxy which protocols it speaks error={error}", error=e)
+            if probe.transport is not None:
+                probe.transport.abortConnection()
+            return HTTP11_ONLY
+        return KUBE_ALPN if chosen == b"h2" else HTTP11_ONLY
+
+    async def dial(self, kube_cluster: str, protocol, alpn: Sequence[bytes] = HTTP11_ONLY) -> None:
+        """Only ``alpn`` is offered: for kubectl's connections, the one
+        protocol its bytes are already in."""
         certificate, private_key = await self.credentials(kube_cluster)
         creator = client_tls_options(
             KUBE_PROXY_SERVER_NAME,
             trusted_cas=self.host_cas,
             certificate=certificate,
             private_key=private_key,
-            alpn=[alpn],
+            alpn=list(alpn),
         )
         endpoint = wrapClientTLS(creator, HostnameEndpoint(self.reactor, self.proxy_host, self.proxy_port))
         await connectProtocol(endpoint, protocol)
