@@ -13,12 +13,19 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
-from teleport_py.auth.server import PROXY_SERVER_NAMES, ca_pin
 from teleport_py.config import parse_config
 from teleport_py.identityfile import IdentityFile
 from teleport_py.kube.heartbeat import Heartbeat
 from teleport_py.kube.join import JoinError, identity_dir, obtain_identity
-from teleport_py.pki import CertAuthority, HostIdentity, certificate_pem, generate_private_key, server_tls_options
+from teleport_py.pki import (
+    PROXY_SERVER_NAMES,
+    CertAuthority,
+    HostIdentity,
+    ca_pin,
+    certificate_pem,
+    generate_private_key,
+    server_tls_options,
+)
 from teleport_py.resources import KubeServer, resource_from_dict
 from tests.test_kube_forwarder import NOW, USER_CA
 

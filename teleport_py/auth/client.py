@@ -19,8 +19,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from teleport_py.auth.errors import AuthError, error_from_json
-from teleport_py.auth.server import AUTH_SERVER_NAME
-from teleport_py.pki import client_tls_options
+from teleport_py.pki import AUTH_SERVER_NAME, client_tls_options
 
 MAX_RESPONSE = 64 << 20
 OCTET_STREAM = b"application/octet-stream"

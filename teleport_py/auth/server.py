@@ -39,9 +39,11 @@ from teleport_py.auth.errors import (
 from teleport_py.auth.passwords import WeakPassword, check_password_policy, hash_password, verify_password
 from teleport_py.auth.ratelimit import LoginLimiter
 from teleport_py.pki import (
+    PROXY_SERVER_NAMES,
     CertAuthority,
     HostIdentity,
     UserIdentity,
+    ca_pin,
     certificate_pem,
 )
 from teleport_py.resources import (
@@ -63,17 +65,7 @@ KUBE_SERVER_TTL = 90.0
 KINDS = ("role", "user", "token", "kube_server")
 JOIN_ROLES = {"kube": "Kube", "proxy": "Proxy"}
 RULE_VERBS = ("list", "read", "create", "update", "delete")
-#: The name every client verifies the auth server's certificate against.
-AUTH_SERVER_NAME = "auth.teleport.cluster.local"
 RESERVED_DNS_SUFFIX = "teleport.cluster.local"
-#: Exact names a proxy certificate carries: kubectl verifies the kube endpoint
-#: as kube-teleport-proxy-alpn (the kubeconfig's tls-server-name), agents the
-#: tunnel endpoint as reversetunnel. Never a wildcard: *.teleport.cluster.local
-#: would also match auth.teleport.cluster.local and let a proxy pose as Auth.
-PROXY_SERVER_NAMES = (
-    "kube-teleport-proxy-alpn.teleport.cluster.local",
-    "reversetunnel.teleport.cluster.local",
-)
 
 Identity = UserIdentity | HostIdentity
 
@@ -634,12 +626,3 @@ class AuthServer:
             "roles": len(await self.backend.get_range("/roles/")),
             "kube_clusters": sorted(await self.kube_clusters()),
         }
-
-
-def ca_pin(certificate: x509.Certificate) -> str:
-    spki = certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(spki)
-    return "sha256:" + digest.finalize().hex()

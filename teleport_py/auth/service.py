@@ -16,11 +16,11 @@ from twisted.web.server import Site
 
 from teleport_py.auth.api import AuthAPI, BoundedRequest
 from teleport_py.auth.recordings import Recordings
-from teleport_py.auth.server import AUTH_SERVER_NAME, AuthServer
+from teleport_py.auth.server import AuthServer
 from teleport_py.backend import SQLiteBackend
 from teleport_py.config import Config
 from teleport_py.identityfile import IdentityFile
-from teleport_py.pki import generate_private_key, make_private_dirs, server_tls_options
+from teleport_py.pki import AUTH_SERVER_NAME, generate_private_key, make_private_dirs, server_tls_options
 
 ADMIN_IDENTITY_REFRESH = 12 * 3600.0
 

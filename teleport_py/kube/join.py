@@ -28,12 +28,13 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from teleport_py.auth.client import ClusterTLSPolicy
-from teleport_py.auth.server import PROXY_SERVER_NAMES, ca_pin
 from teleport_py.config import Address
 from teleport_py.identityfile import IdentityFile
 from teleport_py.pki import (
+    PROXY_SERVER_NAMES,
     HostIdentity,
     IdentityError,
+    ca_pin,
     generate_private_key,
     identity_from_certificate,
     load_certificate_pem,

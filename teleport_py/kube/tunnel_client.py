@@ -15,9 +15,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from teleport_py.auth.server import AUTH_SERVER_NAME
 from teleport_py.identityfile import IdentityFile
-from teleport_py.pki import client_tls_options
+from teleport_py.pki import AUTH_SERVER_NAME, client_tls_options
 from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol
 
 log = Logger()

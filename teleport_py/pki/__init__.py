@@ -1,7 +1,9 @@
 """Certificate authorities, identity in X.509, TLS connection creators and key files."""
 
-from teleport_py.pki.ca import CertAuthority
+from teleport_py.pki.ca import CertAuthority, ca_pin
 from teleport_py.pki.identity import (
+    AUTH_SERVER_NAME,
+    PROXY_SERVER_NAMES,
     SYSTEM_ROLES,
     HostIdentity,
     IdentityError,
@@ -35,8 +37,11 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "AUTH_SERVER_NAME",
+    "PROXY_SERVER_NAMES",
     "SYSTEM_ROLES",
     "CertAuthority",
+    "ca_pin",
     "HostIdentity",
     "IdentityError",
     "UserIdentity",

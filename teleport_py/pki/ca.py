@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from attrs import field, frozen
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -177,3 +177,13 @@ class CertAuthority:
         if subject_alt_names:
             builder = builder.add_extension(x509.SubjectAlternativeName(subject_alt_names), critical=False)
         return builder.sign(self.private_key, hashes.SHA256())
+
+
+def ca_pin(certificate: x509.Certificate) -> str:
+    """Teleport's CA pin: sha256 of the CA's SubjectPublicKeyInfo."""
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    return "sha256:" + digest.finalize().hex()

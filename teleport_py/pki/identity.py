@@ -24,6 +24,17 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 SYSTEM_ROLES = ("auth", "proxy", "kube", "admin")
 
+#: The name every client verifies the auth server's certificate against.
+AUTH_SERVER_NAME = "auth.teleport.cluster.local"
+#: Exact names a proxy certificate carries: kubectl verifies the kube endpoint
+#: as kube-teleport-proxy-alpn (the kubeconfig's tls-server-name), agents the
+#: tunnel endpoint as reversetunnel. Never a wildcard: *.teleport.cluster.local
+#: would also match auth.teleport.cluster.local and let a proxy pose as Auth.
+PROXY_SERVER_NAMES = (
+    "kube-teleport-proxy-alpn.teleport.cluster.local",
+    "reversetunnel.teleport.cluster.local",
+)
+
 # Same meaning and numbers as Teleport's lib/tlsca where one exists.
 KUBE_USERS_OID = ObjectIdentifier("1.3.9999.1.1")
 KUBE_GROUPS_OID = ObjectIdentifier("1.3.9999.1.2")
