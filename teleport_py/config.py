@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import attrs
 import yaml
 
+from teleport_py.resources.duration import parse_duration
+
 DEFAULT_AUTH_PORT = 3025
 DEFAULT_PROXY_PORT = 3080
 DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
@@ -78,6 +80,32 @@ def parse_address(value: Any, path: str, default_port: int) -> Address:
 
 
 @attrs.frozen
+class ConnectionLimits:
+    """``teleport.connection_limits``: what every listener (the auth API, the
+    proxy's port) allows. ``max_connections`` is Teleport's (concurrent
+    connections from one source address, default as Teleport's); the rest go
+    beyond Teleport's file, where such limits are fixed (defaults: Teleport's
+    handshake and header deadlines, Twisted's web server idle timeout and
+    head size)."""
+
+    max_connections: int = 15000
+    handshake_timeout: float = 15.0
+    read_header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_header_bytes: int = 16384
+
+
+#: The bounds a limit may take: (smallest, largest).
+_LIMIT_BOUNDS = {
+    "max_connections": (1, 1_000_000),
+    "handshake_timeout": (0.001, 3600.0),
+    "read_header_timeout": (0.001, 3600.0),
+    "idle_timeout": (0.001, 86400.0),
+    "max_header_bytes": (1024, 1 << 20),
+}
+
+
+@attrs.frozen
 class AuthConfig:
     listen_addr: Address = Address("0.0.0.0", DEFAULT_AUTH_PORT)
     cluster_name: str = ""
@@ -112,6 +140,7 @@ class Config:
     auth: AuthConfig | None = None
     proxy: ProxyConfig | None = None
     kube: KubeConfig | None = None
+    connection_limits: ConnectionLimits = ConnectionLimits()
     source: str = "<defaults>"
 
     @property
@@ -155,6 +184,28 @@ def _enabled(section: Mapping[str, Any], path: str, default: bool) -> bool:
     return _flag(section, "enabled", path, default)
 
 
+def _connection_limits(section: Mapping[str, Any], path: str) -> ConnectionLimits:
+    _check_keys(section, path, tuple(_LIMIT_BOUNDS))
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        where = f"{path}.{key}"
+        low, high = _LIMIT_BOUNDS[key]
+        if key.endswith("_timeout"):
+            try:
+                number = parse_duration(value)
+            except ValueError as e:
+                raise ConfigError(where, f"{e}; write a duration such as 15s or 1m") from None
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, "must be a whole number")
+        else:
+            number = value
+        if not low <= number <= high:
+            unit = "" if isinstance(number, int) else " seconds"
+            raise ConfigError(where, f"must be between {low} and {high}{unit}")
+        values[key] = number
+    return ConnectionLimits(**values)
+
+
 def parse_config(text: str | None, source: str = "<defaults>") -> Config:
     """Parse a teleport.yaml. ``None`` means no file: auth+proxy on defaults."""
     if text is None:
@@ -173,7 +224,10 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         raise ConfigError("version", f"unsupported config version {version!r}; only v3 is supported")
 
     tp = _mapping(doc.get("teleport"), "teleport")
-    _check_keys(tp, "teleport", ("nodename", "data_dir", "auth_server", "proxy_server", "join_params", "ca_pin"))
+    _check_keys(
+        tp, "teleport",
+        ("nodename", "data_dir", "auth_server", "proxy_server", "join_params", "ca_pin", "connection_limits"),
+    )
     nodename = _string(tp.get("nodename", socket.gethostname()), "teleport.nodename")
     data_dir = _string(tp.get("data_dir", default_data_dir()), "teleport.data_dir")
     auth_servers: tuple[Address, ...] = ()
@@ -196,6 +250,8 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
     join_method = _string(jp.get("method", "token"), "teleport.join_params.method")
     if join_method != "token":
         raise ConfigError("teleport.join_params.method", f"unsupported join method {join_method!r}; only 'token'")
+    limits = _connection_limits(_mapping(tp.get("connection_limits"), "teleport.connection_limits"),
+                                "teleport.connection_limits")
 
     # With no file at all Teleport's defaults run auth and proxy; in a file,
     # each service is on unless it says enabled: false, as in teleport.yaml.
@@ -285,6 +341,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         auth=auth,
         proxy=proxy,
         kube=kube,
+        connection_limits=limits,
         source=source,
     )
 

@@ -109,3 +109,43 @@ kubernetes_service:
         with self.assertRaises(ConfigError) as cm:
             load_config("/nonexistent/teleport.yaml")
         self.assertIn("cannot read", str(cm.exception))
+
+
+class ConnectionLimitsTests(SynchronousTestCase):
+    def test_defaults(self):
+        limits = parse_config(None).connection_limits
+        self.assertEqual(
+            (limits.max_connections, limits.handshake_timeout, limits.read_header_timeout, limits.idle_timeout,
+             limits.max_header_bytes),
+            (15000, 15.0, 10.0, 60.0, 16384),
+        )
+
+    def test_set(self):
+        limits = parse_config(
+            "teleport:\n  connection_limits:\n    max_connections: 100\n    handshake_timeout: 2s\n"
+            "    read_header_timeout: 1.5s\n    idle_timeout: 5m\n    max_header_bytes: 8192\n"
+        ).connection_limits
+        self.assertEqual(
+            (limits.max_connections, limits.handshake_timeout, limits.read_header_timeout, limits.idle_timeout,
+             limits.max_header_bytes),
+            (100, 2.0, 1.5, 300.0, 8192),
+        )
+
+    def assertRefused(self, section: str, path: str, words: str):
+        with self.assertRaises(ConfigError) as cm:
+            parse_config(f"teleport:\n  connection_limits:\n    {section}\n")
+        self.assertEqual(cm.exception.path, path)
+        self.assertIn(words, str(cm.exception))
+
+    def test_invalid_values_name_the_key_and_the_fix(self):
+        base = "teleport.connection_limits."
+        self.assertRefused("max_connections: 0", base + "max_connections", "between 1 and")
+        self.assertRefused("max_connections: many", base + "max_connections", "whole number")
+        self.assertRefused("max_connections: true", base + "max_connections", "whole number")
+        self.assertRefused("handshake_timeout: 15", base + "handshake_timeout", "such as 15s")
+        self.assertRefused("handshake_timeout: 0s", base + "handshake_timeout", "between")
+        self.assertRefused("idle_timeout: forever", base + "idle_timeout", "such as 15s")
+        self.assertRefused("max_header_bytes: 10", base + "max_header_bytes", "between 1024 and")
+
+    def test_teleport_keys_we_do_not_enforce_are_refused(self):
+        self.assertRefused("max_users: 250", "teleport.connection_limits.max_users", "unknown key")

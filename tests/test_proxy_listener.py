@@ -6,11 +6,12 @@ from datetime import timedelta
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
 from teleport_py.pki import CertAuthority, UserIdentity, client_tls_options, identity_from_certificate, peer_certificate
-from teleport_py.proxy.listener import DispatchFactory, Route
+from teleport_py.config import ConnectionLimits
+from teleport_py.limits import LimitedTLSFactory
+from teleport_py.proxy.listener import Route, dispatch
 from tests.test_proxy_helpers import (
     HOST_CA,
     KUBE_SERVER_NAME,
@@ -46,7 +47,7 @@ class Announce(Protocol):
 class DispatchTests(TestCase):
     async def setUp(self):
         self.creator = proxy_creator()
-        factory = TLSMemoryBIOFactory(self.creator, False, DispatchFactory(self.creator, lambda r, t: Announce(r)))
+        factory = LimitedTLSFactory(reactor, ConnectionLimits(), self.creator, dispatch(self.creator, lambda r, t: Announce(r)))
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
@@ -115,7 +116,7 @@ class DispatchTests(TestCase):
         public_ca = CertAuthority.generate("host", HOST_CA.cluster_name, NOW - timedelta(days=1))  # a stranger to our clients
         public_cert, public_key = host_pair("www", "proxy", ca=public_ca)
         creator = proxy_creator(public_cert, public_key)
-        factory = TLSMemoryBIOFactory(creator, False, DispatchFactory(creator, lambda r, t: Announce(r)))
+        factory = LimitedTLSFactory(reactor, ConnectionLimits(), creator, dispatch(creator, lambda r, t: Announce(r)))
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)
         cluster = client_tls_options("reversetunnel.teleport.cluster.local", trusted_cas=[HOST_CA.certificate])

@@ -11,7 +11,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from teleport_py.auth.api import AuthAPI, BoundedRequest
@@ -20,6 +19,7 @@ from teleport_py.auth.server import AuthServer
 from teleport_py.backend import SQLiteBackend
 from teleport_py.config import Config
 from teleport_py.identityfile import IdentityFile
+from teleport_py.limits import LimitedTLSFactory, limit_http
 from teleport_py.pki import AUTH_SERVER_NAME, generate_private_key, make_private_dirs, server_tls_options
 
 ADMIN_IDENTITY_REFRESH = 12 * 3600.0
@@ -93,10 +93,13 @@ class AuthService(service.Service):
             require_client_certificate=False,
         )
         recordings = Recordings(self.auth, os.path.join(self.config.data_dir, "session_recordings"))
-        site = Site(AuthAPI(self.auth, recordings), requestFactory=BoundedRequest)
+        site = Site(AuthAPI(self.auth, recordings), requestFactory=BoundedRequest, reactor=self.reactor)
         site.displayTracebacks = False
+        limits = self.config.connection_limits
+        limit_http(site, limits)
         endpoint = serverFromString(self.reactor, self.config.auth.listen_addr.server_endpoint())
-        self._port = await endpoint.listen(TLSMemoryBIOFactory(tls, False, site))
+        self._port = await endpoint.listen(
+            LimitedTLSFactory(self.reactor, limits, tls, lambda tls_transport: site.buildProtocol(tls_transport.getPeer())))
         self.log.info(
             "auth service for cluster {cluster} listening on {address}",
             cluster=self.auth.cluster_name, address=str(self.config.auth.listen_addr),

@@ -5,7 +5,8 @@ CA). The SNI callback moves kube traffic to the kube context (user
 certificate required) and the ALPN callback moves reverse tunnels to the
 tunnel context (host certificate required), so a missing, expired or foreign
 certificate is refused by OpenSSL before a single byte reaches an agent.
-After the handshake, the context the connection ended in names its route.
+After the handshake (which ``limits.LimitedTLSFactory`` bounds in time), the
+context the connection ended in names its route.
 """
 from __future__ import annotations
 
@@ -14,15 +15,10 @@ from typing import Callable
 
 import attrs
 from OpenSSL import SSL
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLServerConnectionCreator, IProtocol
-from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocol
 from zope.interface import implementer
 
-from teleport_py.tcp import no_delay
-
-log = Logger()
+from teleport_py.limits import Build
 
 TUNNEL_ALPN = b"teleport-reversetunnel"
 HTTP11_ALPN = b"http/1.1"
@@ -42,7 +38,7 @@ class Route(Enum):
 
 
 def _openssl_verdict(connection, certificate, error_number, depth, ok) -> bool:
-    """Keep OpenSSL's chain, expiry and purpose verdict (rejections are logged by the dispatcher)."""
+    """Keep OpenSSL's chain, expiry and purpose verdict (rejections are logged by ``limits.AfterHandshake``)."""
     return bool(ok)
 
 
@@ -124,64 +120,12 @@ class ProxyConnectionCreator:
         connection.set_verify(_REQUIRE_CERT, _openssl_verdict)
 
 
-@implementer(IHandshakeListener)
-class DispatchProtocol(Protocol):
-    """
-    The protocol under TLS: waits for the handshake, asks ``choose`` for the
-    protocol that serves this route, and hands it the TLS transport.
-    ``choose(route, tls_transport)`` returns an IProtocol, or None to hang up.
-    """
+def dispatch(creator: ProxyConnectionCreator, choose: Callable[[Route, object], IProtocol | None]) -> Build:
+    """What serves a connection once its handshake is done (``limits.AfterHandshake``):
+    ``choose(route, tls_transport)`` returns the protocol for the route its
+    TLS context names, or None to hang up."""
 
-    def __init__(self, creator: ProxyConnectionCreator, choose: Callable[[Route, object], IProtocol | None]):
-        self._creator = creator
-        self._choose = choose
-        self._inner: IProtocol | None = None
+    def build(tls_transport) -> IProtocol | None:
+        return choose(creator.route_of(tls_transport.getHandle()), tls_transport)
 
-    def connectionMade(self) -> None:
-        no_delay(self.transport)
-
-    def handshakeCompleted(self) -> None:
-        route = self._creator.route_of(self.transport.getHandle())
-        try:
-            inner = self._choose(route, self.transport)
-        except Exception:
-            log.failure("choosing a protocol failed route={route}", route=route.value)
-            inner = None
-        if inner is None:
-            self.transport.abortConnection()
-            return
-        self._inner = inner
-        inner.makeConnection(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._inner is not None:
-            self._inner.dataReceived(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self._inner is not None:
-            self._inner.connectionLost(reason)
-        elif reason.check(SSL.Error):
-            log.info(
-                "TLS handshake refused peer={peer} reason={reason}",
-                peer=self.transport.getPeer(), reason=_describe(reason),
-            )
-
-
-def _describe(reason: Failure) -> str:
-    """OpenSSL's own words (e.g. 'certificate expired'); never certificate contents."""
-    if reason.check(SSL.Error):
-        errors = reason.value.args[0] if reason.value.args else []
-        if isinstance(errors, list) and errors:
-            return "; ".join(str(e[-1]) for e in errors if isinstance(e, tuple))
-    return reason.getErrorMessage()
-
-
-class DispatchFactory(Factory):
-    def __init__(self, creator: ProxyConnectionCreator, choose: Callable[[Route, object], IProtocol | None]):
-        self.creator = creator
-        self.choose = choose
-
-    def buildProtocol(self, addr) -> DispatchProtocol:
-        protocol = DispatchProtocol(self.creator, self.choose)
-        protocol.factory = self
-        return protocol
+    return build

@@ -22,7 +22,6 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -45,7 +44,8 @@ from teleport_py.pki import (
     server_tls_options,
 )
 from teleport_py.proxy.kube import KubeRouter
-from teleport_py.proxy.listener import DispatchFactory, ProxyConnectionCreator, Route
+from teleport_py.limits import LimitedTLSFactory, limit_http
+from teleport_py.proxy.listener import ProxyConnectionCreator, Route, dispatch
 from teleport_py.proxy.registry import AgentRegistry, AnnounceError, parse_announcement
 from teleport_py.proxy.webapi import WebAPI, WebSite
 from teleport_py.tunnel import Splice, StreamRejected, TunnelProtocol
@@ -204,6 +204,8 @@ class ProxyService(service.Service):
             reactor=self.reactor,
         )
         site.displayTracebacks = False
+        limits = self.config.connection_limits
+        limit_http(site, limits)
 
         def choose(route: Route, tls_transport):
             if route is Route.KUBE:
@@ -214,7 +216,7 @@ class ProxyService(service.Service):
 
         listen = self.config.proxy.web_listen_addr
         endpoint = serverFromString(self.reactor, listen.server_endpoint())
-        self.port = await endpoint.listen(TLSMemoryBIOFactory(creator, False, DispatchFactory(creator, choose)))
+        self.port = await endpoint.listen(LimitedTLSFactory(self.reactor, limits, creator, dispatch(creator, choose)))
         log.info(
             "proxy for cluster {cluster} listening on {address} host_id={host_id}",
             cluster=host.teleport_cluster, address=str(listen), host_id=host.host_id,
