@@ -30,10 +30,10 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from teleport_py import disk
 from teleport_py.auth.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from teleport_py.pki import HostIdentity, UserIdentity, make_private_dirs
-from teleport_py.recording.format import START, RecordingFormatError, decode_header
-from teleport_py.recording.spool import SESSION_ID, one_thread
+from teleport_py.recording.format import SESSION_ID, START, RecordingFormatError, decode_header
 
 META = "/recording_meta/"
 DATA = "/recording_data/"
@@ -65,21 +65,9 @@ class RecordingFiles:
     def write(self, session_id: str, offset: int, data: bytes) -> None:
         """``data`` at ``offset``, durable on return; anything past ``offset``
         (bytes whose metadata a crash lost) is dropped first."""
-        fd = os.open(self._path(session_id), os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.ftruncate(fd, offset)
-            view = memoryview(data)
-            while view:
-                view = view[os.pwrite(fd, view, offset + len(data) - len(view)):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        disk.write_at(self._path(session_id), offset, data)
         if offset == 0:  # a new file: its directory entry must survive a crash too
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            disk.sync_directory(self.directory)
 
     def read(self, session_id: str, offset: int, size: int) -> bytes:
         with open(self._path(session_id), "rb") as f:
@@ -94,7 +82,7 @@ class Recordings:
         self.auth = auth
         self.backend = auth.backend
         self.files = RecordingFiles(directory)
-        self._run = run_blocking or one_thread(auth.reactor, "auth-recordings")
+        self._run = run_blocking or disk.file_thread(auth.reactor, "auth-recordings")
 
     async def _meta(self, session_id: str) -> dict[str, Any] | None:
         item = await self.backend.get(META + session_id)

@@ -22,7 +22,6 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from twisted.internet import threads
 from twisted.logger import Logger

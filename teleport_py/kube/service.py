@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from teleport_py.auth.client import AuthClient
 from teleport_py.auth.errors import NotFound
 from teleport_py.config import Config
-from teleport_py.kube.audit import EventSpool
+from teleport_py.kube.event_spool import EventSpool
 from teleport_py.kube.credentials import load_in_cluster, load_kubeconfig
 from teleport_py.kube.forwarder import Forwarder, KubeCluster, RoleCache
 from teleport_py.kube.heartbeat import Heartbeat

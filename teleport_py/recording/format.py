@@ -14,10 +14,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 #: The version the writer produces (``version`` on the session.start line).
 VERSION = 2
+#: A session id (a UUID): what names a recording, on the agent and in Auth.
+SESSION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 #: The session's identity and what it runs; always the first record.
 START = "session.start"

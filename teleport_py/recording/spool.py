@@ -12,35 +12,25 @@ that died with it: it is closed as it is, torn last record dropped.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
+from teleport_py import disk
 from teleport_py.pki import make_private_dirs
-from teleport_py.recording.format import MAX_PRINT, PRINT, complete_prefix, encode, print_header
+from teleport_py.recording.format import MAX_PRINT, PRINT, SESSION_ID, complete_prefix, encode, print_header
+from teleport_py.uploader import Uploader
 
 log = Logger()
 
-SESSION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 #: Raw bytes per upload request: Auth's limit (fewer requests and
 #: transactions per MiB than smaller chunks).
 CHUNK_SIZE = 1024 * 1024
 #: Recorded bytes held in memory before the relay is asked to pause.
 MAX_BACKLOG = 4 * 1024 * 1024
 OPEN, CLOSED = ".part", ".rec"
-
-
-def one_thread(reactor, name: str) -> Callable[..., Deferred]:
-    """Blocking file work, in order, off the reactor thread."""
-    pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
-    pool.start()
-    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-    return lambda f, *args: deferToThreadPool(reactor, pool, f, *args)
 
 
 class RecordingFiles:
@@ -56,27 +46,14 @@ class RecordingFiles:
         return os.path.join(self.directory, session_id + suffix)
 
     def append(self, session_id: str, data: bytes) -> None:
-        fd = os.open(self._path(session_id, OPEN), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        disk.append(self._path(session_id, OPEN), data, sync=False)
 
     def close(self, session_id: str, data: bytes = b"") -> None:
         """Append the last bytes, make the file durable, mark it complete."""
         path = self._path(session_id, OPEN)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        disk.append(path, data)
         os.rename(path, self._path(session_id, CLOSED))
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        disk.sync_directory(self.directory)
 
     def recover(self) -> list[str]:
         """Close what a previous process left open; call before recording."""
@@ -248,19 +225,14 @@ class RecordingSpool:
                  upload_interval: float = 5.0, max_backoff: float = 60.0) -> None:
         self.reactor = reactor
         self.files = RecordingFiles(directory)
-        self.run = run_blocking or one_thread(reactor, "kube-recordings")
+        self.run = run_blocking or disk.file_thread(reactor, "kube-recordings")
         self._upload = upload
         self._stored = stored
         self._flush_interval = flush_interval
         self._max_backlog = max_backlog
-        self._upload_interval = upload_interval
-        self._max_backoff = max_backoff
-        self._backoff = upload_interval
         self._offsets: dict[str, int] = {}
-        self._scheduled = None
-        self._uploading = False
-        self._again = False
-        self._stopped = False
+        self._uploader = Uploader(reactor, self._upload_once, what="recording", interval=upload_interval,
+                                  max_backoff=max_backoff, periodic=True)
         self._recovered = self.run(self.files.recover)
         self._recovered.addErrback(lambda f: log.failure("cannot recover open recordings", f))
 
@@ -272,17 +244,14 @@ class RecordingSpool:
                                max_backlog=self._max_backlog)
 
     def upload_soon(self, delay: float = 0.0) -> None:
-        if self._stopped:
-            return
-        if self._uploading:
-            self._again = True
-        elif self._scheduled is None:
-            self._scheduled = self.reactor.callLater(delay, self._start_upload)
+        self._uploader.soon(delay)
 
-    def _start_upload(self) -> None:
-        self._scheduled = None
-        self._uploading, self._again = True, False
-        Deferred.fromCoroutine(self.upload_all()).addCallbacks(self._uploaded, self._upload_failed)
+    async def _upload_once(self) -> None:
+        try:
+            await self.upload_all()
+        except BaseException:
+            self._offsets.clear()  # ask Auth again: it may have stored more or less than we think
+            raise
 
     async def upload_all(self) -> None:
         """Send every byte on disk that Auth lacks; delete what is complete."""
@@ -305,21 +274,5 @@ class RecordingSpool:
                     log.info("recording uploaded session={session} bytes={size}", session=session_id, size=offset)
                     break
 
-    def _uploaded(self, _) -> None:
-        self._uploading = False
-        self._backoff = self._upload_interval
-        self.upload_soon(0.0 if self._again else self._upload_interval)
-
-    def _upload_failed(self, failure) -> None:
-        self._uploading = False
-        self._offsets.clear()  # ask Auth again: it may have stored more or less than we think
-        log.warn("recording upload failed, retrying in {delay}s: {error}", delay=self._backoff,
-                 error=failure.getErrorMessage())
-        self.upload_soon(self._backoff)
-        self._backoff = min(self._backoff * 2, self._max_backoff)
-
     def stop(self) -> None:
-        self._stopped = True
-        if self._scheduled is not None and self._scheduled.active():
-            self._scheduled.cancel()
-        self._scheduled = None
+        self._uploader.stop()

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from teleport_py.events import KUBE_REQUEST, make_event
-from teleport_py.kube.audit import EventSpool
+from teleport_py.kube.event_spool import EventSpool
 
 
 def inline(f, *args):

@@ -24,11 +24,11 @@ import os
 from typing import Awaitable, Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
+from teleport_py import disk
 from teleport_py.pki import make_private_dirs
+from teleport_py.uploader import Uploader
 
 log = Logger()
 
@@ -55,12 +55,7 @@ class SpoolFiles:
         """Durable when this returns."""
         if self._current_count >= MAX_SEGMENT_EVENTS:
             self.seal()
-        fd = os.open(self._path(self._current), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, b"".join(lines))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        disk.append(self._path(self._current), b"".join(lines))
         self._current_count += len(lines)
 
     def seal(self) -> None:
@@ -103,10 +98,10 @@ class EventSpool:
     ) -> None:
         self._reactor = reactor
         self._upload = upload
-        self._run = run_blocking or self._thread_runner(reactor)
+        # Before shutdown the open window is committed, so a clean stop loses nothing.
+        self._run = run_blocking or disk.file_thread(reactor, "kube-audit-spool", before_stop=self.flush)
         self._delay = delay
-        self._max_backoff = max_backoff
-        self._backoff = delay
+        self._uploader = Uploader(reactor, self._upload_all, what="audit", interval=delay, max_backoff=max_backoff)
         self._commit_delay = commit_delay
         self._files = SpoolFiles(directory)
         self._pending: list[bytes] = []
@@ -114,20 +109,6 @@ class EventSpool:
         self._commit = None
         self._writing: Deferred | None = None
         self._write_failing = False
-        self._scheduled = None
-        self._uploading = False
-        self._written_since_upload = False
-        self._stopped = False
-
-    def _thread_runner(self, reactor):
-        """One worker thread: spool file operations stay in order and off the
-        reactor. Before shutdown the open window is committed, so a clean
-        stop loses nothing."""
-        pool = ThreadPool(minthreads=1, maxthreads=1, name="kube-audit-spool")
-        pool.start()
-        reactor.addSystemEventTrigger("before", "shutdown", self.flush)
-        reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-        return lambda f, *args: deferToThreadPool(reactor, pool, f, *args)
 
     def emit(self, event: dict) -> None:
         """Encoded here, so that an event that is not JSON fails its caller."""
@@ -147,7 +128,6 @@ class EventSpool:
     def _written(self, _) -> None:
         self._writing = None
         self._write_failing = False
-        self._written_since_upload = True
         if self._pending:
             self._commit_after(self._commit_delay)
         self.schedule_upload(self._delay)
@@ -177,14 +157,7 @@ class EventSpool:
         return done
 
     def schedule_upload(self, delay: float = 0.0) -> None:
-        if self._scheduled is None and not self._uploading and not self._stopped:
-            self._scheduled = self._reactor.callLater(delay, self._start_upload)
-
-    def _start_upload(self) -> None:
-        self._scheduled = None
-        self._uploading = True
-        self._written_since_upload = False
-        Deferred.fromCoroutine(self._upload_all()).addCallbacks(self._uploaded, self._upload_failed)
+        self._uploader.soon(delay)
 
     async def _upload_all(self) -> None:
         await self._run(self._files.seal)
@@ -194,21 +167,5 @@ class EventSpool:
                 await self._upload(batch)
             await self._run(self._files.remove, sequence)
 
-    def _uploaded(self, _) -> None:
-        self._uploading = False
-        self._backoff = self._delay
-        if self._written_since_upload:
-            self.schedule_upload(self._delay)
-
-    def _upload_failed(self, failure) -> None:
-        self._uploading = False
-        log.warn("audit upload failed, retrying in {delay}s: {error}", delay=self._backoff,
-                 error=failure.getErrorMessage())
-        self.schedule_upload(self._backoff)
-        self._backoff = min(self._backoff * 2, self._max_backoff)
-
     def stop(self) -> None:
-        self._stopped = True
-        if self._scheduled is not None and self._scheduled.active():
-            self._scheduled.cancel()
-        self._scheduled = None
+        self._uploader.stop()

@@ -1,0 +1,37 @@
+"""Durable writes: private files, appends, writes at an offset."""
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from teleport_py import disk
+
+
+class DiskTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "f")
+
+    def read(self):
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def test_append_creates_a_private_file_and_appends(self):
+        disk.append(self.path, b"one\n")
+        disk.append(self.path, b"two\n", sync=False)
+        self.assertEqual(self.read(), b"one\ntwo\n")
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+
+    def test_write_at_drops_what_was_past_the_offset(self):
+        disk.write_at(self.path, 0, b"abcdef")
+        disk.write_at(self.path, 3, b"XY")
+        self.assertEqual(self.read(), b"abcXY")
+        disk.write_at(self.path, 5, b"")
+        self.assertEqual(self.read(), b"abcXY")
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+
+    def test_sync_directory_of_a_missing_directory_fails(self):
+        disk.sync_directory(self.dir)
+        self.assertRaises(FileNotFoundError, disk.sync_directory, os.path.join(self.dir, "missing"))
