@@ -83,3 +83,50 @@ class ClassifyTests(SynchronousTestCase):
         for field in (info.resource, info.namespace, info.name, info.subresource):
             self.assertNotIn(field, (".", ".."))
             self.assertNotIn("/", field)
+
+
+class ListQueryTests(SynchronousTestCase):
+    """The query of a list or watch, read as the API server's RequestInfo
+    reads it (cases found by tests.test_e2e_apiserver_parity)."""
+
+    def classified(self, **query) -> tuple[str, str]:
+        info = classify("GET", f"{NS}/secrets", {k: [v] for k, v in query.items()})
+        return info.verb, info.name
+
+    def test_field_selector_names_the_object(self) -> None:
+        table = {
+            "metadata.name=s1": "s1",
+            "metadata.name==s1": "s1",
+            "metadata.name!=s1": "",
+            " metadata.name=s1": "",  # the field is kept as written
+            "metadata.name=s1,metadata.namespace=dev": "s1",
+            "metadata.namespace=dev,metadata.name=s1": "s1",
+            "metadata.name=b,metadata.name=a": "a",  # terms are sorted
+            "metadata.name!=a,metadata.name=b": "b",
+            "metadata.name=s1==x": "",  # an unescaped = in the value: no selector at all
+            "metadata.name=a\\,b": "a,b",
+            "metadata.name=a\\x": "",  # an unknown escape
+            "metadata.name=a\\": "",
+            "metadata.name=s1,junk": "",  # a term without an operator
+            "metadata.name=s1,": "s1",
+            "metadata.name=..": "",
+            "metadata.name=a%2Fb": "",
+            "metadata.name=..,metadata.name==s1": "",  # the first match decides
+        }
+        for selector, name in table.items():
+            self.assertEqual(self.classified(fieldSelector=selector), ("list", name), selector)
+
+    def test_undecodable_list_options_name_nothing(self) -> None:
+        for key, value in (("limit", "x"), ("limit", ""), ("timeoutSeconds", "1.5"), ("limit", "9223372036854775808"),
+                           ("timeoutSeconds", "١")):
+            self.assertEqual(self.classified(fieldSelector="metadata.name=s1", **{key: value}), ("list", ""), key)
+        for value in ("+5", "-1", "0", "9223372036854775807"):
+            self.assertEqual(self.classified(fieldSelector="metadata.name=s1", limit=value), ("list", "s1"), value)
+
+    def test_watch_values(self) -> None:
+        for value, verb in (("1", "watch"), ("", "watch"), ("yes", "watch"), ("0", "list"), ("false", "list"),
+                            ("FaLsE", "list"), ("fal\u017fe", "list"), ("00", "watch"), ("false ", "watch")):
+            self.assertEqual(self.classified(watch=value)[0], verb, value)
+        # Undecodable options: the API server lower-cases instead of folding.
+        self.assertEqual(self.classified(watch="fal\u017fe", limit="x")[0], "watch")
+        self.assertEqual(self.classified(watch="FALSE", limit="x")[0], "list")

@@ -90,8 +90,10 @@ def classify(method: str, path: str, query: Mapping[str, Sequence[str]]) -> Requ
     name = parts[1] if len(parts) > 1 else ""
     subresource = parts[2] if len(parts) > 2 and verb != "proxy" else ""
     if not name and verb == "get":
-        verb = "watch" if _is_watch(query) else "list"
-        name = _name_from_field_selector(query)
+        options_valid = _list_options_valid(query)
+        verb = "watch" if _is_watch(query, options_valid) else "list"
+        if options_valid:
+            name = _name_from_field_selector(query)
     if not name and verb == "delete":
         verb = "deletecollection"
     if resource == "pods" and api_group == "" and subresource in _SUBRESOURCE_VERBS:
@@ -101,30 +103,118 @@ def classify(method: str, path: str, query: Mapping[str, Sequence[str]]) -> Requ
     )
 
 
-def _is_watch(query: Mapping[str, Sequence[str]]) -> bool:
-    """Kubernetes' bool query conversion: only ``false`` and ``0`` mean false."""
+def _is_watch(query: Mapping[str, Sequence[str]], options_valid: bool) -> bool:
+    """Kubernetes' bool query conversion: only ``0`` and ``false`` mean
+    false, ``false`` compared with Go's ``strings.EqualFold`` (so ``falſe``,
+    with a long s, is false too). When the list options do not decode, the
+    API server looks at ``watch`` again with ``strings.ToLower`` (there
+    ``falſe`` is true)."""
     values = query.get("watch", ())
-    return bool(values) and values[0].lower() not in _FALSE_VALUES
+    if not values:
+        return False
+    value = values[0]
+    if options_valid:
+        return not (value == "0" or _equal_fold(value, "false"))
+    return value.lower() not in _FALSE_VALUES
+
+
+#: Go's simple case folding of the letters of "false": each rune matches the
+#: runes of its fold orbit (``s``, ``S`` and U+017F LATIN SMALL LETTER LONG S).
+_FOLD_ORBITS = {"f": "fF", "a": "aA", "l": "lL", "s": "sS\u017f", "e": "eE"}
+
+
+def _equal_fold(value: str, ascii_word: str) -> bool:
+    return len(value) == len(ascii_word) and all(c in _FOLD_ORBITS[w] for c, w in zip(value, ascii_word))
+
+
+def _list_options_valid(query: Mapping[str, Sequence[str]]) -> bool:
+    """Whether the API server's ListOptions decoding of the query succeeds
+    (its RequestInfo takes a name from ``fieldSelector`` only then): the
+    integers parse (Go's ``strconv.ParseInt``) and the field selector parses.
+    ``labelSelector`` is not checked: when it is invalid the API server
+    answers 400 and executes nothing, whatever was authorized."""
+    for key in ("timeoutSeconds", "limit"):
+        values = query.get(key, ())
+        if values and not _is_go_int64(values[0]):
+            return False
+    values = query.get("fieldSelector", ())
+    return not values or _parse_field_selector(values[0]) is not None
+
+
+def _is_go_int64(text: str) -> bool:
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    return digits.isascii() and digits.isdigit() and -(2**63) <= int(text) < 2**63
+
+
+_FIELD_OPERATORS = ("!=", "==", "=")
+
+
+def _parse_field_selector(selector: str) -> list[tuple[str, str, str]] | None:
+    """``(field, operator, value)`` terms as Kubernetes' ``fields.ParseSelector``
+    reads them, in its order (the terms sorted as written), or None where it
+    fails. Terms split at commas not escaped by a backslash; each term splits
+    at the first operator, looking for ``!=``, ``==`` then ``=`` at each
+    position; the field is kept as written (no trimming); the value is
+    unescaped (``\\``, ``\,``, ``\=``; any other escape, or a bare ``,``
+    or ``=``, fails)."""
+    terms, start, escaped = [], 0, False
+    for i, c in enumerate(selector):
+        if escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == ",":
+            terms.append(selector[start:i])
+            start = i + 1
+    terms.append(selector[start:])
+    parsed = []
+    for term in sorted(terms):
+        if not term:
+            continue
+        split = next(((term[:i], op, term[i + len(op):]) for i in range(len(term))
+                      for op in _FIELD_OPERATORS if term.startswith(op, i)), None)
+        if split is None:
+            return None
+        value = _unescape_field_value(split[2])
+        if value is None:
+            return None
+        parsed.append((split[0], split[1], value))
+    return parsed
+
+
+def _unescape_field_value(value: str) -> str | None:
+    out, escaped = [], False
+    for c in value:
+        if escaped:
+            if c not in "\\,=":
+                return None
+            out.append(c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c in ",=":
+            return None
+        else:
+            out.append(c)
+    return None if escaped else "".join(out)
 
 
 def _name_from_field_selector(query: Mapping[str, Sequence[str]]) -> str:
     """``kubectl get pod x -w`` lists with ``fieldSelector=metadata.name=x``.
 
-    Kubernetes narrows such a list to one name; so do we, so that a rule for
+    Kubernetes narrows such a list to one name (``RequiresExactMatch``: the
+    first ``metadata.name`` term with ``=`` or ``==`` in the parsed order,
+    kept if it is a valid path segment name); so do we, so that a rule for
     that one object allows the watch.
     """
     values = query.get("fieldSelector", ())
-    if not values:
-        return ""
-    for term in values[0].split(","):
-        for operator in ("==", "="):
-            key, found, value = term.partition(operator)
-            if found:
-                if key.strip() == "metadata.name" and _is_path_segment(value.strip()):
-                    return value.strip()
-                break
+    terms = _parse_field_selector(values[0]) if values else None
+    for field, operator, value in terms or ():
+        if field == "metadata.name" and operator != "!=":
+            return value if _is_path_segment(value) else ""
     return ""
 
 
 def _is_path_segment(name: str) -> bool:
+    """Kubernetes' ``IsValidPathSegmentName`` (an empty name is no name)."""
     return bool(name) and name not in (".", "..") and "/" not in name and "%" not in name
