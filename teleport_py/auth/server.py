@@ -35,7 +35,7 @@ from teleport_py.auth.errors import (
     LimitExceeded,
     NotFound,
 )
-from teleport_py.auth.passwords import WeakPassword, check_password_policy, hash_password, verify_password
+from teleport_py.auth.password_hashing import WeakPassword, check_password_policy, hash_password, verify_password
 from teleport_py.auth.ratelimit import LoginLimiter
 from teleport_py.pki import (
     PROXY_SERVER_NAMES,

@@ -20,7 +20,7 @@ from teleport_py.auth.client import AuthClient
 from teleport_py.auth.errors import AuthError
 from teleport_py.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_address
 from teleport_py.identityfile import IdentityFile
-from teleport_py.passwords import PasswordInputError, read_password
+from teleport_py.password_prompt import PasswordInputError, read_password
 from teleport_py.resources import ValidationError, parse_duration, parse_yaml, resource_from_dict, resource_to_dict, to_yaml
 
 KIND_ALIASES = {

@@ -27,7 +27,7 @@ from OpenSSL.SSL import Error as TLSError
 from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
 from teleport_py.identityfile import IdentityFile
-from teleport_py.passwords import PasswordInputError, read_password
+from teleport_py.password_prompt import PasswordInputError, read_password
 from teleport_py.pki import (
     UserIdentity,
     certificate_pem,

@@ -8,8 +8,8 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from teleport_py import passwords
-from teleport_py.passwords import PasswordInputError, read_password
+from teleport_py import password_prompt
+from teleport_py.password_prompt import PasswordInputError, read_password
 from tests.support.procs import run
 
 BIN = os.path.dirname(sys.executable)
@@ -22,7 +22,7 @@ class _Terminal(io.StringIO):
 
 class ReadPasswordTests(SynchronousTestCase):
     def use_stdin(self, stream):
-        self.patch(passwords.sys, "stdin", stream)
+        self.patch(password_prompt.sys, "stdin", stream)
 
     def test_one_line_of_stdin_without_its_newline(self):
         self.use_stdin(io.StringIO("correct horse \r\nnext line\n"))
@@ -36,7 +36,7 @@ class ReadPasswordTests(SynchronousTestCase):
         self.use_stdin(_Terminal())
         answers = iter(["s3cret", "s3cret", "s3cret", "typo"])
         prompts = []
-        self.patch(passwords.getpass, "getpass", lambda prompt: prompts.append(prompt) or next(answers))
+        self.patch(password_prompt.getpass, "getpass", lambda prompt: prompts.append(prompt) or next(answers))
         self.assertEqual(read_password("Enter password: ", confirm=True), "s3cret")
         self.assertEqual(prompts, ["Enter password: ", "Confirm password: "])
         error = self.assertRaises(PasswordInputError, read_password, "Enter password: ", confirm=True)
@@ -44,7 +44,7 @@ class ReadPasswordTests(SynchronousTestCase):
 
     def test_a_terminal_is_asked_once_to_log_in(self):
         self.use_stdin(_Terminal())
-        self.patch(passwords.getpass, "getpass", lambda prompt: "pw")
+        self.patch(password_prompt.getpass, "getpass", lambda prompt: "pw")
         self.assertEqual(read_password("Enter password: "), "pw")
 
 
