@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from teleport_py.rbac import AccessChecker, classify
 from teleport_py.rbac.filters import (
+    INFLATE_STEP,
     FilterError,
     ListFilter,
     WatchFilter,
@@ -257,6 +258,41 @@ class ListFilterTests(SynchronousTestCase):
         bomb = gzip.compress(b" " * 10_000_000)
         list_filter = ListFilter(only_development, gzipped=True, max_body=1_000_000)
         self.assertRaises(FilterError, list_filter.feed, bomb)
+
+    def test_reserve_is_asked_before_the_buffer_grows(self) -> None:
+        body = encode(pod_list())
+        asked = []
+        list_filter = ListFilter(only_development, reserve=asked.append)
+        for i in range(0, len(body), 100):
+            list_filter.feed(body[i:i + 100])
+        self.assertEqual(sum(asked), len(body))
+        self.assertEqual(json.loads(list_filter.finish())["items"][0]["metadata"]["name"], "web-1a2b")
+
+    def test_a_gzip_body_is_reserved_in_bounded_steps(self) -> None:
+        """A large inflated body is reserved a step at a time, and the refusal
+        of a step stops inflating: at most one step is held beyond it."""
+        items = [pod("development", f"web-{i}") for i in range(15_000)]
+        document = {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
+        body = encode(document)
+        asked = []
+        list_filter = ListFilter(only_development, gzipped=True, reserve=asked.append)
+        list_filter.feed(gzip.compress(body))
+        self.assertGreater(len(asked), 2)
+        self.assertLessEqual(max(asked), INFLATE_STEP + 1)
+        self.assertEqual(sum(asked), len(body))
+        self.assertEqual(len(json.loads(gzip.decompress(list_filter.finish()))["items"]), 15_000)
+
+        class Spent(Exception):
+            pass
+
+        def refuse_past_two_mib(size, held=[0]):
+            if held[0] + size > 2 << 20:
+                raise Spent()
+            held[0] += size
+
+        bomb = ListFilter(only_development, gzipped=True, reserve=refuse_past_two_mib)
+        self.assertRaises(Spent, bomb.feed, gzip.compress(b" " * 50_000_000))
+        self.assertLessEqual(len(bomb._body), 2 << 20)
 
     def test_malformed_bodies(self) -> None:
         for body in [b"", b"{", b"[]", b"null", b'"PodList"', b"\xff\xfe", b"[" * 100_000,

@@ -29,6 +29,9 @@ from typing import Any, Callable, Protocol
 
 #: Refuse list bodies (and single watch events) larger than this, inflated.
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
+#: A gzip list body is inflated at most this much at a time, so what it
+#: holds is reserved (``ListFilter``'s ``reserve``) before it grows by more.
+INFLATE_STEP = 1 << 20
 
 #: Whether the item in (namespace, name) may be shown; ``""`` namespace for
 #: cluster-scoped objects and namespaces themselves.
@@ -66,21 +69,24 @@ def response_filter(
     *,
     watch: bool = False,
     max_body: int = DEFAULT_MAX_BODY,
+    reserve: Callable[[int], None] | None = None,
 ) -> ResponseFilter | None:
     """A filter for this response, or ``None`` when it cannot be filtered safely.
 
     ``watch`` says the request was a watch: a JSON watch stream has the same
     ``Content-Type`` as a JSON list, so only the request tells them apart.
     ``None`` (protobuf, YAML, an encoding other than gzip) means the agent must
-    not forward the body to a user whose list is filtered.
+    not forward the body to a user whose list is filtered. ``reserve`` is
+    told each size a list is about to hold (see ``ListFilter``).
     """
     if content_type.split(";", 1)[0].strip().lower() != "application/json":
         return None
     encoding = (content_encoding or "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
         return None
-    filter_class = WatchFilter if watch else ListFilter
-    return filter_class(allow, gzipped=encoding == "gzip", max_body=max_body)
+    if watch:
+        return WatchFilter(allow, gzipped=encoding == "gzip", max_body=max_body)
+    return ListFilter(allow, gzipped=encoding == "gzip", max_body=max_body, reserve=reserve)
 
 
 def filterable_accept(accept_header: str) -> str:
@@ -123,21 +129,38 @@ class ListFilter:
     ``feed`` buffers (and inflates) and returns ``b""``; ``finish`` returns the
     filtered body. The list's ``metadata`` (``resourceVersion``, ``continue``)
     is kept; ``remainingItemCount`` is dropped because it counts hidden items.
+    ``reserve(size)``, if given, is called before the buffer grows by
+    ``size`` bytes (gzip bodies in steps of at most ``INFLATE_STEP``); what
+    it raises ends the feed with nothing stored.
     """
 
-    def __init__(self, allow: Allow, *, gzipped: bool = False, max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(self, allow: Allow, *, gzipped: bool = False, max_body: int = DEFAULT_MAX_BODY,
+                 reserve: Callable[[int], None] | None = None) -> None:
         self._allow = allow
         self._max_body = max_body
         self._inflater = _Inflater() if gzipped else None
+        self._reserve = reserve
         self._body = bytearray()
 
     def feed(self, chunk: bytes) -> bytes:
-        room = self._max_body - len(self._body)
-        data = chunk if self._inflater is None else self._inflater.inflate(chunk, room + 1)
-        if len(data) > room:
+        if self._inflater is None:
+            self._store(chunk)
+            return b""
+        data = chunk
+        while True:
+            step = min(self._max_body - len(self._body), INFLATE_STEP) + 1
+            piece = self._inflater.inflate(data, step)
+            data = b""
+            self._store(piece)
+            if not self._inflater.has_tail and len(piece) < step:  # a full step may have more inside zlib
+                return b""
+
+    def _store(self, data: bytes) -> None:
+        if len(data) > self._max_body - len(self._body):
             raise FilterError(f"response body larger than {self._max_body} bytes")
+        if self._reserve is not None and data:
+            self._reserve(len(data))
         self._body += data
-        return b""
 
     def finish(self) -> bytes:
         if self._inflater is None:
