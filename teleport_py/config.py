@@ -21,6 +21,13 @@ DEFAULT_PROXY_PORT = 3080
 DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
 
 
+#: ``teleport.shutdown_timeout``: how long a stopping service lets in-flight
+#: requests finish (Teleport's fast shutdown on SIGTERM gives a few seconds;
+#: a kubectl request takes well under one).
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+MAX_SHUTDOWN_TIMEOUT = 3600.0
+
+
 class ConfigError(ValueError):
     """A configuration problem, located by its dotted key path."""
 
@@ -137,6 +144,8 @@ class Config:
     join_token: str = ""
     join_method: str = "token"
     ca_pins: tuple[str, ...] = ()
+    #: Seconds a stopping service lets in-flight requests finish (SIGTERM).
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     auth: AuthConfig | None = None
     proxy: ProxyConfig | None = None
     kube: KubeConfig | None = None
@@ -226,7 +235,8 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
     tp = _mapping(doc.get("teleport"), "teleport")
     _check_keys(
         tp, "teleport",
-        ("nodename", "data_dir", "auth_server", "proxy_server", "join_params", "ca_pin", "connection_limits"),
+        ("nodename", "data_dir", "auth_server", "proxy_server", "join_params", "ca_pin", "connection_limits",
+         "shutdown_timeout"),
     )
     nodename = _string(tp.get("nodename", socket.gethostname()), "teleport.nodename")
     data_dir = _string(tp.get("data_dir", default_data_dir()), "teleport.data_dir")
@@ -244,6 +254,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
     for i, pin in enumerate(pins):
         if not isinstance(pin, str) or not pin.startswith("sha256:") or len(pin) != 7 + 64:
             raise ConfigError(f"teleport.ca_pin[{i}]", "must look like sha256:<64 hex digits> (see tctl status)")
+    shutdown_timeout = _shutdown_timeout(tp.get("shutdown_timeout", "10s"))
     jp = _mapping(tp.get("join_params"), "teleport.join_params")
     _check_keys(jp, "teleport.join_params", ("token_name", "method"))
     join_token = _string(jp.get("token_name", ""), "teleport.join_params.token_name")
@@ -338,12 +349,27 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         join_token=join_token,
         join_method=join_method,
         ca_pins=tuple(p.lower() for p in pins),
+        shutdown_timeout=shutdown_timeout,
         auth=auth,
         proxy=proxy,
         kube=kube,
         connection_limits=limits,
         source=source,
     )
+
+
+def _shutdown_timeout(value: Any) -> float:
+    from teleport_py.resources.duration import parse_duration
+
+    path = "teleport.shutdown_timeout"
+    text = _string(value, path)
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise ConfigError(path, f"{e}") from None
+    if not 0 < seconds <= MAX_SHUTDOWN_TIMEOUT:
+        raise ConfigError(path, "must be more than 0s and at most 1h (e.g. 10s)")
+    return seconds
 
 
 _WILDCARDS = ("", "0.0.0.0", "::")

@@ -2,14 +2,25 @@
 
 With no config at all this is Teleport's quick start: auth + proxy on
 embedded defaults (SQLite under the data dir, self-signed CAs).
-"""
-from twisted.application import service
 
-from teleport_py.plugin_options import ServiceOptions, exit_nonzero_if_start_fails
+The roles start in order, each once the one before is up (auth, then the
+proxy that gets its identity from it, then the agent that joins through
+the proxy), and stop in reverse within one ``teleport.shutdown_timeout``.
+"""
+from teleport_py.lifecycle import RoleService, run_under_twistd
+from teleport_py.plugin_options import ServiceOptions
 
 
 class Options(ServiceOptions):
     pass
+
+
+class AllInOne(RoleService):
+    role = name = "teleport"
+
+    async def compose(self) -> None:
+        for role in list(self):
+            await self.start_child(role)
 
 
 def makeService(options, reactor=None):
@@ -17,7 +28,7 @@ def makeService(options, reactor=None):
     if under_twistd:
         from twisted.internet import reactor
     config = options.loaded
-    top = service.MultiService()
+    top = AllInOne(reactor, config.shutdown_timeout)
     auth = None
     if config.auth is not None:
         from teleport_py.auth.service import AuthService
@@ -34,5 +45,5 @@ def makeService(options, reactor=None):
         # Joins through the proxy like a standalone agent (token + CA pin).
         KubeService(reactor, config).setServiceParent(top)
     if under_twistd:
-        exit_nonzero_if_start_fails(*top)
+        run_under_twistd(top)
     return top

@@ -17,6 +17,7 @@ from teleport_py.config import parse_config
 from teleport_py.identityfile import IdentityFile
 from teleport_py.kube.heartbeat import Heartbeat
 from teleport_py.kube.join import JoinError, identity_dir, obtain_identity
+from teleport_py.pinning import PinError
 from teleport_py.pki import (
     PROXY_SERVER_NAMES,
     CertAuthority,
@@ -110,11 +111,43 @@ class JoinTests(TestCase):
     def test_wrong_ca_pin_refuses_and_saves_nothing(self):
         async def go():
             other = CertAuthority.generate("host", "example", NOW)
-            config = self.config(await self.start(JoinStandIn()), pin=ca_pin(other.certificate))
-            with self.assertRaises(JoinError) as e:
+            stand_in = JoinStandIn()
+            config = self.config(await self.start(stand_in), pin=ca_pin(other.certificate))
+            with self.assertRaises(PinError) as e:
                 await obtain_identity(reactor, config, "secret-token")
-            self.assertIn("ca_pin", str(e.exception))
+            self.assertIn("matches no teleport.ca_pin", str(e.exception))
+            self.assertEqual(stand_in.calls, [])
             self.assertFalse(IdentityFile.exists(identity_dir(self.data_dir)))
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_no_ca_pin_refuses_to_join(self):
+        """No trust on first use: without teleport.ca_pin the token is never sent."""
+        async def go():
+            stand_in = JoinStandIn()
+            config = self.config(await self.start(stand_in))
+            with self.assertRaises(PinError) as e:
+                await obtain_identity(reactor, config, "secret-token")
+            self.assertIn("teleport.ca_pin is required", str(e.exception))
+            self.assertEqual(stand_in.calls, [])
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_a_ca_answer_that_is_not_200_is_refused(self):
+        """The CA certificates count only in a 200 answer, whatever its body."""
+        async def go():
+            stand_in = JoinStandIn()
+            answer = stand_in.render_GET
+
+            def failing(request):
+                body = answer(request)
+                request.setResponseCode(500)
+                return body
+
+            stand_in.render_GET = failing
+            config = self.config(await self.start(stand_in), pin=ca_pin(HOST_CA.certificate))
+            with self.assertRaises(PinError) as e:
+                await obtain_identity(reactor, config, "secret-token")
+            self.assertIn("HTTP 500", str(e.exception))
+            self.assertEqual(stand_in.calls, [])
         return defer.Deferred.fromCoroutine(go())
 
     def test_token_is_never_sent_to_an_unproven_proxy(self):
@@ -134,12 +167,13 @@ class JoinTests(TestCase):
 
     def test_refused_token_and_wrong_role(self):
         async def go():
-            config = self.config(await self.start(JoinStandIn()))
+            pin = ca_pin(HOST_CA.certificate)
+            config = self.config(await self.start(JoinStandIn()), pin=pin)
             with self.assertRaises(JoinError) as e:
                 await obtain_identity(reactor, config, "wrong-token")
             self.assertNotIn("wrong-token", str(e.exception))
             self.assertIn("403", str(e.exception))
-            config = self.config(await self.start(JoinStandIn(role="proxy")))
+            config = self.config(await self.start(JoinStandIn(role="proxy")), pin=pin)
             with self.assertRaises(JoinError):
                 await obtain_identity(reactor, config, "secret-token")
             self.assertFalse(IdentityFile.exists(identity_dir(self.data_dir)))
@@ -164,8 +198,13 @@ class HeartbeatTests(SynchronousTestCase):
 
         beat = Heartbeat(clock, send, [("c1", {"env": "dev"}), ("c2", {})], "host-1", "node", interval=30)
         beat.start()
+        self.assertEqual(sent, [])  # no tunnel yet: nothing to send through
+        clock.advance(10)
+        beat.beat_now()  # the tunnel came up
         self.assertEqual([r["metadata"]["name"] for r in sent], ["c1", "c2"])
-        clock.advance(30)
+        clock.advance(29)
+        self.assertEqual(len(sent), 2)  # the interval counts from the tunnel's heartbeat
+        clock.advance(1)
         self.assertEqual(len(sent), 4)
         server = resource_from_dict(sent[0])
         self.assertIsInstance(server, KubeServer)
@@ -174,3 +213,17 @@ class HeartbeatTests(SynchronousTestCase):
         beat.stop()
         clock.advance(60)
         self.assertEqual(len(sent), 4)
+
+    def test_a_tunnel_up_before_the_start_heartbeats_at_the_start(self):
+        clock = Clock()
+        sent = []
+
+        async def send(resource):
+            sent.append(resource)
+
+        beat = Heartbeat(clock, send, [("c1", {})], "host-1", "node", interval=30)
+        beat.beat_now()
+        self.assertEqual(sent, [])
+        beat.start()
+        self.assertEqual(len(sent), 1)
+        beat.stop()

@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from teleport_py.auth.errors import AuthError, error_from_json
 from teleport_py.pki import AUTH_SERVER_NAME, client_tls_options
+from teleport_py.quiet import QuietHTTPConnectionPool
 
 MAX_RESPONSE = 64 << 20
 OCTET_STREAM = b"application/octet-stream"
@@ -59,14 +60,15 @@ class AuthClient:
     @classmethod
     def direct(cls, reactor, address: str, *, trusted_cas: Iterable, certificate=None, private_key=None) -> "AuthClient":
         policy = ClusterTLSPolicy(trusted_cas, certificate, private_key)
-        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool = QuietHTTPConnectionPool(reactor, persistent=True)
         agent = Agent(reactor, contextFactory=policy, pool=pool)
         return cls(HTTPClient(agent), f"https://{address}")
 
     @classmethod
-    def over_endpoints(cls, reactor, endpoint_factory) -> "AuthClient":
-        """``endpoint_factory.endpointForURI(uri)`` supplies connected-TLS endpoints."""
-        pool = HTTPConnectionPool(reactor, persistent=True)
+    def over_endpoints(cls, reactor, endpoint_factory, pool: HTTPConnectionPool | None = None) -> "AuthClient":
+        """``endpoint_factory.endpointForURI(uri)`` supplies connected-TLS endpoints;
+        ``pool`` keeps them (its owner closes it on shutdown)."""
+        pool = pool or QuietHTTPConnectionPool(reactor, persistent=True)
         agent = Agent.usingEndpointFactory(reactor, endpoint_factory, pool=pool)
         return cls(HTTPClient(agent), "http://auth")
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from weakref import WeakKeyDictionary
 
-from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.application.internet import TimerService
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.web.server import Site
 
 from teleport_py.auth.api import AuthAPI, BoundedRequest
@@ -19,6 +17,7 @@ from teleport_py.auth.server import AuthServer
 from teleport_py.backend import SQLiteBackend
 from teleport_py.config import Config
 from teleport_py.identityfile import IdentityFile
+from teleport_py.lifecycle import Listener, RoleService, Step, finish_http
 from teleport_py.limits import LimitedTLSFactory, limit_http
 from teleport_py.pki import AUTH_SERVER_NAME, generate_private_key, make_private_dirs, server_tls_options
 
@@ -43,45 +42,32 @@ def _server_names(config: Config) -> tuple[list[str], list]:
     return sorted(n for n in names if n), sorted(ips, key=str)
 
 
-class AuthService(service.Service):
-    """Starts asynchronously; ``ready`` fires with the AuthServer once the API
-    listens (the all-in-one runner hands it to an in-process proxy)."""
+class AuthService(RoleService):
+    """Storage, CAs, the admin identity's refresh and the API listener, in
+    that order (stopped in reverse: the listener drains first, the backend
+    closes last). ``auth`` is the AuthServer once ``ready`` has fired (the
+    all-in-one runner hands it to an in-process proxy)."""
 
-    log = Logger()
-    name = "auth"
+    role = name = "auth"
 
     def __init__(self, reactor, config: Config):
-        self.reactor = reactor
+        super().__init__(reactor, config.shutdown_timeout)
         self.config = config
-        self.ready: Deferred = Deferred()
         self.auth: AuthServer | None = None
-        self._port = None
-        self._backend = None
-        self._refresh = None
+        self.listener: Listener | None = None
 
-    def startService(self):
-        super().startService()
-        d = Deferred.fromCoroutine(self._start())
-        d.addCallbacks(self.ready.callback, self._failed)
-
-    def _failed(self, failure):
-        self.log.failure("auth service failed to start", failure)
-        self.ready.errback(failure)
-        self.ready.addErrback(lambda _: None)
-        if self.reactor.running:
-            self.reactor.stop()
-
-    async def _start(self) -> AuthServer:
+    async def compose(self) -> None:
         data_dir = self.config.data_dir
         make_private_dirs(data_dir)
-        self._backend = await SQLiteBackend.open(self.reactor, os.path.join(data_dir, "backend.sqlite"))
-        self.auth = await AuthServer.initialize(self.reactor, self._backend, self.config.cluster_name)
-        self.write_admin_identity()
-        self._refresh = LoopingCall(self.write_admin_identity)
-        self._refresh.clock = self.reactor
-        self._refresh.start(ADMIN_IDENTITY_REFRESH, now=False).addErrback(
-            lambda f: self.log.failure("admin identity refresh stopped", f)
-        )
+        backend = await SQLiteBackend.open(self.reactor, os.path.join(data_dir, "backend.sqlite"))
+        await self.start_child(Step("backend", stop=backend.close))
+        self.auth = await AuthServer.initialize(self.reactor, backend, self.config.cluster_name)
+        # tctl on the auth host finds this identity through the data dir (as
+        # Teleport's tctl does); rewritten now and regularly so it never
+        # expires while auth runs.
+        refresh = TimerService(ADMIN_IDENTITY_REFRESH, self.write_admin_identity)
+        refresh.clock, refresh.name = self.reactor, "admin identity"
+        await self.start_child(refresh)
         key = generate_private_key()
         names, ips = _server_names(self.config)
         cert = self.auth.issue_host_identity(
@@ -95,36 +81,30 @@ class AuthService(service.Service):
         recordings = Recordings(self.auth, os.path.join(self.config.data_dir, "session_recordings"))
         site = Site(AuthAPI(self.auth, recordings), requestFactory=BoundedRequest, reactor=self.reactor)
         site.displayTracebacks = False
+        site.noisy = False
         limits = self.config.connection_limits
         limit_http(site, limits)
-        endpoint = serverFromString(self.reactor, self.config.auth.listen_addr.server_endpoint())
-        self._port = await endpoint.listen(
-            LimitedTLSFactory(self.reactor, limits, tls, lambda tls_transport: site.buildProtocol(tls_transport.getPeer())))
+        channels: WeakKeyDictionary = WeakKeyDictionary()  # each TLS connection -> its HTTP channel
+
+        def serve(tls_transport):
+            channels[tls_transport] = channel = site.buildProtocol(tls_transport.getPeer())
+            return channel
+
+        listen = self.config.auth.listen_addr
+        self.listener = await self.start_child(Listener(
+            self.reactor, serverFromString(self.reactor, listen.server_endpoint()),
+            LimitedTLSFactory(self.reactor, limits, tls, serve),
+            setting="auth_service.listen_addr", address=str(listen),
+            finish=lambda connection: finish_http(channels.get(connection)),
+        ))
         self.log.info(
             "auth service for cluster {cluster} listening on {address}",
-            cluster=self.auth.cluster_name, address=str(self.config.auth.listen_addr),
+            cluster=self.auth.cluster_name, address=str(listen),
         )
-        return self.auth
 
     def write_admin_identity(self) -> None:
-        """tctl on the auth host finds this identity via the data dir, as
-        Teleport's tctl does; it is rewritten regularly so it never expires
-        while auth runs."""
         key = generate_private_key()
         cert = self.auth.issue_host_identity(key.public_key(), f"admin-{self.config.nodename}", self.config.nodename, "admin")
         IdentityFile(cert, key, (self.auth.user_ca.certificate,), (self.auth.host_ca.certificate,)).save(
             admin_identity_dir(self.config.data_dir)
         )
-
-    def stopService(self):
-        super().stopService()
-        if self._refresh is not None and self._refresh.running:
-            self._refresh.stop()
-        d = Deferred.fromCoroutine(self._stop())
-        return d
-
-    async def _stop(self):
-        if self._port is not None:
-            await self._port.stopListening()
-        if self._backend is not None:
-            await self._backend.close()

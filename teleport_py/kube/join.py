@@ -6,9 +6,9 @@ so the (short-lived, single-purpose) token is needed only once.
 On first contact nothing about the proxy is trusted yet, so the token is not
 sent until it is: the agent fetches the cluster's CA certificates (public
 data) without verification, accepts the host CA only if it matches a
-configured ``teleport.ca_pin`` (without a pin it is trusted on first use,
-with a warning), and then sends the token over a connection verified against
-that CA under the name only proxies carry. From then on every connection
+configured ``teleport.ca_pin`` (``teleport_py.pinning``: no pin, no join),
+and then sends the token over a connection verified against that CA under
+the name only proxies carry. From then on every connection
 verifies the cluster against that CA.
 """
 from __future__ import annotations
@@ -21,30 +21,28 @@ from datetime import datetime, timezone
 import treq
 from cryptography.hazmat.primitives import serialization
 from treq.client import HTTPClient
-from twisted.internet import ssl
 from twisted.logger import Logger
 from twisted.web.client import Agent
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
 
 from teleport_py.auth.client import ClusterTLSPolicy
 from teleport_py.config import Address
 from teleport_py.identityfile import IdentityFile
+from teleport_py.lifecycle import StartError
 from teleport_py.pki import (
     PROXY_SERVER_NAMES,
     HostIdentity,
     IdentityError,
-    ca_pin,
     generate_private_key,
     identity_from_certificate,
     load_certificate_pem,
     load_certificates_pem,
 )
+from teleport_py.pinning import pinned_host_cas
 
 log = Logger()
 
 
-class JoinError(Exception):
+class JoinError(StartError):
     """Joining failed; the message says why (never contains the token)."""
 
 
@@ -54,14 +52,6 @@ def identity_dir(data_dir: str) -> str:
 
 #: The proxy presents its cluster certificate on the web API under this name.
 PROXY_CLUSTER_NAME = PROXY_SERVER_NAMES[1]
-
-
-@implementer(IPolicyForHTTPS)
-class _Unverified:
-    """Fetching the public CA certificates only: the pin check decides trust."""
-
-    def creatorForNetloc(self, hostname, port):
-        return ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
 
 def usable_identity(data_dir: str, now: float) -> IdentityFile | None:
@@ -90,39 +80,13 @@ async def _json(response) -> dict:
     return answer
 
 
-async def trusted_host_cas(reactor, proxy: Address, ca_pins=(), http: HTTPClient | None = None) -> tuple:
-    """The cluster's host CAs, trusted by pin (or on first use without one)."""
-    http = http or HTTPClient(Agent(reactor, contextFactory=_Unverified()))
-    try:
-        response = await http.get(f"https://{proxy}/webapi/cas")
-        answer = await _json(response)
-    except JoinError:
-        raise
-    except Exception as e:
-        raise JoinError(f"cannot reach the proxy at {proxy}: {e}") from None
-    if response.code != 200:
-        raise JoinError(f"the proxy did not give its CA certificates (HTTP {response.code})")
-    host_cas = _pem_list(answer.get("host", []), "host CA")
-    if not host_cas:
-        raise JoinError("the proxy sent no host CA certificate")
-    if ca_pins:
-        pinned = tuple(ca for ca in host_cas if ca_pin(ca) in set(ca_pins))
-        if not pinned:
-            raise JoinError(
-                f"the cluster's host CA {ca_pin(host_cas[0])} matches no teleport.ca_pin; refusing to join"
-            )
-        return pinned
-    log.warn("joining without teleport.ca_pin: trusting host CA {pin} on first use", pin=ca_pin(host_cas[0]))
-    return host_cas
-
-
 async def join(reactor, proxy: Address, token: str, nodename: str, ca_pins=(), http: HTTPClient | None = None,
                verified_http: HTTPClient | None = None) -> IdentityFile:
     """Trust the cluster's host CA first, then POST /webapi/join to a proxy that proved it holds a certificate
     from that CA; check what comes back."""
     if not token:
         raise JoinError("no join token: pass --token or set teleport.join_params.token_name")
-    host_cas = await trusted_host_cas(reactor, proxy, ca_pins, http)
+    host_cas = await pinned_host_cas(reactor, f"https://{proxy}/webapi/cas", ca_pins, http)
     verified_http = verified_http or HTTPClient(
         Agent(reactor, contextFactory=ClusterTLSPolicy(host_cas, server_name=PROXY_CLUSTER_NAME))
     )

@@ -3,76 +3,130 @@ from __future__ import annotations
 
 import os
 
-from twisted.application import service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from teleport_py.auth.client import AuthClient
 from teleport_py.auth.errors import NotFound
 from teleport_py.config import Config
+from teleport_py.kube.credentials import CredentialsError, load_in_cluster, load_kubeconfig
 from teleport_py.kube.event_spool import EventSpool
-from teleport_py.kube.credentials import load_in_cluster, load_kubeconfig
 from teleport_py.kube.forwarder import Forwarder, KubeCluster, RoleCache
 from teleport_py.kube.heartbeat import Heartbeat
 from teleport_py.kube.join import identity_dir, obtain_identity
 from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.kube.tunnel_client import TunnelClient, proxy_endpoint
+from teleport_py.lifecycle import Drainable, RoleService, StartError, Step, wait_until
 from teleport_py.pki import identity_from_certificate
+from teleport_py.quiet import QuietHTTPConnectionPool
 from teleport_py.recording.spool import RecordingSpool
 from teleport_py.resources import resource_from_dict
 from teleport_py.tunnel import StreamRejected
+
+log = Logger()
 
 
 def load_clusters(config: Config) -> dict[str, KubeCluster]:
     """Clusters from the kubeconfig (one per context) or the service account."""
     kube = config.kube
-    if kube.kubeconfig_file:
-        credentials = load_kubeconfig(kube.kubeconfig_file)
-    else:
-        credentials = [load_in_cluster(kube.kube_cluster_name)]
+    try:
+        if kube.kubeconfig_file:
+            credentials = load_kubeconfig(kube.kubeconfig_file)
+        else:
+            credentials = [load_in_cluster(kube.kube_cluster_name)]
+    except CredentialsError as e:
+        setting = "kubernetes_service.kubeconfig_file" if kube.kubeconfig_file else "kubernetes_service.kube_cluster_name"
+        where = f" ({kube.kubeconfig_file})" if kube.kubeconfig_file and kube.kubeconfig_file not in str(e) else ""
+        raise StartError(f"{setting}{where}: {e}") from None
     return {c.name: KubeCluster(c.name, kube.labels, c) for c in credentials}
 
 
-class KubeService(service.Service):
-    """``ready`` fires once joined and dialling the proxy; a failure to start
-    (bad kubeconfig, refused join) stops the reactor with the reason logged."""
+class TunnelService(Drainable):
+    """The reverse tunnel: dialled on start; on stop, GOAWAY and closed once
+    its streams are done, or cut at the deadline."""
 
-    log = Logger()
-    name = "kube"
+    name = "reverse tunnel"
 
-    def __init__(self, reactor, config: Config, token: str | None = None) -> None:
+    def __init__(self, reactor, client: TunnelClient):
         self.reactor = reactor
-        self.config = config
-        self.token = token or ""
-        self.ready: Deferred = Deferred()
-        self.tunnel: TunnelClient | None = None
-        self.auth: AuthClient | None = None
-        self.forwarder: Forwarder | None = None
-        self._spool: EventSpool | None = None
-        self._recordings: RecordingSpool | None = None
-        self._heartbeat: Heartbeat | None = None
+        self.client = client
 
     def startService(self) -> None:
         super().startService()
-        Deferred.fromCoroutine(self._start()).addCallbacks(self.ready.callback, self._failed)
+        self.client.start()
 
-    def _failed(self, failure) -> None:
-        self.log.failure("kubernetes service failed to start", failure)
-        self.ready.errback(failure)
-        self.ready.addErrback(lambda _: None)
-        if self.reactor.running:
-            self.reactor.stop()
+    def stop_by(self, deadline: float) -> Deferred:
+        self.stopping()
+        return Deferred.fromCoroutine(self._close(deadline))
 
-    async def _start(self) -> None:
+    async def _close(self, deadline: float) -> None:
+        closed = self.client.stop()
+        if not await wait_until(self.reactor, lambda: closed.called, deadline):
+            self.client.abort()
+
+
+class Serving(Drainable):
+    """Accepting kubectl's streams. On stop: announce no clusters (the proxy
+    routes new connections elsewhere or answers "offline"), refuse new
+    streams, and let the open ones finish until the deadline."""
+
+    name = "serving"
+
+    def __init__(self, reactor, forwarder: Forwarder, tunnel: TunnelClient):
+        self.reactor = reactor
+        self.forwarder = forwarder
+        self.tunnel = tunnel
+
+    def accept_stream(self, kind: str, metadata: dict):
+        if kind != "kube":
+            raise StreamRejected(f"unsupported stream kind {kind!r}")
+        if not self.running:
+            raise StreamRejected("the kubernetes service is stopping")
+        return self.forwarder.accept_stream(metadata)
+
+    def stop_by(self, deadline: float) -> Deferred:
+        self.stopping()
+        self.tunnel.announce([])
+        return Deferred.fromCoroutine(self._drain(deadline))
+
+    def _open_streams(self) -> int:
+        tunnel = self.tunnel.tunnel
+        return tunnel.streams_of_kind("kube") if tunnel is not None else 0
+
+    async def _drain(self, deadline: float) -> None:
+        if not await wait_until(self.reactor, lambda: not self._open_streams(), deadline):
+            log.info("shutdown_timeout reached with {count} kubectl connection(s) open; closing them",
+                     count=self._open_streams())
+
+
+class KubeService(RoleService):
+    """Joined first (or the saved identity), then started in this order and
+    stopped in reverse: API server connections, the reverse tunnel, the
+    connection to Auth through it, the audit and recording spools, serving
+    kubectl, heartbeats. So a stop says goodbye to Auth, stops taking new
+    kubectl connections and lets the open ones finish, then stops the
+    spools (what is not uploaded stays on disk), and closes the tunnel last."""
+
+    role = name = "kube"
+
+    def __init__(self, reactor, config: Config, token: str | None = None) -> None:
+        super().__init__(reactor, config.shutdown_timeout)
+        self.config = config
+        self.token = token or ""
+        self.tunnel: TunnelClient | None = None
+        self.auth: AuthClient | None = None
+        self.forwarder: Forwarder | None = None
+
+    async def compose(self) -> None:
         clusters = load_clusters(self.config)  # fail before joining if we could serve nothing
         identity = await obtain_identity(self.reactor, self.config, self.token)
         host = identity_from_certificate(identity.certificate, user_ca=None, host_ca=identity.host_cas[0])
-        self._spool = EventSpool(
+        spool = EventSpool(
             self.reactor, os.path.join(identity_dir(self.config.data_dir), "events-spool"), self._upload_events
         )
         # Recordings are written here first and uploaded in the background, so
         # neither a lost Auth connection nor an agent restart loses them.
-        self._recordings = RecordingSpool(
+        recordings = RecordingSpool(
             self.reactor,
             os.path.join(identity_dir(self.config.data_dir), "recordings"),
             upload=lambda *chunk: self.auth.upload_recording(*chunk),
@@ -83,35 +137,37 @@ class KubeService(service.Service):
             clusters=clusters,
             user_cas=identity.user_cas,
             roles=RoleCache(self.reactor, self._fetch_role),
-            emit=self._spool.emit,
+            emit=spool.emit,
             teleport_cluster=host.teleport_cluster,
             sessions=SessionRecorder(
-                self.reactor, self._spool.emit, self._recordings, record_output=self.config.kube.record_exec_output
+                self.reactor, spool.emit, recordings, record_output=self.config.kube.record_exec_output
             ),
         )
         proxy = self.config.proxy_server
+        heartbeat: Heartbeat | None = None
         self.tunnel = TunnelClient(
             self.reactor,
             proxy_endpoint(self.reactor, proxy.connect_host(), proxy.port, identity),
             clusters=[{"name": c.name, "labels": dict(c.labels)} for c in clusters.values()],
-            accept_stream=self._accept_stream,
+            accept_stream=lambda kind, metadata: serving.accept_stream(kind, metadata),
+            on_up=lambda: heartbeat.beat_now(),
         )
-        self.auth = AuthClient.over_endpoints(self.reactor, self.tunnel.auth_endpoint_factory(identity))
-        self._heartbeat = Heartbeat(
+        serving = Serving(self.reactor, self.forwarder, self.tunnel)
+        auth_pool = QuietHTTPConnectionPool(self.reactor, persistent=True)
+        self.auth = AuthClient.over_endpoints(self.reactor, self.tunnel.auth_endpoint_factory(identity), auth_pool)
+        heartbeat = Heartbeat(
             self.reactor, self.auth.heartbeat_kube, [(c.name, c.labels) for c in clusters.values()],
             host.host_id, host.nodename,
         )
-        self.tunnel.start()
-        self._heartbeat.start()
-        self._spool.schedule_upload()
-        self._recordings.upload_soon()
+        await self.start_child(Step("API server connections", stop=self.forwarder.close))
+        await self.start_child(TunnelService(self.reactor, self.tunnel))
+        await self.start_child(Step("auth connections", stop=auth_pool.closeCachedConnections))
+        await self.start_child(Step("audit spool", start=spool.schedule_upload, stop=spool.stop))
+        await self.start_child(Step("recording spool", start=recordings.upload_soon, stop=recordings.stop))
+        await self.start_child(serving)
+        await self.start_child(Step("heartbeat", start=heartbeat.start, stop=heartbeat.stop))
         self.log.info("kubernetes service {host} serving clusters={clusters} via proxy {proxy}",
                       host=host.host_id, clusters=sorted(clusters), proxy=str(proxy))
-
-    def _accept_stream(self, kind: str, metadata: dict):
-        if kind != "kube":
-            raise StreamRejected(f"unsupported stream kind {kind!r}")
-        return self.forwarder.accept_stream(metadata)
 
     def _upload_events(self, batch: list[dict]):
         return self.auth.append_events(batch)
@@ -121,18 +177,3 @@ class KubeService(service.Service):
             return resource_from_dict(await self.auth.get("role", name))
         except NotFound:
             return None
-
-    def stopService(self):
-        super().stopService()
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-        if self._spool is not None:
-            self._spool.stop()
-        if self._recordings is not None:
-            self._recordings.stop()
-        stopping = []
-        if self.forwarder is not None:
-            stopping.append(self.forwarder.close())
-        if self.tunnel is not None:
-            stopping.append(self.tunnel.stop())
-        return gatherResults(stopping)

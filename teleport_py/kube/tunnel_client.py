@@ -8,15 +8,16 @@ from __future__ import annotations
 import random as _random
 from typing import Callable, Sequence
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from teleport_py.identityfile import IdentityFile
 from teleport_py.pki import AUTH_SERVER_NAME, client_tls_options
+from teleport_py.quiet import factory_for
 from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol
 
 log = Logger()
@@ -67,12 +68,14 @@ class TunnelClient:
         clusters: Sequence[dict],
         accept_stream: Callable[[str, dict], Protocol],
         random: Callable[[], float] = _random.random,
+        on_up: Callable[[], object] = lambda: None,
     ) -> None:
         self._reactor = reactor
         self._endpoint = endpoint
         self._clusters = [dict(c) for c in clusters]
         self._accept_stream = accept_stream
         self._random = random
+        self._on_up = on_up
         self._attempt = 0
         self._retry_call = None
         self._stopped = True
@@ -82,23 +85,40 @@ class TunnelClient:
         self._stopped = False
         self._dial()
 
-    def stop(self):
-        """Stop reconnecting; fires once the current tunnel is closed."""
+    def stop(self) -> Deferred:
+        """Stop reconnecting and close the tunnel once its open streams are
+        done (GOAWAY: the proxy opens no new ones); fires when it is closed."""
         self._stopped = True
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         if self.tunnel is None:
-            return None
-        self.tunnel.transport.loseConnection()
-        return self.tunnel.closed
+            return succeed(None)
+        return self.tunnel.go_away()
+
+    def abort(self) -> None:
+        """Close the tunnel now, whatever still runs on it."""
+        self._stopped = True
+        if self.tunnel is not None and self.tunnel.transport is not None:
+            self.tunnel.transport.abortConnection()
+
+    def announce(self, clusters: Sequence[dict]) -> None:
+        """Serve these clusters from now on (none: the proxy stops routing
+        new kubectl connections here); said again on every connection."""
+        self._clusters = [dict(c) for c in clusters]
+        if self.tunnel is not None:
+            announced = self.tunnel.open_stream("announce", {"clusters": self._clusters}, _Announce())
+            announced.addErrback(self._announce_failed)
 
     def _dial(self) -> None:
         self._retry_call = None
         tunnel = TunnelProtocol(self._reactor, initiator=True, accept_stream=self._accept_stream)
-        d = self._endpoint.connect(Factory.forProtocol(lambda: tunnel))
+        d = self._endpoint.connect(factory_for(tunnel))
         d.addCallbacks(self._connected, self._dial_failed)
 
     def _connected(self, tunnel: TunnelProtocol) -> None:
+        if self._stopped:  # stopped while dialling
+            tunnel.go_away()
+            return
         self.tunnel = tunnel
         tunnel.closed.addCallback(self._lost, tunnel)
         announced = tunnel.open_stream("announce", {"clusters": self._clusters}, _Announce())
@@ -108,6 +128,7 @@ class TunnelClient:
         """The proxy accepted our certificate and our clusters: a healthy tunnel."""
         self._attempt = 0
         log.info("reverse tunnel up, announced clusters={clusters}", clusters=[c["name"] for c in self._clusters])
+        self._on_up()
 
     def _announce_failed(self, failure) -> None:
         failure.trap(StreamRejected, TunnelClosed)

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Callable, Protocol as Interface, Sequence
 
 import h11
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
@@ -30,6 +29,7 @@ from twisted.logger import Logger
 
 from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody, FramingError, body_framing
 from teleport_py.kube.sessions import SessionRelay
+from teleport_py.quiet import connect_protocol
 from teleport_py.rbac.filters import FilterError, filterable_accept, response_filter
 from teleport_py.tcp import no_delay
 
@@ -170,7 +170,7 @@ class UpstreamPool:
         if not fresh and self._idle_connections:
             return self._idle_connections.pop()
         connection = PooledConnection(self)
-        await connectProtocol(self._endpoint(), connection)
+        await connect_protocol(self._endpoint(), connection)
         return connection
 
     @property

@@ -24,13 +24,13 @@ import h2.settings
 from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from teleport_py.kube.upstream import _RETRYABLE_METHODS, APIServerConnection, UpstreamRequest, _relayed_response
+from teleport_py.quiet import connect_protocol
 from teleport_py.tcp import no_delay
 
 log = Logger()
@@ -575,7 +575,7 @@ class H2Pool:
 
     def _connect(self) -> None:
         connection = self._pending = H2UpstreamConnection(self)
-        connecting = self._connecting = connectProtocol(self._endpoint(), connection)
+        connecting = self._connecting = connect_protocol(self._endpoint(), connection)
 
         def timed_out():
             if connection.transport is None:

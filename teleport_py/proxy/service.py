@@ -13,29 +13,24 @@ import os
 import socket
 import uuid
 from datetime import datetime, timedelta, timezone
-
+from weakref import WeakKeyDictionary
 
 from cryptography.hazmat.primitives import serialization
-from twisted.application import service
-from twisted.internet import ssl
-from twisted.internet.defer import Deferred, DeferredList
+from treq.client import HTTPClient
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from treq.client import HTTPClient
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
+from twisted.web.client import Agent
 
 from teleport_py.auth.client import AuthClient, ClusterTLSPolicy
 from teleport_py.config import Address, Config
 from teleport_py.identityfile import IdentityFile
+from teleport_py.lifecycle import Listener, RoleService, StartError, Step, finish_http, observe
 from teleport_py.pki import (
     PROXY_SERVER_NAMES,
     HostIdentity,
     IdentityError,
-    ca_pin,
     generate_private_key,
     identity_from_certificate,
     load_certificate_pem,
@@ -43,9 +38,11 @@ from teleport_py.pki import (
     peer_certificate,
     server_tls_options,
 )
+from teleport_py.pinning import pinned_host_cas
 from teleport_py.proxy.kube import KubeRouter
 from teleport_py.limits import LimitedTLSFactory, limit_http
 from teleport_py.proxy.listener import ProxyConnectionCreator, Route, dispatch
+from teleport_py.quiet import QuietHTTPConnectionPool, factory_for
 from teleport_py.proxy.registry import AgentRegistry, AnnounceError, parse_announcement
 from teleport_py.proxy.webapi import WebAPI, WebSite
 from teleport_py.tunnel import Splice, StreamRejected, TunnelProtocol
@@ -56,7 +53,7 @@ log = Logger()
 RENEW_BEFORE = timedelta(hours=1)
 
 
-class ProxyStartError(Exception):
+class ProxyStartError(StartError):
     """The proxy cannot get an identity it can trust (bad pin, no token, ...)."""
 
 
@@ -118,70 +115,35 @@ class AgentTunnels:
             # aborts the stream, whether or not the stream is connected yet.
             splice.b.connectionLost(failure)
 
-        self._auth_endpoint.connect(Factory.forProtocol(lambda: splice.b)).addErrback(unreachable)
+        self._auth_endpoint.connect(factory_for(splice.b)).addErrback(unreachable)
         return splice.a
 
 
-@implementer(IPolicyForHTTPS)
-class _TrustOnFirstContact:
-    """TLS without verification, only to fetch the CAs whose pin we then check."""
+class ProxyService(RoleService):
+    """Its identity first, then (started in this order, stopped in reverse)
+    its connections to Auth, agents' tunnels and the public port. Stopping
+    drains the port: no new connections, web API connections close once
+    their responses are out, kubectl connections are given until the
+    deadline to end; only then are agents' tunnels dropped."""
 
-    def creatorForNetloc(self, hostname, port):
-        return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
-
-
-async def fetch_pinned_cas(reactor, address: Address, pins: tuple[str, ...]) -> dict[str, list]:
-    """The cluster's CAs from ``/v1/cas``, trusted only if a host CA matches a pin."""
-    http = HTTPClient(Agent(reactor, contextFactory=_TrustOnFirstContact()))
-    response = await http.get(f"https://{address}/v1/cas")
-    cas = await response.json()
-    host_cas = load_certificates_pem("".join(cas.get("host", [])).encode("ascii"))
-    pinned = [ca for ca in host_cas if ca_pin(ca) in pins]
-    if not pinned:
-        raise ProxyStartError(f"the auth server at {address} does not match teleport.ca_pin; refusing to join")
-    return {"host": pinned, "user": load_certificates_pem("".join(cas.get("user", [])).encode("ascii"))}
-
-
-def _observe(d: Deferred) -> Deferred:
-    """A new Deferred with d's result, leaving that result for d's other waiters."""
-    observed: Deferred = Deferred()
-
-    def relay(result):
-        observed.callback(result)
-        return result
-
-    d.addBoth(relay)
-    return observed
-
-
-class ProxyService(service.Service):
-    """``ready`` fires with this service once the port listens."""
-
-    name = "proxy"
+    role = name = "proxy"
 
     def __init__(self, reactor, config: Config, local_auth=None):
-        self.reactor = reactor
+        super().__init__(reactor, config.shutdown_timeout)
         self.config = config
         self.local_auth = local_auth
-        self.ready: Deferred = Deferred()
         self.registry = AgentRegistry()
-        self.port = None
+        self.listener: Listener | None = None
         self.auth_client: AuthClient | None = None
         self.identity: IdentityFile | None = None
-        self._pool: HTTPConnectionPool | None = None
+        #: Each routed connection (the TLS protocol) -> (route, its protocol).
+        self._routes: WeakKeyDictionary = WeakKeyDictionary()
 
-    def startService(self) -> None:
-        super().startService()
-        Deferred.fromCoroutine(self._start()).addCallbacks(self.ready.callback, self._failed)
+    @property
+    def port(self):
+        return self.listener.port if self.listener is not None else None
 
-    def _failed(self, failure: Failure) -> None:
-        log.failure("proxy service failed to start", failure)
-        self.ready.errback(failure)
-        self.ready.addErrback(lambda _: None)
-        if self.reactor.running:
-            self.reactor.stop()
-
-    async def _start(self) -> "ProxyService":
+    async def compose(self) -> None:
         if self.local_auth is not None:
             auth_address, self.identity = await self._identity_from_local_auth()
         else:
@@ -189,8 +151,10 @@ class ProxyService(service.Service):
         identity = self.identity
         host = identity_from_certificate(identity.certificate, user_ca=None, host_ca=identity.host_cas[0])
         policy = ClusterTLSPolicy(identity.host_cas, identity.certificate, identity.private_key)
-        self._pool = HTTPConnectionPool(self.reactor, persistent=True)
-        agent = Agent(self.reactor, contextFactory=policy, pool=self._pool)
+        pool = QuietHTTPConnectionPool(self.reactor, persistent=True)
+        await self.start_child(Step("auth connections", stop=pool.closeCachedConnections))
+        await self.start_child(Step("agent tunnels", stop=self.registry.disconnect_all))
+        agent = Agent(self.reactor, contextFactory=policy, pool=pool)
         self.auth_client = AuthClient(HTTPClient(agent), f"https://{auth_address}")
         creator = self._connection_creator()
         kube = KubeRouter(self.registry, identity.user_cas[0])
@@ -209,19 +173,34 @@ class ProxyService(service.Service):
 
         def choose(route: Route, tls_transport):
             if route is Route.KUBE:
-                return kube.connection(tls_transport)
-            if route is Route.TUNNEL:
-                return tunnels.connection(tls_transport)
-            return site.buildProtocol(tls_transport.getPeer())
+                protocol = kube.connection(tls_transport)
+            elif route is Route.TUNNEL:
+                protocol = tunnels.connection(tls_transport)
+            else:
+                protocol = site.buildProtocol(tls_transport.getPeer())
+            self._routes[tls_transport] = (route, protocol)
+            return protocol
 
         listen = self.config.proxy.web_listen_addr
-        endpoint = serverFromString(self.reactor, listen.server_endpoint())
-        self.port = await endpoint.listen(LimitedTLSFactory(self.reactor, limits, creator, dispatch(creator, choose)))
+        self.listener = await self.start_child(Listener(
+            self.reactor, serverFromString(self.reactor, listen.server_endpoint()),
+            LimitedTLSFactory(self.reactor, limits, creator, dispatch(creator, choose)),
+            setting="proxy_service.web_listen_addr", address=str(listen),
+            finish=self._finish, waited_for=self._is_client,
+        ))
         log.info(
             "proxy for cluster {cluster} listening on {address} host_id={host_id}",
             cluster=host.teleport_cluster, address=str(listen), host_id=host.host_id,
         )
-        return self
+
+    def _finish(self, connection) -> None:
+        route, protocol = self._routes.get(connection, (None, None))
+        if route is Route.WEB:
+            finish_http(protocol)
+
+    def _is_client(self, connection) -> bool:
+        """Everything but agents' tunnels, which stay up until clients are done."""
+        return self._routes.get(connection, (None, None))[0] is not Route.TUNNEL
 
     def _connection_creator(self) -> ProxyConnectionCreator:
         identity = self.identity
@@ -270,7 +249,8 @@ class ProxyService(service.Service):
         return f"proxy-{self.config.nodename}"
 
     async def _identity_from_local_auth(self) -> tuple[Address, IdentityFile]:
-        auth = await _observe(self.local_auth.ready)
+        await observe(self.local_auth.ready)
+        auth = self.local_auth.auth
         key = generate_private_key()
         names, ips = self._server_names()
         cert = auth.issue_host_identity(key.public_key(), self._host_id(), self.config.nodename, "proxy", names, ips)
@@ -292,10 +272,8 @@ class ProxyService(service.Service):
                 return auth_address, stored
         if not config.join_token:
             raise ProxyStartError("teleport.join_params.token_name is required to join the cluster")
-        if not config.ca_pins:
-            raise ProxyStartError("teleport.ca_pin is required to join the cluster (see tctl status)")
-        cas = await fetch_pinned_cas(self.reactor, auth_address, config.ca_pins)
-        client = AuthClient.direct(self.reactor, str(auth_address), trusted_cas=cas["host"])
+        host_cas = await pinned_host_cas(self.reactor, f"https://{auth_address}/v1/cas", config.ca_pins)
+        client = AuthClient.direct(self.reactor, str(auth_address), trusted_cas=host_cas)
         key = generate_private_key()
         public_pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -305,19 +283,10 @@ class ProxyService(service.Service):
         answer = await client.join(config.join_token, "proxy", public_pem, host_id, config.nodename, names)
         cert = load_certificate_pem(answer["cert"].encode("ascii"))
         user_cas = tuple(load_certificates_pem("".join(answer["cas"]["user"]).encode("ascii")))
-        identity = identity_from_certificate(cert, user_ca=None, host_ca=cas["host"][0])
+        identity = identity_from_certificate(cert, user_ca=None, host_ca=host_cas[0])
         if not isinstance(identity, HostIdentity) or identity.system_role != "proxy":
             raise ProxyStartError("the auth server issued a certificate that is not a proxy identity")
-        stored = IdentityFile(cert, key, user_cas, tuple(cas["host"]))
+        stored = IdentityFile(cert, key, user_cas, host_cas)
         stored.save(directory)
         log.info("proxy joined cluster {cluster} as {host_id}", cluster=identity.teleport_cluster, host_id=host_id)
         return auth_address, stored
-
-    def stopService(self):
-        """Stop accepting, drop agents' tunnels (they reconnect elsewhere) and Auth connections."""
-        super().stopService()
-        self.registry.disconnect_all()
-        stopping = [self.port.stopListening()] if self.port is not None else []
-        if self._pool is not None:
-            stopping.append(self._pool.closeCachedConnections())
-        return DeferredList(stopping)

@@ -329,6 +329,10 @@ class TunnelProtocol(Protocol):
         """Streams open or being opened, either direction."""
         return len(self._streams) + len(self._opening)
 
+    def streams_of_kind(self, kind: str) -> int:
+        """Open streams of one kind (e.g. ``kube``), either direction."""
+        return sum(1 for stream in self._streams.values() if stream.getPeer().kind == kind)
+
     # --- public API ----------------------------------------------------------
 
     def open_stream(self, kind: str, metadata: dict, protocol: IProtocol) -> Deferred:
