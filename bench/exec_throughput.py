@@ -44,7 +44,7 @@ from tests.e2e import Deployment  # noqa: E402
 from tests.support.kubeenv import create_running_pod, kubectl_binaries, register_node  # noqa: E402
 from tests.support.kubelet import KubeletStandin  # noqa: E402
 from tests.support.procs import free_port, wait_until  # noqa: E402
-from tests.test_e2e_sessions import SESSIONS_RBAC, SESSIONS_ROLE  # noqa: E402
+from tests.support.session_roles import SESSIONS_RBAC, SESSIONS_ROLE  # noqa: E402
 
 
 class _Count(protocol.ProcessProtocol):

@@ -18,7 +18,7 @@ from teleport_py.auth.errors import AlreadyExists, BadParameter
 from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
 from teleport_py.backend import MemoryBackend
-from tests.test_recording_auth import BODY, KUBE, SID, START
+from tests.support.recordings import BODY, KUBE, SID, START
 
 
 class Silent(Protocol):

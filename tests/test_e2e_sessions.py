@@ -28,47 +28,12 @@ from tests.support.kubeenv import create_running_pod, kubectl_binaries, register
 from tests.support.clients import Collect as _Collect, Terminal as _Terminal, kill_process as _kill
 from tests.support.kubelet import KubeletStandin, create_attachable_pod
 from tests.support.procs import free_port, wait_until
+from tests.support.session_roles import SESSIONS_RBAC, SESSIONS_ROLE
 
 _names = itertools.count()
 
 #: The command column may hold spaces; the columns around it cannot.
 _RECORDING_ROW = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(.*?)\s+(\d{4}-\d\d-\d\dT\S+)\s+(yes|no)\s*$")
-
-#: What the impersonated group needs in Kubernetes for sessions (GET is the
-#: WebSocket verb, POST the SPDY one).
-SESSIONS_RBAC = """
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: teleport-test-sessions}
-rules:
-- apiGroups: [""]
-  resources: ["pods", "pods/exec", "pods/attach", "pods/portforward", "pods/log"]
-  verbs: ["get", "list", "create"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: teleport-test-sessions}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: teleport-test-sessions}
-subjects:
-- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: session-users}
-"""
-
-SESSIONS_ROLE = """\
-kind: role
-version: v7
-metadata:
-  name: kube-sessions
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_groups: [session-users]
-    kubernetes_resources:
-      - kind: '*'
-        namespace: '*'
-        name: '*'
-        verbs: ['*']
-"""
 
 #: Teleport allows reading pods but not the ``exec`` verb.
 READ_ONLY_ROLE = """\

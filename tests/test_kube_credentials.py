@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from teleport_py.kube.credentials import CredentialsError, load_in_cluster, load_kubeconfig
 from teleport_py.pki import certificate_pem, private_key_pem
-from tests.test_kube_forwarder import AGENT_CERT, AGENT_KEY, KUBE_CA
+from tests.support.pki import AGENT_CERT, AGENT_KEY, KUBE_CA
 
 
 def b64(data: bytes) -> str:

@@ -28,9 +28,7 @@ from teleport_py.pki import (
     server_tls_options,
 )
 from teleport_py.resources import KubeServer, resource_from_dict
-from tests.test_kube_forwarder import NOW, USER_CA
-
-HOST_CA = CertAuthority.generate("host", "example", NOW)
+from tests.support.pki import HOST_CA, NOW, USER_CA
 
 
 def proxy_cert(ca: CertAuthority = HOST_CA, names=PROXY_SERVER_NAMES):

@@ -2,27 +2,14 @@
 from __future__ import annotations
 
 import h11
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from teleport_py.kube.upstream import UpstreamPool
-
-
-class FakeEndpoint:
-    """Connects each protocol to a fresh StringTransport."""
-
-    def __init__(self):
-        self.transports = []
-
-    def connect(self, factory):
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport()
-        self.transports.append(transport)
-        protocol.makeConnection(transport)
-        return succeed(protocol)
+from tests.support.kube import FakeEndpoint
 
 
 class Exchange:

@@ -21,7 +21,8 @@ from twisted.web import resource, server
 from teleport_py.config import ConnectionLimits
 from teleport_py.limits import LINGER, AfterHandshake, LimitedTLSFactory, limit_http
 from teleport_py.pki import server_tls_options
-from tests.test_proxy_helpers import PROXY_CERT, PROXY_KEY, connect_tls, web_client
+from tests.support.pki import PROXY_CERT, PROXY_KEY
+from tests.support.proxy import connect_tls, web_client
 
 LIMITS = ConnectionLimits(max_connections=2, handshake_timeout=5.0, read_header_timeout=10.0,
                           idle_timeout=60.0, max_header_bytes=4096)

@@ -33,12 +33,21 @@ from teleport_py.pki import (
     write_private_file,
 )
 from teleport_py.pki import identity as identity_module
+from tests.support.pki import authority
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 CLUSTER = "example.com"
-USER_CA = CertAuthority.generate("user", CLUSTER, NOW)
-HOST_CA = CertAuthority.generate("host", CLUSTER, NOW)
 LEAF_KEY = generate_private_key()
+
+
+def user_ca() -> CertAuthority:
+    """This module's user CA (its clock is NOW), made on first use."""
+    return authority("user", CLUSTER, NOW)
+
+
+def host_ca() -> CertAuthority:
+    return authority("host", CLUSTER, NOW)
+
 
 ALICE = UserIdentity(
     "alice",
@@ -54,7 +63,7 @@ AGENT = HostIdentity("0c7f2a4e-agent", "node-1", "kube", CLUSTER)
 
 
 def identify(cert: x509.Certificate, **kwargs):
-    return identity_from_certificate(cert, user_ca=USER_CA.certificate, host_ca=HOST_CA.certificate, **kwargs)
+    return identity_from_certificate(cert, user_ca=user_ca().certificate, host_ca=host_ca().certificate, **kwargs)
 
 
 def sign_subject(ca: CertAuthority, subject: x509.Name, ca_flag: bool = False) -> x509.Certificate:
@@ -91,9 +100,9 @@ class KeysTests(SynchronousTestCase):
         self.assertRaises(ValueError, load_private_key_pem, pem)
 
     def test_certificate_bundle(self):
-        bundle = certificate_pem(USER_CA.certificate) + certificate_pem(HOST_CA.certificate)
-        self.assertEqual(load_certificates_pem(bundle), [USER_CA.certificate, HOST_CA.certificate])
-        self.assertEqual(load_certificate_pem(certificate_pem(HOST_CA.certificate)), HOST_CA.certificate)
+        bundle = certificate_pem(user_ca().certificate) + certificate_pem(host_ca().certificate)
+        self.assertEqual(load_certificates_pem(bundle), [user_ca().certificate, host_ca().certificate])
+        self.assertEqual(load_certificate_pem(certificate_pem(host_ca().certificate)), host_ca().certificate)
 
 
 class WritePrivateFileTests(SynchronousTestCase):
@@ -161,7 +170,7 @@ class CertAuthorityTests(SynchronousTestCase):
         return cert.extensions.get_extension_for_class(kind)
 
     def test_ca_certificate_profile(self):
-        cert = USER_CA.certificate
+        cert = user_ca().certificate
         constraints = self.extension(cert, x509.BasicConstraints)
         self.assertTrue(constraints.critical)
         self.assertEqual(constraints.value, x509.BasicConstraints(ca=True, path_length=0))
@@ -170,26 +179,26 @@ class CertAuthorityTests(SynchronousTestCase):
         self.assertFalse(usage.digital_signature)
         self.assertEqual(
             self.extension(cert, x509.SubjectKeyIdentifier).value,
-            x509.SubjectKeyIdentifier.from_public_key(USER_CA.private_key.public_key()),
+            x509.SubjectKeyIdentifier.from_public_key(user_ca().private_key.public_key()),
         )
         cert.verify_directly_issued_by(cert)
         self.assertEqual(cert.not_valid_after_utc, NOW + timedelta(days=3650))
 
     def test_user_and_host_ca_subjects_differ(self):
-        self.assertNotEqual(USER_CA.certificate.subject, HOST_CA.certificate.subject)
+        self.assertNotEqual(user_ca().certificate.subject, host_ca().certificate.subject)
 
     def test_user_certificate_profile(self):
-        cert = USER_CA.issue_user_certificate(LEAF_KEY.public_key(), ALICE, NOW)
+        cert = user_ca().issue_user_certificate(LEAF_KEY.public_key(), ALICE, NOW)
         self.assertEqual(cert.not_valid_after_utc, ALICE.expires)
         self.assertEqual(cert.not_valid_before_utc, NOW - timedelta(minutes=1))
         self.assertEqual(list(self.extension(cert, x509.ExtendedKeyUsage).value), [ExtendedKeyUsageOID.CLIENT_AUTH])
         usage = self.extension(cert, x509.KeyUsage).value
         self.assertTrue(usage.digital_signature)
         self.assertFalse(usage.key_cert_sign)
-        self.assertLeafProfile(cert, USER_CA)
+        self.assertLeafProfile(cert, user_ca())
 
     def test_host_certificate_profile(self):
-        cert = HOST_CA.issue_host_certificate(
+        cert = host_ca().issue_host_certificate(
             LEAF_KEY.public_key(),
             AGENT,
             NOW,
@@ -208,7 +217,7 @@ class CertAuthorityTests(SynchronousTestCase):
         )
         self.assertEqual([str(ip) for ip in sans.get_values_for_type(x509.IPAddress)], ["127.0.0.1", "::1"])
         self.assertEqual(cert.not_valid_after_utc, NOW + timedelta(days=30))
-        self.assertLeafProfile(cert, HOST_CA)
+        self.assertLeafProfile(cert, host_ca())
 
     def assertLeafProfile(self, cert, ca):
         cert.verify_directly_issued_by(ca.certificate)
@@ -220,49 +229,49 @@ class CertAuthorityTests(SynchronousTestCase):
         self.assertTrue(0 < cert.serial_number < 2**128)
 
     def test_serials_are_random(self):
-        serials = {USER_CA.issue_user_certificate(LEAF_KEY.public_key(), ALICE, NOW).serial_number for _ in range(20)}
+        serials = {user_ca().issue_user_certificate(LEAF_KEY.public_key(), ALICE, NOW).serial_number for _ in range(20)}
         self.assertEqual(len(serials), 20)
         # 20 draws of 128 bits: all below 2**120 has odds 2**-160 unless the width is wrong.
         self.assertTrue(any(serial >= 2**120 for serial in serials))
 
     def test_each_ca_issues_only_its_kind(self):
-        self.assertRaises(ValueError, HOST_CA.issue_user_certificate, LEAF_KEY.public_key(), ALICE, NOW)
+        self.assertRaises(ValueError, host_ca().issue_user_certificate, LEAF_KEY.public_key(), ALICE, NOW)
         self.assertRaises(
-            ValueError, USER_CA.issue_host_certificate, LEAF_KEY.public_key(), AGENT, NOW, NOW + timedelta(days=1)
+            ValueError, user_ca().issue_host_certificate, LEAF_KEY.public_key(), AGENT, NOW, NOW + timedelta(days=1)
         )
 
     def test_refuses_identity_from_another_cluster(self):
         other = UserIdentity("bob", (), teleport_cluster="other.com", expires=NOW + timedelta(hours=1))
-        self.assertRaises(ValueError, USER_CA.issue_user_certificate, LEAF_KEY.public_key(), other, NOW)
+        self.assertRaises(ValueError, user_ca().issue_user_certificate, LEAF_KEY.public_key(), other, NOW)
         host = HostIdentity("h1", "n", "proxy", "other.com")
         self.assertRaises(
-            ValueError, HOST_CA.issue_host_certificate, LEAF_KEY.public_key(), host, NOW, NOW + timedelta(days=1)
+            ValueError, host_ca().issue_host_certificate, LEAF_KEY.public_key(), host, NOW, NOW + timedelta(days=1)
         )
 
     def test_refuses_bad_validity(self):
         expired = UserIdentity("bob", (), expires=NOW)
-        self.assertRaises(ValueError, USER_CA.issue_user_certificate, LEAF_KEY.public_key(), expired, NOW)
+        self.assertRaises(ValueError, user_ca().issue_user_certificate, LEAF_KEY.public_key(), expired, NOW)
         too_long = UserIdentity("bob", (), expires=NOW + timedelta(days=3651))
-        self.assertRaises(ValueError, USER_CA.issue_user_certificate, LEAF_KEY.public_key(), too_long, NOW)
+        self.assertRaises(ValueError, user_ca().issue_user_certificate, LEAF_KEY.public_key(), too_long, NOW)
 
     def test_pem_round_trip(self):
-        loaded = CertAuthority.from_pem("user", CLUSTER, *USER_CA.to_pem())
-        self.assertEqual(loaded, USER_CA)
-        self.assertEqual(loaded.private_key.private_numbers(), USER_CA.private_key.private_numbers())
+        loaded = CertAuthority.from_pem("user", CLUSTER, *user_ca().to_pem())
+        self.assertEqual(loaded, user_ca())
+        self.assertEqual(loaded.private_key.private_numbers(), user_ca().private_key.private_numbers())
 
     def test_from_pem_refuses_mismatched_key(self):
-        cert_pem, _ = USER_CA.to_pem()
-        _, other_key_pem = HOST_CA.to_pem()
+        cert_pem, _ = user_ca().to_pem()
+        _, other_key_pem = host_ca().to_pem()
         self.assertRaises(ValueError, CertAuthority.from_pem, "user", CLUSTER, cert_pem, other_key_pem)
 
     def test_from_pem_refuses_leaf(self):
-        leaf = USER_CA.issue_user_certificate(LEAF_KEY.public_key(), ALICE, NOW)
+        leaf = user_ca().issue_user_certificate(LEAF_KEY.public_key(), ALICE, NOW)
         self.assertRaises(
             ValueError, CertAuthority.from_pem, "user", CLUSTER, certificate_pem(leaf), private_key_pem(LEAF_KEY)
         )
 
     def test_private_key_not_in_repr(self):
-        self.assertNotIn("private_key", repr(USER_CA))
+        self.assertNotIn("private_key", repr(user_ca()))
 
 
 labels = st.text(min_size=1, max_size=30)
@@ -294,12 +303,12 @@ host_identities = st.builds(
 class IdentityRoundTripTests(SynchronousTestCase):
     @given(user_identities)
     def test_user_round_trip(self, identity):
-        cert = USER_CA.issue_user_certificate(LEAF_KEY.public_key(), identity, NOW)
+        cert = user_ca().issue_user_certificate(LEAF_KEY.public_key(), identity, NOW)
         self.assertEqual(identify(cert), identity)
 
     @given(host_identities)
     def test_host_round_trip(self, identity):
-        cert = HOST_CA.issue_host_certificate(LEAF_KEY.public_key(), identity, NOW, NOW + timedelta(days=1))
+        cert = host_ca().issue_host_certificate(LEAF_KEY.public_key(), identity, NOW, NOW + timedelta(days=1))
         self.assertEqual(identify(cert), identity)
 
     def test_subject_layout(self):
@@ -318,28 +327,28 @@ class IdentityRoundTripTests(SynchronousTestCase):
 
 class IdentityVerificationTests(SynchronousTestCase):
     def setUp(self):
-        self.user_cert = USER_CA.issue_user_certificate(LEAF_KEY.public_key(), ALICE, NOW)
-        self.host_cert = HOST_CA.issue_host_certificate(LEAF_KEY.public_key(), AGENT, NOW, NOW + timedelta(days=1))
+        self.user_cert = user_ca().issue_user_certificate(LEAF_KEY.public_key(), ALICE, NOW)
+        self.host_cert = host_ca().issue_host_certificate(LEAF_KEY.public_key(), AGENT, NOW, NOW + timedelta(days=1))
 
     def test_user_cert_is_not_a_host(self):
         self.assertRaises(
-            IdentityError, identity_from_certificate, self.user_cert, user_ca=None, host_ca=HOST_CA.certificate
+            IdentityError, identity_from_certificate, self.user_cert, user_ca=None, host_ca=host_ca().certificate
         )
 
     def test_host_cert_is_not_a_user(self):
         self.assertRaises(
-            IdentityError, identity_from_certificate, self.host_cert, user_ca=USER_CA.certificate, host_ca=None
+            IdentityError, identity_from_certificate, self.host_cert, user_ca=user_ca().certificate, host_ca=None
         )
 
     def test_same_subject_other_ca_refused(self):
         impostor_ca = CertAuthority.generate("user", CLUSTER, NOW)
-        self.assertEqual(impostor_ca.certificate.subject, USER_CA.certificate.subject)
+        self.assertEqual(impostor_ca.certificate.subject, user_ca().certificate.subject)
         forged = impostor_ca.issue_user_certificate(LEAF_KEY.public_key(), ALICE, NOW)
         self.assertRaises(IdentityError, identify, forged)
 
     def test_ca_certificate_is_not_an_identity(self):
-        self.assertRaises(IdentityError, identify, USER_CA.certificate)
-        self.assertRaises(IdentityError, identify, sign_subject(USER_CA, name((NameOID.COMMON_NAME, "x")), True))
+        self.assertRaises(IdentityError, identify, user_ca().certificate)
+        self.assertRaises(IdentityError, identify, sign_subject(user_ca(), name((NameOID.COMMON_NAME, "x")), True))
 
     def test_validity_checked_when_asked(self):
         self.assertEqual(identify(self.user_cert, now=NOW), ALICE)
@@ -366,8 +375,8 @@ class IdentityVerificationTests(SynchronousTestCase):
             ),
         ]
         for subject in malformed_user:
-            self.assertRaises(IdentityError, identify, sign_subject(USER_CA, subject))
-        self.assertEqual(identify(sign_subject(USER_CA, name(cn))).username, "alice")
+            self.assertRaises(IdentityError, identify, sign_subject(user_ca(), subject))
+        self.assertEqual(identify(sign_subject(user_ca(), name(cn))).username, "alice")
         host = [
             (NameOID.COMMON_NAME, "h1"),
             (identity_module.NODENAME_OID, "n"),
@@ -380,9 +389,9 @@ class IdentityVerificationTests(SynchronousTestCase):
             name(*host, (NameOID.ORGANIZATION_NAME, "kube"), (identity_module.KUBE_CLUSTER_OID, "c")),
         ]
         for subject in malformed_host:
-            self.assertRaises(IdentityError, identify, sign_subject(HOST_CA, subject))
+            self.assertRaises(IdentityError, identify, sign_subject(host_ca(), subject))
         # The same well-formed subject is accepted, so the refusals above are about the subject.
-        self.assertEqual(identify(sign_subject(HOST_CA, name(*host, (NameOID.ORGANIZATION_NAME, "kube")))).host_id, "h1")
+        self.assertEqual(identify(sign_subject(host_ca(), name(*host, (NameOID.ORGANIZATION_NAME, "kube")))).host_id, "h1")
 
 
 class IdentityValueTests(SynchronousTestCase):

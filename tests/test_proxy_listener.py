@@ -12,20 +12,8 @@ from teleport_py.pki import CertAuthority, UserIdentity, client_tls_options, ide
 from teleport_py.config import ConnectionLimits
 from teleport_py.limits import LimitedTLSFactory
 from teleport_py.proxy.listener import Route, dispatch
-from tests.test_proxy_helpers import (
-    HOST_CA,
-    KUBE_SERVER_NAME,
-    NOW,
-    OTHER_USER_CA,
-    USER_CA,
-    host_pair,
-    connect_tls,
-    kube_client,
-    proxy_creator,
-    tunnel_client,
-    user_pair,
-    web_client,
-)
+from tests.support.pki import HOST_CA, NOW, OTHER_USER_CA, USER_CA, host_pair, user_pair
+from tests.support.proxy import KUBE_SERVER_NAME, connect_tls, kube_client, proxy_creator, tunnel_client, web_client
 
 
 class Announce(Protocol):

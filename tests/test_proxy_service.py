@@ -34,7 +34,7 @@ from teleport_py.proxy.service import ProxyService
 from teleport_py.resources import parse_yaml, resource_to_dict
 from teleport_py.tunnel import TunnelProtocol
 from tests.support.procs import free_port
-from tests.test_proxy_helpers import KUBE_SERVER_NAME, Collect
+from tests.support.proxy import KUBE_SERVER_NAME, Collect
 
 ADMIN = HostIdentity(host_id="admin-test", nodename="test", system_role="admin", teleport_cluster="example")
 PASSWORD = "correct horse battery"

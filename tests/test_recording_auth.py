@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -14,20 +13,7 @@ from teleport_py.auth.errors import AccessDenied, AlreadyExists, BadParameter, N
 from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
 from teleport_py.backend import MemoryBackend
-from teleport_py.pki import HostIdentity, UserIdentity
-from teleport_py.recording.format import encode
-
-SID = "0b7f4f8e-6d1a-4c3e-9f59-3a1d2b9c0e11"
-KUBE = HostIdentity(host_id="kube-1", nodename="k", system_role="kube", teleport_cluster="example")
-OTHER_KUBE = HostIdentity(host_id="kube-2", nodename="k", system_role="kube", teleport_cluster="example")
-START = encode({"type": "session.start", "ms": 0, "session_id": SID, "user": "alice", "pod": "web-0",
-                "time": "2026-01-01T00:00:00.000000Z"})
-BODY = encode({"type": "print", "ms": 10, "stream": "stdout", "data": b"hello"})
-
-
-def user(name: str, *roles: str) -> UserIdentity:
-    return UserIdentity(username=name, roles=roles, traits={}, kube_cluster="", teleport_cluster="example",
-                        kube_users=(), kube_groups=(), expires=datetime.now(timezone.utc) + timedelta(hours=1))
+from tests.support.recordings import BODY, KUBE, OTHER_KUBE, SID, START, user
 
 
 def d(coro):

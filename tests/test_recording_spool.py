@@ -17,7 +17,7 @@ from teleport_py.pki import HostIdentity
 from teleport_py.recording import spool as spool_module
 from teleport_py.recording.format import MAX_PRINT, encode, read_all
 from teleport_py.recording.spool import RecordingSpool
-from tests.test_recording_auth import SID, user
+from tests.support.recordings import SID, user
 
 KUBE = HostIdentity(host_id="kube-1", nodename="k", system_role="kube", teleport_cluster="example")
 START = {"type": "session.start", "ms": 0, "session_id": SID, "user": "alice"}

@@ -1,12 +1,12 @@
 """``tsh recordings ls`` and ``tsh play`` through the real console script,
-against the fake proxy of test_tsh_cli serving one recording in small pages."""
+against the fake proxy of tests.support.tsh serving one recording in small pages."""
 from __future__ import annotations
 
 import base64
 import json
 
 from teleport_py.recording.format import encode
-from tests.test_tsh_cli import FakeProxyAPI, TshTestCase
+from tests.support.tsh import FakeProxyAPI, TshTestCase
 
 SID = "0b7f4f8e-6d1a-4c3e-9f59-3a1d2b9c0e11"
 RECORDING = b"".join(map(encode, [

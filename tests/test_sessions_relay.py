@@ -14,8 +14,8 @@ from teleport_py import spdy, websocket
 from teleport_py.kube.sessions import SessionRecorder, negotiated, session_info
 from teleport_py.recording.format import read_all
 from teleport_py.recording.spool import RecordingSpool
-from teleport_py.remotecommand import RemoteCommandError
-from tests.test_remotecommand import CLIENT, port_forward_conversation, spdy_exec_conversation
+from teleport_py.remotecommand import CLIENT, RemoteCommandError
+from tests.support.conversations import port_forward_conversation, spdy_exec_conversation
 
 SPDY_V4 = [(b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1"), (b"x-stream-protocol-version", b"v4.channel.k8s.io")]
 #: A SPDY control frame of version 7: spdystream would drop the session too.

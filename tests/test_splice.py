@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from teleport_py.pki import client_tls_options, server_tls_options
 from teleport_py.tunnel import Splice
-from tests.test_kube_forwarder import API_CERT, API_KEY, KUBE_CA
+from tests.support.pki import API_CERT, API_KEY, KUBE_CA
 
 
 class HalfCloseTransport(StringTransport):

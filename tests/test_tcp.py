@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from teleport_py.pki import server_tls_options
 from teleport_py.tcp import no_delay
-from tests.test_kube_forwarder import API_CERT, API_KEY
+from tests.support.pki import API_CERT, API_KEY
 
 
 class Probe(Protocol):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import attrs
 from cryptography import x509
@@ -29,12 +29,7 @@ from teleport_py.pki import (
     peer_certificate,
     server_tls_options,
 )
-
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
-CLUSTER = "example.com"
-USER_CA = CertAuthority.generate("user", CLUSTER, NOW - timedelta(days=10))
-HOST_CA = CertAuthority.generate("host", CLUSTER, NOW - timedelta(days=10))
-OTHER_USER_CA = CertAuthority.generate("user", CLUSTER, NOW - timedelta(days=10))
+from tests.support.pki import CLUSTER, HOST_CA, NOW, OTHER_USER_CA, USER_CA
 
 SERVER_KEY = generate_private_key()
 SERVER_CERT = HOST_CA.issue_host_certificate(
