@@ -21,9 +21,9 @@ from teleport_py.auth.api import CALLER_KINDS, AuthAPI, BoundedRequest
 from teleport_py.auth.client import AuthClient, ClusterTLSPolicy
 from teleport_py.auth.errors import AccessDenied, AuthError
 from teleport_py.auth.recordings import Recordings
-from teleport_py.auth.server import AUTH_SERVER_NAME, AuthServer
+from teleport_py.auth.server import AuthServer
 from teleport_py.backend import MemoryBackend
-from teleport_py.pki import UserIdentity, generate_private_key, server_tls_options
+from teleport_py.pki import AUTH_SERVER_NAME, UserIdentity, generate_private_key, server_tls_options
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "docs", "auth-api.md")
 #: A value for each ``*`` of a route, so that the allowed calls reach real work.
