@@ -167,6 +167,40 @@ class KubeTests(TshTestCase):
         self.assertEqual([c["name"] for c in config["clusters"]], ["kind"])
         self.assertFalse(self.store().key_dir(Profile(proxy=self.proxy, user="alice", cluster=CLUSTER)).exists())
 
+    async def test_kube_login_and_reissues_write_the_credential_cache(self):
+        await self.login()
+        self.assertEqual((await self.tsh("kube", "login", "my-cluster")).code, 0)
+        store = self.store()
+        profile = store.profile()
+        cache = store.key_dir(profile) / "kube" / "my-cluster" / "credential.json"
+        self.assertEqual(stat.S_IMODE(os.stat(cache).st_mode), 0o600)
+        plugin = yaml.safe_load(self.kubeconfig.read_text())["users"][0]["user"]["exec"]
+        credential = await run([plugin["command"], *plugin["args"]], env=self.env)
+        self.assertEqual(credential.code, 0, credential.err)
+        self.assertEqual(json.loads(credential.out), json.loads(cache.read_bytes())["exec_credential"])
+        self.assertEqual(json.loads(credential.out)["status"]["clientCertificateData"],
+                         certificate_pem(store.kube_certificate(profile, "my-cluster")).decode())
+        self.assertEqual(self.api.reissues, 1)
+
+        # A certificate about to expire: the cache no longer answers, the reissue rewrites it.
+        identity = store.identity(profile)
+        now = utc_now()
+        expiring = self.api.user_ca.issue_user_certificate(
+            identity.private_key.public_key(),
+            UserIdentity("alice", ["access"], kube_cluster="my-cluster", teleport_cluster=CLUSTER,
+                         expires=now + timedelta(seconds=30)), now - timedelta(minutes=1))
+        store.save_kube_certificate(profile, "my-cluster", expiring)
+        self.assertTrue(store.save_credential_cache(profile, identity, "my-cluster", expiring))
+        credential = await run([plugin["command"], *plugin["args"]], env=self.env)
+        self.assertEqual(credential.code, 0, credential.err)
+        self.assertEqual(self.api.reissues, 2)
+        reissued = json.loads(credential.out)
+        self.assertNotEqual(reissued["status"]["clientCertificateData"], certificate_pem(expiring).decode())
+        self.assertEqual(reissued, json.loads(cache.read_bytes())["exec_credential"])
+
+        self.assertEqual((await self.tsh("logout")).code, 0)
+        self.assertFalse(cache.exists())
+
     async def test_kube_login_unknown_cluster(self):
         await self.login()
         result = await self.tsh("kube", "login", "nope")

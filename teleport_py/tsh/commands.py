@@ -40,9 +40,8 @@ from teleport_py.resources import parse_duration
 from teleport_py.tsh import kubeconfig
 from teleport_py.tsh.credentials import exec_credential, signed_user_identity, usable_kube_certificate
 from teleport_py.tsh.localproxy import KubeLocalProxyFactory, LocalCA, listener_tls_options, local_kubeconfig
-from teleport_py.tsh.profile import (
-    Profile, ProfileError, ProfileStore, check_kube_cluster_name, default_home, normalize_proxy,
-)
+from teleport_py.tsh.layout import ProfileError, check_kube_cluster_name, default_home, normalize_proxy
+from teleport_py.tsh.profile import Profile, ProfileStore
 from teleport_py.tsh.webclient import WebClient, WebError
 
 
@@ -190,17 +189,20 @@ class Tsh:
 
         kubectl runs ``tsh kube credentials`` for every parallel request;
         the lock makes the first one reissue and the others reuse its result.
+        Either way the credential cache (teleport_py.tsh.credentialcache)
+        then holds this certificate's ExecCredential.
         """
         check_kube_cluster_name(kube_cluster)
         async with self.store.lock(profile, self.reactor):
-            stored = self.store.kube_certificate(profile, kube_cluster)
-            if stored is not None and usable_kube_certificate(stored, identity, kube_cluster, self.now()):
-                return stored
-            result = await self._client(profile, identity).reissue(_public_key_pem(identity.private_key), kube_cluster)
-            certificate, issued = _certificate_from_response(result, identity.private_key, identity.user_cas)
-            if issued.kube_cluster != kube_cluster:
-                raise WebError("the proxy returned a certificate for another kubernetes cluster")
-            self.store.save_kube_certificate(profile, kube_cluster, certificate)
+            certificate = self.store.kube_certificate(profile, kube_cluster)
+            if certificate is None or not usable_kube_certificate(certificate, identity, kube_cluster, self.now()):
+                result = await self._client(profile, identity).reissue(
+                    _public_key_pem(identity.private_key), kube_cluster)
+                certificate, issued = _certificate_from_response(result, identity.private_key, identity.user_cas)
+                if issued.kube_cluster != kube_cluster:
+                    raise WebError("the proxy returned a certificate for another kubernetes cluster")
+                self.store.save_kube_certificate(profile, kube_cluster, certificate)
+            self.store.save_credential_cache(profile, identity, kube_cluster, certificate)
             return certificate
 
     def _print_status(self, profile: Profile, identity: IdentityFile) -> None:

@@ -1,25 +1,29 @@
 """
-The ExecCredential kubectl asks for, and whether a stored kube certificate
-can answer it.
+The ExecCredential kubectl asks for from a stored kube certificate, and
+whether that certificate can answer.
 
-kubectl runs ``tsh kube credentials`` before every command. When the stored
-certificate for the cluster is still good, answering needs no network, no
-lock and no Twisted, so this module imports only what reading and checking
-a certificate takes; anything else (no certificate yet, one about to expire,
-an expired login) goes the long way through teleport_py.tsh.commands, which
-reissues or explains.
+kubectl runs ``tsh kube credentials`` before every command. The quickest
+answer is teleport_py.tsh.credentialcache (standard library only). When it
+has none, this module checks the stored certificate itself, still with no
+network, no waiting for the lock and no Twisted, and if the certificate is
+good, writes the cache for next time. Anything else (no certificate yet, one
+about to expire, an expired login) goes the long way through
+teleport_py.tsh.commands, which reissues or explains.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import datetime, timedelta, timezone
 
 from teleport_py.pki import IdentityError, UserIdentity, certificate_pem, identity_from_certificate, private_key_pem
-from teleport_py.tsh.kubeconfig import EXEC_API_VERSION
-from teleport_py.tsh.profile import ProfileError, ProfileStore, default_home, normalize_proxy
+from teleport_py.tsh import credentialcache
+from teleport_py.tsh.credentialcache import KUBE_CERT_MIN_REMAINING_SECONDS
+from teleport_py.tsh.layout import ProfileError, default_home, normalize_proxy
+from teleport_py.tsh.profile import ProfileStore
 
 # kubectl asks again once a credential is this close to expiry; reissue before that.
-KUBE_CERT_MIN_REMAINING = timedelta(minutes=1)
+KUBE_CERT_MIN_REMAINING = timedelta(seconds=KUBE_CERT_MIN_REMAINING_SECONDS)
 
 
 def signed_user_identity(certificate, user_cas) -> UserIdentity | None:
@@ -48,16 +52,11 @@ def usable_kube_certificate(certificate, identity_file, kube_cluster: str, now: 
 def exec_credential(certificate, private_key) -> dict:
     """client.authentication.k8s.io ExecCredential for kubectl: the kube
     certificate, its key, and when to ask again."""
-    return {
-        "apiVersion": EXEC_API_VERSION,
-        "kind": "ExecCredential",
-        "spec": {"interactive": False},
-        "status": {
-            "clientCertificateData": certificate_pem(certificate).decode(),
-            "clientKeyData": private_key_pem(private_key).decode(),
-            "expirationTimestamp": certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        },
-    }
+    return credentialcache.exec_credential(
+        certificate_pem(certificate).decode(),
+        private_key_pem(private_key).decode(),
+        int(certificate.not_valid_after_utc.timestamp()),
+    )
 
 
 def cached_exec_credential(args, environ=os.environ, now: datetime | None = None) -> dict | None:
@@ -66,6 +65,8 @@ def cached_exec_credential(args, environ=os.environ, now: datetime | None = None
     certificate alone, or None whenever anything is not plainly fine (no
     profile, expired login, another Teleport cluster, no or expiring
     certificate): the full command then reissues or says what is wrong.
+    A good certificate's credential is also cached for
+    teleport_py.tsh.credentialcache, if the lock is free this instant.
     """
     now = now or datetime.now(timezone.utc)
     store = ProfileStore(default_home(environ))
@@ -81,4 +82,7 @@ def cached_exec_credential(args, environ=os.environ, now: datetime | None = None
         return None
     if certificate is None or not usable_kube_certificate(certificate, identity_file, args.kube_cluster, now):
         return None
+    with contextlib.suppress(OSError), store.lock_if_free(profile) as locked:
+        if locked:  # else whoever holds it is about to write the cache, or delete the keys
+            store.save_credential_cache(profile, identity_file, args.kube_cluster, certificate)
     return exec_credential(certificate, identity_file.private_key)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 from teleport_py.pki import write_private_file
+from teleport_py.tsh.credentialcache import EXEC_API_VERSION
 
-EXEC_API_VERSION = "client.authentication.k8s.io/v1beta1"
 KUBE_PROXY_SERVER_NAME = "kube-teleport-proxy-alpn.teleport.cluster.local"
 
 

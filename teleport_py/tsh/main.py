@@ -1,83 +1,74 @@
 """tsh: the user's CLI. Log in once, then reach Kubernetes clusters with plain kubectl.
 
-This module is the entry point and stays light on imports: kubectl runs
-``tsh kube credentials`` before every command, and when the stored
-certificate for that cluster is still good, answering takes no network and
-no Twisted (teleport_py.tsh.credentials). Everything else runs in
-teleport_py.tsh.commands.
+This module is the entry point (console script ``tsh``) and imports only
+the standard library: kubectl runs ``tsh kube credentials`` before every
+command and waits for it, so the request exactly as ``tsh kube login``
+writes it into the kubeconfig is recognized here without argparse, and a
+good cached credential answers it (teleport_py.tsh.credentialcache) with
+nothing else imported; tests.test_tsh_credentials pins the modules that
+path loads. Every other command line goes to the argparse grammar in
+teleport_py.tsh.cli, and every other command runs in teleport_py.tsh.commands.
 """
 from __future__ import annotations
 
-import argparse
-import getpass
 import json
 import os
 import sys
+from types import SimpleNamespace
+
+#: ``tsh kube credentials`` options as the kubeconfig passes them, and their argparse ``dest``.
+_CREDENTIALS_OPTIONS = {"--kube-cluster": "kube_cluster", "--teleport-cluster": "teleport_cluster", "--proxy": "proxy"}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tsh", description="Teleport-style client: log in and reach Kubernetes clusters.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    login = sub.add_parser("login", help="log in to a cluster through its proxy")
-    login.add_argument("--proxy", required=True, help="proxy address host:port")
-    login.add_argument("--user", default=getpass.getuser(), help="Teleport user name (default: local user)")
-    login.add_argument("--ttl", default=None, help="requested certificate lifetime, e.g. 12h (capped by your roles)")
-    login.add_argument("--insecure", action="store_true", help="do not verify the proxy's certificate (testing only)")
-
-    sub.add_parser("status", help="show the current login")
-    sub.add_parser("logout", help="delete the current login's keys and kubeconfig entries")
-
-    signup = sub.add_parser("signup", help="set your password from a sign-up link")
-    signup.add_argument("--proxy", required=True, help="proxy address host:port")
-    signup.add_argument("--insecure", action="store_true", help="do not verify the proxy's certificate (testing only)")
-    signup.add_argument("token", help="the sign-up token or the whole link")
-
-    kube = sub.add_parser("kube", help="Kubernetes clusters").add_subparsers(dest="kube_command", required=True)
-    kube.add_parser("ls", help="list the Kubernetes clusters you can reach")
-    kube_login = kube.add_parser("login", help="write a kubeconfig context for a cluster and select it")
-    kube_login.add_argument("name")
-    credentials = kube.add_parser("credentials", help="print an ExecCredential (kubectl runs this)")
-    credentials.add_argument("--kube-cluster", required=True)
-    credentials.add_argument("--teleport-cluster")
-    credentials.add_argument("--proxy")
-
-    proxy = sub.add_parser("proxy", help="local proxies").add_subparsers(dest="proxy_command", required=True)
-    proxy_kube = proxy.add_parser("kube", help="a local Kubernetes proxy on 127.0.0.1")
-    proxy_kube.add_argument("kube_clusters", nargs="*", metavar="CLUSTER", help="default: the selected cluster")
-    proxy_kube.add_argument("--port", type=int, default=0, help="local port (default: any free port)")
-    recordings = sub.add_parser("recordings", help="recorded sessions").add_subparsers(
-        dest="recordings_command", required=True)
-    recordings.add_parser("ls", help="list the recorded sessions you may see")
-    play = sub.add_parser("play", help="replay a recorded session")
-    play.add_argument("session_id", help="the session id (see 'tsh recordings ls')")
-    play.add_argument("--speed", type=_positive_float, default=1.0, help="playback speed (2 = twice as fast)")
-    play.add_argument("--format", choices=("text", "json"), default="text",
-                      help="text: the terminal output with its timing; json: one event per line, at once")
-    return p
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
-
+def plain_credentials_request(argv) -> SimpleNamespace | None:
+    """
+    ``kube credentials`` with only ``--kube-cluster=``, ``--teleport-cluster=``
+    and ``--proxy=`` options, each at most once and written with ``=`` (as
+    ``tsh kube login`` writes them), read as argparse reads them; None for
+    any other command line, which then goes to argparse.
+    """
+    argv = list(argv)
+    if argv[:2] != ["kube", "credentials"]:
+        return None
+    values = {"teleport_cluster": None, "proxy": None}
+    seen = set()
+    for arg in argv[2:]:
+        name, equals, value = arg.partition("=")
+        dest = _CREDENTIALS_OPTIONS.get(name)
+        if not equals or dest is None or dest in seen:
+            return None
+        seen.add(dest)
+        values[dest] = value
+    if "kube_cluster" not in seen:
+        return None
+    return SimpleNamespace(command="kube", kube_command="credentials", **values)
 
 
 def main(argv=None) -> None:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    request = plain_credentials_request(argv)
+    if request is not None:
+        from teleport_py.tsh.credentialcache import read_credential_cache
+
+        credential = read_credential_cache(request, os.environ)
+        if credential is not None:
+            _print_credential(credential)
+            return
+    from teleport_py.tsh.cli import parser
+
+    args = parser().parse_args(argv)
     if args.command == "kube" and args.kube_command == "credentials":
         from teleport_py.tsh.credentials import cached_exec_credential
 
         credential = cached_exec_credential(args, os.environ)
         if credential is not None:
-            sys.stdout.write(json.dumps(credential, indent=2) + "\n")
-            sys.stdout.flush()
+            _print_credential(credential)
             return
     from teleport_py.tsh.commands import run
 
     run(args)
+
+
+def _print_credential(credential: dict) -> None:
+    sys.stdout.write(json.dumps(credential, indent=2) + "\n")
+    sys.stdout.flush()
