@@ -15,6 +15,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+import attr
 from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -33,6 +34,43 @@ OCTET_STREAM = b"application/octet-stream"
 
 class Unauthenticated:
     """The caller presented no certificate (join, ping, public CAs)."""
+
+
+#: Who may call a route at all, by the certificate presented: none, a user's,
+#: or a host's (its system role).
+NO_CERTIFICATE = "none"
+USER = "user"
+SYSTEM_ROLES = ("auth", "proxy", "kube", "admin")
+CALLER_KINDS = (NO_CERTIFICATE, USER, *SYSTEM_ROLES)
+EVERYONE = frozenset(CALLER_KINDS)
+AUTHENTICATED = EVERYONE - {NO_CERTIFICATE}
+#: Users (as their roles' rules allow, checked by each call) and tctl's admin identity.
+ADMINISTRATORS = frozenset({USER, "admin"})
+_DESCRIBED = {NO_CERTIFICATE: "a caller without a client certificate", USER: "a user certificate"}
+
+
+def caller_kind(caller) -> str:
+    """``none``, ``user`` or the host's system role: the column of the route table."""
+    if isinstance(caller, UserIdentity):
+        return USER
+    if isinstance(caller, HostIdentity):
+        return caller.system_role
+    return NO_CERTIFICATE
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Route:
+    method: bytes
+    pattern: str
+    handler: Callable
+    callers: frozenset
+
+    def admit(self, caller) -> None:
+        """Refuse a caller whose kind this route does not list (deny by default)."""
+        kind = caller_kind(caller)
+        if kind not in self.callers:
+            who = _DESCRIBED.get(kind, f"a {kind} service certificate")
+            raise AccessDenied(f"{who} may not call {self.method.decode()} /v1/{self.pattern}")
 
 
 def _peer_certificate(request) -> x509.Certificate | None:
@@ -86,64 +124,68 @@ class AuthAPI(resource.Resource):
     def __init__(self, auth: AuthServer, recordings: Recordings):
         super().__init__()
         self.auth = auth
-        self.routes: dict[tuple[bytes, str], Callable] = {
-            (b"GET", "ping"): self.ping,
-            (b"GET", "cas"): self.cas,
-            (b"POST", "join"): self.join,
-            (b"POST", "login"): self.login,
-            (b"POST", "signup"): self.signup,
-            (b"POST", "certs/user"): self.reissue,
-            (b"GET", "whoami"): self.whoami,
-            (b"GET", "status"): self.status,
-            (b"POST", "resources"): self.upsert,
-            (b"GET", "resources/*"): self.list_resources,
-            (b"GET", "resources/*/*"): self.get_resource,
-            (b"DELETE", "resources/*/*"): self.delete_resource,
-            (b"POST", "users"): self.create_user,
-            (b"PATCH", "users/*"): self.update_user,
-            (b"POST", "users/*/reset"): self.reset_user,
-            (b"POST", "tokens"): self.create_token,
-            (b"POST", "heartbeats/kube"): self.heartbeat,
-            (b"GET", "kube_clusters"): self.kube_clusters,
-            (b"POST", "events"): self.append_events,
-            (b"GET", "events"): self.search_events,
-            (b"GET", "recordings"): self.list_recordings,
-            (b"GET", "recordings/*"): self.get_recording,
-            (b"GET", "recordings/*/data"): self.read_recording,
-            (b"GET", "recordings/*/stored"): self.stored_recording,
-            (b"POST", "recordings/*/chunks"): self.append_recording,
-        }
+        #: The router: every call, and which certificates may make it at all
+        #: (docs/auth-api.md has the same table; tests.test_auth_routes holds
+        #: the two together). Each call then authorizes its caller on its own.
+        self.routes: tuple[Route, ...] = (
+            Route(b"GET", "ping", self.ping, EVERYONE),
+            Route(b"GET", "cas", self.cas, EVERYONE),
+            Route(b"POST", "join", self.join, frozenset({NO_CERTIFICATE, "proxy"})),
+            Route(b"POST", "login", self.login, frozenset({"proxy"})),
+            Route(b"POST", "signup", self.signup, frozenset({"proxy", "admin"})),
+            Route(b"POST", "certs/user", self.reissue, frozenset({USER})),
+            Route(b"GET", "whoami", self.whoami, AUTHENTICATED),
+            Route(b"GET", "status", self.status, ADMINISTRATORS),
+            Route(b"POST", "resources", self.upsert, ADMINISTRATORS),
+            Route(b"GET", "resources/*", self.list_resources, ADMINISTRATORS),
+            Route(b"GET", "resources/*/*", self.get_resource, ADMINISTRATORS | {"kube"}),
+            Route(b"DELETE", "resources/*/*", self.delete_resource, ADMINISTRATORS),
+            Route(b"POST", "users", self.create_user, ADMINISTRATORS),
+            Route(b"PATCH", "users/*", self.update_user, ADMINISTRATORS),
+            Route(b"POST", "users/*/reset", self.reset_user, ADMINISTRATORS),
+            Route(b"POST", "tokens", self.create_token, ADMINISTRATORS),
+            Route(b"POST", "heartbeats/kube", self.heartbeat, frozenset({"kube"})),
+            Route(b"GET", "kube_clusters", self.kube_clusters, ADMINISTRATORS),
+            Route(b"POST", "events", self.append_events, frozenset({"kube"})),
+            Route(b"GET", "events", self.search_events, ADMINISTRATORS),
+            Route(b"GET", "recordings", self.list_recordings, ADMINISTRATORS),
+            Route(b"GET", "recordings/*", self.get_recording, ADMINISTRATORS),
+            Route(b"GET", "recordings/*/data", self.read_recording, ADMINISTRATORS),
+            Route(b"GET", "recordings/*/stored", self.stored_recording, frozenset({"kube"})),
+            Route(b"POST", "recordings/*/chunks", self.append_recording, frozenset({"kube"})),
+        )
         #: Handlers that take an application/octet-stream body as bytes.
         self.raw_handlers = {self.append_recording}
         self.recordings = recordings
 
     # -- plumbing -------------------------------------------------------------
 
-    def _route(self, method: bytes, path: list[str]):
-        for (m, pattern), handler in self.routes.items():
-            parts = pattern.split("/")
-            if m == method and len(parts) == len(path) and all(p == "*" or p == q for p, q in zip(parts, path)):
-                return handler, [q for p, q in zip(parts, path) if p == "*"]
+    def _route(self, method: bytes, path: list[str]) -> tuple[Route | None, list[str]]:
+        for route in self.routes:
+            parts = route.pattern.split("/")
+            if route.method == method and len(parts) == len(path) and all(p == "*" or p == q for p, q in zip(parts, path)):
+                return route, [q for p, q in zip(parts, path) if p == "*"]
         return None, []
 
     def render(self, request):
         path = [p.decode("utf-8", "replace") for p in request.postpath if p]
         if not path or path[0] != "v1":
             return self._error(request, AuthError("not found"), 404)
-        handler, args = self._route(request.method, path[1:])
-        if handler is None:
+        route, args = self._route(request.method, path[1:])
+        if route is None:
             return self._error(request, AuthError(f"no such API call {request.method.decode()} {request.path.decode()}"), 404)
-        d = Deferred.fromCoroutine(self._run(handler, request, args))
+        d = Deferred.fromCoroutine(self._run(route, request, args))
         d.addErrback(lambda f: self.log.failure("auth API handler failed", f))
         return server.NOT_DONE_YET
 
-    async def _run(self, handler, request, args):
+    async def _run(self, route: Route, request, args):
         finished = []
         request.notifyFinish().addBoth(finished.append)
         try:
             caller = self.caller(request)
-            body = self._body(request, raw=handler in self.raw_handlers)
-            result = await handler(caller, request, body, *args)
+            route.admit(caller)
+            body = self._body(request, raw=route.handler in self.raw_handlers)
+            result = await route.handler(caller, request, body, *args)
             status, payload = 200, result
         except AuthError as e:
             status, payload = e.status, e.to_json()

@@ -261,11 +261,9 @@ class AuthServer:
         ``access denied`` after the same amount of work."""
         self.require_system_role(caller, "proxy")
         denied = AccessDenied("invalid username or password")
-        if not self.limiter.allow(username, client_addr):
-            await self.audit.emit(
-                events.USER_LOGIN, success=False, user=username, method="local", addr_remote=client_addr,
-                error="too many login attempts",
-            )
+        throttled = self.limiter.attempt(username, client_addr)
+        if throttled is not None:
+            await self._audit_throttled(throttled, username, client_addr)
             raise LimitExceeded("too many login attempts; try again later")
         item = await self.backend.get(f"/passwords/{username}")
         encoded = item.value.decode("ascii") if item is not None else None
@@ -291,6 +289,19 @@ class AuthServer:
         result = await self._issue_user_cert(user, public_key_pem, ttl, kube_cluster)
         await self.audit.emit(events.USER_LOGIN, user=username, method="local", addr_remote=client_addr)
         return result
+
+    async def _audit_throttled(self, throttled, username: str, client_addr: str) -> None:
+        """One event when a network or a user starts being refused; the rest of
+        that episode only at debug level, so a flood of refused attempts
+        cannot turn into a flood of audit writes."""
+        if not throttled.first:
+            self.log.debug("login throttled limit={limit} key={key}", limit=throttled.limit, key=throttled.key)
+            return
+        self.log.warn("login throttled limit={limit} key={key}", limit=throttled.limit, key=throttled.key)
+        await self.audit.emit(
+            events.LOGIN_THROTTLED, user=username, method="local", addr_remote=client_addr,
+            limit=throttled.limit, key=throttled.key, until=events.rfc3339(throttled.until),
+        )
 
     async def reissue_user_cert(self, caller: Identity, public_key_pem: str, kube_cluster: str, ttl: float | None):
         """A new certificate for the calling user, e.g. routed to another kube
@@ -612,6 +623,10 @@ class AuthServer:
         return ca_pin(self.host_ca.certificate)
 
     async def status(self, caller: Identity) -> dict[str, Any]:
+        """For admins and users allowed to list roles; no service needs it (a
+        kube agent, which may read roles, must not learn the cluster's size)."""
+        if isinstance(caller, HostIdentity):
+            self.require_system_role(caller)
         await self.authorize(caller, "role", "list")
         fingerprints = {
             kind: ca.certificate.fingerprint(hashes.SHA256()).hex()

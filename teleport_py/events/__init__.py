@@ -16,6 +16,9 @@ USER_CREATE = "user.create"
 USER_UPDATE = "user.update"
 USER_DELETE = "user.delete"
 USER_PASSWORD_CHANGE = "user.password_change"
+#: Login attempts refused by the throttle (Teleport has no such event): one per
+#: episode, when a client network or a user name starts being refused.
+LOGIN_THROTTLED = "login.throttled"
 ROLE_CREATED = "role.created"
 ROLE_DELETED = "role.deleted"
 JOIN_TOKEN_CREATE = "join_token.create"
@@ -36,6 +39,7 @@ CODES = {
     (USER_CREATE, True): "T1002I",
     (USER_DELETE, True): "T1004I",
     (USER_PASSWORD_CHANGE, True): "T1005I",
+    (LOGIN_THROTTLED, True): "TLT00W",
     (USER_UPDATE, True): "T1003I",
     (ROLE_CREATED, True): "T9000I",
     (ROLE_DELETED, True): "T9001I",
