@@ -69,6 +69,9 @@ class ClassifyTests(SynchronousTestCase):
 
     def test_unknown_method_has_no_verb(self) -> None:
         self.assertClassified("OPTIONS", f"{NS}/pods/web", {}, verb="", resource="pods")
+        # Methods are case-sensitive: the API server gives "get" no verb (found by the differential test).
+        self.assertClassified("get", f"{NS}/pods", {}, verb="", resource="pods")
+        self.assertClassified("get", "/version", {}, verb="get", is_resource_request=False)
 
     @given(st.text(max_size=8), st.text(max_size=80),
            st.dictionaries(st.text(max_size=15), st.lists(st.text(max_size=15), max_size=2), max_size=3))

@@ -80,7 +80,7 @@ def classify(method: str, path: str, query: Mapping[str, Sequence[str]]) -> Requ
             return info
         verb, parts = parts[0], parts[1:]
     else:
-        verb = _VERB_BY_METHOD.get(method.upper(), "")
+        verb = _VERB_BY_METHOD.get(method, "")  # methods are case-sensitive (Go switches on req.Method)
     namespace = ""
     if parts[0] == "namespaces" and len(parts) > 1:
         namespace = parts[1]
