@@ -108,7 +108,7 @@ class ThrottledLoginAuditTests(TestCase):
         answers = []
         for i in range(25):
             try:
-                await auth.login(PROXY, f"user{i}", "wrong password!!", public_pem(), client_addr=f"192.0.2.7:{40000 + i}")
+                await auth.user_certificates.login(PROXY, f"user{i}", "wrong password!!", public_pem(), client_addr=f"192.0.2.7:{40000 + i}")
             except (AccessDenied, LimitExceeded) as e:
                 answers.append(type(e))
         self.assertEqual(answers, [AccessDenied] * 20 + [LimitExceeded] * 5)

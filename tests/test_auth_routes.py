@@ -93,7 +93,7 @@ class RouteTableTests(TestCase):
         site.displayTracebacks = False
         now = datetime.fromtimestamp(reactor.seconds(), timezone.utc)
         server_key = generate_private_key()
-        server_cert = auth.issue_host_identity(server_key.public_key(), "auth-test", "test", "auth", [AUTH_SERVER_NAME])
+        server_cert = auth.authorities.issue_host_identity(server_key.public_key(), "auth-test", "test", "auth", [AUTH_SERVER_NAME])
         tls = server_tls_options(server_cert, server_key, trusted_cas=[auth.user_ca.certificate, auth.host_ca.certificate],
                                  require_client_certificate=False)
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(TLSMemoryBIOFactory(tls, False, site))
@@ -113,7 +113,7 @@ class RouteTableTests(TestCase):
         clients["user"] = client(auth.user_ca.issue_user_certificate(key.public_key(), user, now), key)
         for role in ("auth", "proxy", "kube", "admin"):
             key = generate_private_key()
-            clients[role] = client(auth.issue_host_identity(key.public_key(), f"{role}-1", "test", role), key)
+            clients[role] = client(auth.authorities.issue_host_identity(key.public_key(), f"{role}-1", "test", role), key)
         self.assertEqual(sorted(clients), sorted(CALLER_KINDS))
 
         checked = 0
@@ -143,4 +143,4 @@ class RouteTableTests(TestCase):
         auth, _ = await self._auth()
         kube = HostIdentity(host_id="agent-1", nodename="n", system_role="kube", teleport_cluster="example")
         with self.assertRaises(AccessDenied):
-            await auth.status(kube)
+            await auth.status.read(kube)

@@ -63,8 +63,8 @@ class AuthServerTests(TestCase):
         return self.auth
 
     async def _user(self, name="alice", roles=("access",)):
-        result = await self.auth.create_user(ADMIN, parse_yaml(f"kind: user\nversion: v2\nmetadata: {{name: {name}}}\nspec: {{roles: [{', '.join(roles)}]}}\n")[0])
-        await self.auth.complete_signup(PROXY, result["token"], PASSWORD)
+        result = await self.auth.users.create(ADMIN, parse_yaml(f"kind: user\nversion: v2\nmetadata: {{name: {name}}}\nspec: {{roles: [{', '.join(roles)}]}}\n")[0])
+        await self.auth.users.complete_signup(PROXY, result["token"], PASSWORD)
         return result
 
     def test_initialize_is_idempotent(self):
@@ -74,7 +74,7 @@ class AuthServerTests(TestCase):
             self.assertEqual(auth.user_ca.certificate, again.user_ca.certificate)
             self.assertEqual(auth.host_ca.certificate, again.host_ca.certificate)
             self.assertNotEqual(auth.user_ca.certificate, auth.host_ca.certificate)
-            names = [r["metadata"]["name"] for r in await auth.list_resources(ADMIN, "role")]
+            names = [r["metadata"]["name"] for r in await auth.resources.list(ADMIN, "role")]
             self.assertIn("access", names)
             self.assertIn("editor", names)
             with self.assertRaises(RuntimeError):
@@ -86,13 +86,13 @@ class AuthServerTests(TestCase):
         async def go():
             auth = await self._setup()
             doc = resource_to_dict(parse_yaml(KUBE_ACCESS)[0])
-            result = await auth.upsert_resource(ADMIN, doc)
+            result = await auth.resources.upsert(ADMIN, doc)
             self.assertTrue(result["created"])
             with self.assertRaises(AlreadyExists):
-                await auth.upsert_resource(ADMIN, doc)
-            result = await auth.upsert_resource(ADMIN, doc, force=True)
+                await auth.resources.upsert(ADMIN, doc)
+            result = await auth.resources.upsert(ADMIN, doc, force=True)
             self.assertFalse(result["created"])
-            stored = await auth.get_resource(ADMIN, "role", "kube-access")
+            stored = await auth.resources.get(ADMIN, "role", "kube-access")
             self.assertEqual(stored["spec"]["allow"]["kubernetes_groups"], ["viewers"])
 
         return d(go())
@@ -103,19 +103,19 @@ class AuthServerTests(TestCase):
             doc = resource_to_dict(parse_yaml(KUBE_ACCESS)[0])
             doc["spec"]["allow"]["kubernetes_resources"][0]["verbs"] = ["gett"]
             with self.assertRaises(BadParameter) as cm:
-                await auth.upsert_resource(ADMIN, doc)
+                await auth.resources.upsert(ADMIN, doc)
             self.assertIn("verbs", str(cm.exception))
             with self.assertRaises(NotFound):
-                await auth.get_resource(ADMIN, "role", "kube-access")
+                await auth.resources.get(ADMIN, "role", "kube-access")
 
         return d(go())
 
     def test_signup_and_login(self):
         async def go():
             auth = await self._setup()
-            await auth.upsert_resource(ADMIN, resource_to_dict(parse_yaml(KUBE_ACCESS)[0]))
+            await auth.resources.upsert(ADMIN, resource_to_dict(parse_yaml(KUBE_ACCESS)[0]))
             await self._user(roles=("access", "kube-access"))
-            result = await auth.login(PROXY, "alice", PASSWORD, public_pem(), client_addr="10.0.0.1")
+            result = await auth.user_certificates.login(PROXY, "alice", PASSWORD, public_pem(), client_addr="10.0.0.1")
             cert = load_certificate_pem(result["cert"].encode())
             identity = identity_from_certificate(cert, user_ca=auth.user_ca.certificate, host_ca=auth.host_ca.certificate)
             self.assertIsInstance(identity, UserIdentity)
@@ -136,14 +136,14 @@ class AuthServerTests(TestCase):
         async def go():
             auth = await self._setup()
             user = parse_yaml("kind: user\nversion: v2\nmetadata: {name: bob}\nspec: {roles: [access]}\n")[0]
-            result = await auth.create_user(ADMIN, user)
+            result = await auth.users.create(ADMIN, user)
             with self.assertRaises(BadParameter):
-                await auth.complete_signup(PROXY, result["token"], "short")
-            await auth.complete_signup(PROXY, result["token"], PASSWORD)
+                await auth.users.complete_signup(PROXY, result["token"], "short")
+            await auth.users.complete_signup(PROXY, result["token"], PASSWORD)
             with self.assertRaises(NotFound):
-                await auth.complete_signup(PROXY, result["token"], PASSWORD + "x")
+                await auth.users.complete_signup(PROXY, result["token"], PASSWORD + "x")
             with self.assertRaises(AccessDenied):
-                await auth.complete_signup(
+                await auth.users.complete_signup(
                     UserIdentity(username="bob", roles=("access",), expires=datetime.now(timezone.utc)), "t", PASSWORD
                 )
 
@@ -156,7 +156,7 @@ class AuthServerTests(TestCase):
             errors = []
             for user, password in (("alice", "wrong password!!"), ("nobody", PASSWORD)):
                 try:
-                    await auth.login(PROXY, user, password, public_pem())
+                    await auth.user_certificates.login(PROXY, user, password, public_pem())
                 except AccessDenied as e:
                     errors.append(str(e))
             self.assertEqual(len(errors), 2)
@@ -173,13 +173,13 @@ class AuthServerTests(TestCase):
         async def go():
             auth = await self._setup()
             await self._user()
-            for _ in range(auth.limiter.max_failures):
+            for _ in range(auth.user_certificates.limiter.max_failures):
                 with self.assertRaises(AccessDenied):
-                    await auth.login(PROXY, "alice", "wrong password!!", public_pem())
+                    await auth.user_certificates.login(PROXY, "alice", "wrong password!!", public_pem())
             with self.assertRaises(LimitExceeded):
-                await auth.login(PROXY, "alice", PASSWORD, public_pem())
-            self.clock.offset += auth.limiter.lockout + 1
-            await auth.login(PROXY, "alice", PASSWORD, public_pem())
+                await auth.user_certificates.login(PROXY, "alice", PASSWORD, public_pem())
+            self.clock.offset += auth.user_certificates.limiter.lockout + 1
+            await auth.user_certificates.login(PROXY, "alice", PASSWORD, public_pem())
 
         return d(go())
 
@@ -189,7 +189,7 @@ class AuthServerTests(TestCase):
             await self._user()
             kube = HostIdentity(host_id="k", nodename="k", system_role="kube", teleport_cluster="example")
             with self.assertRaises(AccessDenied):
-                await auth.login(kube, "alice", PASSWORD, public_pem())
+                await auth.user_certificates.login(kube, "alice", PASSWORD, public_pem())
 
         return d(go())
 
@@ -197,9 +197,9 @@ class AuthServerTests(TestCase):
         async def go():
             auth = await self._setup()
             role = KUBE_ACCESS.replace("spec:\n", "spec:\n  options:\n    max_session_ttl: 1h\n")
-            await auth.upsert_resource(ADMIN, resource_to_dict(parse_yaml(role)[0]))
+            await auth.resources.upsert(ADMIN, resource_to_dict(parse_yaml(role)[0]))
             await self._user(roles=("kube-access",))
-            result = await auth.login(PROXY, "alice", PASSWORD, public_pem(), ttl=48 * 3600)
+            result = await auth.user_certificates.login(PROXY, "alice", PASSWORD, public_pem(), ttl=48 * 3600)
             cert = load_certificate_pem(result["cert"].encode())
             lifetime = cert.not_valid_after_utc - datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
             self.assertLessEqual(lifetime, timedelta(hours=1))
@@ -214,19 +214,19 @@ class AuthServerTests(TestCase):
                 username="alice", roles=("access",), teleport_cluster="example",
                 expires=datetime.fromtimestamp(self.clock.seconds() + 600, timezone.utc),
             )
-            result = await auth.reissue_user_cert(caller, public_pem(), "", None)
+            result = await auth.user_certificates.reissue(caller, public_pem(), "", None)
             cert = load_certificate_pem(result["cert"].encode())
             self.assertLessEqual(cert.not_valid_after_utc, caller.expires)
             with self.assertRaises(NotFound):
-                await auth.reissue_user_cert(caller, public_pem(), "no-such-cluster", None)
+                await auth.user_certificates.reissue(caller, public_pem(), "no-such-cluster", None)
 
         return d(go())
 
     def test_join_with_kube_token(self):
         async def go():
             auth = await self._setup()
-            token = (await auth.create_join_token(ADMIN, ["kube"], 1800))["metadata"]["name"]
-            result = await auth.join(token, "kube", public_pem(), "host-1", "node1", ["kube.example.com", "auth.teleport.cluster.local"])
+            token = (await auth.join_tokens.create(ADMIN, ["kube"], 1800))["metadata"]["name"]
+            result = await auth.join_tokens.join(token, "kube", public_pem(), "host-1", "node1", ["kube.example.com", "auth.teleport.cluster.local"])
             cert = load_certificate_pem(result["cert"].encode())
             identity = identity_from_certificate(cert, user_ca=auth.user_ca.certificate, host_ca=auth.host_ca.certificate)
             self.assertEqual((identity.system_role, identity.host_id), ("kube", "host-1"))
@@ -237,12 +237,12 @@ class AuthServerTests(TestCase):
             self.assertNotIn("auth.teleport.cluster.local", names)
             # Wrong role, unknown token, expired token: all refused the same way and audited.
             with self.assertRaises(AccessDenied):
-                await auth.join(token, "proxy", public_pem(), "host-2", "node2")
+                await auth.join_tokens.join(token, "proxy", public_pem(), "host-2", "node2")
             with self.assertRaises(AccessDenied):
-                await auth.join("0" * 32, "kube", public_pem(), "host-3", "node3")
+                await auth.join_tokens.join("0" * 32, "kube", public_pem(), "host-3", "node3")
             self.clock.offset += 1801
             with self.assertRaises(AccessDenied):
-                await auth.join(token, "kube", public_pem(), "host-4", "node4")
+                await auth.join_tokens.join(token, "kube", public_pem(), "host-4", "node4")
             joins = await auth.audit.search(
                 datetime.now(timezone.utc) - timedelta(minutes=5), datetime.now(timezone.utc) + timedelta(hours=1),
                 [events.INSTANCE_JOIN],
@@ -259,25 +259,25 @@ class AuthServerTests(TestCase):
             plain = UserIdentity(username="al", roles=("access",), expires=datetime.now(timezone.utc) + timedelta(hours=1))
             doc = resource_to_dict(parse_yaml(KUBE_ACCESS)[0])
             with self.assertRaises(AccessDenied):
-                await auth.upsert_resource(plain, doc)
-            await auth.upsert_resource(editor, doc)
+                await auth.resources.upsert(plain, doc)
+            await auth.resources.upsert(editor, doc)
             kube = HostIdentity(host_id="k", nodename="k", system_role="kube", teleport_cluster="example")
             with self.assertRaises(AccessDenied):
-                await auth.list_resources(kube, "user")
+                await auth.resources.list(kube, "user")
 
         return d(go())
 
     def test_update_user_roles(self):
         async def go():
             auth = await self._setup()
-            await auth.upsert_resource(ADMIN, resource_to_dict(parse_yaml(KUBE_ACCESS)[0]))
+            await auth.resources.upsert(ADMIN, resource_to_dict(parse_yaml(KUBE_ACCESS)[0]))
             await self._user()
-            user = await auth.update_user(ADMIN, "alice", roles=["access", "kube-access"])
+            user = await auth.users.update(ADMIN, "alice", roles=["access", "kube-access"])
             self.assertEqual(user.roles, ("access", "kube-access"))
             with self.assertRaises(BadParameter):
-                await auth.update_user(ADMIN, "alice", roles=["nope"])
+                await auth.users.update(ADMIN, "alice", roles=["nope"])
             with self.assertRaises(BadParameter):
-                await auth.delete_resource(ADMIN, "role", "kube-access")
+                await auth.resources.delete(ADMIN, "role", "kube-access")
 
         return d(go())
 
@@ -291,18 +291,18 @@ class AuthServerTests(TestCase):
                          "cluster": {"kind": "kube_cluster", "version": "v3",
                                      "metadata": {"name": "my-cluster", "labels": {"env": "prod"}}, "spec": {}}},
             }
-            await auth.heartbeat_kube_server(kube, server)
+            await auth.kube_servers.heartbeat(kube, server)
             other = HostIdentity(host_id="agent-2", nodename="n", system_role="kube", teleport_cluster="example")
             with self.assertRaises(AccessDenied):
-                await auth.heartbeat_kube_server(other, server)
-            self.assertEqual(await auth.kube_clusters(), {"my-cluster": {"env": "prod"}})
+                await auth.kube_servers.heartbeat(other, server)
+            self.assertEqual(await auth.kube_servers.clusters(), {"my-cluster": {"env": "prod"}})
             await self._user(roles=("access",))
             alice = UserIdentity(username="alice", roles=("access",), expires=datetime.now(timezone.utc) + timedelta(hours=1))
             self.assertEqual(
-                await auth.list_kube_clusters_for(alice), [{"name": "my-cluster", "labels": {"env": "prod"}}]
+                await auth.kube_servers.list_for(alice), [{"name": "my-cluster", "labels": {"env": "prod"}}]
             )
             self.clock.offset += 200
-            self.assertEqual(await auth.kube_clusters(), {})
+            self.assertEqual(await auth.kube_servers.clusters(), {})
 
         return d(go())
 
@@ -315,24 +315,24 @@ class AuthServerTests(TestCase):
                 events.make_event("kube.request", now, verb="get", server_id="forged")
                 for _ in range(3)
             ]
-            self.assertEqual(await auth.append_events(kube, batch), 3)
-            await auth.append_events(kube, batch)  # an upload retried after a crash
+            self.assertEqual(await auth.events.append(kube, batch), 3)
+            await auth.events.append(kube, batch)  # an upload retried after a crash
             start = datetime.fromtimestamp(now - 60, timezone.utc)
             end = datetime.fromtimestamp(now + 60, timezone.utc)
-            stored = await auth.search_events(ADMIN, start, end, ["kube.request"], 100)
+            stored = await auth.events.search(ADMIN, start, end, ["kube.request"], 100)
             self.assertEqual(sorted(e["uid"] for e in stored), sorted(e["uid"] for e in batch))
             self.assertEqual({e["server_id"] for e in stored}, {"agent-1"})
 
             broken = [events.make_event("kube.request", now, verb="list"), {"event": "kube.request"}]
             with self.assertRaises(BadParameter):
-                await auth.append_events(kube, broken)
+                await auth.events.append(kube, broken)
             with self.assertRaises(BadParameter):
-                await auth.append_events(kube, [events.make_event("kube.request", now), "not an object"])
-            self.assertEqual(len(await auth.search_events(ADMIN, start, end, ["kube.request"], 100)), 3,
+                await auth.events.append(kube, [events.make_event("kube.request", now), "not an object"])
+            self.assertEqual(len(await auth.events.search(ADMIN, start, end, ["kube.request"], 100)), 3,
                              "a batch with a malformed event stores none of it")
             alice = UserIdentity(username="alice", roles=("access",), expires=datetime.now(timezone.utc) + timedelta(hours=1))
             with self.assertRaises(AccessDenied):
-                await auth.append_events(alice, batch)
+                await auth.events.append(alice, batch)
 
         return d(go())
 
@@ -347,14 +347,14 @@ class KubeAgentRoleAccessTests(TestCase):
             self.addCleanup(backend.close)
             auth = await AuthServer.initialize(clock, backend, "example")
             kube = HostIdentity(host_id="agent-1", nodename="n", system_role="kube", teleport_cluster="example")
-            await auth.authorize(kube, "role", "read")
-            await auth.authorize(kube, "role", "list")
+            await auth.authorizer.check(kube, "role", "read")
+            await auth.authorizer.check(kube, "role", "list")
             for kind, verb in (("role", "create"), ("role", "update"), ("role", "delete"), ("user", "read"),
                                ("token", "list"), ("event", "list")):
                 with self.assertRaises(AccessDenied):
-                    await auth.authorize(kube, kind, verb)
+                    await auth.authorizer.check(kube, kind, verb)
             proxy = HostIdentity(host_id="p", nodename="n", system_role="proxy", teleport_cluster="example")
             with self.assertRaises(AccessDenied):
-                await auth.authorize(proxy, "role", "read")
+                await auth.authorizer.check(proxy, "role", "read")
 
         return d(go())

@@ -74,7 +74,7 @@ class FakeAgent:
 
     def __init__(self, auth, host_id: str):
         self.key = generate_private_key()
-        self.cert = auth.issue_host_identity(self.key.public_key(), host_id, "node", "kube", ["localhost"])
+        self.cert = auth.authorities.issue_host_identity(self.key.public_key(), host_id, "node", "kube", ["localhost"])
         self.host_ca = auth.host_ca.certificate
         self.streams: list[dict] = []
 
@@ -137,15 +137,15 @@ class ProxyServiceTests(TestCase):
         return response.code, json.loads(await readBody(response))
 
     async def alice(self):
-        await self.auth.upsert_resource(ADMIN, resource_to_dict(parse_yaml(KUBE_ACCESS)[0]))
-        created = await self.auth.create_user(
+        await self.auth.resources.upsert(ADMIN, resource_to_dict(parse_yaml(KUBE_ACCESS)[0]))
+        created = await self.auth.users.create(
             ADMIN, parse_yaml("kind: user\nversion: v2\nmetadata: {name: alice}\nspec: {roles: [kube-access]}\n")[0]
         )
         return created["token"]
 
     async def heartbeat(self, cluster="k8s"):
         kube = HostIdentity(host_id="agent-1", nodename="node", system_role="kube", teleport_cluster="example")
-        await self.auth.heartbeat_kube_server(kube, {
+        await self.auth.kube_servers.heartbeat(kube, {
             "kind": "kube_server", "version": "v3", "metadata": {"name": cluster},
             "spec": {"host_id": "agent-1", "hostname": "node", "version": "teleport_py",
                      "cluster": {"kind": "kube_cluster", "version": "v3",

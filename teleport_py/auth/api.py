@@ -24,6 +24,7 @@ from twisted.web import resource, server
 from teleport_py.auth.errors import AccessDenied, AuthError, BadParameter
 from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
+from teleport_py.auth.services.common import validated
 from teleport_py.pki import HostIdentity, IdentityError, UserIdentity, identity_from_certificate
 
 MAX_BODY = 1 << 20
@@ -288,28 +289,28 @@ class AuthAPI(resource.Resource):
         return {"cluster_name": self.auth.cluster_name, "server_version": "teleport_py"}
 
     async def cas(self, caller, request, body):
-        return self.auth.cas_pem()
+        return self.auth.authorities.cas_pem()
 
     async def join(self, caller, request, body):
-        return await self.auth.join(
+        return await self.auth.join_tokens.join(
             self._str(body, "token"), self._str(body, "role"), self._str(body, "public_key"),
             self._str(body, "host_id"), self._str(body, "nodename", required=False),
             [d for d in body.get("dns_names", []) if isinstance(d, str)][:16], self._client(caller, request),
         )
 
     async def login(self, caller, request, body):
-        return await self.auth.login(
+        return await self.auth.user_certificates.login(
             self._authenticated(caller), self._str(body, "user"), self._str(body, "password"),
             self._str(body, "public_key"), ttl=self._ttl(body),
             kube_cluster=self._str(body, "kube_cluster", required=False), client_addr=self._client(caller, request),
         )
 
     async def signup(self, caller, request, body):
-        user = await self.auth.complete_signup(self._authenticated(caller), self._str(body, "token"), self._str(body, "password"))
+        user = await self.auth.users.complete_signup(self._authenticated(caller), self._str(body, "token"), self._str(body, "password"))
         return {"user": user}
 
     async def reissue(self, caller, request, body):
-        return await self.auth.reissue_user_cert(
+        return await self.auth.user_certificates.reissue(
             self._authenticated(caller), self._str(body, "public_key"),
             self._str(body, "kube_cluster", required=False), self._ttl(body),
         )
@@ -321,25 +322,23 @@ class AuthAPI(resource.Resource):
         return {"host_id": caller.host_id, "system_role": caller.system_role}
 
     async def status(self, caller, request, body):
-        return await self.auth.status(self._authenticated(caller))
+        return await self.auth.status.read(self._authenticated(caller))
 
     async def upsert(self, caller, request, body):
-        return await self.auth.upsert_resource(self._authenticated(caller), body.get("resource"), bool(body.get("force")))
+        return await self.auth.resources.upsert(self._authenticated(caller), body.get("resource"), bool(body.get("force")))
 
     async def list_resources(self, caller, request, body, kind):
-        return {"items": await self.auth.list_resources(self._authenticated(caller), kind)}
+        return {"items": await self.auth.resources.list(self._authenticated(caller), kind)}
 
     async def get_resource(self, caller, request, body, kind, name):
-        return await self.auth.get_resource(self._authenticated(caller), kind, name)
+        return await self.auth.resources.get(self._authenticated(caller), kind, name)
 
     async def delete_resource(self, caller, request, body, kind, name):
-        await self.auth.delete_resource(self._authenticated(caller), kind, name)
+        await self.auth.resources.delete(self._authenticated(caller), kind, name)
         return {}
 
     async def create_user(self, caller, request, body):
-        from teleport_py.auth.server import _validated
-
-        user = _validated(
+        user = validated(
             {
                 "kind": "user",
                 "version": "v2",
@@ -348,35 +347,35 @@ class AuthAPI(resource.Resource):
             },
             "user",
         )
-        return await self.auth.create_user(self._authenticated(caller), user)
+        return await self.auth.users.create(self._authenticated(caller), user)
 
     async def update_user(self, caller, request, body, name):
-        user = await self.auth.update_user(
+        user = await self.auth.users.update(
             self._authenticated(caller), name, roles=body.get("roles"), traits=body.get("traits")
         )
         return {"name": user.name, "roles": list(user.roles)}
 
     async def reset_user(self, caller, request, body, name):
-        return await self.auth.reset_user(self._authenticated(caller), name)
+        return await self.auth.users.reset(self._authenticated(caller), name)
 
     async def create_token(self, caller, request, body):
         roles = body.get("roles") or ["kube"]
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise BadParameter("roles: must be a list of strings")
-        return await self.auth.create_join_token(self._authenticated(caller), roles, self._ttl(body))
+        return await self.auth.join_tokens.create(self._authenticated(caller), roles, self._ttl(body))
 
     async def heartbeat(self, caller, request, body):
-        await self.auth.heartbeat_kube_server(self._authenticated(caller), body.get("resource"))
+        await self.auth.kube_servers.heartbeat(self._authenticated(caller), body.get("resource"))
         return {}
 
     async def kube_clusters(self, caller, request, body):
-        return {"items": await self.auth.list_kube_clusters_for(self._authenticated(caller))}
+        return {"items": await self.auth.kube_servers.list_for(self._authenticated(caller))}
 
     async def append_events(self, caller, request, body):
         batch = body.get("events")
         if not isinstance(batch, list):
             raise BadParameter("events: must be a list")
-        return {"stored": await self.auth.append_events(self._authenticated(caller), batch)}
+        return {"stored": await self.auth.events.append(self._authenticated(caller), batch)}
 
     async def search_events(self, caller, request, body):
         args = {k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()}
@@ -388,7 +387,7 @@ class AuthAPI(resource.Resource):
         except ValueError:
             raise BadParameter("limit: must be an integer") from None
         types = [t for v in args.get("type", []) for t in v.split(",") if t]
-        items = await self.auth.search_events(self._authenticated(caller), start, end, types, limit)
+        items = await self.auth.events.search(self._authenticated(caller), start, end, types, limit)
         return {"items": items}
 
     async def list_recordings(self, caller, request, body):

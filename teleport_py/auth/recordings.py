@@ -92,13 +92,13 @@ class Recordings:
 
     async def stored(self, caller, session_id: str) -> dict[str, Any]:
         """How much of a recording Auth holds (size 0 for an unknown one)."""
-        self.auth.require_system_role(caller, "kube")
+        self.auth.authorizer.require_system_role(caller, "kube")
         _check_id(session_id)
         meta = await self._meta(session_id)
         return {"size": meta["size"] if meta else 0, "complete": bool(meta and meta["complete"])}
 
     async def append(self, caller, session_id: str, offset: int, data: bytes, final: bool) -> dict[str, Any]:
-        host: HostIdentity = self.auth.require_system_role(caller, "kube")
+        host: HostIdentity = self.auth.authorizer.require_system_role(caller, "kube")
         _check_id(session_id)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise BadParameter("offset: must be a non-negative integer")
@@ -141,7 +141,7 @@ class Recordings:
 
     async def _may(self, caller, verb: str) -> bool:
         try:
-            await self.auth.authorize(caller, "session", verb)
+            await self.auth.authorizer.check(caller, "session", verb)
         except AccessDenied:
             return False
         return True

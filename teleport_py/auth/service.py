@@ -70,7 +70,7 @@ class AuthService(RoleService):
         await self.start_child(refresh)
         key = generate_private_key()
         names, ips = _server_names(self.config)
-        cert = self.auth.issue_host_identity(
+        cert = self.auth.authorities.issue_host_identity(
             key.public_key(), f"auth-{self.config.nodename}", self.config.nodename, "auth", names, ips
         )
         tls = server_tls_options(
@@ -104,7 +104,7 @@ class AuthService(RoleService):
 
     def write_admin_identity(self) -> None:
         key = generate_private_key()
-        cert = self.auth.issue_host_identity(key.public_key(), f"admin-{self.config.nodename}", self.config.nodename, "admin")
+        cert = self.auth.authorities.issue_host_identity(key.public_key(), f"admin-{self.config.nodename}", self.config.nodename, "admin")
         IdentityFile(cert, key, (self.auth.user_ca.certificate,), (self.auth.host_ca.certificate,)).save(
             admin_identity_dir(self.config.data_dir)
         )

@@ -253,7 +253,7 @@ class ProxyService(RoleService):
         auth = self.local_auth.auth
         key = generate_private_key()
         names, ips = self._server_names()
-        cert = auth.issue_host_identity(key.public_key(), self._host_id(), self.config.nodename, "proxy", names, ips)
+        cert = auth.authorities.issue_host_identity(key.public_key(), self._host_id(), self.config.nodename, "proxy", names, ips)
         listen = self.config.auth.listen_addr
         identity = IdentityFile(cert, key, (auth.user_ca.certificate,), (auth.host_ca.certificate,))
         return Address(listen.connect_host(), listen.port), identity

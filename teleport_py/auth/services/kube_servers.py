@@ -1,0 +1,99 @@
+"""Kubernetes clusters as their agents heartbeat them: ``/kube_servers/<cluster>/<host id>``,
+each expiring with its TTL, so a cluster no agent serves any more disappears.
+Which of them a user may reach is decided here too (``tsh kube ls``, a
+certificate routed to a cluster)."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import attr
+
+from teleport_py.auth.authorizer import Authorizer
+from teleport_py.auth.errors import AccessDenied, NotFound
+from teleport_py.auth.services.common import Identity, to_json, validated
+from teleport_py.auth.services.roles import Roles
+from teleport_py.auth.services.users import Users
+from teleport_py.pki import HostIdentity
+from teleport_py.rbac import AccessChecker, AccessDenied as RBACDenied
+from teleport_py.resources import KubeServer, User, resource_from_dict, resource_to_dict
+
+PREFIX = "/kube_servers/"
+KUBE_SERVER_TTL = 90.0
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class KubeServers:
+    _clock: Any
+    _backend: Any
+    _authorizer: Authorizer
+    _roles: Roles
+    _users: Users
+
+    async def heartbeat(self, caller: Identity, doc: dict[str, Any]) -> None:
+        host = self._authorizer.require_system_role(caller, "kube")
+        server = validated(doc, "kube_server")
+        if host.system_role != "admin" and server.host_id != host.host_id:
+            raise AccessDenied("a Kubernetes service may only heartbeat its own clusters")
+        expires = self._clock.seconds() + KUBE_SERVER_TTL
+        server = KubeServer(
+            name=server.name, host_id=server.host_id, hostname=server.hostname, cluster_name=server.cluster_name,
+            cluster_labels=server.cluster_labels, version=server.version,
+            expires=datetime.fromtimestamp(int(expires), timezone.utc),
+        )
+        await self._backend.put(
+            f"{PREFIX}{server.cluster_name}/{server.host_id}", to_json(resource_to_dict(server)), expires=expires
+        )
+
+    async def clusters(self) -> dict[str, dict[str, str]]:
+        """Live clusters and their labels (several agents may serve one)."""
+        clusters: dict[str, dict[str, str]] = {}
+        for item in await self._backend.get_range(PREFIX):
+            server = resource_from_dict(json.loads(item.value))
+            clusters.setdefault(server.cluster_name, dict(server.cluster_labels))
+        return clusters
+
+    async def _checker(self, user: User) -> AccessChecker:
+        return AccessChecker(user.name, await self._roles.get_many(user.roles), user.traits)
+
+    async def check_access(self, user: User, cluster: str) -> dict[str, str]:
+        """The cluster's labels if the user's roles reach it."""
+        clusters = await self.clusters()
+        checker = await self._checker(user)
+        labels = clusters.get(cluster)
+        if labels is not None:
+            try:
+                checker.check_cluster(cluster, labels)
+                return labels
+            except RBACDenied:
+                pass
+        # Same answer for "missing" and "not allowed": do not reveal clusters.
+        raise NotFound(f'kubernetes cluster "{cluster}" not found')
+
+    async def list_for(self, caller: Identity) -> list[dict[str, Any]]:
+        """What ``tsh kube ls`` shows: clusters the caller's roles can reach
+        (an admin sees them all)."""
+        clusters = await self.clusters()
+        if isinstance(caller, HostIdentity):
+            self._authorizer.require_system_role(caller)
+            return [{"name": n, "labels": l} for n, l in sorted(clusters.items())]
+        checker = await self._checker(await self._users.get(caller.username))
+        visible = []
+        for name, labels in sorted(clusters.items()):
+            try:
+                checker.check_cluster(name, labels)
+            except RBACDenied:
+                continue
+            visible.append({"name": name, "labels": labels})
+        return visible
+
+    async def get(self, name: str) -> dict[str, Any]:
+        found = [json.loads(i.value) for i in await self._backend.get_range(f"{PREFIX}{name}/")]
+        if found:
+            return found[0]
+        raise NotFound(f'kube_server "{name}" not found')
+
+    async def delete(self, name: str) -> None:
+        if not await self._backend.delete_range(f"{PREFIX}{name}/"):
+            raise NotFound(f'kube_server "{name}" not found')
