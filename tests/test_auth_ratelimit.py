@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from cryptography.hazmat.primitives import serialization
 from hypothesis import given, strategies as st
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -15,14 +14,7 @@ from teleport_py.auth.errors import AccessDenied, LimitExceeded
 from teleport_py.auth.ratelimit import PRUNE_EVERY, UNKNOWN_NETWORK, LoginLimiter, client_network
 from teleport_py.auth.server import AuthServer
 from teleport_py.backend import MemoryBackend
-from teleport_py.pki import HostIdentity, generate_private_key
-
-PROXY = HostIdentity(host_id="proxy-1", nodename="test", system_role="proxy", teleport_cluster="example")
-
-
-def public_pem() -> str:
-    return generate_private_key().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+from tests.support.auth_callers import PROXY, public_pem
 
 
 class ClientNetworkTests(SynchronousTestCase):

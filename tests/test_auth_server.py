@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
@@ -16,8 +15,9 @@ from teleport_py import events
 from teleport_py.auth.errors import AccessDenied, AlreadyExists, BadParameter, LimitExceeded, NotFound
 from teleport_py.auth.server import AuthServer
 from teleport_py.backend import MemoryBackend
-from teleport_py.pki import HostIdentity, UserIdentity, generate_private_key, identity_from_certificate, load_certificate_pem
+from teleport_py.pki import HostIdentity, UserIdentity, identity_from_certificate, load_certificate_pem
 from teleport_py.resources import parse_yaml, resource_to_dict
+from tests.support.auth_callers import ADMIN, PROXY, public_pem
 from tests.support.seed import KUBE_ACCESS_ROLE as KUBE_ACCESS
 
 PASSWORD = "correct horse battery"
@@ -37,17 +37,6 @@ class ShiftedClock:
         return getattr(self._real, name)
 
 
-def public_pem() -> str:
-    return (
-        generate_private_key()
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-
-
-ADMIN = HostIdentity(host_id="admin-test", nodename="test", system_role="admin", teleport_cluster="example")
-PROXY = HostIdentity(host_id="proxy-1", nodename="test", system_role="proxy", teleport_cluster="example")
 
 
 def d(coro):
