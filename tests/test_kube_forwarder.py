@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import attrs
 import h11
 from twisted.internet import defer, error, reactor
+from twisted.internet.task import deferLater
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
@@ -21,8 +22,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
 from teleport_py.kube.credentials import ClusterCredentials
-from teleport_py.kube.authorize import CheckerCache, Decision, RoleCache
-from teleport_py.kube.forwarder import Forwarder, KubeCluster
+from teleport_py.kube.acceptor import StreamAcceptor
+from teleport_py.kube.authorize import CheckerCache, RoleCache
+from teleport_py.kube.canonical import canonical_request
+from teleport_py.kube.context import Decision, KubeCluster, RequestContext
 from teleport_py.kube.upstream import UpstreamRequest
 from teleport_py.pki import (
     CertAuthority,
@@ -77,13 +80,23 @@ def credentials(port: int, token: str = "") -> ClusterCredentials:
                               client_certificate=AGENT_CERT, client_key=AGENT_KEY)
 
 
+def request_context(kubectl, request: h11.Request, decision: Decision) -> RequestContext:
+    """The context ``KubeCaller`` would build for ``request`` on ``kubectl``'s stream."""
+    canonical = canonical_request(request.method, request.target, b"proxy", request.headers)
+    return RequestContext(kubectl.caller.stream, canonical, decision)
+
+
 class FakeRoles:
     def __init__(self, *roles):
         self.by_name = {r.name: r for r in roles}
         self.fetched = []
+        #: While set, lookups wait for it: authorization is in progress.
+        self.gate: defer.Deferred | None = None
 
     async def fetch(self, name):
         self.fetched.append(name)
+        if self.gate is not None:
+            await self.gate
         return self.by_name.get(name)
 
 
@@ -181,16 +194,16 @@ class ForwarderTests(TestCase):
         api = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(TLSMemoryBIOFactory(tls, False, site))
         self.addCleanup(api.stopListening)
         cluster = KubeCluster("c1", labels or {"env": "dev"}, credentials(api.getHost().port, token))
-        self.forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+        self.acceptor = StreamAcceptor(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
                                    roles=RoleCache(reactor, self.roles.fetch), emit=self.audit.append)
-        self.addCleanup(self.forwarder.close)
+        self.addCleanup(self.acceptor.close)
         return cluster
 
     async def connect(self, **metadata) -> Client:
         metadata.setdefault("user_cert", user_cert_pem())
         metadata.setdefault("kube_cluster", "c1")
         metadata.setdefault("client_addr", "192.0.2.1:5000")
-        front = Factory.forProtocol(lambda: self.forwarder.accept_stream(metadata))
+        front = Factory.forProtocol(lambda: self.acceptor.accept_stream(metadata))
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(front)
         self.addCleanup(port.stopListening)
         client = Client()
@@ -356,7 +369,7 @@ class ForwarderTests(TestCase):
             self.assertEqual(len(set(map(id, self.recorder.channels))), 1)
             self.assertEqual([self.recorder.header(b"impersonate-user", i) for i in range(3)],
                              [[b"alice"], [b"alice"], [b"bob"]])
-            self.assertEqual(self.forwarder.pool(self.forwarder.clusters["c1"]).idle, 1)
+            self.assertEqual(self.acceptor.connections.pool(self.acceptor.clusters["c1"]).idle, 1)
         return defer.Deferred.fromCoroutine(go())
 
     def test_watch_left_by_kubectl_closes_its_connection(self):
@@ -414,16 +427,88 @@ class ForwarderTests(TestCase):
     def test_unreachable_api_server_is_a_status_502(self):
         async def go():
             await self.start()
-            cluster = self.forwarder.clusters["c1"]
+            cluster = self.acceptor.clusters["c1"]
             dead = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
             port = dead.getHost().port
             await dead.stopListening()
-            self.forwarder.clusters["c1"] = KubeCluster("c1", cluster.labels, credentials(port))
+            self.acceptor.clusters["c1"] = KubeCluster("c1", cluster.labels, credentials(port))
             client = await self.connect()
             client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods"))
             response, body = await self.response(client)
             self.assertEqual(response.status_code, 502)
             self.assertEqual(json.loads(body)["kind"], "Status")
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_absolute_form_targets_get_400_reach_nothing_and_are_audited(self):
+        """kube-apiserver would read the full URL and serve the resource,
+        while the path classifier saw no ``api`` segment: refused before
+        either reads it."""
+        async def go():
+            await self.start()
+            client = await self.connect()
+            for method, target in ((b"GET", b"https://x/api/v1/namespaces/default/secrets"),
+                                   (b"DELETE", b"http://x/api/v1/namespaces/default/pods/p"),
+                                   (b"GET", b"x:443"), (b"OPTIONS", b"*"),
+                                   (b"GET", b"/api/v1/namespaces/default/pods#x")):
+                client.received = b""
+                client.transport.write(self.request(method, target))
+                response, body = await self.response(client)
+                self.assertEqual((response.status_code, response.reason), (400, b"Bad Request"), target)
+                status = json.loads(body)
+                self.assertEqual((status["kind"], status["code"], status["reason"]), ("Status", 400, "BadRequest"))
+                self.assertIn("teleport refused the request", status["message"])
+            self.assertEqual(self.recorder.requests, [])
+            self.assertEqual([(e["response_code"], e["success"], e["http_method"]) for e in self.audit],
+                             [(400, False, "GET"), (400, False, "DELETE"), (400, False, "GET"),
+                              (400, False, "OPTIONS"), (400, False, "GET")])
+            self.assertEqual(self.audit[0]["request_path"], "https://x/api/v1/namespaces/default/secrets")
+            self.assertIn("absolute-form", self.audit[0]["reason"])
+            # The connection carries the next request.
+            client.received = b""
+            client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods"))
+            response, _ = await self.response(client)
+            self.assertEqual(response.status_code, 200)
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_the_target_sent_upstream_is_rebuilt_from_what_was_classified(self):
+        async def go():
+            await self.start()
+            client = await self.connect()
+            client.transport.write(self.request(
+                b"GET", b"/api/v1/namespaces%2Fdefault/pod%73?labelSelector=app%3Dweb;watch=1&x=a+b"))
+            response, _ = await self.response(client)
+            self.assertEqual(response.status_code, 200)
+            (method, uri, _, _), = self.recorder.requests
+            self.assertEqual(uri, b"/api/v1/namespaces/default/pods?labelSelector=app%3Dweb%3Bwatch%3D1&x=a%20b")
+            (event,) = self.audit
+            self.assertEqual((event["verb"], event["resource_kind"], event["resource_namespace"]),
+                             ("list", "pods", "default"))
+            self.assertEqual(event["request_path"], uri.decode())
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_client_gone_during_authorization_sends_nothing_upstream(self):
+        """kubectl hangs up while its roles are being looked up: the watch
+        it asked for is never opened upstream."""
+        async def go():
+            await self.start()
+            fronts, carriers = [], []
+            accept_stream = self.acceptor.accept_stream
+            self.acceptor.accept_stream = lambda metadata: fronts.append(accept_stream(metadata)) or fronts[-1]
+            connections = self.acceptor.connections
+            for kind in ("pool", "h2_pool"):
+                carrier = getattr(connections, kind)
+                setattr(connections, kind, lambda cluster, carrier=carrier, kind=kind: carriers.append(kind)
+                        or carrier(cluster))
+            self.roles.gate = defer.Deferred()
+            client = await self.connect()
+            client.transport.write(self.request(b"GET", b"/api/v1/namespaces/default/pods?watch=1"))
+            while not self.roles.fetched:
+                await deferLater(reactor, 0.01)
+            client.transport.loseConnection()
+            while not fronts[0].closed:
+                await deferLater(reactor, 0.01)
+            self.roles.gate.callback(None)
+            self.assertEqual((carriers, self.recorder.requests), ([], []))
         return defer.Deferred.fromCoroutine(go())
 
     def test_malformed_http_gets_400(self):
@@ -439,11 +524,11 @@ class ForwarderTests(TestCase):
 class AcceptStreamTests(SynchronousTestCase):
     def setUp(self):
         cluster = KubeCluster("c1", {"env": "dev"}, credentials(1))
-        self.forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+        self.acceptor = StreamAcceptor(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
                                    roles=RoleCache(reactor, FakeRoles().fetch), emit=lambda e: None)
 
     def test_valid_certificate_for_served_cluster(self):
-        protocol = self.forwarder.accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
+        protocol = self.acceptor.accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
         self.assertEqual(protocol.caller.identity.username, "alice")
 
     def test_refusals(self):
@@ -458,7 +543,7 @@ class AcceptStreamTests(SynchronousTestCase):
             {"user_cert": user_cert_pem(kube_cluster="c2"), "kube_cluster": "c2"},
             {"user_cert": certificate_pem(AGENT_CERT).decode(), "kube_cluster": "c1"},
         ):
-            self.assertRaises(StreamRejected, self.forwarder.accept_stream, metadata)
+            self.assertRaises(StreamRejected, self.acceptor.accept_stream, metadata)
 
 
 class UpstreamTLSOptionsTests(TestCase):
@@ -478,11 +563,11 @@ class UpstreamTLSOptionsTests(TestCase):
                 return credentials(self.port).tls_options()
 
         cluster = KubeCluster("c1", {}, CountingCredentials())
-        forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+        forwarder = StreamAcceptor(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
                               roles=RoleCache(reactor, FakeRoles().fetch), emit=lambda event: None)
         for _ in range(3):
             with self.assertRaises(error.ConnectionRefusedError):
-                await forwarder.pool(cluster).acquire()
+                await forwarder.connections.pool(cluster).acquire()
         self.assertEqual(len(built), 1)
 
 
@@ -532,7 +617,7 @@ class ResponseRelayTests(SynchronousTestCase):
     def setUp(self):
         self.audit = []
         cluster = KubeCluster("c1", {"env": "dev"}, credentials(1))
-        forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+        forwarder = StreamAcceptor(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
                               roles=RoleCache(reactor, FakeRoles().fetch), emit=self.audit.append)
         self.kubectl = forwarder.accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
         self.kubectl.makeConnection(_CountingTransport())
@@ -541,7 +626,8 @@ class ResponseRelayTests(SynchronousTestCase):
         self.kubectl.http.next_event()
         info = RequestInfo(verb="get", api_version="v1", resource="namespaces", namespace="default",
                            name="default", is_resource_request=True)
-        self.upstream = UpstreamRequest(self.kubectl, request, Decision("alice", ("system:authenticated",), info))
+        self.upstream = UpstreamRequest(self.kubectl, request_context(
+            self.kubectl, request, Decision("alice", ("system:authenticated",), info)))
         self.kubectl.upstream = self.upstream
         self.api = _LentConnection()
         self.successResultOf(defer.Deferred.fromCoroutine(self.upstream.start(_OneConnectionPool(self.api))))

@@ -18,10 +18,13 @@ import hyperframe.frame
 from h2.errors import ErrorCodes
 from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from teleport_py.kube.forwarder import Forwarder, KubeCluster, RoleCache
+from teleport_py.kube.acceptor import StreamAcceptor
+from teleport_py.kube.authorize import RoleCache
+from teleport_py.kube.context import KubeCluster
 from teleport_py.kube.http1 import KubeConnection
 from teleport_py.kube.http2 import KubeHTTP2Connection
 from teleport_py.kube.upstream_h2 import H2NotSupported
@@ -156,25 +159,25 @@ class HTTP2FrontTests(SynchronousTestCase):
         self.roles = FakeRoles(role(), role("names", resources=(KubernetesResource(
             kind="pods", namespace="default", name="allowed", verbs=("*",), api_group=""),)))
         cluster = KubeCluster("c1", {"env": "dev"}, credentials(1))
-        self.forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+        self.acceptor = StreamAcceptor(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
                                    roles=RoleCache(reactor, self.roles.fetch), emit=self.audit.append)
         self.pool = FakePool()
-        self.forwarder.pool = lambda cluster: self.pool
+        self.acceptor.connections.pool = lambda cluster: self.pool
         self.h2_pool = HTTP11OnlyAPIServer()
-        self.forwarder.h2_pool = lambda cluster: self.h2_pool
+        self.acceptor.connections.h2_pool = lambda cluster: self.h2_pool
 
     def kubectl(self, roles=("dev",), **options) -> Kubectl:
-        front = self.forwarder.accept_stream({"user_cert": user_cert_pem(roles=roles), "kube_cluster": "c1",
+        front = self.acceptor.accept_stream({"user_cert": user_cert_pem(roles=roles), "kube_cluster": "c1",
                                               "client_addr": "192.0.2.1:5000", "alpn": "h2"})
         return Kubectl(front, **options)
 
     def test_protocol_follows_the_negotiated_alpn_and_unknown_ones_are_refused(self):
         metadata = {"user_cert": user_cert_pem(), "kube_cluster": "c1"}
-        self.assertIsInstance(self.forwarder.accept_stream(dict(metadata, alpn="h2")), KubeHTTP2Connection)
-        self.assertIsInstance(self.forwarder.accept_stream(dict(metadata, alpn="http/1.1")), KubeConnection)
-        self.assertIsInstance(self.forwarder.accept_stream(metadata), KubeConnection)
+        self.assertIsInstance(self.acceptor.accept_stream(dict(metadata, alpn="h2")), KubeHTTP2Connection)
+        self.assertIsInstance(self.acceptor.accept_stream(dict(metadata, alpn="http/1.1")), KubeConnection)
+        self.assertIsInstance(self.acceptor.accept_stream(metadata), KubeConnection)
         for alpn in ("spdy/3.1", "", ["h2"], None):
-            self.assertRaises(StreamRejected, self.forwarder.accept_stream, dict(metadata, alpn=alpn))
+            self.assertRaises(StreamRejected, self.acceptor.accept_stream, dict(metadata, alpn=alpn))
 
     def test_watches_go_to_the_http2_pool_and_everything_else_to_http11(self):
         """A watch holds its carrier as long as kubectl keeps it open: a
@@ -358,6 +361,46 @@ class HTTP2FrontTests(SynchronousTestCase):
                          [(200, b'{"n":%d}' % i, True) for i in range(50)])
         self.assertEqual(len(self.audit), 50)
 
+    def test_a_path_holding_a_full_url_gets_400_reaches_nothing_and_is_audited(self):
+        kubectl = self.kubectl()
+        streams = [kubectl.request(b"GET", b"https://x/api/v1/namespaces/default/secrets"),
+                   kubectl.request(b"GET", b"https://x/api/v1/namespaces/default/secrets?watch=1"),
+                   kubectl.request(b"DELETE", b"*")]
+        for stream in streams:
+            status, body, ended = kubectl.response(stream)
+            self.assertEqual((status, ended), (400, True))
+            self.assertEqual(json.loads(body)["reason"], "BadRequest")
+        self.assertEqual((self.pool.connections, self.h2_pool.requests), ([], []))
+        self.assertEqual([(e["response_code"], e["success"]) for e in self.audit], [(400, False)] * 3)
+        self.assertEqual(self.audit[0]["request_path"], "https://x/api/v1/namespaces/default/secrets")
+
+    def test_the_target_sent_upstream_is_rebuilt_from_what_was_classified(self):
+        kubectl = self.kubectl()
+        kubectl.request(b"GET", b"/api/v1/namespaces%2Fdefault/pod%73?a=b;c")
+        (api,) = self.pool.connections
+        self.assertEqual(api.request()[0].target, PODS + b"?a=b%3Bc")
+
+    def hang_up_during_authorization(self, hang_up):
+        """kubectl hangs up while the request's roles are being looked up:
+        nothing is opened upstream."""
+        self.roles.gate = Deferred()
+        kubectl = self.kubectl()
+        stream = kubectl.request(b"GET", WATCH)
+        self.assertTrue(self.roles.fetched)
+        hang_up(kubectl, stream)
+        gate, self.roles.gate = self.roles.gate, None
+        gate.callback(None)
+        self.assertEqual((self.pool.connections, self.h2_pool.requests), ([], []))
+
+    def test_stream_reset_during_authorization_sends_nothing_upstream(self):
+        def reset(kubectl, stream):
+            kubectl.h2.reset_stream(stream, ErrorCodes.CANCEL)
+            kubectl.pump()
+        self.hang_up_during_authorization(reset)
+
+    def test_connection_lost_during_authorization_sends_nothing_upstream(self):
+        self.hang_up_during_authorization(lambda kubectl, stream: kubectl.front.connectionLost(None))
+
     def test_requests_without_pseudo_headers_or_with_connect_are_refused(self):
         kubectl = self.kubectl(validate=False)
         missing = kubectl.h2.get_next_available_stream_id()
@@ -400,7 +443,7 @@ class HTTP2FrontTests(SynchronousTestCase):
         kubectl = self.kubectl()
         kubectl.request(b"GET", WATCH)
         (api,) = self.pool.connections
-        self.successResultOf(self.forwarder.close())
+        self.successResultOf(self.acceptor.close())
         kubectl.pump()
         self.assertTrue(any(isinstance(e, h2.events.ConnectionTerminated) for e in kubectl.events))
         self.assertEqual((kubectl.transport.disconnecting, api.transport.disconnecting), (True, True))

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
 from teleport_py.kube.authorize import MAX_CREATE_BODY, Discovery, DiscoveryError
-from teleport_py.kube.forwarder import KubeCluster
+from teleport_py.kube.context import KubeCluster
 from teleport_py.rbac import RequestInfo
 from teleport_py.resources.role import KubernetesResource, Role, RoleConditions
 from tests import test_kube_forwarder as base

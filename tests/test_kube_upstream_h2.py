@@ -24,8 +24,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from teleport_py.kube import upstream_h2
-from teleport_py.kube.authorize import Decision, RoleCache
-from teleport_py.kube.forwarder import Forwarder, KubeCluster
+from teleport_py.kube.acceptor import StreamAcceptor
+from teleport_py.kube.authorize import RoleCache
+from teleport_py.kube.context import Decision, KubeCluster
 from teleport_py.kube.credentials import ClusterCredentials
 from teleport_py.kube.upstream_h2 import (
     REQUEST_BODY_BUFFER,
@@ -480,7 +481,7 @@ class WatchRelayTests(SynchronousTestCase):
         self.endpoint = FakeEndpoint()
         self.pool = H2Pool(self.clock, lambda: self.endpoint)
         cluster = KubeCluster("c1", {"env": "dev"}, forwarder_tests.credentials(6443))
-        forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[forwarder_tests.USER_CA.certificate],
+        forwarder = StreamAcceptor(reactor, clusters={"c1": cluster}, user_cas=[forwarder_tests.USER_CA.certificate],
                               roles=RoleCache(reactor, forwarder_tests.FakeRoles().fetch), emit=self.audit.append)
         self.kubectl = forwarder.accept_stream({"user_cert": forwarder_tests.user_cert_pem(), "kube_cluster": "c1"})
         self.kubectl.makeConnection(StringTransport())
@@ -492,8 +493,8 @@ class WatchRelayTests(SynchronousTestCase):
     def start(self, item_filter=None, server=True):
         info = RequestInfo(verb="watch", api_version="v1", resource="configmaps", namespace="default",
                            is_resource_request=True)
-        self.upstream = H2UpstreamRequest(self.kubectl, self.request,
-                                          Decision("alice", ("developers",), info, item_filter))
+        self.upstream = H2UpstreamRequest(self.kubectl, forwarder_tests.request_context(
+            self.kubectl, self.request, Decision("alice", ("developers",), info, item_filter)))
         self.kubectl.upstream = self.upstream
         started = Deferred.fromCoroutine(self.upstream.start(self.pool))
         self.upstream.request_done()
@@ -587,7 +588,8 @@ class WatchRelayTests(SynchronousTestCase):
         self.endpoint.alpn = b"http/1.1"
         info = RequestInfo(verb="watch", api_version="v1", resource="configmaps", namespace="default",
                            is_resource_request=True)
-        upstream = H2UpstreamRequest(self.kubectl, self.request, Decision("alice", ("developers",), info))
+        upstream = H2UpstreamRequest(self.kubectl, forwarder_tests.request_context(
+            self.kubectl, self.request, Decision("alice", ("developers",), info)))
         started = Deferred.fromCoroutine(upstream.start(self.pool))
         self.endpoint.connections[0][0].handshakeCompleted()
         self.failureResultOf(started, H2NotSupported)

@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from teleport_py.rbac import AccessChecker, AccessDenied, as_v8, classify, status_body
+from teleport_py.kube_status import KubeStatus
+from teleport_py.rbac import AccessChecker, AccessDenied, as_v8, classify
 from teleport_py.resources.role import KUBE_VERBS, KubernetesResource, Role, RoleConditions
 
 EVERYWHERE = {"*": ("*",)}
@@ -339,7 +340,7 @@ class ResourceTests(TableMixin, SynchronousTestCase):
         self.assertTrue(error.message.startswith(
             'pods "x" is forbidden: User "alice" cannot get resource "pods" in API group "" '
             'in the namespace "default": '), error.message)
-        body = json.loads(status_body(403, "Forbidden", error.message))
+        body = json.loads(KubeStatus(403, error.message).body())
         self.assertEqual(body, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                                 "message": error.message, "reason": "Forbidden", "code": 403})
 

@@ -14,7 +14,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
-from teleport_py.kube.forwarder import Forwarder, KubeCluster, RoleCache
+from teleport_py.kube.acceptor import StreamAcceptor
+from teleport_py.kube.authorize import RoleCache
+from teleport_py.kube.context import KubeCluster
 from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.pki import server_tls_options
 from teleport_py.recording.format import read_all
@@ -83,7 +85,7 @@ class SessionForwarderTests(TestCase):
         spool.stop()
         sessions = SessionRecorder(reactor, self.audit.append, spool) if record else None
         cluster = KubeCluster("c1", {"env": "dev"}, credentials(api.getHost().port))
-        self.forwarder = Forwarder(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+        self.acceptor = StreamAcceptor(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
                                    roles=RoleCache(reactor, (roles or self.roles).fetch), emit=self.audit.append,
                                    sessions=sessions)
 

@@ -1,12 +1,15 @@
 """What the agent decides about each kubectl request, whichever HTTP version carried it.
 
-A `KubeCaller` is the verified user of one `kube` tunnel stream. For each
-request (an h11 ``Request``, built from HTTP/2 pseudo-headers when kubectl
-spoke h2) it checks the certificate's expiry, the ``Impersonate-*``
-headers and the caller's roles, answers denials as Kubernetes ``Status``
-JSON, hands what is allowed to an upstream exchange (kube/upstream.py) and
-emits one audit event per request. The HTTP front ends (kube/http1.py,
-kube/http2.py) only translate between their wire and these calls.
+A `KubeCaller` is the verified user of one `kube` tunnel stream. Each
+request is first made canonical (kube/canonical.py: origin-form only, the
+path decoded once and classified; anything else is a 400 and goes nowhere).
+Then it checks the certificate's expiry, the ``Impersonate-*`` headers and
+the caller's roles, answers denials as Kubernetes ``Status`` JSON, builds
+the request's frozen `RequestContext` (kube/context.py) and hands it to an
+upstream exchange (kube/upstream.py, kube/upstream_h2.py), unless kubectl
+went away while it was being authorized; one audit event per request. The
+HTTP front ends (kube/http1.py, kube/http2.py) only translate between their
+wire and these calls.
 
 Roles may grant only part of a collection (pods in one namespace), so the
 decision says when list and watch responses must be filtered item by item
@@ -16,29 +19,28 @@ that rules restricting names apply to the object's ``metadata.name``.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
-from urllib.parse import parse_qs, quote
+from typing import Awaitable, Callable, Sequence
+from urllib.parse import quote
 
 import attrs
-import h11
 from twisted.logger import Logger
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from teleport_py import events
+from teleport_py.kube.canonical import BadRequestTarget, CanonicalRequest, canonical_request
+from teleport_py.kube.context import Decision, KubeCluster, RequestContext, StreamContext
 from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
+from teleport_py.kube.interfaces import Downstream
+from teleport_py.kube.pools import ClusterConnections
+from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.kube.upstream import UpstreamRequest
 from teleport_py.kube.upstream_h2 import H2NotSupported, H2UpstreamRequest
 from teleport_py.pki import UserIdentity
-from teleport_py.rbac import AccessChecker, AccessDenied, RequestInfo, classify, status_body
+from teleport_py.rbac import AccessChecker, AccessDenied, RequestInfo
 from teleport_py.rbac.checker import BUILTIN_API_GROUPS
 from teleport_py.resources import Role
-
-if TYPE_CHECKING:
-    from teleport_py.kube.forwarder import Forwarder, KubeCluster
-    from teleport_py.kube.upstream import Downstream
 
 log = Logger()
 
@@ -141,7 +143,7 @@ class Discovery:
         self._refresh_after = refresh_after
         self._cache: dict[tuple[str, str, str], tuple[float, dict[str, bool]]] = {}
 
-    async def namespace_scoped(self, cluster: "KubeCluster", info: RequestInfo) -> bool | None:
+    async def namespace_scoped(self, cluster: KubeCluster, info: RequestInfo) -> bool | None:
         """``None`` when the checker's own knowledge applies or discovery failed."""
         if not info.is_resource_request or not info.resource or info.api_group in BUILTIN_API_GROUPS:
             return None
@@ -161,20 +163,11 @@ class Discovery:
         return resources.get(info.resource)
 
 
-@attrs.frozen
-class Decision:
-    user: str
-    groups: tuple[str, ...]
-    info: RequestInfo
-    #: ``(namespace, name) -> bool`` when the response must be filtered item by item.
-    item_filter: Callable[[str, str], bool] | None = None
-
-
 @attrs.define
 class HeldRequest:
     """A ``create`` whose body is read before authorizing (bounded)."""
 
-    request: h11.Request
+    request: CanonicalRequest
     body: bytearray = attrs.Factory(bytearray)
     too_large: bool = False
 
@@ -188,42 +181,70 @@ class HeldRequest:
             self.body += data
 
 
-def status_response(code: int, reason: str, message: str, details: dict | None = None) -> tuple:
-    """A Kubernetes Status kubectl prints as the error, as h11 events."""
-    body = status_body(code, reason, message, details)
-    return (h11.Response(status_code=code, headers=[
-        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-    ]), h11.Data(data=body), h11.EndOfMessage())
+@attrs.frozen
+class AgentServices:
+    """What the agent lends every request of every stream: built once by
+    the stream acceptor (kube/acceptor.py) and handed to each `KubeCaller`."""
+
+    reactor: object = attrs.field(repr=False)
+    roles: RoleCache
+    checkers: CheckerCache
+    discovery: Discovery
+    connections: ClusterConnections
+    emit: Callable[[dict], None] = attrs.field(repr=False)
+    teleport_cluster: str = ""
+    sessions: SessionRecorder | None = None
 
 
 class KubeCaller:
     """The verified user of one tunnel stream and the cluster it is routed
     to: authorizes, forwards and audits each of its requests."""
 
-    def __init__(self, forwarder: "Forwarder", identity: UserIdentity, cluster: "KubeCluster", client_addr: str):
-        self.forwarder = forwarder
-        self.identity = identity
-        self.cluster = cluster
-        self.client_addr = client_addr
+    def __init__(self, services: AgentServices, stream: StreamContext) -> None:
+        self.services = services
+        self.stream = stream
 
-    async def forward(self, downstream: "Downstream", request: h11.Request, held: HeldRequest | None) -> None:
+    identity = property(lambda self: self.stream.identity)
+    cluster = property(lambda self: self.stream.cluster)
+    client_addr = property(lambda self: self.stream.client_addr)
+
+    def canonical(self, downstream: Downstream, method: bytes, target: bytes, authority: bytes,
+                  headers) -> CanonicalRequest | None:
+        """The request made canonical, or ``None`` once kubectl has had a 400
+        Status saying why it cannot be (audited as refused)."""
+        try:
+            return canonical_request(method, target, authority, headers)
+        except BadRequestTarget as e:
+            log.info("refused a malformed request target user={user} error={error}",
+                     user=self.identity.username, error=e)
+            self.stream.audit(method.decode("latin-1"), target.decode("latin-1"), None, 400,
+                              reason=f"malformed request: {e}")
+            downstream.respond_status(400, f"teleport refused the request: {e}")
+            return None
+
+    async def forward(self, downstream: Downstream, request: CanonicalRequest, held: HeldRequest | None) -> None:
         """Authorize ``request`` and start it upstream, or answer kubectl
         with the reason it cannot go (a Status, audited). Returns once the
         request is on its way: the exchange is then ``downstream.upstream``."""
         if held is not None and held.too_large:
-            self.audit(request, None, 413, reason="create body too large to authorize")
-            downstream.respond_status(413, "RequestEntityTooLarge",
-                                      f"request body larger than {MAX_CREATE_BODY} bytes cannot be authorized")
+            self._audit(request, request.info, 413, reason="create body too large to authorize")
+            downstream.respond_status(413, f"request body larger than {MAX_CREATE_BODY} bytes cannot be authorized")
             return
         try:
             decision = await self._authorize(request, held)
         except AccessDenied as denied:
             info = getattr(denied, "info", None)
-            self.audit(request, info, 403, reason=denied.reason)
-            downstream.respond_status(403, "Forbidden", denied.message, details=status_details(info))
+            self._audit(request, info, 403, reason=denied.reason)
+            downstream.respond_status(403, denied.message, details=status_details(info))
             return
-        exchange, carrier = self._carrier(decision)
-        upstream = exchange(downstream, request, decision)
+        if downstream.closed:
+            # kubectl went away while its request was being authorized: nothing goes upstream.
+            log.info("client gone before its request was sent user={user} path={path}",
+                     user=self.identity.username, path=decision.info.path)
+            return
+        context = RequestContext(self.stream, request, decision)
+        exchange, carrier = self._carrier(context)
+        upstream = exchange(downstream, context)
         downstream.upstream = upstream
         if held is not None:
             upstream.request_data(bytes(held.body))
@@ -234,38 +255,38 @@ class KubeCaller:
             except H2NotSupported:
                 # An API server without HTTP/2: the watch takes a connection of its own.
                 ended = upstream._request_ended
-                upstream = downstream.upstream = UpstreamRequest(downstream, request, decision)
+                if downstream.closed:
+                    return
+                upstream = downstream.upstream = UpstreamRequest(downstream, context)
                 if ended:
                     upstream.request_done()
-                await upstream.start(self.forwarder.pool(self.cluster))
+                await upstream.start(self.services.connections.pool(self.cluster))
         except CredentialsError as e:
             downstream.upstream = None
             log.error("cannot authenticate to the API server cluster={cluster} error={error}",
                       cluster=self.cluster.name, error=e)
-            self.audit(request, decision.info, 502, decision=decision, reason="agent credentials unusable")
-            downstream.respond_status(502, "ServiceUnavailable",
-                                      f'the agent cannot authenticate to kubernetes cluster "{self.cluster.name}"')
+            context.audit(502, "agent credentials unusable")
+            downstream.respond_status(502, f'the agent cannot authenticate to kubernetes cluster "{self.cluster.name}"')
         except Exception as e:
             downstream.upstream = None
             log.warn("API server unreachable cluster={cluster} error={error}", cluster=self.cluster.name, error=e)
-            self.audit(request, decision.info, 502, decision=decision, reason="API server unreachable")
-            downstream.respond_status(502, "ServiceUnavailable",
-                                      f'kubernetes cluster "{self.cluster.name}" is unreachable')
+            context.audit(502, "API server unreachable")
+            downstream.respond_status(502, f'kubernetes cluster "{self.cluster.name}" is unreachable')
 
-    def _carrier(self, decision: Decision):
+    def _carrier(self, context: RequestContext):
         """What carries a request to the API server: the one place to choose
         it. A watch lives as long as kubectl keeps it, so it goes on a stream
         of the cluster's HTTP/2 connections (a few KiB, where a connection of
         its own holds about 37 KiB of TLS state); everything else borrows a
         keep-alive HTTP/1.1 connection, whose pass-through relay costs less
         CPU per request than HTTP/2's framing."""
-        if decision.info.verb == "watch":
-            return H2UpstreamRequest, self.forwarder.h2_pool(self.cluster)
-        return UpstreamRequest, self.forwarder.pool(self.cluster)
+        connections = self.services.connections
+        if context.decision.info.verb == "watch":
+            return H2UpstreamRequest, connections.h2_pool(self.cluster)
+        return UpstreamRequest, connections.pool(self.cluster)
 
-    async def _authorize(self, request: h11.Request, held: HeldRequest | None) -> Decision:
-        path, _, query = request.target.decode("latin-1").partition("?")
-        info = classify(request.method.decode("latin-1"), path, parse_qs(query, keep_blank_values=True))
+    async def _authorize(self, request: CanonicalRequest, held: HeldRequest | None) -> Decision:
+        info = request.info
         if held is not None:
             info = attrs.evolve(info, name=name_from_body(request, held.body, info))
         try:
@@ -274,9 +295,9 @@ class KubeCaller:
             e.info = info
             raise
 
-    async def _decide(self, request: h11.Request, info: RequestInfo) -> Decision:
-        identity, cluster = self.identity, self.cluster
-        if self.forwarder.reactor.seconds() >= identity.expires.timestamp():
+    async def _decide(self, request: CanonicalRequest, info: RequestInfo) -> Decision:
+        identity, cluster, services = self.identity, self.cluster, self.services
+        if services.reactor.seconds() >= identity.expires.timestamp():
             raise AccessDenied("your certificate has expired, please log in again", "certificate expired")
         requested_user, requested_groups = None, []
         for name, value in request.headers:
@@ -291,58 +312,30 @@ class KubeCaller:
                     f"impersonation request has been denied, header {name.decode('latin-1')!r} is not allowed"
                 )
         try:
-            roles = await self.forwarder.roles.roles(identity.roles)
+            roles = await services.roles.roles(identity.roles)
         except Exception as e:
             log.warn("role lookup failed user={user} error={error}", user=identity.username, error=e)
             raise AccessDenied("access denied: roles could not be loaded", "role lookup failed") from None
-        checker = self.forwarder.checkers.checker(identity, roles)
+        checker = services.checkers.checker(identity, roles)
         checker.check_cluster(cluster.name, cluster.labels)
         user, groups = checker.impersonation(cluster.labels, requested_user, requested_groups)
-        namespace_scoped = await self.forwarder.discovery.namespace_scoped(cluster, info)
+        namespace_scoped = await services.discovery.namespace_scoped(cluster, info)
         checker.check_request(info, cluster.labels, namespace_scoped=namespace_scoped)
         item_filter = None
         if checker.needs_filtering(info, cluster.labels, namespace_scoped=namespace_scoped):
             item_filter = checker.item_filter(info, cluster.labels)
         return Decision(user, groups, info, item_filter)
 
-    def audit(self, request: h11.Request, info, code: int, *, decision: Decision | None = None,
-               reason: str | None = None) -> None:
-        self.forwarder.emit(events.make_event(
-            events.KUBE_REQUEST,
-            self.forwarder.reactor.seconds(),
-            success=reason is None,
-            user=self.identity.username,
-            cluster_name=self.forwarder.teleport_cluster or self.identity.teleport_cluster,
-            kube_cluster=self.cluster.name,
-            http_method=request.method.decode("latin-1"),
-            verb=getattr(info, "verb", None),
-            request_path=request.target.decode("latin-1"),
-            response_code=code,
-            resource_api_group=getattr(info, "api_group", None),
-            resource_kind=getattr(info, "resource", None),
-            resource_namespace=getattr(info, "namespace", None),
-            resource_name=getattr(info, "name", None),
-            kubernetes_users=[decision.user] if decision else [],
-            kubernetes_groups=list(decision.groups) if decision else [],
-            addr_remote=self.client_addr,
-            reason=reason,
-        ))
+    def _audit(self, request: CanonicalRequest, info, code: int, *, reason: str) -> None:
+        """A request refused before it had a context."""
+        self.stream.audit(request.method.decode("ascii"), request.target.decode("ascii"), info, code, reason=reason)
 
 
-def names_object_in_body(request: h11.Request) -> bool:
-    """A create without a name in the path: the name is in the body."""
-    if request.method != b"POST" or any(n == b"connection" and b"upgrade" in v.lower() for n, v in request.headers):
-        return False
-    path, _, query = request.target.decode("latin-1").partition("?")
-    info = classify("POST", path, parse_qs(query, keep_blank_values=True))
-    return info.is_resource_request and info.verb == "create" and not info.name
-
-
-def name_from_body(request: h11.Request, body: bytes, info: RequestInfo) -> str:
+def name_from_body(request: CanonicalRequest, body: bytes, info: RequestInfo) -> str:
     """``metadata.name`` of the object a create sends (``""`` with only
     ``generateName``). A body we cannot read the way the API server will is
     refused: guessing ``""`` would slip past deny rules on names."""
-    content_type = next((v for n, v in request.headers if n == b"content-type"), b"")
+    content_type = request.header(b"content-type") or b""
     if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
         raise _denied("teleport can only authorize create requests with a JSON body",
                       f"create body of type {content_type.decode('latin-1')!r}", info)

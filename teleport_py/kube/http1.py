@@ -1,8 +1,8 @@
 """The agent's HTTP/1.1 front end: one kubectl connection per `kube` tunnel stream.
 
 Requests are parsed by h11 (sans-IO), so a malformed one is a 400 and never
-an exception on the reactor; each is decided and forwarded by the stream's
-`KubeCaller` (kube/authorize.py), one at a time. Responses are relayed event
+an exception on the reactor; each is made canonical, decided and forwarded
+by the stream's `KubeCaller` (kube/authorize.py), one at a time. Responses are relayed event
 by event, never buffered whole, because ``watch`` and ``logs -f`` never end.
 An upgrade (exec, attach, port-forward) becomes a raw byte relay after the
 API server's 101 (kube/sessions.py).
@@ -19,14 +19,22 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from teleport_py.kube.authorize import HeldRequest, KubeCaller, names_object_in_body, status_response
+from teleport_py.kube.authorize import HeldRequest, KubeCaller
 from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody
+from teleport_py.kube.canonical import CanonicalRequest
+from teleport_py.kube.interfaces import Upstream
 from teleport_py.kube.sessions import SessionRelay, session_info
 from teleport_py.kube.upstream import UpstreamRequest
-from teleport_py.rbac import status_body
+from teleport_py.kube_status import KubeStatus
 from teleport_py.remotecommand import RemoteCommandError
 
 log = Logger()
+
+#: What kubectl may send while its request is being authorized before the
+#: connection stops being read. It is read meanwhile, not paused at once,
+#: so that a kubectl that hangs up is noticed and its request never goes
+#: upstream (a paused transport reads no end of connection).
+MAX_READ_WHILE_AUTHORIZING = 64 * 1024
 
 
 @implementer(IPushProducer)
@@ -58,9 +66,12 @@ class KubeConnection(Protocol):
     def __init__(self, caller: KubeCaller) -> None:
         self.caller = caller
         self.http = h11.Connection(h11.SERVER)
-        self.upstream: UpstreamRequest | None = None
+        self.upstream: Upstream | None = None
         self._held: HeldRequest | None = None
         self._authorizing = False
+        #: Bytes read since authorizing began, and whether that paused reading.
+        self._read_while_authorizing = 0
+        self._paused_while_authorizing = False
         self._relay: SessionRelay | None = None
         self.closed = False
 
@@ -71,6 +82,12 @@ class KubeConnection(Protocol):
             self._relay.from_client(data)
             return
         self.http.receive_data(data)
+        if self._authorizing:
+            self._read_while_authorizing += len(data)
+            if self._read_while_authorizing > MAX_READ_WHILE_AUTHORIZING and not self._paused_while_authorizing:
+                self._paused_while_authorizing = True
+                self.transport.pauseProducing()
+            return
         self._next_events()
 
     def connectionLost(self, reason=None) -> None:
@@ -93,10 +110,14 @@ class KubeConnection(Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
-                if names_object_in_body(event):
-                    self._held = HeldRequest(event)
+                request = self.caller.canonical(self, event.method, event.target, _host(event.headers),
+                                                event.headers)
+                if request is None:  # answered 400; its body, if any, is read and dropped
+                    continue
+                if request.names_object_in_body:
+                    self._held = HeldRequest(request)
                 else:
-                    self._begin(event)
+                    self._begin(request)
             elif isinstance(event, h11.Data):
                 if self._held is not None:
                     self._held.add(event.data)
@@ -120,13 +141,13 @@ class KubeConnection(Protocol):
         elif self.http.our_state is h11.MUST_CLOSE:
             self.transport.loseConnection()
 
-    def _begin(self, request: h11.Request, held: HeldRequest | None = None) -> None:
+    def _begin(self, request: CanonicalRequest, held: HeldRequest | None = None) -> None:
         self._authorizing = True
-        self.transport.pauseProducing()
+        self._read_while_authorizing = 0
         d = Deferred.fromCoroutine(self._start(request, held))
         d.addErrback(self._internal_error)
 
-    async def _start(self, request: h11.Request, held: HeldRequest | None) -> None:
+    async def _start(self, request: CanonicalRequest, held: HeldRequest | None) -> None:
         await self.caller.forward(self, request, held)
         self._resume()
 
@@ -134,7 +155,9 @@ class KubeConnection(Protocol):
         self._authorizing = False
         if self.closed:
             return
-        self.transport.resumeProducing()
+        if self._paused_while_authorizing:
+            self._paused_while_authorizing = False
+            self.transport.resumeProducing()
         self._maybe_next_cycle()
         self._next_events()
 
@@ -160,12 +183,13 @@ class KubeConnection(Protocol):
                 out.append(eom)
         self.transport.write(b"".join(out))
 
-    def respond_status(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
+    def respond_status(self, code: int, message: str, *, reason: str | None = None,
+                       details: dict | None = None) -> None:
         """A Kubernetes Status body kubectl prints as the error."""
         if self.response_started:
             self.transport.abortConnection()
             return
-        self.send(*status_response(code, reason, message, details))
+        self.send(*KubeStatus(code, message, reason, details).h11_events())
 
     def throttle(self, upstream_transport) -> None:
         """Each side throttles the other (as twisted's portforward does)."""
@@ -195,23 +219,24 @@ class KubeConnection(Protocol):
         first what the client sent right after its request and the API server
         right after its 101. A session we could not record is refused."""
         self.upstream = None
-        decision = upstream.decision
-        caller = self.caller
+        context = upstream.context
+        decision, stream = context.decision, context.stream
         info = session_info(
-            upstream.request.target, response.headers, user=caller.identity.username,
-            cluster_name=caller.forwarder.teleport_cluster or caller.identity.teleport_cluster,
-            kube_cluster=caller.cluster.name, client_addr=caller.client_addr,
+            context.request.target, response.headers, user=stream.identity.username,
+            cluster_name=stream.teleport_cluster or stream.identity.teleport_cluster,
+            kube_cluster=stream.cluster.name, client_addr=stream.client_addr,
             kubernetes_users=[decision.user], kubernetes_groups=decision.groups,
         )
+        sessions = self.caller.services.sessions
         try:
-            if caller.forwarder.sessions is None:
+            if sessions is None:
                 raise RemoteCommandError("session recording is not configured on this agent")
-            relay = caller.forwarder.sessions.start(info, self.transport, upstream.transport)
+            relay = sessions.start(info, self.transport, upstream.transport)
         except RemoteCommandError as e:
-            log.warn("refused unrecordable session user={user} error={error}", user=caller.identity.username, error=e)
+            log.warn("refused unrecordable session user={user} error={error}", user=stream.identity.username, error=e)
             upstream.transport.abortConnection()
-            caller.audit(upstream.request, decision.info, 502, decision=decision, reason=f"session not recordable: {e}")
-            self.respond_status(502, "BadGateway", f"the session cannot be recorded: {e}")
+            context.audit(502, f"session not recordable: {e}")
+            self.respond_status(502, f"the session cannot be recorded: {e}", reason="BadGateway")
             self.transport.loseConnection()
             return
         self.send(response)
@@ -225,18 +250,18 @@ class KubeConnection(Protocol):
     def _bad_request(self, error: Exception) -> None:
         log.info("malformed HTTP from kubectl client={client} error={error}", client=self.caller.client_addr, error=error)
         if self.http.our_state in (h11.SEND_RESPONSE, h11.IDLE):
-            body = status_body(400, "BadRequest", "malformed HTTP request")
-            self.transport.write(h11.Connection(h11.SERVER).send(h11.Response(
-                status_code=400,
-                headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-                         (b"connection", b"close")],
-            )) + body)
+            self.transport.write(KubeStatus(400, "malformed HTTP request").http11())
         self.transport.loseConnection()
 
     def _internal_error(self, failure) -> None:
         log.failure("kube request failed user={user}", failure, user=self.caller.identity.username)
         if not self.closed:
             self.transport.abortConnection()
+
+
+def _host(headers) -> bytes:
+    """The Host header (HTTP/1.0 may have none)."""
+    return next((value for name, value in headers if name == b"host"), b"")
 
 
 def _close(transport) -> None:

@@ -3,11 +3,12 @@
 client-go multiplexes all of a process's requests, watches included, on one
 HTTP/2 connection when the proxy offers h2: a thousand watches are then one
 TLS connection in the proxy and one tunnel stream here, not a thousand.
-Each h2 stream is one request with exactly the HTTP/1.1 semantics: it is
-built into an h11 ``Request`` and decided, forwarded and audited by the
-tunnel stream's `KubeCaller` (kube/authorize.py); the response comes back
-as h11 events from its upstream exchange and is re-framed as HEADERS and
-DATA.
+Each h2 stream is one request with exactly the HTTP/1.1 semantics: its
+``:method``, ``:path`` and ``:authority`` are made canonical (the same
+parser as HTTP/1.1's request line) and it is decided, forwarded and audited
+by the tunnel stream's `KubeCaller` (kube/authorize.py); the response comes
+back as h11 events from its upstream exchange and is re-framed as HEADERS
+and DATA.
 
 Flow control holds end to end: a response is written only within kubectl's
 stream and connection windows, and a request whose response waits for a
@@ -33,8 +34,11 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from teleport_py.kube.authorize import HeldRequest, KubeCaller, names_object_in_body, status_response
+from teleport_py.kube.authorize import HeldRequest, KubeCaller
+from teleport_py.kube.canonical import CanonicalRequest
+from teleport_py.kube.interfaces import Upstream
 from teleport_py.kube.upstream_h2 import CONNECTION_SPECIFIC_HEADERS
+from teleport_py.kube_status import KubeStatus
 
 log = Logger()
 
@@ -54,9 +58,12 @@ class NotForwarded(Exception):
         self.code, self.reason, self.message = code, reason, message
 
 
-def request_from_headers(headers: list[tuple[bytes, bytes]], has_body: bool) -> h11.Request:
-    """The HTTP/1.1 request an h2 header list (already validated by h2)
-    stands for: the same checks and the same upstream exchange serve both."""
+def request_parts(headers: list[tuple[bytes, bytes]],
+                  has_body: bool) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]]:
+    """``(method, path, authority, headers)`` of an h2 header list (already
+    validated by h2), with the headers an HTTP/1.1 request would carry: the
+    same canonical request and the same upstream exchange serve both. The
+    path is the caller's to make canonical."""
     pseudo = {name: value for name, value in headers if name.startswith(b":")}
     regular = [(name, value) for name, value in headers if not name.startswith(b":") and name != b"host"]
     method, path, authority = pseudo.get(b":method"), pseudo.get(b":path"), pseudo.get(b":authority")
@@ -67,10 +74,11 @@ def request_from_headers(headers: list[tuple[bytes, bytes]], has_body: bool) -> 
         raise NotForwarded(400, "BadRequest", "request without :method, :path or :authority")
     if has_body and not any(name == b"content-length" for name, _ in regular):
         regular.append((b"transfer-encoding", b"chunked"))
-    try:
-        return h11.Request(method=method, target=path, headers=[(b"host", authority), *regular])
+    try:  # what the HTTP/1.1 API server connection will have to send
+        h11.Request(method=method, target=b"/", headers=[(b"host", authority), *regular])
     except h11.LocalProtocolError as e:
         raise NotForwarded(400, "BadRequest", f"malformed HTTP request: {e}") from None
+    return method, path, authority, regular
 
 
 class KubeHTTP2Connection(Protocol):
@@ -93,7 +101,6 @@ class KubeHTTP2Connection(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(_TunnelThrottle(self), True)
-        self.caller.forwarder.h2_connections.add(self)
         self.h2.initiate_connection()
         self.write_out()
 
@@ -116,7 +123,6 @@ class KubeHTTP2Connection(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.closed = True
-        self.caller.forwarder.h2_connections.discard(self)
         streams, self.streams = list(self.streams.values()), {}
         for stream in streams:
             stream.lost()
@@ -154,13 +160,15 @@ class KubeHTTP2Connection(Protocol):
     def _request_received(self, event: h2.events.RequestReceived) -> None:
         stream = self.streams[event.stream_id] = RequestStream(self, event.stream_id)
         try:
-            request = request_from_headers(event.headers, has_body=event.stream_ended is None)
+            method, path, authority, headers = request_parts(event.headers, has_body=event.stream_ended is None)
         except NotForwarded as e:
             log.info("refused an HTTP/2 request client={client} error={error}",
                      client=self.caller.client_addr, error=e)
-            stream.respond_status(e.code, e.reason, e.message)
+            stream.respond_status(e.code, e.message, reason=e.reason)
             return
-        stream.begin(request)
+        request = self.caller.canonical(stream, method, path, authority, headers)
+        if request is not None:
+            stream.begin(request)
 
     def _data_received(self, event: h2.events.DataReceived) -> None:
         stream = self.streams.get(event.stream_id)
@@ -227,7 +235,7 @@ class RequestStream:
         self.connection = connection
         self.caller = connection.caller
         self.stream_id = stream_id
-        self.upstream = None
+        self.upstream: Upstream | None = None
         self.closed = False
         self.response_started = False
         self._held: HeldRequest | None = None
@@ -246,18 +254,18 @@ class RequestStream:
 
     # -- the request, from kubectl ----------------------------------------------
 
-    def begin(self, request: h11.Request) -> None:
+    def begin(self, request: CanonicalRequest) -> None:
         """Forward now, or once a create's body (holding the name) is read."""
-        if names_object_in_body(request):
+        if request.names_object_in_body:
             self._held = HeldRequest(request)
         else:
             self._forward(request, None)
 
-    def _forward(self, request: h11.Request, held: HeldRequest | None) -> None:
+    def _forward(self, request: CanonicalRequest, held: HeldRequest | None) -> None:
         d = Deferred.fromCoroutine(self._start(request, held))
         d.addErrback(self._internal_error)
 
-    async def _start(self, request: h11.Request, held: HeldRequest | None) -> None:
+    async def _start(self, request: CanonicalRequest, held: HeldRequest | None) -> None:
         await self.caller.forward(self, request, held)
         self._forwarding = True
         early, self._early = self._early, []
@@ -365,11 +373,12 @@ class RequestStream:
         else:
             self._upstream_transport.resumeProducing()
 
-    def respond_status(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
+    def respond_status(self, code: int, message: str, *, reason: str | None = None,
+                       details: dict | None = None) -> None:
         if self.response_started:
             self.abort()
             return
-        self.send(*status_response(code, reason, message, details))
+        self.send(*KubeStatus(code, message, reason, details).h11_events())
 
     def throttle(self, upstream_transport) -> None:
         self._upstream_transport, self._upstream_paused = upstream_transport, False

@@ -11,7 +11,9 @@ from teleport_py.auth.errors import NotFound
 from teleport_py.config import Config
 from teleport_py.kube.credentials import CredentialsError, load_in_cluster, load_kubeconfig
 from teleport_py.kube.event_spool import EventSpool
-from teleport_py.kube.forwarder import Forwarder, KubeCluster, RoleCache
+from teleport_py.kube.acceptor import StreamAcceptor
+from teleport_py.kube.authorize import RoleCache
+from teleport_py.kube.context import KubeCluster
 from teleport_py.kube.heartbeat import Heartbeat
 from teleport_py.kube.join import identity_dir, obtain_identity
 from teleport_py.kube.sessions import SessionRecorder
@@ -72,9 +74,9 @@ class Serving(Drainable):
 
     name = "serving"
 
-    def __init__(self, reactor, forwarder: Forwarder, tunnel: TunnelClient):
+    def __init__(self, reactor, streams: StreamAcceptor, tunnel: TunnelClient):
         self.reactor = reactor
-        self.forwarder = forwarder
+        self.streams = streams
         self.tunnel = tunnel
 
     def accept_stream(self, kind: str, metadata: dict):
@@ -82,7 +84,7 @@ class Serving(Drainable):
             raise StreamRejected(f"unsupported stream kind {kind!r}")
         if not self.running:
             raise StreamRejected("the kubernetes service is stopping")
-        return self.forwarder.accept_stream(metadata)
+        return self.streams.accept_stream(metadata)
 
     def stop_by(self, deadline: float) -> Deferred:
         self.stopping()
@@ -115,7 +117,7 @@ class KubeService(RoleService):
         self.token = token or ""
         self.tunnel: TunnelClient | None = None
         self.auth: AuthClient | None = None
-        self.forwarder: Forwarder | None = None
+        self.streams: StreamAcceptor | None = None
 
     async def compose(self) -> None:
         clusters = load_clusters(self.config)  # fail before joining if we could serve nothing
@@ -132,7 +134,7 @@ class KubeService(RoleService):
             upload=lambda *chunk: self.auth.upload_recording(*chunk),
             stored=lambda session_id: self.auth.recording_stored(session_id),
         )
-        self.forwarder = Forwarder(
+        self.streams = StreamAcceptor(
             self.reactor,
             clusters=clusters,
             user_cas=identity.user_cas,
@@ -152,14 +154,14 @@ class KubeService(RoleService):
             accept_stream=lambda kind, metadata: serving.accept_stream(kind, metadata),
             on_up=lambda: heartbeat.beat_now(),
         )
-        serving = Serving(self.reactor, self.forwarder, self.tunnel)
+        serving = Serving(self.reactor, self.streams, self.tunnel)
         auth_pool = QuietHTTPConnectionPool(self.reactor, persistent=True)
         self.auth = AuthClient.over_endpoints(self.reactor, self.tunnel.auth_endpoint_factory(identity), auth_pool)
         heartbeat = Heartbeat(
             self.reactor, self.auth.heartbeat_kube, [(c.name, c.labels) for c in clusters.values()],
             host.host_id, host.nodename,
         )
-        await self.start_child(Step("API server connections", stop=self.forwarder.close))
+        await self.start_child(Step("API server connections", stop=self.streams.close))
         await self.start_child(TunnelService(self.reactor, self.tunnel))
         await self.start_child(Step("auth connections", stop=auth_pool.closeCachedConnections))
         await self.start_child(Step("audit spool", start=spool.schedule_upload, stop=spool.stop))

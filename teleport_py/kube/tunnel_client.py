@@ -15,6 +15,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from teleport_py.alpn import TUNNEL_ALPN
 from teleport_py.identityfile import IdentityFile
 from teleport_py.pki import AUTH_SERVER_NAME, client_tls_options
 from teleport_py.quiet import factory_for
@@ -22,7 +23,6 @@ from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol
 
 log = Logger()
 
-TUNNEL_ALPN = b"teleport-reversetunnel"
 #: Only proxy host certificates carry ``reversetunnel.teleport.cluster.local`` (Auth
 #: strips that suffix from every other join), so verifying the proxy under
 #: this name proves we reached a proxy of our cluster, whatever address we dialled.

@@ -8,17 +8,19 @@ says both the request and the response ended cleanly; anything else (a
 broken-off response, a watch kubectl left, an upgrade to exec or
 port-forward) closes it or keeps it out of the pool for good.
 
-An `UpstreamRequest` is one exchange on a borrowed connection: it relays
-the response to kubectl's side through the small `Downstream` interface,
-which an HTTP/1.1 connection (kube/http1.py) and an HTTP/2 stream
-(kube/http2.py) both implement, filtering list and watch bodies by role
-when the decision says so. An unfiltered body goes to an HTTP/1.1 client
+An `UpstreamRequest` is one exchange on a borrowed connection, for one
+authorized request whose `RequestContext` (kube/context.py) says all it
+needs: it sends the canonical request's rebuilt target (never the bytes
+kubectl sent) and relays the response to kubectl's side through the
+`Downstream` interface (kube/interfaces.py), which an HTTP/1.1 connection
+(kube/http1.py) and an HTTP/2 stream (kube/http2.py) both implement,
+filtering list and watch bodies by role when the decision says so. An unfiltered body goes to an HTTP/1.1 client
 as the API server framed it (kube/bodyframing.py); anything else is
 decoded by h11 and re-framed by the client's protocol.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol as Interface, Sequence
+from typing import Callable, Protocol as Interface, Sequence
 
 import h11
 from twisted.internet.defer import Deferred, gatherResults
@@ -28,13 +30,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody, FramingError, body_framing
+from teleport_py.kube.context import RequestContext
+from teleport_py.kube.interfaces import Downstream
 from teleport_py.kube.sessions import SessionRelay
 from teleport_py.quiet import connect_protocol
 from teleport_py.rbac.filters import FilterError, filterable_accept, response_filter
 from teleport_py.tcp import no_delay
-
-if TYPE_CHECKING:
-    from teleport_py.kube.authorize import Decision, KubeCaller
 
 log = Logger()
 
@@ -199,46 +200,6 @@ class UpstreamPool:
             self._idle_connections.remove(connection)
 
 
-class Downstream(Interface):
-    """kubectl's side of one request, as its upstream exchange sees it: an
-    HTTP/1.1 connection or one HTTP/2 stream. Events are h11's; each front
-    end writes them in its own protocol."""
-
-    caller: "KubeCaller"
-    upstream: "UpstreamRequest | None"
-    #: kubectl has gone: nothing more is written.
-    closed: bool
-    #: An unfiltered body may go as the API server framed it (HTTP/1.1 only).
-    passes_framing: bool
-    #: Part of a response has been written: a Status can no longer replace it.
-    response_started: bool
-
-    def send(self, *events) -> None: ...
-
-    def send_framed(self, head: Sequence, body: bytes, framing: ChunkedBody | ContentLengthBody,
-                    end: bool) -> None: ...
-
-    def respond_status(self, code: int, reason: str, message: str, details: dict | None = None) -> None: ...
-
-    def throttle(self, upstream_transport) -> None:
-        """Each side pauses the other while it cannot take more."""
-
-    def unthrottle(self) -> None:
-        """The exchange no longer reads or writes: undo ``throttle``."""
-
-    def abort(self) -> None:
-        """Cut kubectl off: its response cannot be completed."""
-
-    def upstream_finished(self) -> None: ...
-
-    def switch_to_relay(self, upstream: "UpstreamRequest", response: h11.InformationalResponse,
-                        pending: bytes) -> None:
-        """After a 101 (HTTP/1.1 only: HTTP/2 requests never upgrade)."""
-
-    def session_ended(self) -> None:
-        """The API server's side of a relayed session closed."""
-
-
 def _relayed_response(response: h11.Response) -> h11.Response:
     """The API server's response head as kubectl gets it: its own hop-by-hop
     headers are not kubectl's connection's (usually there are none, and
@@ -253,11 +214,12 @@ class UpstreamRequest:
     """HTTP/1.1 client side: one request (or one upgrade) to the API server,
     on a connection borrowed from the cluster's pool for its duration."""
 
-    def __init__(self, downstream: Downstream, request: h11.Request, decision: Decision) -> None:
+    def __init__(self, downstream: Downstream, context: RequestContext) -> None:
         self.downstream = downstream
-        self.request = request
-        self.decision = decision
-        self.upgrade = any(n == b"connection" and b"upgrade" in v.lower() for n, v in request.headers)
+        self.context = context
+        self.request = context.request
+        self.decision = context.decision
+        self.upgrade = context.request.upgrade
         self.connection: PooledConnection | None = None
         self._pool: UpstreamPool | None = None
         self.transport = None
@@ -280,7 +242,7 @@ class UpstreamRequest:
     # -- request, from kubectl -------------------------------------------------
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
-        creds = self.downstream.caller.cluster.credentials
+        creds = self.context.cluster.credentials
         headers = [(b"host", f"{creds.host}:{creds.port}".encode("idna"))]
         filtering = self.decision.item_filter is not None
         for name, value in self.request.headers:
@@ -468,8 +430,7 @@ class UpstreamRequest:
                                        self.decision.item_filter, watch=watch)
         if self._filter is None:
             content = f"{headers.get(b'content-type', '')!r} ({headers.get(b'content-encoding', 'identity')})"
-            self._refuse(500, "InternalError",
-                         f"the API server answered {content}, which teleport cannot filter by role; "
+            self._refuse(500, f"the API server answered {content}, which teleport cannot filter by role; "
                          "your roles allow only part of this collection, so it is returned only as JSON",
                          f"unfilterable response {content}")
             return False
@@ -487,7 +448,7 @@ class UpstreamRequest:
         """Parse and filter a whole list on a worker thread: a list of
         thousands of objects takes long enough to stall every other connection
         of this agent if done on the reactor thread."""
-        reactor = self.downstream.caller.forwarder.reactor
+        reactor = self.context.reactor
         list_filter, self._filter = self._filter, None
         self._finish()
         d = deferToThreadPool(reactor, reactor.getThreadPool(), list_filter.finish)
@@ -510,9 +471,9 @@ class UpstreamRequest:
         if downstream.closed:
             return
         log.warn("refused an unfilterable list user={user} path={path} error={error}",
-                 user=downstream.caller.identity.username, path=self.decision.info.path, error=failure.value)
+                 user=self.context.identity.username, path=self.decision.info.path, error=failure.value)
         self._audit(500, f"filter failed: {failure.value}")
-        downstream.respond_status(500, "InternalError", "teleport could not filter the response by role: "
+        downstream.respond_status(500, "teleport could not filter the response by role: "
                                   "the API server's response is malformed or too large")
         downstream.upstream_finished()
 
@@ -523,8 +484,8 @@ class UpstreamRequest:
             out = self._filter.finish() if data is None else self._filter.feed(data)
         except FilterError as e:
             log.warn("refused an unfilterable response user={user} path={path} error={error}",
-                     user=self.downstream.caller.identity.username, path=self.decision.info.path, error=e)
-            self._refuse(500, "InternalError", "teleport could not filter the response by role: "
+                     user=self.context.identity.username, path=self.decision.info.path, error=e)
+            self._refuse(500, "teleport could not filter the response by role: "
                          "the API server's response is malformed or too large", f"filter failed: {e}")
             return False
         if data is None and self._held_response is not None:
@@ -534,7 +495,7 @@ class UpstreamRequest:
             self.downstream.send(h11.Data(data=out))
         return True
 
-    def _refuse(self, code: int, status_reason: str, message: str, audit_reason: str) -> None:
+    def _refuse(self, code: int, message: str, audit_reason: str) -> None:
         """Drop the API server's response: a Status instead, or, when a watch
         is already streaming, end kubectl's connection (fail closed)."""
         downstream = self.downstream
@@ -545,7 +506,7 @@ class UpstreamRequest:
             downstream.abort()
             return
         self._audit(code, audit_reason)
-        downstream.respond_status(code, status_reason, message)
+        downstream.respond_status(code, message)
         downstream.upstream_finished()
 
     def _switch(self, response: h11.InformationalResponse) -> None:
@@ -555,7 +516,7 @@ class UpstreamRequest:
         self.downstream.switch_to_relay(self, response, pending)
 
     def _audit(self, code: int, reason: str | None = None) -> None:
-        self.downstream.caller.audit(self.request, self.decision.info, code, decision=self.decision, reason=reason)
+        self.context.audit(code, reason)
 
     def _finish(self) -> None:
         """The exchange is complete: the connection goes back to the pool
@@ -577,7 +538,7 @@ class UpstreamRequest:
             downstream.abort()
             return
         self._audit(502)
-        downstream.respond_status(502, "ServiceUnavailable", "the kubernetes API server closed the connection")
+        downstream.respond_status(502, "the kubernetes API server closed the connection")
         downstream.upstream_finished()
 
     def connectionLost(self, reason=None) -> None:
@@ -613,11 +574,11 @@ class UpstreamRequest:
         self.connection = self.transport = self.http = None
         self._pending = [h11.EndOfMessage()]
         log.info("API server closed a pooled connection before answering; retrying cluster={cluster}",
-                 cluster=self.downstream.caller.cluster.name)
+                 cluster=self.context.cluster.name)
         d = Deferred.fromCoroutine(self.start(self._pool, fresh=True))
         d.addErrback(self._retry_failed)
 
     def _retry_failed(self, failure) -> None:
         log.warn("API server unreachable on retry cluster={cluster} error={error}",
-                 cluster=self.downstream.caller.cluster.name, error=failure.value)
+                 cluster=self.context.cluster.name, error=failure.value)
         self._fail()

@@ -29,7 +29,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from teleport_py.kube.context import RequestContext
+from teleport_py.kube.interfaces import Downstream
 from teleport_py.kube.upstream import _RETRYABLE_METHODS, APIServerConnection, UpstreamRequest, _relayed_response
+from teleport_py.kube_status import reason_phrase
 from teleport_py.quiet import connect_protocol
 from teleport_py.tcp import no_delay
 
@@ -678,8 +681,8 @@ class H2UpstreamRequest(UpstreamRequest):
     response reaches kubectl as h11 events, whichever front end it speaks.
     Never an upgrade (HTTP/2 has none)."""
 
-    def __init__(self, downstream, request: h11.Request, decision) -> None:
-        super().__init__(downstream, request, decision)
+    def __init__(self, downstream: Downstream, context: RequestContext) -> None:
+        super().__init__(downstream, context)
         self.stream: H2Stream | None = None
         self.transport: _StreamFlow | None = None
         #: Request body from kubectl before the stream is open.
@@ -722,7 +725,7 @@ class H2UpstreamRequest(UpstreamRequest):
         if self._finished:
             return
         self._received = self._responded = True
-        response = _relayed_response(h11.Response(status_code=status, headers=headers, reason=b""))
+        response = _relayed_response(h11.Response(status_code=status, headers=headers, reason=reason_phrase(status)))
         if self.decision.item_filter is not None and 200 <= status < 300:
             self._start_filter(response)
             return
@@ -758,7 +761,7 @@ class H2UpstreamRequest(UpstreamRequest):
             self._retry()
             return
         log.warn("API server stream failed cluster={cluster} error={error}",
-                 cluster=self.downstream.caller.cluster.name, error=reason.value)
+                 cluster=self.context.cluster.name, error=reason.value)
         self._fail()
 
     def pause_request_body(self) -> None:
@@ -780,6 +783,6 @@ class H2UpstreamRequest(UpstreamRequest):
         self._retried = True
         self.downstream.unthrottle()
         self.stream = self.transport = None
-        log.info("API server refused a stream; retrying cluster={cluster}", cluster=self.downstream.caller.cluster.name)
+        log.info("API server refused a stream; retrying cluster={cluster}", cluster=self.context.cluster.name)
         d = Deferred.fromCoroutine(self.start(self._pool))
         d.addErrback(self._retry_failed)

@@ -9,8 +9,6 @@ told which one it is (stream metadata ``alpn``).
 """
 from __future__ import annotations
 
-from http import HTTPStatus
-
 import h2.config
 import h2.connection
 import h2.events
@@ -18,39 +16,21 @@ import h2.exceptions
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from teleport_py.alpn import H2_ALPN, HTTP11_ALPN
+from teleport_py.kube_status import KubeStatus
 from teleport_py.pki import IdentityError, UserIdentity, certificate_pem, identity_from_certificate, peer_certificate
 from teleport_py.proxy.registry import AgentRegistry
-from teleport_py.rbac.status import status_body
 from teleport_py.tunnel import SpliceEnd
 
 log = Logger()
 
-
-H2_ALPN = b"h2"
-
-
-def _status(code: int, message: str) -> tuple[HTTPStatus, bytes]:
-    status = HTTPStatus(code)
-    return status, status_body(code, status.phrase.replace(" ", ""), message)
-
-
-def status_response(code: int, message: str) -> bytes:
-    """A complete HTTP/1.1 response carrying a Kubernetes ``Status``, then close."""
-    status, body = _status(code, message)
-    head = (
-        f"HTTP/1.1 {code} {status.phrase}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
 
 
 class StatusAnswer(Protocol):
     """HTTP/1.1: answers the first request with one Status response and hangs up."""
 
     def __init__(self, code: int, message: str):
-        self.response = status_response(code, message)
+        self.response = KubeStatus(code, message).http11()
 
     def dataReceived(self, data: bytes) -> None:
         if self.response:
@@ -65,9 +45,9 @@ class H2StatusAnswer(Protocol):
     cover on a new connection, which gets the same answer."""
 
     def __init__(self, code: int, message: str):
-        status, self._body = _status(code, message)
-        self._head = [(b":status", b"%d" % status.value), (b"content-type", b"application/json"),
-                      (b"content-length", b"%d" % len(self._body))]
+        status = KubeStatus(code, message)
+        self._body = status.body()
+        self._head = status.h2_headers(self._body)
         self._h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
 
     def connectionMade(self) -> None:
@@ -172,7 +152,7 @@ class KubeRouter:
             "client_addr": f"{peer.host}:{peer.port}",
             "kube_cluster": cluster,
             # What the bytes are: the agent speaks the protocol TLS chose.
-            "alpn": (tls_transport.negotiatedProtocol or b"http/1.1").decode("ascii"),
+            "alpn": (tls_transport.negotiatedProtocol or HTTP11_ALPN).decode("ascii"),
         }
         log.info(
             "kube connection routed user={user} cluster={cluster} agent={agent}",

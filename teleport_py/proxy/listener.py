@@ -18,11 +18,9 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocol
 from zope.interface import implementer
 
+from teleport_py.alpn import H2_ALPN, HTTP11_ALPN, TUNNEL_ALPN
 from teleport_py.limits import Build
 
-TUNNEL_ALPN = b"teleport-reversetunnel"
-HTTP11_ALPN = b"http/1.1"
-H2_ALPN = b"h2"
 KUBE_SNI_PREFIX = b"kube-teleport-proxy-alpn."
 #: The web API under the proxy's cluster certificate (host CA) instead of the
 #: configured public one: joining agents verify it against their pinned CA.

@@ -3,12 +3,11 @@
 ``classify`` turns an HTTP request into a ``RequestInfo``; an
 ``AccessChecker`` built from a user's verified identity decides cluster
 access, impersonation and each request against Teleport roles; refusals are
-``AccessDenied``, answered to kubectl with ``status_body``.
+``AccessDenied`` (kubectl gets them as a ``teleport_py.kube_status.KubeStatus``).
 """
 from teleport_py.rbac.checker import AccessChecker, AccessDenied, as_v8
 from teleport_py.rbac.match import InvalidPattern, match_labels, match_value
 from teleport_py.rbac.request import RequestInfo, classify
-from teleport_py.rbac.status import status_body
 
 __all__ = [
     "AccessChecker",
@@ -19,5 +18,4 @@ __all__ = [
     "classify",
     "match_labels",
     "match_value",
-    "status_body",
 ]

@@ -34,6 +34,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from teleport_py.alpn import H2_ALPN, HTTP11_ALPN
 from teleport_py.pki import (
     CertAuthority,
     HostIdentity,
@@ -62,8 +63,8 @@ LOCAL_CA_CLUSTER = "tsh-local-proxy"
 _SERVER_IDENTITY = HostIdentity("local-proxy", "localhost", "proxy", LOCAL_CA_CLUSTER)
 _CLIENT_IDENTITY = HostIdentity("kube-client", "localhost", "kube", LOCAL_CA_CLUSTER)
 #: Offered to kubectl, most preferred first, when the proxy takes them all.
-KUBE_ALPN = (b"h2", b"http/1.1")
-HTTP11_ONLY = (b"http/1.1",)
+KUBE_ALPN = (H2_ALPN, HTTP11_ALPN)
+HTTP11_ONLY = (HTTP11_ALPN,)
 #: How long asking the proxy which protocols it speaks may take.
 PROBE_TIMEOUT = 10.0
 
@@ -166,7 +167,7 @@ class _KubectlEnd(SpliceEnd):
             self.transport.abortConnection()
             return
         self.transport.pauseProducing()
-        alpn = self.transport.negotiatedProtocol or b"http/1.1"
+        alpn = self.transport.negotiatedProtocol or HTTP11_ALPN
         dialled = Deferred.fromCoroutine(self.factory.dial(kube_cluster, self.peer, (alpn,)))
         dialled.addErrback(self._dial_failed, kube_cluster)
 
@@ -215,7 +216,7 @@ class KubeLocalProxyFactory(Factory):
             if probe.transport is not None:
                 probe.transport.abortConnection()
             return HTTP11_ONLY
-        return KUBE_ALPN if chosen == b"h2" else HTTP11_ONLY
+        return KUBE_ALPN if chosen == H2_ALPN else HTTP11_ONLY
 
     async def dial(self, kube_cluster: str, protocol, alpn: Sequence[bytes] = HTTP11_ONLY) -> None:
         """Only ``alpn`` is offered: for kubectl's connections, the one

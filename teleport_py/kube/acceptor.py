@@ -1,0 +1,105 @@
+"""The agent's Kubernetes front door: which protocol serves a `kube` tunnel stream.
+
+Each stream is one kubectl TLS connection the proxy terminated, for a user
+whose certificate is verified again here before a byte of the stream is
+read. The stream then gets the front end for the protocol kubectl's TLS
+handshake with the proxy chose (stream metadata ``alpn``; absent from
+older proxies: HTTP/1.1): ``kube.http1`` or ``kube.http2``, each with a
+`KubeCaller` (kube/authorize.py) that authorizes and forwards its requests.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable, Mapping, Sequence
+from weakref import WeakSet
+
+from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from teleport_py.kube.authorize import AgentServices, CheckerCache, Discovery, KubeCaller, RoleCache
+from teleport_py.kube.context import KubeCluster, StreamContext
+from teleport_py.kube.http1 import KubeConnection
+from teleport_py.kube.http2 import KubeHTTP2Connection
+from teleport_py.kube.pools import ClusterConnections
+from teleport_py.kube.sessions import SessionRecorder
+from teleport_py.pki import IdentityError, UserIdentity, identity_from_certificate
+from teleport_py.tunnel import StreamRejected
+
+log = Logger()
+
+class StreamAcceptor:
+    """Accepts `kube` streams for the clusters this agent serves: verifies
+    the user certificate in the stream's metadata and picks the front end."""
+
+    def __init__(
+        self,
+        reactor,
+        *,
+        clusters: Mapping[str, KubeCluster],
+        user_cas: Sequence[x509.Certificate],
+        roles: RoleCache,
+        emit: Callable[[dict], None],
+        teleport_cluster: str = "",
+        discovery: Discovery | None = None,
+        sessions: SessionRecorder | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clusters = dict(clusters)
+        self.user_cas = tuple(user_cas)
+        self.connections = ClusterConnections(reactor)
+        self.services = AgentServices(
+            reactor=reactor, roles=roles, checkers=CheckerCache(), discovery=discovery or Discovery(reactor),
+            connections=self.connections, emit=emit, teleport_cluster=teleport_cluster, sessions=sessions,
+        )
+        #: HTTP/2 fronts handed out, told to go away on shutdown.
+        self._h2_fronts: WeakSet[KubeHTTP2Connection] = WeakSet()
+
+    def accept_stream(self, metadata: Mapping) -> Protocol:
+        """The stream's protocol, only for a user certificate our user CA signed
+        that is valid now and routed to a cluster we serve, speaking the
+        protocol the proxy's handshake with kubectl chose."""
+        identity = self._verified_user(metadata.get("user_cert"))
+        cluster = self.clusters.get(metadata.get("kube_cluster"))
+        if cluster is None or identity.kube_cluster != cluster.name:
+            log.warn("refused kube stream user={user} cluster={cluster}",
+                     user=identity.username, cluster=metadata.get("kube_cluster"))
+            raise StreamRejected("kubernetes cluster not served here")
+        alpn = metadata.get("alpn", "http/1.1")
+        front = _FRONTS.get(alpn) if isinstance(alpn, str) else None
+        if front is None:
+            raise StreamRejected("unknown application protocol")
+        services = self.services
+        stream = StreamContext(identity=identity, cluster=cluster, client_addr=str(metadata.get("client_addr", "")),
+                               reactor=self.reactor, emit=services.emit, teleport_cluster=services.teleport_cluster)
+        protocol = front(KubeCaller(services, stream))
+        if isinstance(protocol, KubeHTTP2Connection):
+            self._h2_fronts.add(protocol)
+        return protocol
+
+    def _verified_user(self, pem) -> UserIdentity:
+        now = datetime.fromtimestamp(self.reactor.seconds(), timezone.utc)
+        try:
+            cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+        except (AttributeError, ValueError, UnicodeError):
+            raise StreamRejected("missing or malformed user certificate") from None
+        for ca in self.user_cas:
+            try:
+                identity = identity_from_certificate(cert, user_ca=ca, host_ca=None, now=now)
+            except IdentityError:
+                continue
+            if isinstance(identity, UserIdentity):
+                return identity
+        raise StreamRejected("user certificate is not valid")
+
+    def close(self) -> Deferred:
+        """On shutdown: HTTP/2 clients are told to go away (GOAWAY), API
+        server connections closed; fires when they are closed."""
+        for front in list(self._h2_fronts):
+            front.go_away()
+        return self.connections.close()
+
+
+#: The front end for each protocol the proxy may have negotiated with kubectl.
+_FRONTS = {"http/1.1": KubeConnection, "h2": KubeHTTP2Connection}
