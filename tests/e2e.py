@@ -115,8 +115,9 @@ class Deployment:
             "agent", [tool("twistd"), "--pidfile=", "-n", "teleport-kube", "--config", self.agent_config]
         )
 
-    async def start(self, labels: dict[str, str] | None = None) -> "Deployment":
-        self.plane = await shared_control_plane()
+    async def start(self, labels: dict[str, str] | None = None, plane=None) -> "Deployment":
+        """``plane``: a started KubeControlPlane of the test's own, else the shared one."""
+        self.plane = plane or await shared_control_plane()
         await self.plane.apply(AGENT_RBAC)
         await self.plane.apply(VIEWERS_RBAC)
         self.agent_kubeconfig = self.path("agent-kubeconfig")

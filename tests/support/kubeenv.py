@@ -163,9 +163,13 @@ class KubeControlPlane:
     etcd and kube-apiserver on free 127.0.0.1 ports under ``workdir``, with
     RBAC enforced, a serving CA, a client CA for user certificates, and static
     bearer tokens for ``token_users`` ({user: groups}, fixed at start-up).
+
+    With ``audit_policy`` (an audit.k8s.io/v1 Policy as YAML text) the API
+    server writes its audit events, one JSON object per line, to
+    ``audit_log``, each before the request it records returns (blocking mode).
     """
 
-    def __init__(self, reactor, workdir, token_users=None):
+    def __init__(self, reactor, workdir, token_users=None, audit_policy=None):
         self._reactor = reactor
         self.workdir = os.fspath(workdir)
         self._token_users = dict(token_users or {"admin": ("system:masters",)})
@@ -176,6 +180,8 @@ class KubeControlPlane:
         self.etcd = None
         self.apiserver = None
         self.admin_kubeconfig = os.path.join(self.workdir, "admin.kubeconfig")
+        self.audit_policy = audit_policy
+        self.audit_log = os.path.join(self.workdir, "audit.log") if audit_policy else None
 
     @property
     def url(self):
@@ -243,7 +249,14 @@ class KubeControlPlane:
             "--endpoint-reconciler-type=none",
             # No controller-manager creates default ServiceAccounts.
             "--disable-admission-plugins=ServiceAccount",
-        ]
+        ] + self._audit_args()
+
+    def _audit_args(self):
+        if not self.audit_policy:
+            return []
+        policy = _write_private(self._path("audit-policy.yaml"), self.audit_policy.encode())
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json", "--audit-log-mode=blocking"]
 
     def _etcd_args(self, client_port, peer_port):
         client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
@@ -346,20 +359,21 @@ class KubeControlPlane:
 _shared = {}
 
 
-def shared_control_plane(reactor=None):
+def shared_control_plane(reactor=None, audit_policy=None):
     """
-    One control plane per reactor for the whole trial run, started on first
-    use and stopped at reactor shutdown; fires with the started instance (or
-    the start-up failure, for every caller).
+    One control plane per reactor (and audit policy) for the whole trial run,
+    started on first use and stopped at reactor shutdown; fires with the
+    started instance (or the start-up failure, for every caller).
     """
     reactor = default_reactor(reactor)
-    if reactor not in _shared:
-        plane = KubeControlPlane(reactor, tempfile.mkdtemp(prefix="teleport_py_kube."))
+    key = (reactor, audit_policy)
+    if key not in _shared:
+        plane = KubeControlPlane(reactor, tempfile.mkdtemp(prefix="teleport_py_kube."), audit_policy=audit_policy)
         started = SharedResult()
-        _shared[reactor] = started
+        _shared[key] = started
         reactor.addSystemEventTrigger("before", "shutdown", plane.stop)
         plane.start().addBoth(started.fire)
-    return _shared[reactor].wait()
+    return _shared[key].wait()
 
 
 def _checked(result):
