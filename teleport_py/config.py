@@ -133,6 +133,7 @@ class KubeConfig:
     kube_cluster_name: str = ""
     labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     record_exec_output: bool = True
+    buffer_memory_limit: int = 1 << 30
 
 
 @attrs.frozen
@@ -187,6 +188,25 @@ def _flag(section: Mapping[str, Any], key: str, path: str, default: bool) -> boo
     if not isinstance(value, bool):
         raise ConfigError(f"{path}.{key}", "must be true or false")
     return value
+
+
+_SIZE_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+
+
+def _size(value: Any, path: str, smallest: int = 1 << 20) -> int:
+    """A size in bytes, written as Kubernetes writes memory (``512Mi``, ``1Gi``) or as a number of bytes."""
+    if isinstance(value, bool):
+        value = None
+    elif isinstance(value, int):
+        value = str(value)
+    text = value.strip() if isinstance(value, str) else ""
+    number, unit = text.rstrip("KMGi"), text[len(text.rstrip("KMGi")):]
+    if not number.isdigit() or unit not in _SIZE_UNITS:
+        raise ConfigError(path, "must be a size such as 512Mi or 2Gi (or a number of bytes)")
+    size = int(number) * _SIZE_UNITS[unit]
+    if size < smallest:
+        raise ConfigError(path, f"must be at least {smallest >> 20}Mi")
+    return size
 
 
 def _enabled(section: Mapping[str, Any], path: str, default: bool) -> bool:
@@ -314,7 +334,8 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
 
     k = _mapping(doc.get("kubernetes_service"), "kubernetes_service")
     _check_keys(
-        k, "kubernetes_service", ("enabled", "kubeconfig_file", "kube_cluster_name", "labels", "record_exec_output")
+        k, "kubernetes_service",
+        ("enabled", "kubeconfig_file", "kube_cluster_name", "labels", "record_exec_output", "buffer_memory_limit"),
     )
     if _enabled(k, "kubernetes_service", not no_file and "kubernetes_service" in doc):
         labels = _mapping(k.get("labels"), "kubernetes_service.labels")
@@ -326,6 +347,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
             kube_cluster_name=_string(k.get("kube_cluster_name", ""), "kubernetes_service.kube_cluster_name"),
             labels=dict(labels),
             record_exec_output=_flag(k, "record_exec_output", "kubernetes_service", True),
+            buffer_memory_limit=_size(k.get("buffer_memory_limit", "1Gi"), "kubernetes_service.buffer_memory_limit"),
         )
         if not kube.kubeconfig_file and not kube.kube_cluster_name:
             raise ConfigError(

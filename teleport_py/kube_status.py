@@ -84,9 +84,14 @@ class KubeStatus:
 
     def headers(self, body: bytes) -> list[tuple[bytes, bytes]]:
         """What the API server sends with a Status: the JSON content type,
-        the length, and ``X-Content-Type-Options: nosniff``."""
-        return [(b"content-type", b"application/json"), (b"x-content-type-options", b"nosniff"),
-                (b"content-length", b"%d" % len(body))]
+        the length, ``X-Content-Type-Options: nosniff``, and ``Retry-After``
+        when the details say when to retry (client-go then retries by itself)."""
+        headers = [(b"content-type", b"application/json"), (b"x-content-type-options", b"nosniff"),
+                   (b"content-length", b"%d" % len(body))]
+        retry_after = (self.details or {}).get("retryAfterSeconds")
+        if isinstance(retry_after, int) and retry_after > 0:
+            headers.append((b"retry-after", b"%d" % retry_after))
+        return headers
 
     def h11_events(self) -> tuple:
         """The answer as h11 events (a front end writes them in its protocol)."""

@@ -149,3 +149,20 @@ class ConnectionLimitsTests(SynchronousTestCase):
 
     def test_teleport_keys_we_do_not_enforce_are_refused(self):
         self.assertRefused("max_users: 250", "teleport.connection_limits.max_users", "unknown key")
+
+
+class BufferMemoryLimitTests(SynchronousTestCase):
+    base = "kubernetes_service:\n  kubeconfig_file: /k\n"
+
+    def test_default_and_sizes(self):
+        self.assertEqual(parse_config(self.base).kube.buffer_memory_limit, 1 << 30)
+        for text, size in (("512Mi", 512 << 20), ("2Gi", 2 << 30), ("4096Ki", 4 << 20), ("16777216", 16 << 20)):
+            self.assertEqual(parse_config(self.base + f"  buffer_memory_limit: {text}\n").kube.buffer_memory_limit, size)
+
+    def test_invalid_sizes_name_the_key_and_the_fix(self):
+        for text, words in (("lots", "such as 512Mi"), ("1GB", "such as 512Mi"), ("512Ki", "at least 1Mi"),
+                            ("true", "such as 512Mi"), ("-1Gi", "such as 512Mi")):
+            with self.assertRaises(ConfigError) as cm:
+                parse_config(self.base + f"  buffer_memory_limit: {text}\n")
+            self.assertEqual(cm.exception.path, "kubernetes_service.buffer_memory_limit")
+            self.assertIn(words, str(cm.exception))

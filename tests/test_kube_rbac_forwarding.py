@@ -14,6 +14,7 @@ from twisted.web import resource, server
 
 from teleport_py.kube.authorize import MAX_CREATE_BODY, Discovery, DiscoveryError
 from teleport_py.kube.context import KubeCluster
+from teleport_py.kube.memory_budget import LIST_BYTE_COST, MemoryBudget
 from teleport_py.rbac import RequestInfo
 from teleport_py.resources.role import KubernetesResource, Role, RoleConditions
 from tests import test_kube_forwarder as base
@@ -186,6 +187,56 @@ class RBACForwardingTests(TestCase):
             client.transport.write(self.request(b"GET", b"/api/v1/pods"))
             _, body = await self.response(client)
             self.assertEqual(names(json.loads(body)), ["web-1", "web-2"])
+        return defer.Deferred.fromCoroutine(go())
+
+    async def ask_within(self, budget: MemoryBudget, roles=("dev",)):
+        await self.start()
+        self.acceptor.buffers = budget
+        client = await self.connect(user_cert=user_cert_pem(roles=roles))
+        client.transport.write(self.request(b"GET", b"/api/v1/pods"))
+        response, body = await self.response(client)
+        return client, response, body
+
+    def test_a_list_past_the_memory_budget_is_a_429_to_retry_and_gives_the_budget_back(self):
+        async def go():
+            body_size = len(json.dumps(POD_LIST).encode())
+            budget = MemoryBudget(body_size * LIST_BYTE_COST * 2)
+            others = budget.claim()
+            others.take(budget.limit - body_size * LIST_BYTE_COST + 1)  # other lists hold all but a byte too few
+            client, response, body = await self.ask_within(budget)
+            self.assertEqual(response.status_code, 429)
+            self.assertEqual(header(response, b"retry-after"), [b"1"])
+            status = json.loads(body)
+            self.assertEqual((status["reason"], status["details"]), ("TooManyRequests", {"retryAfterSeconds": 1}))
+            self.assertIn("too many large lists at once", status["message"])
+            self.assertNotIn(b"db-1", body)
+            self.assertEqual(self.audit[-1]["response_code"], 429)
+            self.assertIn("memory budget", self.audit[-1]["reason"])
+            self.assertEqual(budget.used, others.held)  # the refused list holds nothing
+            others.release()
+            client.received = b""
+            client.transport.write(self.request(b"GET", b"/api/v1/pods"))
+            response, body = await self.response(client)
+            self.assertEqual(names(json.loads(body)), ["web-1", "web-2"])
+            self.assertEqual(budget.used, 0)  # given back once the filtered list is sent
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_a_list_larger_than_the_whole_budget_is_refused_as_too_large(self):
+        async def go():
+            budget = MemoryBudget(100)
+            _, response, body = await self.ask_within(budget)
+            self.assertEqual(response.status_code, 500)
+            self.assertIn("too large for the teleport agent to filter", json.loads(body)["message"])
+            self.assertEqual(budget.used, 0)
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_a_malformed_list_gives_the_budget_back(self):
+        async def go():
+            self.recorder.list_body = b'{"kind":"PodList","items":[{"metadata":{"name":"db-1","namespace":"default"}'
+            budget = MemoryBudget()
+            _, response, _ = await self.ask_within(budget)
+            self.assertEqual(response.status_code, 500)
+            self.assertEqual(budget.used, 0)
         return defer.Deferred.fromCoroutine(go())
 
     def test_unfilterable_content_type_is_refused(self):

@@ -22,6 +22,7 @@ from teleport_py.kube.authorize import AgentServices, CheckerCache, Discovery, K
 from teleport_py.kube.context import KubeCluster, StreamContext
 from teleport_py.kube.http1 import KubeConnection
 from teleport_py.kube.http2 import KubeHTTP2Connection
+from teleport_py.kube.memory_budget import MemoryBudget
 from teleport_py.kube.pools import ClusterConnections
 from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.pki import IdentityError, UserIdentity, identity_from_certificate
@@ -44,8 +45,10 @@ class StreamAcceptor:
         teleport_cluster: str = "",
         discovery: Discovery | None = None,
         sessions: SessionRecorder | None = None,
+        buffers: MemoryBudget | None = None,
     ) -> None:
         self.reactor = reactor
+        self.buffers = buffers or MemoryBudget()
         self.clusters = dict(clusters)
         self.user_cas = tuple(user_cas)
         self.connections = ClusterConnections(reactor)
@@ -72,7 +75,8 @@ class StreamAcceptor:
             raise StreamRejected("unknown application protocol")
         services = self.services
         stream = StreamContext(identity=identity, cluster=cluster, client_addr=str(metadata.get("client_addr", "")),
-                               reactor=self.reactor, emit=services.emit, teleport_cluster=services.teleport_cluster)
+                               reactor=self.reactor, emit=services.emit, buffers=self.buffers,
+                               teleport_cluster=services.teleport_cluster)
         protocol = front(KubeCaller(services, stream))
         if isinstance(protocol, KubeHTTP2Connection):
             self._h2_fronts.add(protocol)

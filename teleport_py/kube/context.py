@@ -17,6 +17,7 @@ import attrs
 from teleport_py import events
 from teleport_py.kube.canonical import CanonicalRequest
 from teleport_py.kube.credentials import ClusterCredentials
+from teleport_py.kube.memory_budget import MemoryBudget
 from teleport_py.pki import UserIdentity
 from teleport_py.rbac import RequestInfo
 
@@ -46,13 +47,15 @@ class Decision:
 class StreamContext:
     """What every request of one `kube` tunnel stream shares: the verified
     user, the cluster the certificate routes to, where kubectl connects
-    from, and where audit events go."""
+    from, where audit events go, and the agent's memory budget."""
 
     identity: UserIdentity
     cluster: KubeCluster
     client_addr: str
     reactor: object = attrs.field(repr=False)
     emit: Callable[[dict], None] = attrs.field(repr=False)
+    #: The agent's one budget for bodies held whole (a LIST being filtered).
+    buffers: MemoryBudget = attrs.field(repr=False)
     #: This Teleport cluster's name (the certificate's, when not configured).
     teleport_cluster: str = ""
 

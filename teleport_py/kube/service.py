@@ -12,6 +12,7 @@ from teleport_py.config import Config
 from teleport_py.kube.credentials import CredentialsError, load_in_cluster, load_kubeconfig
 from teleport_py.kube.event_spool import EventSpool
 from teleport_py.kube.acceptor import StreamAcceptor
+from teleport_py.kube.memory_budget import MemoryBudget
 from teleport_py.kube.authorize import RoleCache
 from teleport_py.kube.context import KubeCluster
 from teleport_py.kube.heartbeat import Heartbeat
@@ -144,6 +145,7 @@ class KubeService(RoleService):
             sessions=SessionRecorder(
                 self.reactor, spool.emit, recordings, record_output=self.config.kube.record_exec_output
             ),
+            buffers=MemoryBudget(self.config.kube.buffer_memory_limit),
         )
         proxy = self.config.proxy_server
         heartbeat: Heartbeat | None = None

@@ -33,9 +33,13 @@ from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody, Framing
 from teleport_py.kube.context import RequestContext
 from teleport_py.kube.interfaces import Downstream
 from teleport_py.kube.sessions import SessionRelay
+from teleport_py.kube.memory_budget import LIST_BYTE_COST, OverBudget, TooLarge
 from teleport_py.quiet import connect_protocol
 from teleport_py.rbac.filters import FilterError, filterable_accept, response_filter
 from teleport_py.tcp import no_delay
+
+#: Seconds a list refused for the memory budget is told to wait (``Retry-After``).
+RETRY_AFTER_BUDGET = 1
 
 log = Logger()
 
@@ -234,6 +238,8 @@ class UpstreamRequest:
         self._finished = False
         self.session: SessionRelay | None = None
         self._filter = None
+        #: A filtered list's share of the agent's memory budget.
+        self._claim = None
         #: A filtered list's response head waits for the filtered body.
         self._held_response: h11.Response | None = None
         #: An unfiltered body relayed as framed: where it ends.
@@ -305,6 +311,7 @@ class UpstreamRequest:
         if self._finished:  # our side of the API server connection is already closing
             return
         self._finished = True
+        self._release_buffers()
         if self.transport is not None:
             self.transport.abortConnection()
 
@@ -426,8 +433,12 @@ class UpstreamRequest:
         response (and say so) when its body cannot be filtered."""
         headers = {n: v.decode("latin-1") for n, v in response.headers}
         watch = self.decision.info.verb == "watch"
+        reserve = None
+        if not watch:
+            claim = self._claim = self.context.stream.buffers.claim()
+            reserve = lambda size: claim.take(size * LIST_BYTE_COST)  # noqa: E731
         self._filter = response_filter(headers.get(b"content-type", ""), headers.get(b"content-encoding"),
-                                       self.decision.item_filter, watch=watch)
+                                       self.decision.item_filter, watch=watch, reserve=reserve)
         if self._filter is None:
             content = f"{headers.get(b'content-type', '')!r} ({headers.get(b'content-encoding', 'identity')})"
             self._refuse(500, f"the API server answered {content}, which teleport cannot filter by role; "
@@ -454,6 +465,7 @@ class UpstreamRequest:
         d = deferToThreadPool(reactor, reactor.getThreadPool(), list_filter.finish)
         d.addCallbacks(self._list_filtered, self._list_filter_failed)
         d.addErrback(lambda f: log.failure("sending a filtered list failed", f))
+        d.addBoth(lambda _: self._release_buffers())
 
     def _list_filtered(self, body: bytes) -> None:
         downstream = self.downstream
@@ -488,6 +500,17 @@ class UpstreamRequest:
             self._refuse(500, "teleport could not filter the response by role: "
                          "the API server's response is malformed or too large", f"filter failed: {e}")
             return False
+        except OverBudget as e:
+            log.warn("list refused, buffer memory spent user={user} path={path} budget={budget}",
+                     user=self.context.identity.username, path=self.decision.info.path, budget=str(e))
+            self._refuse(429, "the teleport agent is filtering too many large lists at once; retry in a few "
+                         "seconds, or list fewer items at a time (kubectl --chunk-size)", f"memory budget: {e}",
+                         details={"retryAfterSeconds": RETRY_AFTER_BUDGET})
+            return False
+        except TooLarge as e:
+            self._refuse(500, "this list is too large for the teleport agent to filter by role: it "
+                         f"{e}; list fewer items at a time (kubectl --chunk-size)", f"memory budget: list {e}")
+            return False
         if data is None and self._held_response is not None:
             self._audit(self._held_response.status_code)
             self.downstream.send(self._held_response)
@@ -495,18 +518,19 @@ class UpstreamRequest:
             self.downstream.send(h11.Data(data=out))
         return True
 
-    def _refuse(self, code: int, message: str, audit_reason: str) -> None:
+    def _refuse(self, code: int, message: str, audit_reason: str, details: dict | None = None) -> None:
         """Drop the API server's response: a Status instead, or, when a watch
         is already streaming, end kubectl's connection (fail closed)."""
         downstream = self.downstream
         self._finished = True
+        self._release_buffers()
         downstream.unthrottle()
         self.transport.abortConnection()
         if downstream.response_started:
             downstream.abort()
             return
         self._audit(code, audit_reason)
-        downstream.respond_status(code, message)
+        downstream.respond_status(code, message, details=details)
         downstream.upstream_finished()
 
     def _switch(self, response: h11.InformationalResponse) -> None:
@@ -527,10 +551,17 @@ class UpstreamRequest:
         self.transport.unregisterProducer()
         self.connection.give_back()
 
+    def _release_buffers(self) -> None:
+        """A filtered list's buffers are gone (sent, refused or abandoned): give back its claim."""
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+
     def _fail(self) -> None:
         """The API server broke off: a Status if kubectl has no response yet, else cut the stream."""
         downstream = self.downstream
         self._finished = True
+        self._release_buffers()
         downstream.unthrottle()
         if self.transport is not None:
             self.transport.abortConnection()

@@ -43,3 +43,26 @@ spec:
         verbs: ['*']
   deny: {}
 """
+
+
+def configmaps_role(role_name: str, namespace: str, names: str) -> str:
+    """A v7 role that may get and list only the ConfigMaps of ``namespace``
+    whose names match ``names``: listing them all is filtered by the agent."""
+    return f"""\
+kind: role
+version: v7
+metadata:
+  name: {role_name}
+spec:
+  allow:
+    kubernetes_labels:
+      '*': '*'
+    kubernetes_resources:
+      - kind: configmap
+        namespace: {namespace}
+        name: '{names}'
+        verbs: ['get', 'list']
+    kubernetes_groups:
+      - viewers
+  deny: {{}}
+"""
