@@ -8,126 +8,29 @@ or a raw h11 server for upgrades.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import attrs
 import h11
 from twisted.internet import defer, error, reactor
 from twisted.internet.task import deferLater
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web import resource, server
 
-from teleport_py.kube.credentials import ClusterCredentials
 from teleport_py.kube.acceptor import StreamAcceptor
 from teleport_py.kube.authorize import CheckerCache, RoleCache
-from teleport_py.kube.canonical import canonical_request
-from teleport_py.kube.context import Decision, KubeCluster, RequestContext
+from teleport_py.kube.context import Decision, KubeCluster
 from teleport_py.kube.upstream import UpstreamRequest
-from teleport_py.pki import (
-    CertAuthority,
-    HostIdentity,
-    UserIdentity,
-    certificate_pem,
-    generate_private_key,
-    server_tls_options,
-)
+from teleport_py.pki import CertAuthority, UserIdentity, certificate_pem
 from teleport_py.rbac import RequestInfo
-from teleport_py.resources.role import KubernetesResource, Role, RoleConditions
 from teleport_py.tunnel import StreamRejected
-
-NOW = datetime.now(timezone.utc)
-KUBE_CA = CertAuthority.generate("host", "kubernetes", NOW)
-USER_CA = CertAuthority.generate("user", "example", NOW)
-
-
-def host_cert(name: str, ca: CertAuthority = KUBE_CA):
-    key = generate_private_key()
-    identity = HostIdentity(host_id=name, nodename=name, system_role="kube", teleport_cluster=ca.cluster_name)
-    return ca.issue_host_certificate(key.public_key(), identity, NOW, NOW + timedelta(hours=1),
-                                     ip_addresses=["127.0.0.1"]), key
-
-
-def user_cert_pem(username="alice", roles=("dev",), kube_cluster="c1", expires=None, ca: CertAuthority = USER_CA):
-    identity = UserIdentity(username=username, roles=roles, kube_cluster=kube_cluster, teleport_cluster="example",
-                            expires=expires or NOW + timedelta(hours=1))
-    issued = min(NOW, identity.expires - timedelta(hours=1))
-    return certificate_pem(ca.issue_user_certificate(generate_private_key().public_key(), identity, issued)).decode()
-
-
-def role(name="dev", resources=None, users=(), groups=("developers",)) -> Role:
-    allow = RoleConditions(
-        kubernetes_labels={"env": ("dev",)},
-        kubernetes_resources=tuple(resources or (KubernetesResource(kind="pods", namespace="default", name="*",
-                                                                   verbs=("*",), api_group=""),)),
-        kubernetes_users=tuple(users), kubernetes_groups=tuple(groups),
-    )
-    return Role(name=name, version="v8", allow=allow, deny=RoleConditions())
-
-
-AGENT_CERT, AGENT_KEY = host_cert("agent")
-API_CERT, API_KEY = host_cert("apiserver")
-
-
-def credentials(port: int, token: str = "") -> ClusterCredentials:
-    if token:
-        return ClusterCredentials(name="c1", host="127.0.0.1", port=port, ca_certificates=(KUBE_CA.certificate,),
-                                  token=token)
-    return ClusterCredentials(name="c1", host="127.0.0.1", port=port, ca_certificates=(KUBE_CA.certificate,),
-                              client_certificate=AGENT_CERT, client_key=AGENT_KEY)
-
-
-def request_context(kubectl, request: h11.Request, decision: Decision) -> RequestContext:
-    """The context ``KubeCaller`` would build for ``request`` on ``kubectl``'s stream."""
-    canonical = canonical_request(request.method, request.target, b"proxy", request.headers)
-    return RequestContext(kubectl.caller.stream, canonical, decision)
-
-
-class FakeRoles:
-    def __init__(self, *roles):
-        self.by_name = {r.name: r for r in roles}
-        self.fetched = []
-        #: While set, lookups wait for it: authorization is in progress.
-        self.gate: defer.Deferred | None = None
-
-    async def fetch(self, name):
-        self.fetched.append(name)
-        if self.gate is not None:
-            await self.gate
-        return self.by_name.get(name)
+from tests.support.kube import AgentHarness, FakeRoles, credentials, request_context, role
+from tests.support.pki import AGENT_CERT, NOW, USER_CA, user_cert_pem
 
 
 # -- a fake API server ---------------------------------------------------------------
-
-
-class Recorder(resource.Resource):
-    """Records each request's headers; ``/stream`` holds the response open."""
-
-    isLeaf = True
-
-    def __init__(self):
-        super().__init__()
-        self.requests = []
-        #: The HTTP connection each request came on, in order.
-        self.channels = []
-        self.streaming = defer.Deferred()
-
-    def render(self, request):
-        self.requests.append((request.method, request.uri, list(request.requestHeaders.getAllRawHeaders()),
-                              request.content.read()))
-        self.channels.append(request.channel)
-        if request.path == b"/api/v1/namespaces/default/pods" and b"watch" in request.args:
-            request.write(b'{"type":"ADDED"}\n')
-            self.streaming.callback(request)
-            return server.NOT_DONE_YET
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps({"kind": "PodList", "items": []}).encode()
-
-    def header(self, name: bytes, index: int = -1) -> list[bytes]:
-        return [v for n, vs in self.requests[index][2] if n.lower() == name for v in vs]
 
 
 class DropsSecondRequest(Protocol):
@@ -160,93 +63,7 @@ class DropsSecondRequest(Protocol):
                 self.http.start_next_cycle()
 
 
-class Client(Protocol):
-    """A raw kubectl connection: collects what arrives, signals each arrival."""
-
-    def __init__(self):
-        self.received = b""
-        self.arrived = defer.Deferred()
-        self.lost = defer.Deferred()
-
-    def dataReceived(self, data):
-        self.received += data
-        arrived, self.arrived = self.arrived, defer.Deferred()
-        arrived.callback(data)
-
-    def connectionLost(self, reason):
-        self.lost.callback(None)
-
-    async def until(self, marker: bytes):
-        while marker not in self.received:
-            await self.arrived
-
-
-class ForwarderTests(TestCase):
-    def setUp(self):
-        self.audit = []
-        self.roles = FakeRoles(role(), role("ops", users=("ops-a", "ops-b")))
-        self.recorder = Recorder()
-
-    async def start(self, upstream_factory=None, token="", labels=None):
-        site = upstream_factory or server.Site(self.recorder)
-        tls = server_tls_options(API_CERT, API_KEY, trusted_cas=[KUBE_CA.certificate],
-                                 require_client_certificate=not token)
-        api = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(TLSMemoryBIOFactory(tls, False, site))
-        self.addCleanup(api.stopListening)
-        cluster = KubeCluster("c1", labels or {"env": "dev"}, credentials(api.getHost().port, token))
-        self.acceptor = StreamAcceptor(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
-                                   roles=RoleCache(reactor, self.roles.fetch), emit=self.audit.append)
-        self.addCleanup(self.acceptor.close)
-        return cluster
-
-    async def connect(self, **metadata) -> Client:
-        metadata.setdefault("user_cert", user_cert_pem())
-        metadata.setdefault("kube_cluster", "c1")
-        metadata.setdefault("client_addr", "192.0.2.1:5000")
-        front = Factory.forProtocol(lambda: self.acceptor.accept_stream(metadata))
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(front)
-        self.addCleanup(port.stopListening)
-        client = Client()
-        await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-            Factory.forProtocol(lambda: client))
-
-        async def close():
-            client.transport.loseConnection()
-            await client.lost
-        self.addCleanup(lambda: defer.Deferred.fromCoroutine(close()))
-        return client
-
-    @staticmethod
-    def request(method: bytes, target: bytes, *headers: tuple[bytes, bytes], body: bytes = b"") -> bytes:
-        http = h11.Connection(h11.CLIENT)
-        all_headers = [(b"host", b"proxy"), *headers]
-        if body or method in (b"POST", b"PUT"):
-            all_headers.append((b"content-length", b"%d" % len(body)))
-        return http.send(h11.Request(method=method, target=target, headers=all_headers)) + body
-
-    async def response(self, client: Client, marker: bytes = b"") -> tuple[h11.Response, bytes]:
-        """Parse one complete response from what the client has received so far."""
-        while True:
-            if not client.received:
-                await client.arrived
-                continue
-            http = h11.Connection(h11.CLIENT)
-            http.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"x")]))
-            http.send(h11.EndOfMessage())
-            http.receive_data(client.received)
-            response, body = None, b""
-            while True:
-                event = http.next_event()
-                if isinstance(event, h11.Response):
-                    response = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    return response, body
-                else:
-                    break
-            await client.arrived
-
+class ForwarderTests(AgentHarness, TestCase):
     def test_allowed_request_is_impersonated_and_client_credentials_stripped(self):
         async def go():
             await self.start()

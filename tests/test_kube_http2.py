@@ -30,7 +30,8 @@ from teleport_py.kube.http2 import KubeHTTP2Connection
 from teleport_py.kube.upstream_h2 import H2NotSupported
 from teleport_py.resources.role import KubernetesResource
 from teleport_py.tunnel import StreamRejected
-from tests.test_kube_forwarder import USER_CA, FakeRoles, credentials, role, user_cert_pem
+from tests.support.kube import FakeRoles, credentials, role
+from tests.support.pki import USER_CA, user_cert_pem
 
 PODS = b"/api/v1/namespaces/default/pods"
 WATCH = PODS + b"?watch=1"

@@ -17,8 +17,8 @@ from teleport_py.kube.context import KubeCluster
 from teleport_py.kube.memory_budget import LIST_BYTE_COST, MemoryBudget
 from teleport_py.rbac import RequestInfo
 from teleport_py.resources.role import KubernetesResource, Role, RoleConditions
-from tests import test_kube_forwarder as base
-from tests.test_kube_forwarder import FakeRoles, credentials, user_cert_pem
+from tests.support.kube import AgentHarness, FakeRoles, credentials
+from tests.support.pki import user_cert_pem
 
 
 def pod(namespace: str, name: str) -> dict:
@@ -97,12 +97,7 @@ def header(response, name: bytes) -> list[bytes]:
     return [v for n, v in response.headers if n == name]
 
 
-class RBACForwardingTests(TestCase):
-    start = base.ForwarderTests.start
-    connect = base.ForwarderTests.connect
-    request = staticmethod(base.ForwarderTests.request)
-    response = base.ForwarderTests.response
-
+class RBACForwardingTests(AgentHarness, TestCase):
     def setUp(self):
         self.audit = []
         self.roles = FakeRoles(

@@ -15,7 +15,7 @@ from hyperframe.frame import GoAwayFrame
 from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import reactor
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import deferLater
@@ -42,7 +42,8 @@ from teleport_py.kube.upstream_h2 import (
 )
 from teleport_py.pki import load_certificates_pem
 from teleport_py.rbac import RequestInfo
-from tests import test_kube_forwarder as forwarder_tests
+from tests.support.kube import FakeEndpoint, FakeRoles, credentials, kubectl_request, request_context
+from tests.support.pki import USER_CA, user_cert_pem
 from tests.support.kubeenv import shared_control_plane
 
 HOST = [(b"Host", b"api:6443")]
@@ -116,22 +117,6 @@ class Server:
         if end:
             self.h2.end_stream(stream_id)
         self.pump()
-
-
-class FakeEndpoint:
-    """Connects each protocol to a fresh StringTransport that 'negotiated' ``alpn``."""
-
-    def __init__(self, alpn=b"h2"):
-        self.alpn = alpn
-        self.connections = []
-
-    def connect(self, factory):
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport()
-        transport.negotiatedProtocol = self.alpn
-        protocol.makeConnection(transport)
-        self.connections.append((protocol, transport))
-        return succeed(protocol)
 
 
 def lose(protocol):
@@ -480,12 +465,12 @@ class WatchRelayTests(SynchronousTestCase):
         self.clock = MemoryReactorClock()
         self.endpoint = FakeEndpoint()
         self.pool = H2Pool(self.clock, lambda: self.endpoint)
-        cluster = KubeCluster("c1", {"env": "dev"}, forwarder_tests.credentials(6443))
-        forwarder = StreamAcceptor(reactor, clusters={"c1": cluster}, user_cas=[forwarder_tests.USER_CA.certificate],
-                              roles=RoleCache(reactor, forwarder_tests.FakeRoles().fetch), emit=self.audit.append)
-        self.kubectl = forwarder.accept_stream({"user_cert": forwarder_tests.user_cert_pem(), "kube_cluster": "c1"})
+        cluster = KubeCluster("c1", {"env": "dev"}, credentials(6443))
+        forwarder = StreamAcceptor(reactor, clusters={"c1": cluster}, user_cas=[USER_CA.certificate],
+                              roles=RoleCache(reactor, FakeRoles().fetch), emit=self.audit.append)
+        self.kubectl = forwarder.accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
         self.kubectl.makeConnection(StringTransport())
-        self.kubectl.http.receive_data(forwarder_tests.ForwarderTests.request(
+        self.kubectl.http.receive_data(kubectl_request(
             b"GET", b"/api/v1/namespaces/default/configmaps?watch=1", (b"accept", b"application/json")))
         self.request = self.kubectl.http.next_event()
         self.kubectl.http.next_event()
@@ -493,7 +478,7 @@ class WatchRelayTests(SynchronousTestCase):
     def start(self, item_filter=None, server=True):
         info = RequestInfo(verb="watch", api_version="v1", resource="configmaps", namespace="default",
                            is_resource_request=True)
-        self.upstream = H2UpstreamRequest(self.kubectl, forwarder_tests.request_context(
+        self.upstream = H2UpstreamRequest(self.kubectl, request_context(
             self.kubectl, self.request, Decision("alice", ("developers",), info, item_filter)))
         self.kubectl.upstream = self.upstream
         started = Deferred.fromCoroutine(self.upstream.start(self.pool))
@@ -588,7 +573,7 @@ class WatchRelayTests(SynchronousTestCase):
         self.endpoint.alpn = b"http/1.1"
         info = RequestInfo(verb="watch", api_version="v1", resource="configmaps", namespace="default",
                            is_resource_request=True)
-        upstream = H2UpstreamRequest(self.kubectl, forwarder_tests.request_context(
+        upstream = H2UpstreamRequest(self.kubectl, request_context(
             self.kubectl, self.request, Decision("alice", ("developers",), info)))
         started = Deferred.fromCoroutine(upstream.start(self.pool))
         self.endpoint.connections[0][0].handshakeCompleted()

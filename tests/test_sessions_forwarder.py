@@ -21,10 +21,11 @@ from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.pki import server_tls_options
 from teleport_py.recording.format import read_all
 from teleport_py.recording.spool import RecordingSpool
+from teleport_py.remotecommand import CLIENT
 from teleport_py.resources.role import KubernetesResource
-from tests import test_kube_forwarder as kf
-from tests.test_kube_forwarder import API_CERT, API_KEY, KUBE_CA, USER_CA, FakeRoles, credentials, role, user_cert_pem
-from tests.test_remotecommand import CLIENT, spdy_exec_conversation
+from tests.support.conversations import spdy_exec_conversation
+from tests.support.kube import AgentHarness, FakeRoles, credentials, role
+from tests.support.pki import API_CERT, API_KEY, KUBE_CA, USER_CA, user_cert_pem
 
 EXEC = b"/api/v1/namespaces/default/pods/web-0/exec?command=sh&stdin=true&stdout=true&tty=true"
 UPGRADE = ((b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1"),
@@ -65,13 +66,7 @@ class SpdyUpstream(Protocol):
             await self.arrived
 
 
-class SessionForwarderTests(TestCase):
-    # kubectl's side and the HTTP helpers are the forwarder tests' own.
-    setUp = kf.ForwarderTests.setUp
-    connect = kf.ForwarderTests.connect
-    request = staticmethod(kf.ForwarderTests.request)
-    response = kf.ForwarderTests.response
-
+class SessionForwarderTests(AgentHarness, TestCase):
     async def start(self, roles=None, record=True):
         self.upstreams = Factory.forProtocol(SpdyUpstream)
         self.upstreams.instances = []

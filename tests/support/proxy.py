@@ -18,15 +18,15 @@ KUBE_SERVER_NAME = "kube-teleport-proxy-alpn.teleport.cluster.local"
 
 def proxy_creator(web_cert=None, web_key=None) -> ProxyConnectionCreator:
     """The proxy's routes with pki's CAs and proxy certificate (``web_cert`` on the web route if given)."""
-    PROXY_CERT, PROXY_KEY = pki.PROXY_CERT, pki.PROXY_KEY
+    cert, key = pki.PROXY_CERT, pki.PROXY_KEY
     if web_cert is None:
-        web_cert, web_key = PROXY_CERT, PROXY_KEY
+        web_cert, web_key = cert, key
     user_cas, host_cas = [pki.USER_CA.certificate], [pki.HOST_CA.certificate]
     return ProxyConnectionCreator.from_options(
         web=server_tls_options(web_cert, web_key, trusted_cas=user_cas, require_client_certificate=False),
-        kube=server_tls_options(PROXY_CERT, PROXY_KEY, trusted_cas=user_cas, require_client_certificate=True),
-        tunnel=server_tls_options(PROXY_CERT, PROXY_KEY, trusted_cas=host_cas, require_client_certificate=True),
-        cluster_web=server_tls_options(PROXY_CERT, PROXY_KEY, trusted_cas=user_cas, require_client_certificate=False),
+        kube=server_tls_options(cert, key, trusted_cas=user_cas, require_client_certificate=True),
+        tunnel=server_tls_options(cert, key, trusted_cas=host_cas, require_client_certificate=True),
+        cluster_web=server_tls_options(cert, key, trusted_cas=user_cas, require_client_certificate=False),
     )
 
 
