@@ -10,6 +10,11 @@ Every answer carries the status code's HTTP reason phrase on HTTP/1.1
 (``403 Forbidden``): clients built on urllib3, such as the official Python
 client, show it as the error's ``reason`` and have nothing else to show
 when the body is not read.
+
+A refusal of a discovery request is sent as plain text instead (``text``):
+client-go reads discovery answers raw and shows an error's body only when
+its type is ``text/*``; for JSON, the API server's own Status included,
+kubectl prints ``Error from server (Forbidden): unknown``.
 """
 from __future__ import annotations
 
@@ -62,13 +67,17 @@ class KubeStatus:
     #: Kubernetes' StatusReason; by default the one the API server gives ``code``.
     reason: str | None = None
     details: dict | None = None
+    #: The message alone as ``text/plain``, for clients that show only text.
+    text: bool = False
 
     @property
     def phrase(self) -> bytes:
         return reason_phrase(self.code)
 
     def body(self) -> bytes:
-        """The ``Status`` object as UTF-8 JSON."""
+        """The ``Status`` object as UTF-8 JSON (the message line, when ``text``)."""
+        if self.text:
+            return self.message.encode("utf-8") + b"\n"
         status = {
             "kind": "Status",
             "apiVersion": "v1",
@@ -86,7 +95,8 @@ class KubeStatus:
         """What the API server sends with a Status: the JSON content type,
         the length, ``X-Content-Type-Options: nosniff``, and ``Retry-After``
         when the details say when to retry (client-go then retries by itself)."""
-        headers = [(b"content-type", b"application/json"), (b"x-content-type-options", b"nosniff"),
+        content_type = b"text/plain; charset=utf-8" if self.text else b"application/json"
+        headers = [(b"content-type", content_type), (b"x-content-type-options", b"nosniff"),
                    (b"content-length", b"%d" % len(body))]
         retry_after = (self.details or {}).get("retryAfterSeconds")
         if isinstance(retry_after, int) and retry_after > 0:

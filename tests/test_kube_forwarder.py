@@ -241,6 +241,21 @@ class ForwarderTests(AgentHarness, TestCase):
             self.assertIn("please select a user", json.loads(body)["message"])
         return defer.Deferred.fromCoroutine(go())
 
+    def test_a_discovery_denial_is_plain_text_kubectl_shows(self):
+        """client-go reads discovery raw and prints an error body only when
+        it is text: the refusal every request of this user gets must read
+        there, not as "unknown"."""
+        async def go():
+            await self.start()
+            client = await self.connect(user_cert=user_cert_pem(roles=("ops",)))
+            client.transport.write(self.request(b"GET", b"/api", (b"accept", b"application/json")))
+            response, body = await self.response(client)
+            self.assertEqual((response.status_code, response.reason), (403, b"Forbidden"))
+            self.assertEqual(dict(response.headers)[b"content-type"], b"text/plain; charset=utf-8")
+            self.assertIn(b"please select a user to impersonate", body)
+            self.assertEqual(self.recorder.requests, [])
+        return defer.Deferred.fromCoroutine(go())
+
     def test_unreachable_api_server_is_a_status_502(self):
         async def go():
             await self.start()

@@ -37,6 +37,7 @@ from teleport_py.kube.pools import ClusterConnections
 from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.kube.upstream import UpstreamRequest
 from teleport_py.kube.upstream_h2 import H2NotSupported, H2UpstreamRequest
+from teleport_py.kube_status import KubeStatus
 from teleport_py.pki import UserIdentity
 from teleport_py.rbac import AccessChecker, AccessDenied, RequestInfo
 from teleport_py.rbac.checker import BUILTIN_API_GROUPS
@@ -219,7 +220,7 @@ class KubeCaller:
                      user=self.identity.username, error=e)
             self.stream.audit(method.decode("latin-1"), target.decode("latin-1"), None, 400,
                               reason=f"malformed request: {e}")
-            downstream.respond_status(400, f"teleport refused the request: {e}")
+            downstream.respond_status(KubeStatus(400, f"teleport refused the request: {e}"))
             return None
 
     async def forward(self, downstream: Downstream, request: CanonicalRequest, held: HeldRequest | None) -> None:
@@ -228,14 +229,15 @@ class KubeCaller:
         request is on its way: the exchange is then ``downstream.upstream``."""
         if held is not None and held.too_large:
             self._audit(request, request.info, 413, reason="create body too large to authorize")
-            downstream.respond_status(413, f"request body larger than {MAX_CREATE_BODY} bytes cannot be authorized")
+            downstream.respond_status(KubeStatus(
+                413, f"request body larger than {MAX_CREATE_BODY} bytes cannot be authorized"))
             return
         try:
             decision = await self._authorize(request, held)
         except AccessDenied as denied:
             info = getattr(denied, "info", None)
             self._audit(request, info, 403, reason=denied.reason)
-            downstream.respond_status(403, denied.message, details=status_details(info))
+            downstream.respond_status(denial_status(request, info, denied.message))
             return
         if downstream.closed:
             # kubectl went away while its request was being authorized: nothing goes upstream.
@@ -266,12 +268,13 @@ class KubeCaller:
             log.error("cannot authenticate to the API server cluster={cluster} error={error}",
                       cluster=self.cluster.name, error=e)
             context.audit(502, "agent credentials unusable")
-            downstream.respond_status(502, f'the agent cannot authenticate to kubernetes cluster "{self.cluster.name}"')
+            downstream.respond_status(KubeStatus(
+                502, f'the agent cannot authenticate to kubernetes cluster "{self.cluster.name}"'))
         except Exception as e:
             downstream.upstream = None
             log.warn("API server unreachable cluster={cluster} error={error}", cluster=self.cluster.name, error=e)
             context.audit(502, "API server unreachable")
-            downstream.respond_status(502, f'kubernetes cluster "{self.cluster.name}" is unreachable')
+            downstream.respond_status(KubeStatus(502, f'kubernetes cluster "{self.cluster.name}" is unreachable'))
 
     def _carrier(self, context: RequestContext):
         """What carries a request to the API server: the one place to choose
@@ -357,8 +360,15 @@ def _denied(message: str, reason: str, info) -> AccessDenied:
     return denied
 
 
-def status_details(info: RequestInfo | None) -> dict | None:
-    """Which object was refused, as the API server's Forbidden Status says it."""
+def denial_status(request: CanonicalRequest, info: RequestInfo | None, message: str) -> KubeStatus:
+    """The 403 kubectl shows. On a resource it says which object was
+    refused, as the API server's Forbidden Status does. On discovery
+    (``/api``, ``/apis``, ``/version``: what kubectl asks first, and where
+    a refusal that holds for every request, like a choice of
+    ``kubernetes_users`` to make, lands) it is plain text: client-go reads
+    those answers raw and shows the body only when it is ``text/*``; a JSON
+    Status there, even the API server's own, prints ``Error from server
+    (Forbidden): unknown`` (measured with kubectl 1.32 and 1.37)."""
     if info is None or not info.is_resource_request or not info.resource:
-        return None
-    return {"name": info.name, "group": info.api_group, "kind": info.resource}
+        return KubeStatus(403, message, text=not request.info.is_resource_request)
+    return KubeStatus(403, message, details={"name": info.name, "group": info.api_group, "kind": info.resource})

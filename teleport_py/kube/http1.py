@@ -183,13 +183,12 @@ class KubeConnection(Protocol):
                 out.append(eom)
         self.transport.write(b"".join(out))
 
-    def respond_status(self, code: int, message: str, *, reason: str | None = None,
-                       details: dict | None = None) -> None:
-        """A Kubernetes Status body kubectl prints as the error."""
+    def respond_status(self, status: KubeStatus) -> None:
+        """A Kubernetes Status kubectl prints as the error."""
         if self.response_started:
             self.transport.abortConnection()
             return
-        self.send(*KubeStatus(code, message, reason, details).h11_events())
+        self.send(*status.h11_events())
 
     def throttle(self, upstream_transport) -> None:
         """Each side throttles the other (as twisted's portforward does)."""
@@ -236,7 +235,7 @@ class KubeConnection(Protocol):
             log.warn("refused unrecordable session user={user} error={error}", user=stream.identity.username, error=e)
             upstream.transport.abortConnection()
             context.audit(502, f"session not recordable: {e}")
-            self.respond_status(502, f"the session cannot be recorded: {e}", reason="BadGateway")
+            self.respond_status(KubeStatus(502, f"the session cannot be recorded: {e}", "BadGateway"))
             self.transport.loseConnection()
             return
         self.send(response)

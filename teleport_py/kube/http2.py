@@ -164,7 +164,7 @@ class KubeHTTP2Connection(Protocol):
         except NotForwarded as e:
             log.info("refused an HTTP/2 request client={client} error={error}",
                      client=self.caller.client_addr, error=e)
-            stream.respond_status(e.code, e.message, reason=e.reason)
+            stream.respond_status(KubeStatus(e.code, e.message, e.reason))
             return
         request = self.caller.canonical(stream, method, path, authority, headers)
         if request is not None:
@@ -373,12 +373,11 @@ class RequestStream:
         else:
             self._upstream_transport.resumeProducing()
 
-    def respond_status(self, code: int, message: str, *, reason: str | None = None,
-                       details: dict | None = None) -> None:
+    def respond_status(self, status: KubeStatus) -> None:
         if self.response_started:
             self.abort()
             return
-        self.send(*KubeStatus(code, message, reason, details).h11_events())
+        self.send(*status.h11_events())
 
     def throttle(self, upstream_transport) -> None:
         self._upstream_transport, self._upstream_paused = upstream_transport, False

@@ -13,6 +13,7 @@ from typing import Protocol as Interface, Sequence
 import h11
 
 from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody
+from teleport_py.kube_status import KubeStatus
 
 
 class Upstream(Interface):
@@ -44,9 +45,8 @@ class Downstream(Interface):
     def send_framed(self, head: Sequence, body: bytes, framing: ChunkedBody | ContentLengthBody,
                     end: bool) -> None: ...
 
-    def respond_status(self, code: int, message: str, *, reason: str | None = None,
-                       details: dict | None = None) -> None:
-        """A Kubernetes Status answer (kube_status.KubeStatus)."""
+    def respond_status(self, status: KubeStatus) -> None:
+        """Answer with ``status`` (or cut kubectl off if a response has started)."""
 
     def throttle(self, upstream_transport) -> None:
         """Each side pauses the other while it cannot take more."""

@@ -34,6 +34,7 @@ from teleport_py.kube.context import RequestContext
 from teleport_py.kube.interfaces import Downstream
 from teleport_py.kube.sessions import SessionRelay
 from teleport_py.kube.memory_budget import LIST_BYTE_COST, OverBudget, TooLarge
+from teleport_py.kube_status import KubeStatus
 from teleport_py.quiet import connect_protocol
 from teleport_py.rbac.filters import FilterError, filterable_accept, response_filter
 from teleport_py.tcp import no_delay
@@ -485,8 +486,8 @@ class UpstreamRequest:
         log.warn("refused an unfilterable list user={user} path={path} error={error}",
                  user=self.context.identity.username, path=self.decision.info.path, error=failure.value)
         self._audit(500, f"filter failed: {failure.value}")
-        downstream.respond_status(500, "teleport could not filter the response by role: "
-                                  "the API server's response is malformed or too large")
+        downstream.respond_status(KubeStatus(500, "teleport could not filter the response by role: "
+                                             "the API server's response is malformed or too large"))
         downstream.upstream_finished()
 
     def _filter_step(self, data: bytes | None) -> bool:
@@ -530,7 +531,7 @@ class UpstreamRequest:
             downstream.abort()
             return
         self._audit(code, audit_reason)
-        downstream.respond_status(code, message, details=details)
+        downstream.respond_status(KubeStatus(code, message, details=details))
         downstream.upstream_finished()
 
     def _switch(self, response: h11.InformationalResponse) -> None:
@@ -569,7 +570,7 @@ class UpstreamRequest:
             downstream.abort()
             return
         self._audit(502)
-        downstream.respond_status(502, "the kubernetes API server closed the connection")
+        downstream.respond_status(KubeStatus(502, "the kubernetes API server closed the connection"))
         downstream.upstream_finished()
 
     def connectionLost(self, reason=None) -> None:
