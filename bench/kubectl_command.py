@@ -10,6 +10,9 @@ the machine's speed moves both:
   ``tsh kube credentials``, then the proxy, the tunnel and the agent);
 - ``teleport-cert``: the same path with alice's kube certificate written into
   the kubeconfig (no exec plugin): what the proxy path alone adds;
+- ``teleport-cat``: the same path with ``/bin/cat FILE`` as the exec plugin,
+  FILE holding the ExecCredential tsh printed: kubectl's own cost of running
+  an exec plugin at all, the floor for any plugin;
 - ``teleport-compared`` (with ``--compare-tsh PATH``): the ``teleport``
   kubeconfig with PATH as the exec command (another build of tsh, e.g. the
   one before a change), measured in the same turns.
@@ -49,7 +52,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, task, threads  # noqa: E402
 
-from bench.support import Harness  # noqa: E402
+from bench.kube_path import idle_cpu_rate  # noqa: E402
+from bench.support import Harness, Sampled, cpu_seconds  # noqa: E402
 from tests.e2e import Deployment  # noqa: E402
 from tests.support.kubeenv import kubectl_binaries  # noqa: E402
 
@@ -108,11 +112,14 @@ def exec_plugin(d: Deployment, command: str | None = None) -> list[str]:
     return [command or plugin["command"], *plugin["args"]]
 
 
-def compared_kubeconfig(d: Deployment, path: str, command: str) -> str:
+def plugin_kubeconfig(d: Deployment, path: str, command: str, args: list[str] | None = None) -> str:
+    """The ``tsh kube login`` kubeconfig with ``command`` (and ``args``) as the exec plugin."""
     with open(d.kubeconfig) as f:
         config = yaml.safe_load(f)
     for entry in config["users"]:
         entry["user"]["exec"]["command"] = command
+        if args is not None:
+            entry["user"]["exec"]["args"] = args
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
     os.chmod(path, 0o600)
@@ -129,11 +136,15 @@ async def measure(reactor, options) -> dict:
         await d.tsh("kube", "login", KUBE_CLUSTER)
         env = d.env()
         with_cert = certificate_kubeconfig(d, d.path("certificate.kubeconfig"))
-        kubeconfigs = {"direct": d.plane.admin_kubeconfig, "teleport": d.kubeconfig, "teleport-cert": with_cert}
+        printed = d.path("exec-credential.json")
+        with open(os.open(printed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(subprocess.run(exec_plugin(d), env=env, capture_output=True, check=True).stdout)
+        kubeconfigs = {"direct": d.plane.admin_kubeconfig, "teleport": d.kubeconfig, "teleport-cert": with_cert,
+                       "teleport-cat": plugin_kubeconfig(d, d.path("cat.kubeconfig"), "/bin/cat", [printed])}
         plugins = {"tsh kube credentials": (exec_plugin(d), env),
                    "python -c pass": ([sys.executable, "-c", "pass"], env)}
         if options.compare_tsh:
-            kubeconfigs["teleport-compared"] = compared_kubeconfig(
+            kubeconfigs["teleport-compared"] = plugin_kubeconfig(
                 d, d.path("compared.kubeconfig"), options.compare_tsh)
             plugins["compared tsh kube credentials"] = (exec_plugin(d, options.compare_tsh), env)
         results["cache_written"] = bool(glob.glob(d.path("home", ".tsh", "keys", "*", "*", "kube", KUBE_CLUSTER,
@@ -149,16 +160,103 @@ async def measure(reactor, options) -> dict:
         print("the exec plugin alone", file=sys.stderr)
         results["plugin"] = await threads.deferToThread(in_turns, plugins, options.runs)
         results["plugin_commands"] = {name: shlex.join(argv) for name, (argv, _) in plugins.items()}
+        if options.profile:
+            print(f"profile: {options.profile_runs} commands each, CPU per process, then py-spy", file=sys.stderr)
+            results["profile"] = await profile_path(reactor, d, commands, options)
         results["load_after"] = os.getloadavg()
         if options.hold:
             print(report(results), flush=True)
             print(f"\nholding the deployment {options.hold:.0f} s; the commands' environment:", flush=True)
             for key, value in env.items():
                 print(f"export {key}={shlex.quote(value)}", flush=True)
+            for name, command in {**results["commands"], **results["plugin_commands"]}.items():
+                print(f"{name}: {command}", flush=True)
             await task.deferLater(reactor, options.hold, lambda: None)
     finally:
         await harness.close()
     return results
+
+
+async def profile_path(reactor, d: Deployment, commands: dict, options) -> dict:
+    """CPU per ``kubectl get ns`` of each process on the path, direct and
+    through teleport_py (the kubeconfig with the certificate: the exec
+    plugin is measured apart), the requests one command makes, and py-spy
+    stacks (blocking mode) of the proxy and the agent during the teleport runs."""
+    pids = {"proxy (auth+proxy process)": d.main.pid, "agent": d.agent.pid, "apiserver": d.plane.apiserver.pid}
+    result = {}
+
+    def loop(argv, env, count):
+        for _ in range(count):
+            timed(argv, env)
+
+    for path in ("direct", "teleport-cert"):
+        argv, env = commands[path]
+        requests_before = len(await d.events("kube.request"))
+        idle = await idle_cpu_rate(reactor, pids)
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        started = time.monotonic()
+        await threads.deferToThread(loop, argv, env, options.profile_runs)
+        elapsed = time.monotonic() - started
+        result[path] = {
+            "cpu_ms_per_command": {name: 1000 * (cpu_seconds(pid) - before[name] - idle[name] * elapsed)
+                                   / options.profile_runs for name, pid in pids.items()},
+            "kube_requests_per_command": (len(await d.events("kube.request")) - requests_before)
+            / options.profile_runs,
+        }
+    argv, env = commands["teleport-cert"]
+    python = {name: pid for name, pid in pids.items() if name != "apiserver"}
+    with Sampled(reactor, options.profile, "kubectl-get-ns", python, rate=options.profile_rate, blocking=True):
+        await threads.deferToThread(loop, argv, env, options.profile_runs)
+    await task.deferLater(reactor, 5, lambda: None)  # py-spy writes its file once interrupted
+    result["busy_shares"] = {name: summarize_stacks(os.path.join(options.profile, f"kubectl-get-ns-{name}.txt"))
+                             for name in python}
+    return result
+
+
+#: A sample whose innermost frame is a socket system call (send, recv,
+#: accept, epoll_ctl) is counted as such, whoever made it.
+SYSCALL_LEAVES = ("untilConcludes (twisted/python/util.py", "Connection.doRead (twisted/internet/tcp.py:278)",
+                  "socket.accept (", "EPollReactor._add (", "EPollReactor._remove (")
+#: Otherwise its share goes to the first of these found anywhere in its stack
+#: (a TLS read inside the tunnel's code is TLS; json inside audit is audit).
+CATEGORIES = (
+    ("TLS handshake", ("do_handshake",)),
+    ("TLS records", ("OpenSSL/SSL.py",)),
+    ("identity from certificate", ("teleport_py/pki/",)),
+    ("audit (events, spool, upload, Auth's store)", (
+        "teleport_py/kube/audit", "teleport_py/kube/event_spool", "teleport_py/uploader", "teleport_py/events",
+        "teleport_py/disk", "teleport_py/backend", "teleport_py/auth/audit")),
+    ("authorization", ("teleport_py/kube/authorize", "teleport_py/rbac/")),
+    ("Auth API (twisted.web)", ("teleport_py/auth/", "twisted/web/")),
+    ("HTTP/1.1 (h11)", ("h11/",)),
+    ("HTTP/2 (h2)", ("h2/", "hpack/", "hyperframe/")),
+    ("tunnel", ("teleport_py/tunnel/",)),
+    ("kube relay", ("teleport_py/kube/",)),
+    ("proxy", ("teleport_py/proxy/",)),
+    ("Twisted (reactor, TCP, Deferreds, logging)", ("twisted/",)),
+)
+#: Where a thread waits: not work.
+IDLE_LEAVES = ("Condition.wait (", "EPollReactor.doPoll (twisted/internet/epollreactor.py:227)", "sleep (")
+
+
+def summarize_stacks(path: str) -> dict[str, float]:
+    """Each category's share of the busy samples in py-spy's raw output
+    (``frame;frame;... count`` lines, every thread), waiting leaves left out.
+    Shares, not times: blocking mode stops the process for every sample, so
+    sample counts overstate time; the measured CPU per command gives the scale."""
+    busy = {}
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack or stack.rsplit(";", 1)[-1].startswith(IDLE_LEAVES):
+                continue
+            if stack.rsplit(";", 1)[-1].startswith(SYSCALL_LEAVES):
+                category = "socket system calls"
+            else:
+                category = next((name for name, needles in CATEGORIES if any(n in stack for n in needles)), "other")
+            busy[category] = busy.get(category, 0) + int(count)
+    total = sum(busy.values()) or 1
+    return {name: samples / total for name, samples in sorted(busy.items(), key=lambda i: -i[1])}
 
 
 def report(results: dict) -> str:
@@ -171,6 +269,16 @@ def report(results: dict) -> str:
                 f"kubectl {version:10} get ns  {path:18} wall median {r['wall_s'] * 1000:6.1f} ms "
                 f"(min {r['wall_min_s'] * 1000:.1f}, max {r['wall_max_s'] * 1000:.1f})  "
                 f"{r['wall_s'] / direct['wall_s']:.2f}x direct  cpu {r['cpu_s'] * 1000:.1f} ms")
+    profile = dict(results.get("profile", {}))
+    shares = profile.pop("busy_shares", {})
+    for path, r in profile.items():
+        lines.append(f"{path}: {r['kube_requests_per_command']:.1f} kube requests per command (audit), CPU ms per "
+                     "command " + ", ".join(f"{name} {ms:.2f}" for name, ms in r["cpu_ms_per_command"].items()))
+    for process, categories in shares.items():
+        cpu_ms = profile["teleport-cert"]["cpu_ms_per_command"][process]
+        lines.append(f"py-spy (blocking), {process}: share of busy samples (x {cpu_ms:.2f} CPU ms per command): "
+                     + ", ".join(f"{name} {100 * share:.0f} % ({share * cpu_ms:.2f} ms)"
+                                 for name, share in categories.items()))
     for name, r in results["plugin"].items():
         lines.append(f"{name:32} wall median {r['wall_s'] * 1000:6.1f} ms (min {r['wall_min_s'] * 1000:.1f}, "
                      f"max {r['wall_max_s'] * 1000:.1f})  cpu {r['cpu_s'] * 1000:.1f} ms")
@@ -182,6 +290,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="counted runs of each command")
     parser.add_argument("--compare-tsh", metavar="PATH", help="another tsh to measure as the exec plugin, same turns")
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--profile", metavar="DIR", help="CPU per command of each process and py-spy stacks "
+                        "(blocking mode) of the proxy and the agent, DIR/kubectl-get-ns-<process>.txt")
+    parser.add_argument("--profile-runs", type=int, default=100)
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--hold", type=float, default=0, metavar="SECONDS",
                         help="keep the deployment up this long after measuring")
     options = parser.parse_args()
