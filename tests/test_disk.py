@@ -35,3 +35,24 @@ class DiskTests(SynchronousTestCase):
     def test_sync_directory_of_a_missing_directory_fails(self):
         disk.sync_directory(self.dir)
         self.assertRaises(FileNotFoundError, disk.sync_directory, os.path.join(self.dir, "missing"))
+
+
+class FileThreadTests(SynchronousTestCase):
+    """The ordered worker thread: started with the spool, flushed and stopped with the reactor."""
+
+    def test_before_stop_runs_before_the_thread_stops(self):
+        triggers = []
+
+        class Reactor:
+            def addSystemEventTrigger(self, phase, event, f, *args):
+                triggers.append((phase, event, f))
+
+            def callFromThread(self, f, *args, **kwargs):
+                f(*args, **kwargs)
+
+        flushed = []
+        disk.file_thread(Reactor(), "test-files", before_stop=lambda: flushed.append(True))
+        self.assertEqual([(p, e) for p, e, _ in triggers], [("before", "shutdown"), ("during", "shutdown")])
+        triggers[0][2]()
+        self.assertEqual(flushed, [True])
+        triggers[1][2]()  # stops the pool's thread
