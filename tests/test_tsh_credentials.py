@@ -295,6 +295,25 @@ class CredentialCacheTests(StoreTestCase):
             change()
             self.assertIsNone(self.read(args), what)
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.data())
+    def test_a_changed_byte_is_never_served(self, data):
+        """Any one byte of the file changed: no answer, except inside the login
+        expiry's digits, the one value stored nowhere else (tsh writes it from
+        the login certificate; only its owner can write the file)."""
+        cache = self.cache_path.read_bytes()
+        position = data.draw(st.integers(0, len(cache) - 1))
+        byte = data.draw(st.integers(0, 255).filter(lambda b: b != cache[position]))
+        self.cache_path.write_bytes(cache[:position] + bytes([byte]) + cache[position + 1:])
+        try:
+            label = b'"login_expires": '
+            start = cache.index(label) + len(label)
+            end = cache.index(b",", start)
+            if not start <= position < end:
+                self.assertIsNone(self.read(), (position, byte))
+        finally:
+            self.cache_path.write_bytes(cache)
+
     def test_the_clock_decides_expiry(self):
         expires = self.store.kube_certificate(self.profile, "prod").not_valid_after_utc
         self.assertIsNotNone(self.read(now=expires - timedelta(seconds=KUBE_CERT_MIN_REMAINING_SECONDS + 1)))
