@@ -13,10 +13,11 @@ from datetime import timedelta
 import attrs
 import h11
 from twisted.internet import defer, error, reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from teleport_py.kube.acceptor import StreamAcceptor
@@ -25,8 +26,8 @@ from teleport_py.kube.context import Decision, KubeCluster
 from teleport_py.kube.upstream import UpstreamRequest
 from teleport_py.pki import CertAuthority, UserIdentity, certificate_pem
 from teleport_py.rbac import RequestInfo
-from teleport_py.tunnel import StreamRejected
-from tests.support.kube import AgentHarness, FakeRoles, credentials, request_context, role
+from teleport_py.tunnel import StreamRejected, TunnelProtocol
+from tests.support.kube import AgentHarness, FakeRoles, credentials, kubectl_request, request_context, role
 from tests.support.pki import AGENT_CERT, NOW, USER_CA, user_cert_pem
 
 
@@ -603,3 +604,85 @@ class CheckerCacheTests(SynchronousTestCase):
         cache.checker(self.identity("c"), roles)
         self.assertIs(cache.checker(self.identity("b"), roles), b)
         self.assertIsNot(cache.checker(self.identity("a"), roles), a)
+
+
+class _Kubectl(Protocol):
+    """kubectl's end of a tunnel stream, as the proxy relays it."""
+
+    def __init__(self):
+        self.received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+class TunnelStreamTests(SynchronousTestCase):
+    """kubectl's request arrives on a real tunnel stream (the agent's
+    transport in production): its end is seen while the request is being
+    authorized, and nothing goes upstream for it."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+        self.roles = FakeRoles(role())
+        self.roles.gate = defer.Deferred()
+        self.carriers = []
+        acceptor = self.acceptor()
+        agent = TunnelProtocol(self.clock, initiator=True, accept_stream=lambda kind, metadata:
+                               acceptor.accept_stream(metadata))
+        proxy = TunnelProtocol(self.clock, initiator=False, accept_stream=None)
+        self.pump = iosim.connect(proxy, iosim.makeFakeServer(proxy), agent, iosim.makeFakeClient(agent),
+                                  clock=self.clock)
+        self.kubectl = _Kubectl()
+        proxy.open_stream("kube", {"user_cert": user_cert_pem(), "kube_cluster": "c1"}, self.kubectl)
+        self.pump.flush()
+        self.kubectl.transport.write(kubectl_request(b"GET", b"/api/v1/namespaces/default/pods?watch=1"))
+        self.pump.flush()
+        self.assertEqual(self.roles.fetched, ["dev"])
+
+    def acceptor(self) -> StreamAcceptor:
+        """An agent whose API server refuses connections, noting which carrier each request asked for."""
+        acceptor = StreamAcceptor(self.clock, clusters={"c1": KubeCluster("c1", {"env": "dev"}, credentials(1))},
+                                  user_cas=[USER_CA.certificate], roles=RoleCache(self.clock, self.roles.fetch),
+                                  emit=lambda event: None)
+
+        async def refused(*args, **kwargs):
+            raise error.ConnectionRefusedError()
+
+        class Carrier:
+            acquire = request = staticmethod(refused)
+
+        acceptor.connections.pool = lambda cluster: self.carriers.append("http/1.1") or Carrier()
+        acceptor.connections.h2_pool = lambda cluster: self.carriers.append("h2") or Carrier()
+        return acceptor
+
+    def test_kubectl_gone_during_authorization_gets_nothing_sent_upstream(self):
+        self.kubectl.transport.loseConnection()
+        self.pump.flush()
+        self.roles.gate.callback(None)
+        self.pump.flush()
+        self.assertEqual(self.carriers, [])
+
+    def test_kubectl_still_there_gets_its_request_sent(self):
+        self.roles.gate.callback(None)
+        self.pump.flush()
+        self.assertEqual(self.carriers, ["h2"])
+        self.assertIn(b" 502 ", self.kubectl.received)
+
+    def test_what_is_read_while_authorizing_is_bounded(self):
+        """kubectl's connection is read during authorization (to see it
+        go), but a body beyond 64 KiB then pauses it until the decision."""
+        self.roles.gate = defer.Deferred()
+        connection = self.acceptor().accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        request = kubectl_request(b"PUT", b"/api/v1/namespaces/default/pods/p", body=b"x" * 100_000)
+        head = request.index(b"\r\n\r\n") + 4
+        connection.dataReceived(request[:head])
+        connection.dataReceived(request[head:head + 60_000])
+        self.assertEqual(transport.producerState, "producing")
+        connection.dataReceived(request[head + 60_000:])
+        self.assertEqual(transport.producerState, "paused")
+        self.roles.gate.callback(None)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertIn(b" 502 ", transport.value())

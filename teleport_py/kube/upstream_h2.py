@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from teleport_py.alpn import H2_ALPN
 from teleport_py.kube.context import RequestContext
 from teleport_py.kube.interfaces import Downstream
 from teleport_py.kube.upstream import _RETRYABLE_METHODS, APIServerConnection, UpstreamRequest, _relayed_response
@@ -239,7 +240,7 @@ class H2UpstreamConnection(APIServerConnection):
         no_delay(self.transport)
 
     def handshakeCompleted(self) -> None:
-        if getattr(self.transport, "negotiatedProtocol", None) != b"h2":
+        if getattr(self.transport, "negotiatedProtocol", None) != H2_ALPN:
             self._fail_setup(H2NotSupported("the API server did not negotiate h2 (ALPN)"))
             self.transport.loseConnection()
             return
