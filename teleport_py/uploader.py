@@ -5,8 +5,9 @@ recordings) on disk and hand it over from here: ``upload_once()`` sends
 everything waiting and fails if any of it did not arrive; the
 ``Uploader`` decides when it runs. Nothing is lost by a failure, only
 retried: first after ``interval`` seconds, then twice as long each time up
-to ``max_backoff``, and up to a fifth sooner at random, so agents that lost
-Auth together do not come back in step.
+to ``max_backoff``, and up to a quarter sooner at random
+(``teleport_py.backoff``), so agents that lost Auth together do not come
+back in step.
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from typing import Awaitable, Callable
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-log = Logger()
+from teleport_py.backoff import backoff_delay
 
-#: The share of a retry delay taken off at random.
-JITTER = 0.2
+log = Logger()
 
 
 class Uploader:
@@ -49,7 +49,8 @@ class Uploader:
         self._max_backoff = max_backoff
         self._periodic = periodic
         self._random = random
-        self._backoff = interval
+        #: Uploads failed in a row.
+        self._failures = 0
         self._scheduled = None
         self._uploading = False
         #: The delay asked for while an upload ran: the next one follows it.
@@ -74,7 +75,7 @@ class Uploader:
 
     def _uploaded(self, _) -> None:
         self._uploading = False
-        self._backoff = self._interval
+        self._failures = 0
         if self._again is not None:
             self.soon(self._again)
         elif self._periodic:
@@ -82,8 +83,8 @@ class Uploader:
 
     def _failed(self, failure) -> None:
         self._uploading = False
-        delay = self._backoff * (1 - JITTER * self._random())
-        self._backoff = min(self._backoff * 2, self._max_backoff)
+        delay = backoff_delay(self._failures, self._random, first=self._interval, cap=self._max_backoff)
+        self._failures += 1
         log.warn("{what} upload failed, retrying in {delay:.1f}s: {error}", what=self._what, delay=delay,
                  error=failure.getErrorMessage())
         self.soon(delay)

@@ -1,15 +1,13 @@
 """The agent's reverse-tunnel client: backoff schedule and announce on every connect."""
 from __future__ import annotations
 
-from hypothesis import given
-from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from teleport_py.kube.tunnel_client import TunnelClient, backoff_delay
+from teleport_py.kube.tunnel_client import TunnelClient
 from teleport_py.tunnel import StreamRejected, TunnelProtocol
 
 
@@ -52,14 +50,6 @@ class Proxy:
 
 
 class BackoffTests(SynchronousTestCase):
-    @given(st.integers(min_value=0, max_value=50), st.floats(min_value=0, max_value=1))
-    def test_delay_within_bounds(self, attempt, r):
-        base = [1, 2, 4, 8][min(attempt, 3)]
-        self.assertTrue(0.75 * base <= backoff_delay(attempt, lambda: r) <= base)
-
-    def test_schedule_without_jitter(self):
-        self.assertEqual([backoff_delay(a, lambda: 0.0) for a in range(6)], [1, 2, 4, 8, 8, 8])
-
     def test_reconnect_schedule_on_the_clock(self):
         clock = Clock()
         endpoint = Unreachable(clock)

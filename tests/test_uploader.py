@@ -5,7 +5,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from teleport_py.uploader import JITTER, Uploader
+from teleport_py.backoff import JITTER
+from teleport_py.uploader import Uploader
 
 
 class Target:
@@ -111,11 +112,11 @@ class UploaderTests(SynchronousTestCase):
         self.flushLoggedErrors()
         return delays
 
-    def test_jitter_only_shortens_a_retry_by_up_to_a_fifth(self):
+    def test_jitter_only_shortens_a_retry_by_up_to_a_quarter(self):
         self.assertEqual(self.retry_delays(lambda: 0.0), [1, 2, 4, 8, 8])
         shortest = self.retry_delays(lambda: 1.0)
         self.assertEqual([round(d, 9) for d in shortest], [d * (1 - JITTER) for d in (1, 2, 4, 8, 8)])
-        self.assertEqual(JITTER, 0.2)
+        self.assertEqual(JITTER, 0.25)
 
     def test_periodic_runs_every_interval(self):
         uploader = self.uploader(interval=5.0, periodic=True)

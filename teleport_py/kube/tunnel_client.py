@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from teleport_py.alpn import TUNNEL_ALPN
+from teleport_py.backoff import backoff_delay
 from teleport_py.identityfile import IdentityFile
 from teleport_py.pki import AUTH_SERVER_NAME, client_tls_options
 from teleport_py.quiet import factory_for
@@ -27,14 +28,6 @@ log = Logger()
 #: strips that suffix from every other join), so verifying the proxy under
 #: this name proves we reached a proxy of our cluster, whatever address we dialled.
 PROXY_TUNNEL_NAME = "reversetunnel.teleport.cluster.local"
-BACKOFF_STEPS = (1.0, 2.0, 4.0, 8.0)
-
-
-def backoff_delay(attempt: int, random: Callable[[], float] = _random.random) -> float:
-    """1, 2, 4, 8, 8, ... seconds, each shortened by up to a quarter at random
-    so that agents cut off together do not all come back in the same instant."""
-    base = BACKOFF_STEPS[min(attempt, len(BACKOFF_STEPS) - 1)]
-    return base * (1 - random() / 4)
 
 
 def proxy_endpoint(reactor, host: str, port: int, identity: IdentityFile) -> IStreamClientEndpoint:
