@@ -118,6 +118,9 @@ class AuthConfig:
     cluster_name: str = ""
     authentication_type: str = "local"
     second_factor: str = "off"
+    #: Cluster defaults for kube connections (roles may only tighten them).
+    client_idle_timeout: float = 0.0
+    disconnect_expired_cert: bool = True
 
 
 @attrs.frozen
@@ -188,6 +191,19 @@ def _flag(section: Mapping[str, Any], key: str, path: str, default: bool) -> boo
     if not isinstance(value, bool):
         raise ConfigError(f"{path}.{key}", "must be true or false")
     return value
+
+
+def _idle_timeout(value: Any, path: str) -> float:
+    """A Go duration, or ``never`` (as Teleport writes no idle timeout)."""
+    if value == "never":
+        return 0.0
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(path, f"{e}; write a duration such as 15m, or never") from None
+    if seconds < 0:
+        raise ConfigError(path, "must not be negative")
+    return seconds
 
 
 _SIZE_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
@@ -289,7 +305,8 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
     no_file = text is None
     auth = proxy = kube = None
     a = _mapping(doc.get("auth_service"), "auth_service")
-    _check_keys(a, "auth_service", ("enabled", "listen_addr", "cluster_name", "authentication"))
+    _check_keys(a, "auth_service", ("enabled", "listen_addr", "cluster_name", "authentication",
+                                    "client_idle_timeout", "disconnect_expired_cert"))
     if _enabled(a, "auth_service", True):
         authn = _mapping(a.get("authentication"), "auth_service.authentication")
         _check_keys(authn, "auth_service.authentication", ("type", "second_factor"))
@@ -304,6 +321,8 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         auth = AuthConfig(
             listen_addr=parse_address(a.get("listen_addr", "0.0.0.0:3025"), "auth_service.listen_addr", DEFAULT_AUTH_PORT),
             cluster_name=_string(a.get("cluster_name", ""), "auth_service.cluster_name"),
+            client_idle_timeout=_idle_timeout(a.get("client_idle_timeout", "never"), "auth_service.client_idle_timeout"),
+            disconnect_expired_cert=_flag(a, "disconnect_expired_cert", "auth_service", True),
         )
 
     p = _mapping(doc.get("proxy_service"), "proxy_service")

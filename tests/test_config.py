@@ -166,3 +166,23 @@ class BufferMemoryLimitTests(SynchronousTestCase):
                 parse_config(self.base + f"  buffer_memory_limit: {text}\n")
             self.assertEqual(cm.exception.path, "kubernetes_service.buffer_memory_limit")
             self.assertIn(words, str(cm.exception))
+
+
+class SessionDefaultsTests(SynchronousTestCase):
+    def test_defaults_and_values(self):
+        auth = parse_config(None).auth
+        self.assertEqual((auth.client_idle_timeout, auth.disconnect_expired_cert), (0.0, True))
+        auth = parse_config("auth_service:\n  client_idle_timeout: 15m\n  disconnect_expired_cert: no\n").auth
+        self.assertEqual((auth.client_idle_timeout, auth.disconnect_expired_cert), (900.0, False))
+        self.assertEqual(parse_config("auth_service:\n  client_idle_timeout: never\n").auth.client_idle_timeout, 0.0)
+
+    def test_invalid_values_name_the_key(self):
+        for text, path, words in (
+            ("client_idle_timeout: 15", "auth_service.client_idle_timeout", "such as 15m, or never"),
+            ("client_idle_timeout: -1m", "auth_service.client_idle_timeout", "negative"),
+            ("disconnect_expired_cert: maybe", "auth_service.disconnect_expired_cert", "true or false"),
+        ):
+            with self.assertRaises(ConfigError) as cm:
+                parse_config(f"auth_service:\n  {text}\n")
+            self.assertEqual(cm.exception.path, path)
+            self.assertIn(words, str(cm.exception))

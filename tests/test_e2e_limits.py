@@ -1,7 +1,8 @@
-"""The agent's memory budget end to end: concurrent filtered LISTs through
-the real proxy and agent to the real kube-apiserver, past
-``kubernetes_service.buffer_memory_limit``, get a 429 Status saying why and
-when to retry (audited), never more memory; kubectl retries by itself."""
+"""Limits of the agent end to end, through the real proxy and agent to the
+real kube-apiserver: concurrent filtered LISTs past
+``kubernetes_service.buffer_memory_limit`` get a 429 Status saying why and
+when to retry (audited), never more memory, and kubectl retries by itself;
+a watch ends when the user's certificate expires (audited)."""
 from __future__ import annotations
 
 import glob
@@ -10,14 +11,18 @@ import os
 import socket
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-from twisted.internet import threads
+from cryptography import x509
+
+from twisted.internet import reactor, task, threads
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from teleport_py.kube.memory_budget import LIST_BYTE_COST
-from tests.e2e import Deployment, coroutine_test
+from tests.e2e import PASSWORD, Deployment, coroutine_test
+from tests.support.clients import read_until_closed
 from tests.support.seed import configmaps_role
 
 NAMESPACE = "limits-e2e"
@@ -130,3 +135,45 @@ class MemoryBudgetEndToEndTests(TestCase):
         self.assertTrue(events)
         self.assertIn("memory budget", events[0]["reason"])
         self.assertEqual(events[0]["user"], "alice")
+
+
+def _watch_until_closed(port: int, context: ssl.SSLContext) -> tuple[bytes, float]:
+    """Open a watch; return its response head and when (time.time()) the connection ended."""
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=120), server_hostname=KUBE_SNI)
+    with sock:
+        sock.sendall(f"GET /api/v1/namespaces/default/configmaps?watch=1 HTTP/1.1\r\nHost: {KUBE_SNI}\r\n\r\n"
+                     .encode())
+        return read_until_closed(sock).partition(b"\r\n\r\n")[0], time.time()
+
+
+class CertificateExpiryEndToEndTests(TestCase):
+    timeout = 300
+
+    @coroutine_test
+    async def test_a_watch_ends_when_the_certificate_expires(self):
+        d = await Deployment(self, self.mktemp()).start()
+        await d.login_with_kube_access("alice")
+        await d.wait_for_clusters({"my-cluster"})
+        await d.tsh("login", f"--proxy={d.proxy}", "--user=alice", "--insecure", "--ttl=30s",
+                    stdin=PASSWORD.encode() + b"\n")
+        await d.tsh("kube", "login", "my-cluster")
+        keys = glob.glob(d.path("home", ".tsh", "keys", "*", "alice"))[0]
+        cert_path = os.path.join(keys, "kube", "my-cluster", "cert.pem")
+        with open(cert_path, "rb") as f:
+            expires = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc.timestamp()
+        self.assertLess(expires - time.time(), 31)
+        context = ssl.create_default_context(cafile=os.path.join(keys, "host_ca.pem"))
+        context.load_cert_chain(cert_path, os.path.join(keys, "key.pem"))
+        context.set_alpn_protocols(["http/1.1"])
+
+        head, ended = await threads.deferToThread(_watch_until_closed, d.proxy_port, context)
+        self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+        self.assertGreater(ended, expires - 1, "the watch ended before the certificate expired")
+        self.assertLess(ended, expires + 15, "the watch outlived the certificate")
+        for _ in range(60):  # the agent spools events and uploads them in the background
+            disconnects = [e for e in await d.events("client.disconnect") if e.get("user") == "alice"]
+            if disconnects:
+                break
+            await task.deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual([e["reason"] for e in disconnects], ["client certificate expired"])
+        self.assertEqual(disconnects[0]["kube_cluster"], "my-cluster")

@@ -16,6 +16,7 @@ import time
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from tests.support.clients import read_until_closed
 from tests.support.procs import ManagedProcess, free_port
 
 BIN = os.path.dirname(sys.executable)
@@ -49,13 +50,7 @@ def _tls(port: int) -> ssl.SSLSocket:
 
 
 def _answer(sock: ssl.SSLSocket) -> tuple[int, dict]:
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, body = read_until_closed(sock).partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), json.loads(body)
 
 

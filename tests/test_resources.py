@@ -154,6 +154,9 @@ BAD_DOCUMENTS = [
     ("numeric duration", role_doc(options={"max_session_ttl": 3600}), "spec.options.max_session_ttl", "duration string"),
     ("negative duration", role_doc(options={"max_session_ttl": "-1h"}), "spec.options.max_session_ttl", "negative"),
     ("unsupported option", role_doc(options={"forward_agent": True}), "spec.options.forward_agent", "unknown field"),
+    ("bad idle timeout", role_doc(options={"client_idle_timeout": "15 minutes"}), "spec.options.client_idle_timeout", "invalid duration"),
+    ("numeric idle timeout", role_doc(options={"client_idle_timeout": 900}), "spec.options.client_idle_timeout", "duration string"),
+    ("disconnect flag not a flag", role_doc(options={"disconnect_expired_cert": "sometimes"}), "spec.options.disconnect_expired_cert", "true or false"),
     ("rule without verbs", role_doc(allow={"rules": [{"resources": ["role"]}]}), "spec.allow.rules[0].verbs", "required"),
     ("rule with unknown verb", role_doc(allow={"rules": [{"resources": ["role"], "verbs": ["reed"]}]}), "spec.allow.rules[0].verbs[0]", "unknown verb 'reed'"),
     ("rule with bad resource", role_doc(allow={"rules": [{"resources": ["Role!"], "verbs": ["read"]}]}), "spec.allow.rules[0].resources[0]", "invalid resource kind"),
@@ -189,6 +192,7 @@ GOOD_DOCUMENTS = [
     ("templated patterns", role_doc(allow={"kubernetes_labels": {"env": ["{{external.env}}", "^dev-.*$"]}, "kubernetes_groups": ["team-{{internal.team}}"], "kubernetes_users": ['{{external["user name"]}}']})),
     ("null sections", role_doc(allow=None, deny=None)),
     ("option", role_doc(options={"max_session_ttl": "8h30m"})),
+    ("session options", role_doc(options={"client_idle_timeout": "never", "disconnect_expired_cert": "yes"})),
     ("rules", role_doc(allow={"rules": [{"resources": ["*"], "verbs": ["*"]}]})),
     ("default namespace", edit(role_doc(), ("metadata", "namespace"), "default")),
     ("user", user_doc(roles=["access"], traits={"kubernetes_groups": ["dev"], "logins": []})),
@@ -280,6 +284,14 @@ class RoleTests(SynchronousTestCase):
         role = resource_from_dict(role_doc(options={"max_session_ttl": "1h30m"}))
         self.assertEqual(role.options.max_session_ttl, 5400.0)
         self.assertEqual(resource_to_dict(role)["spec"]["options"], {"max_session_ttl": "1h30m0s"})
+
+    def test_client_idle_timeout_and_disconnect_expired_cert(self):
+        role = resource_from_dict(role_doc(options={"client_idle_timeout": "15m", "disconnect_expired_cert": True}))
+        self.assertEqual((role.options.client_idle_timeout, role.options.disconnect_expired_cert), (900.0, True))
+        self.assertEqual(resource_to_dict(role)["spec"]["options"],
+                         {"max_session_ttl": "30h0m0s", "client_idle_timeout": "15m0s", "disconnect_expired_cert": True})
+        unset = resource_from_dict(role_doc(options={"client_idle_timeout": "never"}))
+        self.assertEqual((unset.options.client_idle_timeout, unset.options.disconnect_expired_cert), (0.0, False))
 
     def test_zero_ttl_means_default(self):
         role = resource_from_dict(role_doc(options={"max_session_ttl": "0s"}))

@@ -122,9 +122,13 @@ class AuthAPI(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, auth: AuthServer, recordings: Recordings):
+    def __init__(self, auth: AuthServer, recordings: Recordings, *, client_idle_timeout: float = 0.0,
+                 disconnect_expired_cert: bool = True):
         super().__init__()
         self.auth = auth
+        #: The cluster's defaults for kube connections, which agents read from ping.
+        self.session_defaults = {"client_idle_timeout": client_idle_timeout,
+                                 "disconnect_expired_cert": disconnect_expired_cert}
         #: The router: every call, and which certificates may make it at all
         #: (docs/auth-api.md has the same table; tests.test_auth_routes holds
         #: the two together). Each call then authorizes its caller on its own.
@@ -286,7 +290,7 @@ class AuthAPI(resource.Resource):
     # -- handlers --------------------------------------------------------------
 
     async def ping(self, caller, request, body):
-        return {"cluster_name": self.auth.cluster_name, "server_version": "teleport_py"}
+        return {"cluster_name": self.auth.cluster_name, "server_version": "teleport_py", **self.session_defaults}
 
     async def cas(self, caller, request, body):
         return self.auth.authorities.cas_pem()

@@ -79,7 +79,9 @@ class AuthService(RoleService):
             require_client_certificate=False,
         )
         recordings = Recordings(self.auth, os.path.join(self.config.data_dir, "session_recordings"))
-        site = Site(AuthAPI(self.auth, recordings), requestFactory=BoundedRequest, reactor=self.reactor)
+        api = AuthAPI(self.auth, recordings, client_idle_timeout=self.config.auth.client_idle_timeout,
+                      disconnect_expired_cert=self.config.auth.disconnect_expired_cert)
+        site = Site(api, requestFactory=BoundedRequest, reactor=self.reactor)
         site.displayTracebacks = False
         site.noisy = False
         limits = self.config.connection_limits

@@ -31,6 +31,7 @@ PORT_FORWARD = "port"
 SESSION_START = "session.start"
 SESSION_END = "session.end"
 RESIZE = "resize"
+CLIENT_DISCONNECT = "client.disconnect"
 
 #: Teleport's event codes ("I" = info, "W" = warning/failure).
 CODES = {
@@ -57,6 +58,7 @@ CODES = {
     (SESSION_START, True): "T2000I",
     (SESSION_END, True): "T2004I",
     (RESIZE, True): "T2002I",
+    (CLIENT_DISCONNECT, True): "T3006I",
 }
 
 

@@ -10,7 +10,7 @@ older proxies: HTTP/1.1): ``kube.http1`` or ``kube.http2``, each with a
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Callable, Mapping, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence
 from weakref import WeakSet
 
 from cryptography import x509
@@ -18,7 +18,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from teleport_py import events
 from teleport_py.kube.authorize import AgentServices, CheckerCache, Discovery, KubeCaller, RoleCache
+from teleport_py.kube.connection_watch import ClusterDefaults, SessionLimits, WatchedStream, session_limits
 from teleport_py.kube.context import KubeCluster, StreamContext
 from teleport_py.kube.http1 import KubeConnection
 from teleport_py.kube.http2 import KubeHTTP2Connection
@@ -46,9 +48,13 @@ class StreamAcceptor:
         discovery: Discovery | None = None,
         sessions: SessionRecorder | None = None,
         buffers: MemoryBudget | None = None,
+        cluster_defaults: Callable[[], Awaitable[ClusterDefaults]] | None = None,
     ) -> None:
         self.reactor = reactor
         self.buffers = buffers or MemoryBudget()
+        #: With it, each stream ends at its certificate's expiry and when idle
+        #: (``connection_watch``), as the roles and these defaults say.
+        self.cluster_defaults = cluster_defaults
         self.clusters = dict(clusters)
         self.user_cas = tuple(user_cas)
         self.connections = ClusterConnections(reactor)
@@ -80,7 +86,25 @@ class StreamAcceptor:
         protocol = front(KubeCaller(services, stream))
         if isinstance(protocol, KubeHTTP2Connection):
             self._h2_fronts.add(protocol)
-        return protocol
+        if self.cluster_defaults is None:
+            return protocol
+        return WatchedStream(self.reactor, protocol, expires=identity.expires.timestamp(),
+                             limits=lambda: self._session_limits(identity),
+                             ended=lambda reason: self._disconnected(stream, reason))
+
+    async def _session_limits(self, identity: UserIdentity) -> SessionLimits:
+        defaults = await self.cluster_defaults()
+        return session_limits(await self.services.roles.roles(identity.roles), defaults)
+
+    def _disconnected(self, stream: StreamContext, reason: str) -> None:
+        """The stream is ended for ``reason``: audited as Teleport does (``client.disconnect``)."""
+        log.info("kube connection ended user={user} cluster={cluster} reason={reason}",
+                 user=stream.identity.username, cluster=stream.cluster.name, reason=reason)
+        stream.emit(events.make_event(
+            events.CLIENT_DISCONNECT, self.reactor.seconds(), user=stream.identity.username,
+            cluster_name=stream.teleport_cluster or stream.identity.teleport_cluster,
+            kube_cluster=stream.cluster.name, addr_remote=stream.client_addr, reason=reason,
+        ))
 
     def _verified_user(self, pem) -> UserIdentity:
         now = datetime.fromtimestamp(self.reactor.seconds(), timezone.utc)

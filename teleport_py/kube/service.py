@@ -12,6 +12,7 @@ from teleport_py.config import Config
 from teleport_py.kube.credentials import CredentialsError, load_in_cluster, load_kubeconfig
 from teleport_py.kube.event_spool import EventSpool
 from teleport_py.kube.acceptor import StreamAcceptor
+from teleport_py.kube.connection_watch import ClusterDefaultsCache
 from teleport_py.kube.memory_budget import MemoryBudget
 from teleport_py.kube.authorize import RoleCache
 from teleport_py.kube.context import KubeCluster
@@ -146,6 +147,7 @@ class KubeService(RoleService):
                 self.reactor, spool.emit, recordings, record_output=self.config.kube.record_exec_output
             ),
             buffers=MemoryBudget(self.config.kube.buffer_memory_limit),
+            cluster_defaults=ClusterDefaultsCache(self.reactor, lambda: self.auth.call("GET", "ping")),
         )
         proxy = self.config.proxy_server
         heartbeat: Heartbeat | None = None

@@ -440,21 +440,40 @@ def _conditions(value: Any, path: str, version: str) -> RoleConditions:
 
 
 def _options(value: Any, path: str) -> RoleOptions:
-    options = _fields(value, path, ("max_session_ttl",))
-    ttl_path = _join(path, "max_session_ttl")
-    ttl = options.get("max_session_ttl")
-    if ttl is None:
-        return RoleOptions()
-    if not isinstance(ttl, str):
-        raise ValidationError(ttl_path, f"must be a duration string such as '8h' or '30m', got {_describe(ttl)}")
-    try:
-        seconds = parse_duration(ttl)
-    except ValueError as e:
-        raise ValidationError(ttl_path, str(e)) from None
-    if seconds < 0:
-        raise ValidationError(ttl_path, "must not be negative")
+    options = _fields(value, path, ("max_session_ttl", "client_idle_timeout", "disconnect_expired_cert"))
+    ttl = _option_duration(options, "max_session_ttl", path)
     # Teleport reads a zero TTL as "use the default"; so do we.
-    return RoleOptions(max_session_ttl=seconds or DEFAULT_MAX_SESSION_TTL)
+    return RoleOptions(
+        max_session_ttl=ttl or DEFAULT_MAX_SESSION_TTL,
+        client_idle_timeout=_option_duration(options, "client_idle_timeout", path, never=True),
+        disconnect_expired_cert=_option_flag(options, "disconnect_expired_cert", path),
+    )
+
+
+def _option_duration(options: dict, key: str, path: str, never: bool = False) -> float:
+    """A Go duration in seconds, 0 when absent (and, if ``never``, when written ``never``)."""
+    where = _join(path, key)
+    value = options.get(key)
+    if value is None or (never and value == "never"):
+        return 0.0
+    if not isinstance(value, str):
+        raise ValidationError(where, f"must be a duration string such as '8h' or '30m', got {_describe(value)}")
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise ValidationError(where, str(e)) from None
+    if seconds < 0:
+        raise ValidationError(where, "must not be negative")
+    return seconds
+
+
+def _option_flag(options: dict, key: str, path: str) -> bool:
+    value = options.get(key, False)
+    if isinstance(value, str) and value.lower() in ("yes", "no", "true", "false"):
+        return value.lower() in ("yes", "true")
+    if not isinstance(value, bool):
+        raise ValidationError(_join(path, key), f"must be true or false, got {_describe(value)}")
+    return value
 
 
 def _everything(version: str) -> KubernetesResource:
@@ -522,9 +541,18 @@ def _role_to_dict(role: Role) -> dict:
         "spec": {
             "allow": _conditions_to_dict(role.allow),
             "deny": _conditions_to_dict(role.deny),
-            "options": {"max_session_ttl": format_duration(role.options.max_session_ttl)},
+            "options": _options_to_dict(role.options),
         },
     }
+
+
+def _options_to_dict(options: RoleOptions) -> dict:
+    out: dict[str, Any] = {"max_session_ttl": format_duration(options.max_session_ttl)}
+    if options.client_idle_timeout:
+        out["client_idle_timeout"] = format_duration(options.client_idle_timeout)
+    if options.disconnect_expired_cert:
+        out["disconnect_expired_cert"] = True
+    return out
 
 
 # -- user, token, kube_server ---------------------------------------------------

@@ -134,6 +134,10 @@ class RoleConditions:
 @attrs.frozen
 class RoleOptions:
     max_session_ttl: float = DEFAULT_MAX_SESSION_TTL
+    #: Seconds a kube connection may sit idle; 0: not set by this role.
+    client_idle_timeout: float = 0.0
+    #: End kube connections when the user's certificate expires.
+    disconnect_expired_cert: bool = False
 
 
 @attrs.frozen

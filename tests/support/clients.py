@@ -1,5 +1,8 @@
 """Small client-side helpers shared by the tests that drive real kubectl
-sessions: a terminal for kubectl on a pty, and an echo checker."""
+sessions: a terminal for kubectl on a pty, and an echo checker; and a
+blocking socket read to the end."""
+
+import ssl
 
 from twisted.internet import defer, protocol
 
@@ -46,3 +49,15 @@ def kill_process(transport):
     """SIGKILL a spawned process if it is still there."""
     if transport.pid is not None:
         transport.signalProcess("KILL")
+
+
+def read_until_closed(sock) -> bytes:
+    """Everything a blocking socket (plain or ssl) receives until the peer
+    closes it; a reset or a TLS error ends it too (what came first is kept)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return data
