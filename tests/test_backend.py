@@ -35,7 +35,9 @@ from teleport_py.backend import (
     MemoryBackend,
     SQLiteBackend,
 )
+from teleport_py.backend.etcd import EtcdBackend
 from teleport_py.backend.sqlite import prefix_end
+from tests.support.etcd import shared_etcd, unique_prefix
 
 SWEEP = 1.0
 
@@ -363,6 +365,18 @@ class MemoryBackendTests(BackendTestsMixin, TestCase):
         return succeed(MemoryBackend(clock, sweep_interval=SWEEP))
 
 
+class EtcdBackendTests(BackendTestsMixin, TestCase):
+    """The same suite against a real etcd (tests.support.etcd), each test
+    under its own key prefix; etcd's own guarantees are in test_backend_etcd."""
+
+    async def _open(self, clock):
+        server = await shared_etcd()
+        return await EtcdBackend.open(ClockedReactor(clock), [server.url], unique_prefix(), sweep_interval=SWEEP)
+
+    def open_backend(self, clock):
+        return ensureDeferred(self._open(clock))
+
+
 class SQLiteBackendTests(BackendTestsMixin, TestCase):
     def open_backend(self, clock):
         self.path = os.path.join(self.mktemp(), "backend.sqlite")
@@ -540,11 +554,12 @@ def _visible(result):
 
 
 class _Comparison(RuleBasedStateMachine):
-    """Drives MemoryBackend and SQLiteBackend with the same calls from a
+    """Drives MemoryBackend, SQLiteBackend and EtcdBackend with the same calls from a
     non-reactor thread and checks both against a dict, and each one's watch
     stream against the same dict."""
 
     directory: str
+    etcd_url: str
 
     def __init__(self):
         super().__init__()
@@ -554,10 +569,11 @@ class _Comparison(RuleBasedStateMachine):
         self.backends = [
             self._call(lambda: MemoryBackend(clocked, sweep_interval=SWEEP)),
             self._call(SQLiteBackend.open, clocked, path, sweep_interval=SWEEP),
+            self._call(EtcdBackend.open, clocked, [self.etcd_url], unique_prefix("machine"), sweep_interval=SWEEP),
         ]
         self.model: dict[str, Item] = {}
-        self.mirrors: list[dict[str, Item]] = [{}, {}]
-        self.revisions = [[], []]
+        self.mirrors: list[dict[str, Item]] = [{} for _ in self.backends]
+        self.revisions = [[] for _ in self.backends]
         for backend, mirror, revisions in zip(self.backends, self.mirrors, self.revisions):
             self._call(backend.watch, "", functools.partial(self._mirror, mirror, revisions))
 
@@ -576,7 +592,7 @@ class _Comparison(RuleBasedStateMachine):
     def _each(self, method, *args):
         results = [self._call(getattr(backend, method), *args) for backend in self.backends]
         visible = [_visible(result) for result in results]
-        assert visible[0] == visible[1], (method, args, visible)
+        assert all(one == visible[0] for one in visible), (method, args, visible)
         return visible[0]
 
     def _now(self):
@@ -664,11 +680,13 @@ class _Comparison(RuleBasedStateMachine):
 
 
 class ModelComparisonTests(TestCase):
-    def test_backends_agree_with_a_dict(self):
+    @async_test
+    async def test_backends_agree_with_a_dict(self):
         directory = self.mktemp()
         os.makedirs(directory)
-        machine = type("Comparison", (_Comparison,), {"directory": directory})
+        server = await shared_etcd()
+        machine = type("Comparison", (_Comparison,), {"directory": directory, "etcd_url": server.url})
         options = settings(
             max_examples=60, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
         )
-        return deferToThread(run_state_machine_as_test, machine, settings=options)
+        await deferToThread(run_state_machine_as_test, machine, settings=options)
