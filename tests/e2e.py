@@ -222,6 +222,24 @@ class Deployment:
             args.append("--type=" + ",".join(types))
         return json.loads((await self.tctl(*args)).out)
 
+    async def wait_for_events(self, *types: str, until, timeout: float = 60.0) -> list[dict]:
+        """Poll ``tctl events`` until ``until(events)`` is true.
+
+        The agent's event spool uploads in the background (about a second
+        after a request), so a test that reads the audit log right after
+        kubectl must wait for what it expects rather than read once.
+        """
+        from twisted.internet import reactor
+
+        deadline = reactor.seconds() + timeout
+        while True:
+            events = await self.events(*types)
+            if until(events):
+                return events
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"audit events never matched within {timeout:.0f}s: {events}")
+            await deferLater(reactor, 0.5, lambda: None)
+
 
 def coroutine_test(f):
     """Let trial run an ``async def`` test method."""

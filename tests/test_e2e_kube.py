@@ -119,7 +119,13 @@ class KubectlEndToEndTests(TestCase):
         await d.plane.kubectl("run", "late-pod", "--image=busybox", "--restart=Never", "-n", "default")
         await watch.wait_for_output(r"late-pod", timeout=60)
 
-        events = await d.events("kube.request")
+        def expected(events):
+            alice = [e for e in events if e.get("user") == "alice"]
+            return (any(e.get("verb") == "list" and e.get("response_code") == 200 for e in alice)
+                    and any(e.get("verb") == "delete" and e.get("response_code") == 403 for e in alice)
+                    and any(e.get("kube_cluster") == "second-cluster" for e in alice))
+
+        events = await d.wait_for_events("kube.request", until=expected)
         alice = [e for e in events if e.get("user") == "alice"]
         self.assertTrue(any(e.get("verb") == "list" and e.get("response_code") == 200 for e in alice), alice)
         self.assertTrue(any(e.get("verb") == "delete" and e.get("response_code") == 403 for e in alice), alice)

@@ -146,7 +146,13 @@ class RBACEndToEndTests(TestCase):
         await d.kubectl("delete", "pod", visible, "-n", "development", "--wait=false")
         self.assertNotRegex((await plane.kubectl("get", "pods", "-n", "development")).out, rf"(?m)^{visible}\s")
 
-        events = [e for e in await d.events("kube.request") if e.get("user") == "alice"]
+        def secrets_denied(events):
+            return any(e.get("user") == "alice" and e.get("response_code") == 403
+                       and e.get("resource_kind") == "secrets" and e.get("resource_namespace") == "default"
+                       and e.get("reason") for e in events)
+
+        events = [e for e in await d.wait_for_events("kube.request", until=secrets_denied)
+                  if e.get("user") == "alice"]
         denied = [e for e in events if e.get("response_code") == 403]
         self.assertTrue(any(e.get("resource_kind") == "secrets" and e.get("resource_namespace") == "default"
                             and e.get("reason") for e in denied), denied)

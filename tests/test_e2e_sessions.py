@@ -330,8 +330,11 @@ class SessionFailureTests(_SessionsMixin, TestCase):
             self.assertIn("forbidden", refused.err.lower())
             self.assertIn("exec", refused.err)
         self.assertEqual([n for n in self.standin.negotiated if n.status == 101], [])
-        denied = [e for e in await d.events("kube.request")
-                  if e.get("user") == "alice" and e.get("response_code") == 403 and "exec" in str(e)]
+        def refused_exec(events):
+            return [e for e in events
+                    if e.get("user") == "alice" and e.get("response_code") == 403 and "exec" in str(e)]
+
+        denied = refused_exec(await d.wait_for_events("kube.request", until=refused_exec))
         self.assertTrue(denied, "the refused exec is not in the audit log")
 
     @coroutine_test
