@@ -19,6 +19,7 @@ that rules restricting names apply to the object's ``metadata.name``.
 from __future__ import annotations
 
 import json
+import weakref
 from typing import Awaitable, Callable, Sequence
 from urllib.parse import quote
 
@@ -33,6 +34,7 @@ from teleport_py.kube.canonical import BadRequestTarget, CanonicalRequest, canon
 from teleport_py.kube.context import Decision, KubeCluster, RequestContext, StreamContext
 from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
 from teleport_py.kube.interfaces import Downstream
+from teleport_py.kube.memory_budget import Claim, OverBudget, TooLarge
 from teleport_py.kube.pools import ClusterConnections
 from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.kube.upstream import UpstreamRequest
@@ -166,20 +168,43 @@ class Discovery:
 
 @attrs.define
 class HeldRequest:
-    """A ``create`` whose body is read before authorizing (bounded)."""
+    """A ``create`` whose body is read before authorizing: bounded, and held
+    on a ``claim`` of the agent's memory budget, given back when the body
+    has gone upstream or, whatever else ends the request, when this object
+    goes away (a front end drops it with its connection)."""
 
     request: CanonicalRequest
+    claim: Claim | None = None
     body: bytearray = attrs.Factory(bytearray)
     too_large: bool = False
+    #: The agent's memory budget was spent: the request gets a 429.
+    over_budget: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.claim is not None:
+            weakref.finalize(self, self.claim.release)
 
     def add(self, data: bytes) -> None:
-        if self.too_large:
+        if self.too_large or self.over_budget:
             return
         if len(self.body) + len(data) > MAX_CREATE_BODY:
             self.too_large = True
-            self.body.clear()
-        else:
-            self.body += data
+            self.sent()
+            return
+        if self.claim is not None:
+            try:
+                self.claim.take(len(data))
+            except (OverBudget, TooLarge) as e:
+                self.over_budget = str(e)
+                self.sent()
+                return
+        self.body += data
+
+    def sent(self) -> None:
+        """The body is no longer held."""
+        self.body.clear()
+        if self.claim is not None:
+            self.claim.release()
 
 
 @attrs.frozen
@@ -209,6 +234,10 @@ class KubeCaller:
     cluster = property(lambda self: self.stream.cluster)
     client_addr = property(lambda self: self.stream.client_addr)
 
+    def hold(self, request: CanonicalRequest) -> HeldRequest:
+        """A create whose body must be read before it is authorized, held on the agent's memory budget."""
+        return HeldRequest(request, self.stream.buffers.claim())
+
     def canonical(self, downstream: Downstream, method: bytes, target: bytes, authority: bytes,
                   headers) -> CanonicalRequest | None:
         """The request made canonical, or ``None`` once kubectl has had a 400
@@ -232,6 +261,12 @@ class KubeCaller:
             downstream.respond_status(KubeStatus(
                 413, f"request body larger than {MAX_CREATE_BODY} bytes cannot be authorized"))
             return
+        if held is not None and held.over_budget:
+            self._audit(request, request.info, 429, reason=f"memory budget: {held.over_budget}")
+            downstream.respond_status(KubeStatus(
+                429, "the teleport agent holds too many request bodies at once; retry in a few seconds",
+                details={"retryAfterSeconds": 1}))
+            return
         try:
             decision = await self._authorize(request, held)
         except AccessDenied as denied:
@@ -251,6 +286,7 @@ class KubeCaller:
         if held is not None:
             upstream.request_data(bytes(held.body))
             upstream.request_done()
+            held.sent()
         try:
             try:
                 await upstream.start(carrier)

@@ -115,7 +115,7 @@ class KubeConnection(Protocol):
                 if request is None:  # answered 400; its body, if any, is read and dropped
                     continue
                 if request.names_object_in_body:
-                    self._held = HeldRequest(request)
+                    self._held = self.caller.hold(request)
                 else:
                     self._begin(request)
             elif isinstance(event, h11.Data):

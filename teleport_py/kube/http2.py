@@ -257,7 +257,7 @@ class RequestStream:
     def begin(self, request: CanonicalRequest) -> None:
         """Forward now, or once a create's body (holding the name) is read."""
         if request.names_object_in_body:
-            self._held = HeldRequest(request)
+            self._held = self.caller.hold(request)
         else:
             self._forward(request, None)
 
