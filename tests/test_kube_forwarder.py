@@ -1,7 +1,7 @@
 """The agent's HTTP/1.1 forwarder against a real TLS upstream on 127.0.0.1.
 
 kubectl's side is a plain TCP connection to a listener whose protocols come
-from ``Forwarder.accept_stream`` (the same object a tunnel stream would get);
+from ``StreamAcceptor.accept_stream`` (the same object a tunnel stream would get);
 the API server is twisted.web over mutual TLS that records what it received,
 or a raw h11 server for upgrades.
 """

@@ -1,7 +1,7 @@
 """The agent's HTTP/2 front end, driven by a real h2 client on in-memory transports.
 
 kubectl's side is an h2 client connection whose bytes go straight into the
-protocol ``Forwarder.accept_stream`` returns for ``alpn: h2``; the API
+protocol ``StreamAcceptor.accept_stream`` returns for ``alpn: h2``; the API
 server's side is a pool of in-memory HTTP/1.1 connections the test reads
 requests from and answers on, so flow control and cancellation are visible.
 """
