@@ -96,13 +96,6 @@ class CanonicalRequest:
         return (self.method == b"POST" and not self.upgrade and info.is_resource_request
                 and info.verb == "create" and not info.name)
 
-    @property
-    def query_values(self) -> dict[str, list[str]]:
-        values: dict[str, list[str]] = {}
-        for key, value in self.query:
-            values.setdefault(key, []).append(value)
-        return values
-
 
 def canonical_request(method: bytes, target: bytes, authority: bytes,
                       headers: Iterable[tuple[bytes, bytes]]) -> CanonicalRequest:
