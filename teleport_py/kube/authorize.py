@@ -245,7 +245,7 @@ class KubeCaller:
         try:
             return canonical_request(method, target, authority, headers)
         except BadRequestTarget as e:
-            log.info("refused a malformed request target user={user} error={error}",
+            log.debug("refused a malformed request target user={user} error={error}",
                      user=self.identity.username, error=e)
             self.stream.audit(method.decode("latin-1"), target.decode("latin-1"), None, 400,
                               reason=f"malformed request: {e}")
@@ -276,7 +276,7 @@ class KubeCaller:
             return
         if downstream.closed:
             # kubectl went away while its request was being authorized: nothing goes upstream.
-            log.info("client gone before its request was sent user={user} path={path}",
+            log.debug("client gone before its request was sent user={user} path={path}",
                      user=self.identity.username, path=decision.info.path)
             return
         context = RequestContext(self.stream, request, decision)
