@@ -246,7 +246,7 @@ class KubeCaller:
             return canonical_request(method, target, authority, headers)
         except BadRequestTarget as e:
             log.debug("refused a malformed request target user={user} error={error}",
-                     user=self.identity.username, error=e)
+                      user=self.identity.username, error=e)
             self.stream.audit(method.decode("latin-1"), target.decode("latin-1"), None, 400,
                               reason=f"malformed request: {e}")
             downstream.respond_status(KubeStatus(400, f"teleport refused the request: {e}"))
@@ -277,7 +277,7 @@ class KubeCaller:
         if downstream.closed:
             # kubectl went away while its request was being authorized: nothing goes upstream.
             log.debug("client gone before its request was sent user={user} path={path}",
-                     user=self.identity.username, path=decision.info.path)
+                      user=self.identity.username, path=decision.info.path)
             return
         context = RequestContext(self.stream, request, decision)
         exchange, carrier = self._carrier(context)
