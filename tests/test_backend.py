@@ -37,34 +37,10 @@ from teleport_py.backend import (
 )
 from teleport_py.backend.etcd import EtcdBackend
 from teleport_py.backend.sqlite import prefix_end
+from tests.support.backend import ClockedReactor, async_test
 from tests.support.etcd import shared_etcd, unique_prefix
 
 SWEEP = 1.0
-
-
-def async_test(function):
-    @functools.wraps(function)
-    def wrapper(self):
-        return ensureDeferred(function(self))
-
-    return wrapper
-
-
-class ClockedReactor:
-    """The real reactor for threads and triggers, a ``Clock`` for time: TTLs
-    stay deterministic while SQLite still runs on its own thread."""
-
-    def __init__(self, clock: Clock):
-        self._clock = clock
-
-    def seconds(self):
-        return self._clock.seconds()
-
-    def callLater(self, *args, **kwargs):
-        return self._clock.callLater(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(reactor, name)
 
 
 class TriggerRecordingReactor(ClockedReactor):

@@ -175,7 +175,10 @@ class ResumingWatch:
         delay = RETRY_FIRST
         while not self._stopped:
             try:
-                if await self._watch_once():
+                outcome = await self._watch_once()
+                if outcome is _REREAD:
+                    continue  # caught up by the re-read: watch again at once
+                if outcome:
                     delay = RETRY_FIRST
             except CancelledError:
                 raise
@@ -228,7 +231,7 @@ class ResumingWatch:
                      revision=self.delivered, compacted=compacted.revision)
             read_at = await ensureDeferred(_as_coroutine(self._on_compacted))
             self._advance(read_at)
-            return True
+            return _REREAD
         finally:
             self._stream = None
         return progressed
@@ -244,6 +247,9 @@ class ResumingWatch:
         waiters, self._waiters = self._waiters, []
         for _, waiter in waiters:
             waiter.errback(CancelledError("the watch stopped"))
+
+
+_REREAD = object()
 
 
 class _Compacted(Exception):

@@ -1,0 +1,214 @@
+"""What the etcd backend adds to the shared suite (tests.test_backend): two
+backends on one prefix, prefixes kept apart, a watch that resumes after etcd
+restarts without missing or repeating an event, compaction answered by a
+re-read, TLS client certificates, and the watch stream's decoder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from teleport_py.backend import DELETE, PUT
+from teleport_py.backend.etcd import EtcdBackend, decode_value, encode_value, EnvelopeError
+from teleport_py.backend.etcd_gateway import Gateway
+from teleport_py.backend.etcd_watch import WatchDecoder, WatchStreamError
+from tests.support.backend import ClockedReactor, async_test
+from tests.support.etcd import EtcdServer, shared_etcd, unique_prefix
+from tests.support.procs import wait_until
+
+
+class TwoBackendsTests(TestCase):
+    @async_test
+    async def setUp(self):
+        server = await shared_etcd()
+        self.url = server.url
+        self.prefix = unique_prefix()
+        self.first = await EtcdBackend.open(reactor, [self.url], self.prefix)
+        self.addCleanup(self.first.close)
+        self.second = await EtcdBackend.open(reactor, [self.url], self.prefix)
+        self.addCleanup(self.second.close)
+
+    @async_test
+    async def test_each_sees_the_others_writes_and_events(self):
+        events = []
+        self.second.watch("/roles/", events.append)
+        stored = await self.first.put("/roles/a", b"1")
+        self.assertEqual(await self.second.get("/roles/a"), stored)
+        await wait_until(lambda: events, 10)
+        self.assertEqual([(event.type, event.item) for event in events], [(PUT, stored)])
+
+    @async_test
+    async def test_create_races_across_backends_have_one_winner(self):
+        results = await gatherResults([
+            backend.create("/cas/root", name)
+            for _ in range(3)
+            for backend, name in ((self.first, b"first"), (self.second, b"second"))
+        ])
+        winners = [result for result in results if result is not None]
+        self.assertEqual(len(winners), 1)
+        self.assertEqual(await self.first.get("/cas/root"), winners[0])
+
+    @async_test
+    async def test_prefixes_are_apart(self):
+        other = await EtcdBackend.open(reactor, [self.url], unique_prefix())
+        self.addCleanup(other.close)
+        seen = []
+        other.watch("", seen.append)
+        await self.first.put("/a", b"1")
+        self.assertEqual(await other.get_range(""), [])
+        await other.put("/b", b"2")
+        self.assertEqual([item.key for item in await self.first.get_range("")], ["/a"])
+        self.assertEqual([event.item.key for event in seen], ["/b"])
+
+    def test_envelope(self):
+        self.assertEqual(decode_value(encode_value(b"x", 12.5, 3)), (b"x", 12.5, 3))
+        self.assertEqual(decode_value(encode_value(b"", None, 0)), (b"", None, 0))
+        self.assertRaises(EnvelopeError, decode_value, b"plain value")
+
+
+class ResumeTests(TestCase):
+    """A private etcd that is killed and restarted on the same data."""
+
+    @async_test
+    async def setUp(self):
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        self.server = await EtcdServer(reactor, workdir).start()
+        self.addCleanup(self.server.stop)
+        self.prefix = unique_prefix()
+        # The watcher's reconnect waits on this clock, so the test decides
+        # when it resumes: after the writer has written what it must not miss.
+        self.clock = Clock()
+        self.watcher = await EtcdBackend.open(ClockedReactor(self.clock), [self.server.url], self.prefix)
+        self.addCleanup(self.watcher.close)
+        self.events = []
+        self.watcher.watch("/", self.events.append)
+
+    async def restart_etcd(self):
+        await self.server.kill9()
+        await self.server.start()
+        self.writer = await EtcdBackend.open(reactor, [self.server.url], self.prefix)
+        self.addCleanup(self.writer.close)
+
+    async def resume_watcher(self):
+        # Past any retry delay (at most RETRY_CAP): the watch reconnects.
+        for _ in range(20):
+            self.clock.advance(5)
+
+    @async_test
+    async def test_no_event_missed_or_repeated_across_a_restart(self):
+        before = await self.watcher.put("/a", b"before")
+        self.assertEqual([event.item for event in self.events], [before])
+        await self.restart_etcd()
+        during = [await self.writer.put(f"/b{n}", b"while the watch was down") for n in range(5)]
+        deleted = await self.writer.delete("/a")
+        self.assertTrue(deleted)
+        await self.resume_watcher()
+        await wait_until(lambda: len(self.events) >= 7, 20)
+        after = await self.watcher.put("/c", b"after")
+        self.assertEqual([event.type for event in self.events], [PUT] * 6 + [DELETE, PUT])
+        self.assertEqual([event.item for event in self.events if event.type == PUT], [before, *during, after])
+        self.assertEqual(self.events[6].item.value, b"before")
+        revisions = [event.item.revision for event in self.events]
+        self.assertEqual(revisions, sorted(set(revisions)))
+
+    @async_test
+    async def test_compaction_while_down_is_answered_by_a_reread(self):
+        await self.watcher.put("/a", b"1")
+        await self.restart_etcd()
+        changed = await self.writer.put("/a", b"2")
+        added = await self.writer.put("/b", b"3")
+        await self.writer.put("/b", b"4")
+        gateway = Gateway(reactor, [self.server.url])
+        self.addCleanup(gateway.close)
+        current = await gateway.call("kv/range", {"key": "AA==", "count_only": True})
+        await gateway.call("kv/compaction", {"revision": current["header"]["revision"], "physical": True})
+        await self.resume_watcher()
+        await wait_until(lambda: len(self.events) >= 3, 20)
+        self.assertEqual([(event.type, event.item.key, event.item.value) for event in self.events[1:]],
+                         [(PUT, "/a", b"2"), (PUT, "/b", b"4")])
+        self.assertEqual(self.events[1].item, changed)
+        self.assertNotEqual(self.events[2].item.revision, added.revision)
+        later = await self.watcher.put("/c", b"5")
+        self.assertEqual(self.events[-1].item, later)
+
+
+class TLSTests(TestCase):
+    @async_test
+    async def setUp(self):
+        self.server = await shared_etcd(tls=True)
+
+    @async_test
+    async def test_client_certificate_accepted(self):
+        backend = await EtcdBackend.open(reactor, [self.server.url], unique_prefix(), tls=self.server.client_tls)
+        self.addCleanup(backend.close)
+        stored = await backend.put("/ca/user", b"secret")
+        self.assertEqual(await backend.get("/ca/user"), stored)
+
+    @async_test
+    async def test_certificate_from_another_ca_refused(self):
+        with self.assertRaises(Exception):
+            await EtcdBackend.open(reactor, [self.server.url], unique_prefix(), tls=self.server.other_client_tls)
+
+    @async_test
+    async def test_plain_http_to_a_tls_member_refused(self):
+        with self.assertRaises(Exception):
+            await EtcdBackend.open(reactor, [self.server.url.replace("https:", "http:")], unique_prefix())
+
+    def test_https_without_certificates_is_a_configuration_error(self):
+        self.assertRaises(ValueError, Gateway, reactor, [self.server.url])
+
+
+def _line(result: dict) -> bytes:
+    return json.dumps({"result": result}).encode() + b"\n"
+
+
+class WatchDecoderTests(TestCase):
+    def test_fragments_are_joined(self):
+        decoder = WatchDecoder()
+        first = {"header": {"revision": "9"}, "fragment": True, "events": [{"kv": {"mod_revision": "9"}}]}
+        last = {"header": {"revision": "9"}, "events": [{"kv": {"mod_revision": "9", "key": "eA=="}}]}
+        self.assertEqual(decoder.feed(_line(first)), [])
+        [response] = decoder.feed(_line(last))
+        self.assertEqual(len(response.events), 2)
+        self.assertEqual(response.revision, 9)
+
+    def test_lines_are_bounded(self):
+        decoder = WatchDecoder(max_line=100)
+        self.assertRaises(WatchStreamError, decoder.feed, b"x" * 101)
+
+    def test_fragments_are_bounded(self):
+        decoder = WatchDecoder(max_response=300)
+        fragment = _line({"fragment": True, "events": [{"kv": {"value": "A" * 150}}]})
+        decoder.feed(fragment)
+        self.assertRaises(WatchStreamError, decoder.feed, fragment)
+
+    def test_errors_and_compaction(self):
+        self.assertRaises(WatchStreamError, WatchDecoder().feed, b'{"error": {"message": "no leader"}}\n')
+        [cancelled] = WatchDecoder().feed(_line({"canceled": True, "compact_revision": "40"}))
+        self.assertEqual((cancelled.canceled, cancelled.compact_revision), (True, 40))
+
+    @given(st.binary(max_size=300))
+    def test_any_bytes_decode_or_fail_cleanly(self, data):
+        try:
+            WatchDecoder().feed(data + b"\n")
+        except WatchStreamError:
+            pass
+
+    @given(st.lists(st.integers(1, 50), max_size=10))
+    def test_chunking_does_not_matter(self, cuts):
+        stream = b"".join(_line({"header": {"revision": str(n)}, "events": [{"kv": {"mod_revision": str(n)}}]})
+                          for n in range(1, 6))
+        decoder, responses, start = WatchDecoder(), [], 0
+        for cut in cuts + [len(stream)]:
+            responses += decoder.feed(stream[start:start + cut])
+            start += cut
+        responses += decoder.feed(stream[start:])
+        self.assertEqual([response.revision for response in responses], [1, 2, 3, 4, 5])
