@@ -17,6 +17,7 @@ import yaml
 from teleport_py.resources.duration import parse_duration
 
 DEFAULT_AUTH_PORT = 3025
+DEFAULT_DIAG_PORT = 3000
 DEFAULT_PROXY_PORT = 3080
 DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
 
@@ -150,6 +151,8 @@ class Config:
     ca_pins: tuple[str, ...] = ()
     #: Seconds a stopping service lets in-flight requests finish (SIGTERM).
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    #: teleport.diag_addr: plain-HTTP /healthz and /readyz (kubelet probes); off when None.
+    diag_addr: Address | None = None
     auth: AuthConfig | None = None
     proxy: ProxyConfig | None = None
     kube: KubeConfig | None = None
@@ -272,7 +275,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
     _check_keys(
         tp, "teleport",
         ("nodename", "data_dir", "auth_server", "proxy_server", "join_params", "ca_pin", "connection_limits",
-         "shutdown_timeout"),
+         "shutdown_timeout", "diag_addr"),
     )
     nodename = _string(tp.get("nodename", socket.gethostname()), "teleport.nodename")
     data_dir = _string(tp.get("data_dir", default_data_dir()), "teleport.data_dir")
@@ -291,6 +294,9 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         if not isinstance(pin, str) or not pin.startswith("sha256:") or len(pin) != 7 + 64:
             raise ConfigError(f"teleport.ca_pin[{i}]", "must look like sha256:<64 hex digits> (see tctl status)")
     shutdown_timeout = _shutdown_timeout(tp.get("shutdown_timeout", "10s"))
+    diag_addr = None
+    if tp.get("diag_addr"):
+        diag_addr = parse_address(tp["diag_addr"], "teleport.diag_addr", DEFAULT_DIAG_PORT)
     jp = _mapping(tp.get("join_params"), "teleport.join_params")
     _check_keys(jp, "teleport.join_params", ("token_name", "method"))
     join_token = _string(jp.get("token_name", ""), "teleport.join_params.token_name")
@@ -391,6 +397,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         join_method=join_method,
         ca_pins=tuple(p.lower() for p in pins),
         shutdown_timeout=shutdown_timeout,
+        diag_addr=diag_addr,
         auth=auth,
         proxy=proxy,
         kube=kube,

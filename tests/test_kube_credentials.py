@@ -6,9 +6,17 @@ import os
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives import serialization
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from teleport_py.kube.credentials import CredentialsError, load_in_cluster, load_kubeconfig
+from teleport_py.kube.credentials import (
+    SERVICE_ACCOUNT_DIR_VARIABLE,
+    CredentialsError,
+    load_in_cluster,
+    load_kubeconfig,
+    refresh_token_files,
+)
 from teleport_py.pki import certificate_pem, private_key_pem
 from tests.support.pki import AGENT_CERT, AGENT_KEY, KUBE_CA
 
@@ -75,12 +83,13 @@ class KubeconfigTests(SynchronousTestCase):
         self.assertIsNotNone(prod.tls_options())
         self.assertNotIn("robot-token", repr(dev))
 
-    def test_token_file_is_reread(self):
+    def test_token_file_is_cached_until_refreshed(self):
         path = self.write(KUBECONFIG, ca_crt=CA_PEM, token=b"one")
         dev = load_kubeconfig(path)[1]
         with open(os.path.join(os.path.dirname(path), "token"), "w") as f:
             f.write("two")
-        self.assertEqual(dev.bearer_token(), "two")
+        self.assertEqual(dev.bearer_token(), "one")  # not read per request
+        self.assertEqual(dev.token_file.read(), "two")
 
     def test_rsa_client_keys_are_accepted(self):
         rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -137,3 +146,49 @@ class InClusterTests(SynchronousTestCase):
         self.assertIn("KUBERNETES_SERVICE_HOST", str(e.exception))
         with self.assertRaises(CredentialsError):
             load_in_cluster("my-cluster", env, directory + "-missing")
+
+    def test_service_account_directory_from_the_environment(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        for name, data in (("token", b"elsewhere\n"), ("ca.crt", CA_PEM)):
+            with open(os.path.join(directory, name), "wb") as f:
+                f.write(data)
+        env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+               SERVICE_ACCOUNT_DIR_VARIABLE: directory}
+        self.assertEqual(load_in_cluster("c", env).bearer_token(), "elsewhere")
+
+
+class TokenRotationTests(TestCase):
+    """The kubelet rotates the projected token; a refresh (off the reactor
+    thread, on the real reactor's pool) picks the new one up, and a failed
+    re-read keeps the last token."""
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.write(b"first\n")
+        env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+        with open(os.path.join(self.directory, "ca.crt"), "wb") as f:
+            f.write(CA_PEM)
+        self.creds = load_in_cluster("c", env, self.directory)
+
+    def write(self, token: bytes) -> None:
+        with open(os.path.join(self.directory, "token"), "wb") as f:
+            f.write(token)
+
+    async def _refresh(self):
+        await refresh_token_files(reactor, [self.creds])
+
+    def test_refresh_reads_the_rotated_token(self):
+        self.write(b"second\n")
+        self.assertEqual(self.creds.bearer_token(), "first")
+        d = Deferred.fromCoroutine(self._refresh())
+        d.addCallback(lambda _: self.assertEqual(self.creds.bearer_token(), "second"))
+        return d
+
+    def test_failed_refresh_keeps_the_last_token(self):
+        os.remove(os.path.join(self.directory, "token"))
+        d = Deferred.fromCoroutine(self._refresh())
+        d.addCallback(lambda _: self.assertEqual(self.creds.bearer_token(), "first"))
+        d.addCallback(lambda _: self.assertEqual(len(self.flushLoggedErrors()), 0))
+        return d

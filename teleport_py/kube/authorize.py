@@ -27,12 +27,10 @@ import attrs
 from twisted.logger import Logger
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
 
 from teleport_py.kube.canonical import BadRequestTarget, CanonicalRequest, canonical_request
 from teleport_py.kube.context import Decision, KubeCluster, RequestContext, StreamContext
-from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
+from teleport_py.kube.credentials import ClusterCredentials, ClusterTLSPolicy, CredentialsError
 from teleport_py.kube.interfaces import Downstream
 from teleport_py.kube.memory_budget import Claim, OverBudget, TooLarge
 from teleport_py.kube.pools import ClusterConnections
@@ -103,15 +101,6 @@ class DiscoveryError(Exception):
     """The API server's discovery document could not be read."""
 
 
-@implementer(IPolicyForHTTPS)
-@attrs.frozen
-class _ClusterTLS:
-    credentials: ClusterCredentials
-
-    def creatorForNetloc(self, hostname, port):
-        return self.credentials.tls_options()
-
-
 async def fetch_api_resources(reactor, credentials: ClusterCredentials, group: str, version: str) -> dict[str, bool]:
     """``{resource: namespaced}`` from ``/apis/GROUP/VERSION``, asked with the
     agent's own credentials (discovery is open to every authenticated user)."""
@@ -121,7 +110,7 @@ async def fetch_api_resources(reactor, credentials: ClusterCredentials, group: s
     token = credentials.bearer_token()
     if token:
         headers.addRawHeader(b"authorization", b"Bearer " + token.encode("ascii"))
-    agent = Agent(reactor, contextFactory=_ClusterTLS(credentials))
+    agent = Agent(reactor, contextFactory=ClusterTLSPolicy(credentials))
     response = await agent.request(b"GET", f"https://{host}:{credentials.port}{path}".encode("ascii"), headers)
     body = await readBody(response)
     if response.code != 200:

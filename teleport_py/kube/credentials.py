@@ -20,14 +20,66 @@ import attrs
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 from teleport_py.pki import client_tls_options, load_certificates_pem
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: Where the service account is mounted, if not SERVICE_ACCOUNT_DIR (tests).
+SERVICE_ACCOUNT_DIR_VARIABLE = "TELEPORT_PY_SERVICE_ACCOUNT_DIR"
+#: Seconds between re-reads of a token file: client-go's cachingTokenSource
+#: re-reads a service-account or kubeconfig tokenFile after a minute; the
+#: kubelet rotates a projected token well before it expires (at 80 % of
+#: its life, an hour at least), so a minute-old token is always still valid.
+TOKEN_REREAD_INTERVAL = 60.0
+
+log = Logger()
 
 
 class CredentialsError(ValueError):
     """The kubeconfig or service account cannot be used; says which field and why."""
+
+
+class TokenFile:
+    """A bearer token in a file that is rotated under us (a projected
+    service-account token, a kubeconfig ``tokenFile``). Read once when
+    loaded; afterwards ``refresh`` re-reads it on a worker thread (never on
+    the reactor thread, and never per request). A failed re-read keeps the
+    last token and is logged: the old token stays valid for a while, and
+    the API server refuses it once it is not."""
+
+    def __init__(self, path: str, field: str) -> None:
+        self.path = path
+        self.field = field
+        self.token = self.read()
+
+    def __repr__(self) -> str:
+        return f"TokenFile({self.path!r})"
+
+    def read(self) -> str:
+        """The file's token now (blocking: at load time or on a thread)."""
+        data = _read(self.path, self.field)
+        try:
+            return data.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise CredentialsError(f"{self.field}: {self.path} is not an ASCII token") from None
+
+    def refresh(self, reactor) -> Deferred:
+        """Re-read the file on the reactor's thread pool; fires when done."""
+        d = deferToThreadPool(reactor, reactor.getThreadPool(), self.read)
+
+        def reread(token: str) -> None:
+            self.token = token
+
+        def failed(failure) -> None:
+            log.warn("cannot re-read {field}, keeping the last token: {error}",
+                     field=self.field, error=failure.getErrorMessage())
+
+        return d.addCallbacks(reread, failed)
 
 
 @attrs.frozen
@@ -41,7 +93,7 @@ class ClusterCredentials:
     client_certificate: x509.Certificate | None = attrs.field(default=None, repr=False)
     client_key: Any = attrs.field(default=None, repr=False)
     token: str = attrs.field(default="", repr=False)
-    token_file: str = ""
+    token_file: TokenFile | None = attrs.field(default=None, eq=False)
     tls_server_name: str = ""
 
     def tls_options(self, alpn: tuple[bytes, ...] = ()):
@@ -56,15 +108,28 @@ class ClusterCredentials:
         )
 
     def bearer_token(self) -> str:
-        """The token to send, re-read from ``token_file`` so rotated
-        service-account tokens keep working (the file is a few hundred bytes)."""
-        if self.token_file:
-            try:
-                with open(self.token_file, encoding="utf-8") as f:
-                    return f.read().strip()
-            except OSError as e:
-                raise CredentialsError(f"cannot read token file {self.token_file}: {e.strerror}") from None
+        """The token to send: the static one, or ``token_file``'s as last
+        read (see ``refresh_token_files``)."""
+        if self.token_file is not None:
+            return self.token_file.token
         return self.token
+
+
+@implementer(IPolicyForHTTPS)
+@attrs.frozen
+class ClusterTLSPolicy:
+    """twisted.web.client.Agent's TLS to one API server (``ClusterCredentials.tls_options``)."""
+
+    credentials: ClusterCredentials
+
+    def creatorForNetloc(self, hostname, port):
+        return self.credentials.tls_options()
+
+
+def refresh_token_files(reactor, credentials) -> Deferred:
+    """Re-read every token file among ``credentials`` off the reactor
+    thread; called every TOKEN_REREAD_INTERVAL by the kube service."""
+    return gatherResults([c.token_file.refresh(reactor) for c in credentials if c.token_file is not None])
 
 
 def _read(path: str, field: str) -> bytes:
@@ -173,11 +238,11 @@ def _context_credentials(name, context, clusters, users, base_dir) -> ClusterCre
     key_pem = _file_or_data(user, "client-key", uwhere, base_dir)
     if (cert_pem is None) != (key_pem is None):
         raise CredentialsError(f"{uwhere}: client-certificate(-data) and client-key(-data) go together")
-    token, token_file = str(user.get("token") or ""), str(user.get("tokenFile") or "")
-    if token_file:
-        token_file = os.path.join(base_dir, os.path.expanduser(token_file))
-        _read(token_file, f"{uwhere}.tokenFile")
-    if cert_pem is None and not token and not token_file:
+    token, token_path = str(user.get("token") or ""), str(user.get("tokenFile") or "")
+    token_file = None
+    if token_path:
+        token_file = TokenFile(os.path.join(base_dir, os.path.expanduser(token_path)), f"{uwhere}.tokenFile")
+    if cert_pem is None and not token and token_file is None:
         raise CredentialsError(f"{uwhere}: needs client-certificate/client-key or token/tokenFile")
     for unsupported in ("exec", "auth-provider", "username", "password"):
         if user.get(unsupported):
@@ -196,9 +261,14 @@ def _context_credentials(name, context, clusters, users, base_dir) -> ClusterCre
 
 
 def load_in_cluster(
-    cluster_name: str, environ: Mapping[str, str] = os.environ, account_dir: str = SERVICE_ACCOUNT_DIR
+    cluster_name: str, environ: Mapping[str, str] = os.environ, account_dir: str | None = None
 ) -> ClusterCredentials:
-    """The pod's service account, as client-go's rest.InClusterConfig finds it."""
+    """The pod's service account, as client-go's rest.InClusterConfig finds it:
+    the API server at KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT, the
+    token and CA bundle in ``account_dir`` (default SERVICE_ACCOUNT_DIR, or
+    the directory named by TELEPORT_PY_SERVICE_ACCOUNT_DIR)."""
+    if account_dir is None:
+        account_dir = environ.get(SERVICE_ACCOUNT_DIR_VARIABLE) or SERVICE_ACCOUNT_DIR
     host, port = environ.get("KUBERNETES_SERVICE_HOST", ""), environ.get("KUBERNETES_SERVICE_PORT", "")
     if not host or not port:
         raise CredentialsError(
@@ -207,8 +277,7 @@ def load_in_cluster(
         )
     if not port.isdigit():
         raise CredentialsError(f"in-cluster: KUBERNETES_SERVICE_PORT {port!r} is not a port")
-    token_file = os.path.join(account_dir, "token")
-    _read(token_file, "in-cluster service account token")
+    token_file = TokenFile(os.path.join(account_dir, "token"), "in-cluster service account token")
     ca_file = os.path.join(account_dir, "ca.crt")
     return ClusterCredentials(
         name=cluster_name,

@@ -4,12 +4,21 @@ from __future__ import annotations
 import os
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from teleport_py.auth.client import AuthClient
 from teleport_py.auth.errors import NotFound
+from teleport_py.diag import diag_listener
 from teleport_py.config import Config
-from teleport_py.kube.credentials import CredentialsError, load_in_cluster, load_kubeconfig
+from teleport_py.kube.credentials import (
+    TOKEN_REREAD_INTERVAL,
+    CredentialsError,
+    load_in_cluster,
+    load_kubeconfig,
+    refresh_token_files,
+)
+from teleport_py.kube.readiness import KubeReadiness
 from teleport_py.kube.event_spool import EventSpool
 from teleport_py.kube.acceptor import StreamAcceptor
 from teleport_py.kube.connection_watch import ClusterDefaultsCache
@@ -123,7 +132,16 @@ class KubeService(RoleService):
 
     async def compose(self) -> None:
         clusters = load_clusters(self.config)  # fail before joining if we could serve nothing
+        readiness = KubeReadiness(self.reactor, clusters)
+        if self.config.diag_addr is not None:  # up before joining: liveness holds while we join
+            await self.start_child(diag_listener(
+                self.reactor, self.config.diag_addr, self.config.connection_limits, readiness))
+        token_files = LoopingCall(refresh_token_files, self.reactor, [c.credentials for c in clusters.values()])
+        token_files.clock = self.reactor
+        await self.start_child(Step(
+            "token files", start=lambda: token_files.start(TOKEN_REREAD_INTERVAL, now=False), stop=token_files.stop))
         identity = await obtain_identity(self.reactor, self.config, self.token)
+        readiness.joined = True
         host = identity_from_certificate(identity.certificate, user_ca=None, host_ca=identity.host_cas[0])
         spool = EventSpool(
             self.reactor, os.path.join(identity_dir(self.config.data_dir), "events-spool"), self._upload_events
@@ -159,6 +177,7 @@ class KubeService(RoleService):
             on_up=lambda: heartbeat.beat_now(),
         )
         serving = Serving(self.reactor, self.streams, self.tunnel)
+        readiness.tunnel_up = lambda: self.tunnel.up
         auth_pool = QuietHTTPConnectionPool(self.reactor, persistent=True)
         self.auth = AuthClient.over_endpoints(self.reactor, self.tunnel.auth_endpoint_factory(identity), auth_pool)
         heartbeat = Heartbeat(

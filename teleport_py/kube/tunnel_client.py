@@ -73,6 +73,8 @@ class TunnelClient:
         self._retry_call = None
         self._stopped = True
         self.tunnel: TunnelProtocol | None = None
+        #: The proxy accepted our announce on the current tunnel (readiness).
+        self.up = False
 
     def start(self) -> None:
         self._stopped = False
@@ -120,6 +122,7 @@ class TunnelClient:
     def _announced(self, _) -> None:
         """The proxy accepted our certificate and our clusters: a healthy tunnel."""
         self._attempt = 0
+        self.up = self.tunnel is not None
         log.info("reverse tunnel up, announced clusters={clusters}", clusters=[c["name"] for c in self._clusters])
         self._on_up()
 
@@ -134,6 +137,7 @@ class TunnelClient:
     def _lost(self, _, tunnel: TunnelProtocol) -> None:
         if self.tunnel is tunnel:
             self.tunnel = None
+            self.up = False
         self._retry()
 
     def _retry(self) -> None:
