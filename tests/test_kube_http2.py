@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from teleport_py.kube.acceptor import StreamAcceptor
 from teleport_py.kube.authorize import RoleCache
+from teleport_py.kube.canonical import BadRequestTarget, canonical_request
 from teleport_py.kube.context import KubeCluster
 from teleport_py.kube.http1 import KubeConnection
 from teleport_py.kube.http2 import KubeHTTP2Connection
@@ -463,6 +464,36 @@ class HTTP2FrontTests(SynchronousTestCase):
         kubectl.pump()
         self.assertEqual(kubectl.response(good), (200, b"{}\n", False))
         self.assertFalse(kubectl.was_reset(good))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.sampled_from([b"GET", b"DELETE", b"POST"]), st.one_of(
+        st.lists(st.sampled_from([b"/", b"//", b"?", b"#", b"%", b"%2F", b"%2e", b"%00", b"%zz", b"&", b";", b"=",
+                                  b"+", b"..", b"api", b"apis", b"v1", b"namespaces", b"default", b"secrets",
+                                  b"pods", b"x", b"watch=1", b"https://x", b"*", b" ", b"\xc3\xa9", b"\x7f"]),
+                 min_size=1, max_size=12).map(b"".join),
+        st.binary(min_size=1, max_size=60)))
+    def test_any_path_is_refused_or_forwarded_as_it_was_classified(self, method, path):
+        """Whatever ``:path`` holds: a 400 and nothing upstream, or (for a
+        role allowing everything) exactly the canonical target upstream."""
+        self.roles.by_name["all"] = role("all", resources=(KubernetesResource(
+            kind="*", namespace="*", name="*", verbs=("*",), api_group="*"),))
+        kubectl = self.kubectl(roles=("all",), validate=False)
+        connections, watches = len(self.pool.connections), len(self.h2_pool.requests)
+        try:
+            expected = canonical_request(method, path, b"proxy", []).target
+        except BadRequestTarget:
+            expected = None
+        stream = kubectl.request(method, path, body=b"{}" if method == b"POST" else None)
+        status = kubectl.response(stream)[0]
+        sent = [api.request()[0].target for api in self.pool.connections[connections:]]
+        sent += self.h2_pool.requests[watches:]
+        if sent:
+            self.assertEqual(set(sent), {expected}, path)
+        elif status is None:  # h2 itself refused the header block: the stream reset, or GOAWAY
+            self.assertTrue(kubectl.was_reset(stream) or any(
+                isinstance(e, h2.events.ConnectionTerminated) for e in kubectl.events), path)
+        else:  # refused by the parser (400), or by classification and roles (403)
+            self.assertEqual(status, 400 if expected is None else 403, path)
 
     @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.binary(max_size=200))
