@@ -1,4 +1,4 @@
-"""tsh's commands (teleport_py.tsh.main parses the command line).
+"""tsh's commands (teleport_py.tsh.cli parses the command line, teleport_py.tsh.main dispatches).
 
 Passwords are read before the reactor starts (getpass on a terminal, one line
 from stdin otherwise), so nothing blocks the reactor thread. The private key
@@ -408,7 +408,7 @@ class Tsh:
 
 
 def run(args) -> None:
-    """Every command but a ``kube credentials`` that the stored certificate answers (see main.py)."""
+    """Every command but a ``kube credentials`` that the cache or the stored certificate answers (see main.py)."""
     try:
         password = (
             read_password("Enter password: ", confirm=args.command == "signup")

@@ -20,7 +20,13 @@ from attrs import asdict, field, frozen
 from cryptography import x509
 
 from teleport_py.identityfile import IdentityFile
-from teleport_py.pki import certificate_pem, load_certificate_pem, make_private_dirs, private_key_pem, write_private_file
+from teleport_py.pki import (
+    certificate_pem,
+    load_certificate_pem,
+    make_private_dirs,
+    private_key_pem,
+    write_private_file,
+)
 from teleport_py.tsh.credentialcache import credential_cache
 from teleport_py.tsh.layout import (
     CERTIFICATE_FILE,
