@@ -30,6 +30,10 @@ Run from the repository root:
 
     TELEPORT_PY_KUBE_BIN=$HOME/.cache/teleport_py/kube-1.20.2/bin \\
     PATH=$PWD/.venv/bin:$PATH .venv/bin/python bench/kubectl_command.py [--runs 20]
+
+``--profile DIR`` also needs py-spy in the venv (``.venv/bin/pip install py-spy``;
+a benchmarking tool, not a dependency of teleport_py), and the right to
+attach to the processes (root, or ptrace allowed).
 """
 from __future__ import annotations
 
