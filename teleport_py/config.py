@@ -10,6 +10,7 @@ import difflib
 import os
 import socket
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import attrs
 import yaml
@@ -141,6 +142,73 @@ class KubeConfig:
 
 
 @attrs.frozen
+class StorageConfig:
+    """``teleport.storage``: where Auth keeps its state and recordings."""
+
+    type: str = "sqlite"
+    #: etcd only: https://host:port of each member, the key prefix (one per
+    #: Teleport cluster) and the client certificate etcd requires.
+    peers: tuple[str, ...] = ()
+    prefix: str = "/teleport"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    #: A directory every Auth server reaches (file:// URI), or "" for
+    #: <data_dir>/session_recordings.
+    audit_sessions_dir: str = ""
+
+
+_STORAGE_KEYS = ("type", "peers", "prefix", "tls_cert_file", "tls_key_file", "tls_ca_file", "audit_sessions_uri")
+_ETCD_ONLY = ("peers", "prefix", "tls_cert_file", "tls_key_file", "tls_ca_file")
+
+
+def _storage(section: Mapping[str, Any]) -> StorageConfig:
+    path = "teleport.storage"
+    _check_keys(section, path, _STORAGE_KEYS)
+    kind = _string(section.get("type", "sqlite"), path + ".type")
+    sessions = ""
+    if "audit_sessions_uri" in section:
+        uri = _string(section["audit_sessions_uri"], path + ".audit_sessions_uri")
+        parts = urlsplit(uri)
+        if parts.scheme != "file" or parts.netloc or not parts.path.startswith("/") or parts.query or parts.fragment:
+            raise ConfigError(path + ".audit_sessions_uri",
+                              f"{uri!r} is not a file:///absolute/path (a directory every auth server mounts, e.g. NFS)")
+        sessions = parts.path
+    if kind == "sqlite":
+        for key in _ETCD_ONLY:
+            if key in section:
+                raise ConfigError(f"{path}.{key}", "is an etcd setting; set type: etcd or remove it")
+        return StorageConfig(audit_sessions_dir=sessions)
+    if kind != "etcd":
+        raise ConfigError(path + ".type", f"unsupported storage type {kind!r}; use sqlite (the default) or etcd")
+    peers = section.get("peers")
+    if isinstance(peers, str):
+        peers = [peers]
+    if not isinstance(peers, list) or not peers:
+        raise ConfigError(path + ".peers", "must list the etcd members, e.g. [https://10.0.0.1:2379]")
+    for i, peer in enumerate(peers):
+        parts = urlsplit(peer) if isinstance(peer, str) else None
+        try:
+            valid = parts is not None and parts.scheme == "https" and bool(parts.hostname) and parts.port is not None
+        except ValueError:
+            valid = False
+        if not valid or parts.path not in ("", "/") or parts.query or parts.username:
+            raise ConfigError(f"{path}.peers[{i}]", f"{peer!r} is not https://host:port (etcd is reached over TLS only)")
+    prefix = _string(section.get("prefix", "/teleport"), path + ".prefix")
+    if not prefix.startswith("/") or len(prefix) < 2:
+        raise ConfigError(path + ".prefix", f"{prefix!r} must start with / and name the cluster, e.g. /teleport/example")
+    files = {}
+    for key in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+        if key not in section:
+            raise ConfigError(f"{path}.{key}", "is required with type: etcd (etcd must check our client certificate)")
+        files[key] = _string(section[key], f"{path}.{key}")
+        if not files[key]:
+            raise ConfigError(f"{path}.{key}", "must name a PEM file")
+    return StorageConfig(type="etcd", peers=tuple(peer.rstrip("/") for peer in peers), prefix=prefix,
+                         audit_sessions_dir=sessions, **files)
+
+
+@attrs.frozen
 class Config:
     nodename: str
     data_dir: str
@@ -157,6 +225,7 @@ class Config:
     proxy: ProxyConfig | None = None
     kube: KubeConfig | None = None
     connection_limits: ConnectionLimits = ConnectionLimits()
+    storage: StorageConfig = StorageConfig()
     source: str = "<defaults>"
 
     @property
@@ -274,14 +343,24 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
     tp = _mapping(doc.get("teleport"), "teleport")
     _check_keys(
         tp, "teleport",
-        ("nodename", "data_dir", "auth_server", "proxy_server", "join_params", "ca_pin", "connection_limits",
-         "shutdown_timeout", "diag_addr"),
+        ("nodename", "data_dir", "auth_server", "auth_servers", "proxy_server", "join_params", "ca_pin",
+         "connection_limits", "shutdown_timeout", "diag_addr", "storage"),
     )
     nodename = _string(tp.get("nodename", socket.gethostname()), "teleport.nodename")
     data_dir = _string(tp.get("data_dir", default_data_dir()), "teleport.data_dir")
     auth_servers: tuple[Address, ...] = ()
+    if "auth_server" in tp and "auth_servers" in tp:
+        raise ConfigError("teleport.auth_servers", "set auth_server or auth_servers, not both")
     if "auth_server" in tp:
         auth_servers = (parse_address(tp["auth_server"], "teleport.auth_server", DEFAULT_AUTH_PORT),)
+    if "auth_servers" in tp:
+        listed = tp["auth_servers"]
+        if not isinstance(listed, list) or not listed:
+            raise ConfigError("teleport.auth_servers", "must be a list of addresses like [auth1:3025, auth2:3025]")
+        auth_servers = tuple(
+            parse_address(v, f"teleport.auth_servers[{i}]", DEFAULT_AUTH_PORT) for i, v in enumerate(listed)
+        )
+    storage = _storage(_mapping(tp.get("storage"), "teleport.storage"))
     proxy_server = None
     if "proxy_server" in tp:
         proxy_server = parse_address(tp["proxy_server"], "teleport.proxy_server", DEFAULT_PROXY_PORT)
@@ -402,6 +481,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         proxy=proxy,
         kube=kube,
         connection_limits=limits,
+        storage=storage,
         source=source,
     )
 

@@ -1,7 +1,7 @@
 """teleport.yaml parsing: strict keys, defaults, addresses."""
 from twisted.trial.unittest import SynchronousTestCase
 
-from teleport_py.config import Address, ConfigError, load_config, parse_address, parse_config
+from teleport_py.config import Address, ConfigError, StorageConfig, load_config, parse_address, parse_config
 
 
 class ConfigTests(SynchronousTestCase):
@@ -186,3 +186,68 @@ class SessionDefaultsTests(SynchronousTestCase):
                 parse_config(f"auth_service:\n  {text}\n")
             self.assertEqual(cm.exception.path, path)
             self.assertIn(words, str(cm.exception))
+
+
+ETCD = """
+teleport:
+  auth_servers: [auth1.example.com:3025, "10.0.0.2"]
+  storage:
+    type: etcd
+    peers: [https://10.0.0.1:2379, https://10.0.0.3:2379/]
+    prefix: /teleport/example
+    tls_cert_file: /var/lib/teleport/etcd-client.pem
+    tls_key_file: /var/lib/teleport/etcd-client-key.pem
+    tls_ca_file: /var/lib/teleport/etcd-ca.pem
+    audit_sessions_uri: file:///mnt/nfs/recordings
+"""
+
+
+class StorageTests(SynchronousTestCase):
+    def assertRefused(self, text, key, words):
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(text)
+        self.assertIn(key, str(caught.exception))
+        self.assertIn(words, str(caught.exception))
+
+    def test_sqlite_is_the_default(self):
+        config = parse_config(None)
+        self.assertEqual(config.storage, StorageConfig())
+        self.assertEqual(config.storage.type, "sqlite")
+
+    def test_etcd_as_teleport_writes_it(self):
+        config = parse_config(ETCD)
+        self.assertEqual(config.storage, StorageConfig(
+            type="etcd", peers=("https://10.0.0.1:2379", "https://10.0.0.3:2379"), prefix="/teleport/example",
+            tls_cert_file="/var/lib/teleport/etcd-client.pem", tls_key_file="/var/lib/teleport/etcd-client-key.pem",
+            tls_ca_file="/var/lib/teleport/etcd-ca.pem", audit_sessions_dir="/mnt/nfs/recordings",
+        ))
+        self.assertEqual(config.auth_servers, (Address("auth1.example.com", 3025), Address("10.0.0.2", 3025)))
+
+    def test_errors_name_the_key(self):
+        for old, new, key, words in [
+            ("type: etcd", "type: dynamodb", "teleport.storage.type", "sqlite (the default) or etcd"),
+            ("https://10.0.0.1:2379,", "http://10.0.0.1:2379,", "teleport.storage.peers[0]", "TLS only"),
+            ("https://10.0.0.3:2379/]", "https://10.0.0.3/]", "teleport.storage.peers[1]", "https://host:port"),
+            ("    peers: [https://10.0.0.1:2379, https://10.0.0.3:2379/]\n", "    peers: []\n",
+             "teleport.storage.peers", "must list"),
+            ("prefix: /teleport/example", "prefix: teleport", "teleport.storage.prefix", "must start with /"),
+            ("    tls_ca_file: /var/lib/teleport/etcd-ca.pem\n", "", "teleport.storage.tls_ca_file", "is required"),
+            ("file:///mnt/nfs/recordings", "s3://bucket/recordings", "teleport.storage.audit_sessions_uri",
+             "file:///absolute/path"),
+            ("    prefix:", "    perfix:", "teleport.storage.perfix", "unknown key"),
+            ("auth_servers: [auth1.example.com:3025, \"10.0.0.2\"]", "auth_servers: []", "teleport.auth_servers",
+             "list of addresses"),
+            ("auth_servers: [auth1.example.com:3025, \"10.0.0.2\"]", "auth_servers: [\"a:1\", \"b:x\"]",
+             "teleport.auth_servers[1]", "invalid port"),
+            ("  auth_servers:", "  auth_server: a:1\n  auth_servers:", "teleport.auth_servers", "not both"),
+        ]:
+            self.assertIn(old, ETCD)
+            self.assertRefused(ETCD.replace(old, new), key, words)
+
+    def test_etcd_settings_without_etcd_are_refused(self):
+        self.assertRefused("teleport:\n  storage:\n    peers: [https://a:1]\n", "teleport.storage.peers",
+                           "set type: etcd")
+
+    def test_sqlite_with_shared_recordings(self):
+        config = parse_config("teleport:\n  storage:\n    type: sqlite\n    audit_sessions_uri: file:///srv/rec\n")
+        self.assertEqual(config.storage, StorageConfig(audit_sessions_dir="/srv/rec"))

@@ -14,7 +14,7 @@ from twisted.web.server import Site
 from teleport_py.auth.api import AuthAPI, BoundedRequest
 from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
-from teleport_py.backend import SQLiteBackend
+from teleport_py.auth.storage import open_backend, recordings_dir
 from teleport_py.config import Config
 from teleport_py.identityfile import IdentityFile
 from teleport_py.lifecycle import Listener, RoleService, Step, finish_http
@@ -59,7 +59,7 @@ class AuthService(RoleService):
     async def compose(self) -> None:
         data_dir = self.config.data_dir
         make_private_dirs(data_dir)
-        backend = await SQLiteBackend.open(self.reactor, os.path.join(data_dir, "backend.sqlite"))
+        backend = await open_backend(self.reactor, self.config.storage, data_dir)
         await self.start_child(Step("backend", stop=backend.close))
         self.auth = await AuthServer.initialize(self.reactor, backend, self.config.cluster_name)
         # tctl on the auth host finds this identity through the data dir (as
@@ -78,7 +78,7 @@ class AuthService(RoleService):
             trusted_cas=[self.auth.user_ca.certificate, self.auth.host_ca.certificate],
             require_client_certificate=False,
         )
-        recordings = Recordings(self.auth, os.path.join(self.config.data_dir, "session_recordings"))
+        recordings = Recordings(self.auth, recordings_dir(self.config.storage, self.config.data_dir))
         api = AuthAPI(self.auth, recordings, client_idle_timeout=self.config.auth.client_idle_timeout,
                       disconnect_expired_cert=self.config.auth.disconnect_expired_cert)
         site = Site(api, requestFactory=BoundedRequest, reactor=self.reactor)
