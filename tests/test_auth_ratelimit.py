@@ -13,6 +13,7 @@ from teleport_py import events
 from teleport_py.auth.errors import AccessDenied, LimitExceeded
 from teleport_py.auth.ratelimit import PRUNE_EVERY, UNKNOWN_NETWORK, LoginLimiter, client_network
 from teleport_py.auth.server import AuthServer
+from teleport_py.auth.shared_ratelimit import SharedLoginLimiter
 from teleport_py.backend import MemoryBackend
 from tests.support.auth_callers import PROXY, public_pem
 
@@ -113,3 +114,41 @@ class ThrottledLoginAuditTests(TestCase):
                          ("client_network", "192.0.2.7", "user20", "192.0.2.7:40020"))
         self.assertEqual(throttled[0]["code"], "TLT00W")
         self.assertEqual(len([e for e in found if e["event"] == events.USER_LOGIN]), 20)
+
+
+class SharedLimitsTests(TestCase):
+    """Two Auth servers on one backend (as on etcd) share lockouts and each
+    network's attempt budget; a throttling episode is audited once in all."""
+
+    async def servers(self):
+        backend = MemoryBackend(reactor)
+        self.addCleanup(backend.close)
+        first = await AuthServer.initialize(reactor, backend, "example", shared_backend=True)
+        second = await AuthServer.initialize(reactor, backend, "example", shared_backend=True)
+        self.assertIsInstance(first.user_certificates.limiter, SharedLoginLimiter)
+        return first, second, backend
+
+    async def answer(self, auth, user, address, password="wrong password!!"):
+        try:
+            await auth.user_certificates.login(PROXY, user, password, public_pem(), client_addr=address)
+        except (AccessDenied, LimitExceeded) as e:
+            return type(e)
+        return "ok"
+
+    async def test_a_lockout_through_one_holds_through_the_other(self):
+        first, second, _ = await self.servers()
+        servers = [first, second]
+        for i in range(5):
+            self.assertEqual(await self.answer(servers[i % 2], "alice", f"192.0.2.{i}:1"), AccessDenied)
+        # Five failures split over two servers lock alice on both.
+        for auth in servers:
+            self.assertEqual(await self.answer(auth, "alice", "198.51.100.1:1"), LimitExceeded)
+        self.assertEqual(await self.answer(first, "bob", "198.51.100.1:1"), AccessDenied)
+
+    async def test_a_network_budget_is_counted_across_servers(self):
+        first, second, _ = await self.servers()
+        answers = [await self.answer((first, second)[i % 2], f"user{i}", f"192.0.2.7:{40000 + i}") for i in range(25)]
+        self.assertEqual(answers, [AccessDenied] * 20 + [LimitExceeded] * 5)
+        now = datetime.now(timezone.utc)
+        found = await first.audit.search(now - timedelta(minutes=5), now + timedelta(minutes=5), [events.LOGIN_THROTTLED])
+        self.assertEqual(len(found), 1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from teleport_py.auth.audit import AuditLog
 from teleport_py.auth.authorizer import Authorizer
+from teleport_py.auth.ratelimit import LoginLimiter
 from teleport_py.auth.services.audit_events import AuditEvents
 from teleport_py.auth.services.authorities import CertificateAuthorities
 from teleport_py.auth.services.cluster_status import ClusterStatus
@@ -32,12 +33,15 @@ from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.signup_tokens import SignupTokens
 from teleport_py.auth.services.user_certificates import UserCertificates
 from teleport_py.auth.services.users import Users
+from teleport_py.auth.shared_ratelimit import SharedLoginLimiter
 
 
 class AuthServer:
     """Every service of one cluster's Auth, over one backend."""
 
-    def __init__(self, reactor, backend, authorities: CertificateAuthorities):
+    def __init__(self, reactor, backend, authorities: CertificateAuthorities, *, shared_backend: bool = False):
+        """``shared_backend``: other Auth servers use ``backend`` too, so
+        login limits keep their state there (``SharedLoginLimiter``)."""
         self.reactor = reactor
         self.backend = backend
         self.authorities = authorities
@@ -46,19 +50,20 @@ class AuthServer:
         self.authorizer = Authorizer(self.roles)
         self.users = Users(reactor, backend, self.authorizer, self.roles, SignupTokens(backend, reactor), self.audit)
         self.kube_servers = KubeServers(reactor, backend, self.authorizer, self.roles, self.users)
+        limiter = SharedLoginLimiter(reactor, backend) if shared_backend else LoginLimiter(reactor)
         self.user_certificates = UserCertificates(
-            reactor, self.authorizer, authorities, self.users, self.roles, self.kube_servers, self.audit)
+            reactor, self.authorizer, authorities, self.users, self.roles, self.kube_servers, self.audit, limiter)
         self.join_tokens = JoinTokens(reactor, backend, self.authorizer, authorities, self.audit)
         self.resources = Resources(backend, self.authorizer, self.roles, self.users, self.kube_servers, self.audit)
         self.events = AuditEvents(self.authorizer, self.audit)
         self.status = ClusterStatus(self.authorizer, authorities, self.users, self.roles, self.kube_servers)
 
     @classmethod
-    async def initialize(cls, reactor, backend, cluster_name: str) -> "AuthServer":
+    async def initialize(cls, reactor, backend, cluster_name: str, *, shared_backend: bool = False) -> "AuthServer":
         """Load the cluster's CAs (creating them on first start) and write the
         built-in roles that are not there yet."""
         authorities = await CertificateAuthorities.load_or_create(reactor, backend, cluster_name)
-        server = cls(reactor, backend, authorities)
+        server = cls(reactor, backend, authorities, shared_backend=shared_backend)
         await server.roles.install_builtin()
         return server
 

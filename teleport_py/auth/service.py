@@ -61,7 +61,8 @@ class AuthService(RoleService):
         make_private_dirs(data_dir)
         backend = await open_backend(self.reactor, self.config.storage, data_dir)
         await self.start_child(Step("backend", stop=backend.close))
-        self.auth = await AuthServer.initialize(self.reactor, backend, self.config.cluster_name)
+        self.auth = await AuthServer.initialize(
+            self.reactor, backend, self.config.cluster_name, shared_backend=self.config.storage.type == "etcd")
         # tctl on the auth host finds this identity through the data dir (as
         # Teleport's tctl does); rewritten now and regularly so it never
         # expires while auth runs.

@@ -9,6 +9,7 @@ from typing import Any
 
 import attr
 from twisted.internet import threads
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 from teleport_py import events
@@ -39,9 +40,9 @@ class UserCertificates:
     _roles: Roles
     _kube_servers: KubeServers
     _audit: AuditLog
-    #: Shared by every login this Auth process answers.
-    limiter: LoginLimiter = attr.ib(
-        init=False, default=attr.Factory(lambda self: LoginLimiter(self._reactor), takes_self=True))
+    #: Shared by every login this Auth process answers (a LoginLimiter), or
+    #: by every Auth server on a shared backend (a SharedLoginLimiter).
+    limiter: Any = attr.ib(default=attr.Factory(lambda self: LoginLimiter(self._reactor), takes_self=True))
 
     async def login(
         self, caller: Identity, username: str, password: str, public_key_pem: str, *,
@@ -53,7 +54,7 @@ class UserCertificates:
         ``access denied`` after the same amount of work."""
         self._authorizer.require_system_role(caller, "proxy")
         denied = AccessDenied("invalid username or password")
-        throttled = self.limiter.attempt(username, client_addr)
+        throttled = await maybeDeferred(self.limiter.attempt, username, client_addr)
         if throttled is not None:
             await self._audit_throttled(throttled, username, client_addr)
             raise LimitExceeded("too many login attempts; try again later")
@@ -68,13 +69,13 @@ class UserCertificates:
             except NotFound:
                 ok = False
         if not ok:
-            self.limiter.failed(username)
+            await maybeDeferred(self.limiter.failed, username)
             await self._audit.emit(
                 events.USER_LOGIN, success=False, user=username, method="local", addr_remote=client_addr,
                 error="invalid username or password",
             )
             raise denied
-        self.limiter.succeeded(username)
+        await maybeDeferred(self.limiter.succeeded, username)
         if kube_cluster:
             await self._kube_servers.check_access(user, kube_cluster)
         result = await self._issue(user, public_key_pem, ttl, kube_cluster)
