@@ -288,7 +288,9 @@ class AuthServerTests(TestCase):
             await self._user(roles=("access",))
             alice = UserIdentity(username="alice", roles=("access",), expires=datetime.now(timezone.utc) + timedelta(hours=1))
             self.assertEqual(
-                await auth.kube_servers.list_for(alice), [{"name": "my-cluster", "labels": {"env": "prod"}}]
+                await auth.kube_servers.list_for(alice), [{"name": "my-cluster", "labels": {"env": "prod"},
+                                                           "kubernetes_users": ["alice"],
+                                                           "kubernetes_groups": ["system:authenticated"]}]
             )
             self.clock.offset += 200
             self.assertEqual(await auth.kube_servers.clusters(), {})

@@ -3,65 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
 
 import h2.config
 import h2.connection
 import h2.events
 from datetime import datetime, timedelta, timezone
 
-from cryptography.hazmat.primitives import serialization
-from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
+from twisted.web.client import readBody
 
-from teleport_py.auth.service import AuthService
-from teleport_py.config import parse_config
 from teleport_py.pki import (
-    HostIdentity,
     UserIdentity,
     client_tls_options,
     generate_private_key,
     load_certificate_pem,
 )
-from teleport_py.proxy.service import ProxyService
-from teleport_py.resources import parse_yaml, resource_to_dict
 from teleport_py.tunnel import TunnelProtocol
-from tests.support.procs import free_port
 from tests.support.proxy import KUBE_SERVER_NAME, Collect
-
-ADMIN = HostIdentity(host_id="admin-test", nodename="test", system_role="admin", teleport_cluster="example")
-PASSWORD = "correct horse battery"
-KUBE_ACCESS = """
-kind: role
-metadata: {name: kube-access}
-version: v7
-spec:
-  allow:
-    kubernetes_labels: {'*': '*'}
-    kubernetes_groups: [viewers]
-  deny: {}
-"""
-
-
-def public_pem(key) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-
-@implementer(IPolicyForHTTPS)
-class _ProxyTLS:
-    def __init__(self, host_ca, cert=None, key=None):
-        self.args = host_ca, cert, key
-
-    def creatorForNetloc(self, hostname, port):
-        host_ca, cert, key = self.args
-        return client_tls_options("127.0.0.1", trusted_cas=[host_ca], certificate=cert, private_key=key)
+from tests.support.proxy_service import PASSWORD, InProcessProxy, public_pem
 
 
 class Echo(Protocol):
@@ -106,51 +69,16 @@ class ProxyServiceTests(TestCase):
     timeout = 60
 
     async def setUp(self):
-        directory = os.path.abspath(self.mktemp())
-        self.auth_port, self.proxy_port = free_port(), free_port()
-        config = parse_config(
-            "version: v3\n"
-            f"teleport: {{nodename: proxy-test, data_dir: {directory}}}\n"
-            f"auth_service: {{listen_addr: '127.0.0.1:{self.auth_port}', cluster_name: example}}\n"
-            f"proxy_service: {{web_listen_addr: '127.0.0.1:{self.proxy_port}'}}\n"
-        )
-        self.auth_service = AuthService(reactor, config)
-        self.proxy = ProxyService(reactor, config, local_auth=self.auth_service)
-        self.auth_service.startService()
-        self.addCleanup(self.auth_service.stopService)
-        self.proxy.startService()
-        self.addCleanup(self.proxy.stopService)
-        await self.proxy.ready
-        self.auth = self.auth_service.auth
-        self.host_ca = self.auth.host_ca.certificate
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-
-    def http(self, cert=None, key=None) -> HTTPClient:
-        return HTTPClient(Agent(reactor, contextFactory=_ProxyTLS(self.host_ca, cert, key), pool=self.pool))
-
-    def url(self, path):
-        return f"https://127.0.0.1:{self.proxy_port}{path}"
-
-    async def request_json(self, method, path, body=None, cert=None, key=None):
-        data = None if body is None else json.dumps(body).encode()
-        response = await self.http(cert, key).request(method, self.url(path), data=data)
-        return response.code, json.loads(await readBody(response))
+        running = await InProcessProxy.start(self)
+        self.running = running
+        self.auth_port, self.proxy_port, self.auth_service, self.proxy = (
+            running.auth_port, running.proxy_port, running.auth_service, running.proxy)
+        self.auth, self.host_ca, self.pool = running.auth, running.host_ca, running.pool
+        self.http, self.url, self.request_json, self.heartbeat = (
+            running.http, running.url, running.request_json, running.heartbeat)
 
     async def alice(self):
-        await self.auth.resources.upsert(ADMIN, resource_to_dict(parse_yaml(KUBE_ACCESS)[0]))
-        created = await self.auth.users.create(
-            ADMIN, parse_yaml("kind: user\nversion: v2\nmetadata: {name: alice}\nspec: {roles: [kube-access]}\n")[0]
-        )
-        return created["token"]
-
-    async def heartbeat(self, cluster="k8s"):
-        kube = HostIdentity(host_id="agent-1", nodename="node", system_role="kube", teleport_cluster="example")
-        await self.auth.kube_servers.heartbeat(kube, {
-            "kind": "kube_server", "version": "v3", "metadata": {"name": cluster},
-            "spec": {"host_id": "agent-1", "hostname": "node", "version": "teleport_py",
-                     "cluster": {"kind": "kube_cluster", "version": "v3",
-                                 "metadata": {"name": cluster, "labels": {"env": "test"}}, "spec": {}}},
-        })
+        return await self.running.add_user("alice")
 
     def user_cert(self, kube_cluster="k8s"):
         key = generate_private_key()
@@ -194,7 +122,9 @@ class ProxyServiceTests(TestCase):
         self.assertEqual((code, body["error"]["kind"]), (403, "access_denied"))
         await self.heartbeat()
         code, body = await self.request_json("GET", "/webapi/kube/clusters", cert=cert, key=key)
-        self.assertEqual((code, body), (200, {"items": [{"name": "k8s", "labels": {"env": "test"}}]}))
+        self.assertEqual((code, body), (200, {"items": [{"name": "k8s", "labels": {"env": "test"},
+                                                          "kubernetes_users": ["alice"],
+                                                          "kubernetes_groups": ["system:authenticated", "viewers"]}]}))
         code, body = await self.request_json("GET", "/webapi/whoami", cert=cert, key=key)
         self.assertEqual((code, body["user"]), (200, "alice"))
 

@@ -70,10 +70,12 @@ class RecordingsTests(TestCase):
             self.assertEqual([m["session_id"] for m in await r.list(user("alice"))], [SID])
             self.assertEqual(await r.list(user("carol", "access")), [])
             await r.get(user("bob", "editor"), SID)
-            with self.assertRaises(NotFound):
+            with self.assertRaises(AccessDenied):
                 await r.get(user("carol", "access"), SID)
-            with self.assertRaises(NotFound):
+            with self.assertRaises(AccessDenied):
                 await r.read(user("carol", "access"), SID, 0)
+            with self.assertRaises(NotFound):
+                await r.get(user("carol", "access"), SID.replace("0", "1"))
             self.assertNotIn("chunks", await r.get(user("alice"), SID))
         return d(go())
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import json
 
-from teleport_py.recording.format import encode
+from teleport_py.recording import asciicast
+from teleport_py.recording.format import encode, read_all
 from tests.support.tsh import FakeProxyAPI, TshTestCase
 
 SID = "0b7f4f8e-6d1a-4c3e-9f59-3a1d2b9c0e11"
@@ -69,6 +70,19 @@ class RecordingsCLITests(TshTestCase):
         self.assertEqual([e["type"] for e in events],
                          ["session.start", "print", "resize", "print", "exit", "session.end"])
         self.assertEqual(events[3]["data"], "exit 3\r\n")
+
+    async def test_play_asciicast_is_the_web_download(self):
+        """The same document the web UI's download serves (asciicast.convert,
+        tested there against the proxy), here paged from the proxy by tsh."""
+        await self.login()
+        result = await self.tsh("play", SID, "--format=asciicast")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertEqual(result.out, asciicast.convert(read_all(RECORDING)))
+        lines = [json.loads(line) for line in result.out.splitlines()]
+        self.assertEqual(lines[0]["version"], 2)
+        # Output came before the first resize: asciinema's 80x24, then the resize.
+        self.assertEqual(lines[1:], [[0.01, "o", "$ "], [0.02, "r", "80x24"], [0.3, "o", "exit 3\r\n"],
+                                     [0.31, "m", "exited with code 3: command terminated"]])
 
     async def test_play_unknown_session_and_bad_speed(self):
         await self.login()

@@ -138,6 +138,7 @@ class AuthAPI(resource.Resource):
             Route(b"POST", "join", self.join, frozenset({NO_CERTIFICATE, "proxy"})),
             Route(b"POST", "login", self.login, frozenset({"proxy"})),
             Route(b"POST", "signup", self.signup, frozenset({"proxy", "admin"})),
+            Route(b"GET", "signup/*", self.signup_user, frozenset({"proxy"})),
             Route(b"POST", "certs/user", self.reissue, frozenset({USER})),
             Route(b"GET", "whoami", self.whoami, AUTHENTICATED),
             Route(b"GET", "status", self.status, ADMINISTRATORS),
@@ -313,6 +314,9 @@ class AuthAPI(resource.Resource):
         user = await self.auth.users.complete_signup(self._authenticated(caller), self._str(body, "token"), self._str(body, "password"))
         return {"user": user}
 
+    async def signup_user(self, caller, request, body, token):
+        return {"user": await self.auth.users.signup_user(self._authenticated(caller), token)}
+
     async def reissue(self, caller, request, body):
         return await self.auth.user_certificates.reissue(
             self._authenticated(caller), self._str(body, "public_key"),
@@ -391,7 +395,8 @@ class AuthAPI(resource.Resource):
         except ValueError:
             raise BadParameter("limit: must be an integer") from None
         types = [t for v in args.get("type", []) for t in v.split(",") if t]
-        items = await self.auth.events.search(self._authenticated(caller), start, end, types, limit)
+        user = args.get("user", [""])[0]
+        items = await self.auth.events.search(self._authenticated(caller), start, end, types, limit, user)
         return {"items": items}
 
     async def list_recordings(self, caller, request, body):

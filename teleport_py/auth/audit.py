@@ -73,8 +73,10 @@ class AuditLog:
         end: datetime,
         event_types: Iterable[str] = (),
         limit: int = 1000,
+        user: str = "",
     ) -> list[dict[str, Any]]:
-        """Events with start <= time < end, oldest first, optionally of some types."""
+        """Events with start <= time < end, oldest first, optionally of some
+        types and of one user (the limit counts only matching events)."""
         wanted = set(event_types)
         limit = max(1, min(limit, MAX_SEARCH_LIMIT))
         results: list[dict[str, Any]] = []
@@ -83,7 +85,9 @@ class AuditLog:
             for item in await self._backend.get_range(f"{PREFIX}{day:%Y-%m-%d}/"):
                 event = json.loads(item.value)
                 when = _parse_time(event["time"])
-                if start <= when < end and (not wanted or event["event"] in wanted):
+                if start <= when < end and (not wanted or event["event"] in wanted) and (
+                    not user or event.get("user") == user
+                ):
                     results.append(event)
                     if len(results) >= limit:
                         break

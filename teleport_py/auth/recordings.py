@@ -19,7 +19,8 @@ Files, not backend values, because storing a MiB in SQLite cost Auth about
 ``chunks``) and still play.
 
 Readers: users whose roles allow ``session`` ``list``/``read`` (e.g. editor),
-and each session's own participant.
+and each session's own participant. Anyone else is refused (access denied,
+as in Teleport); an unknown id is not found.
 """
 from __future__ import annotations
 
@@ -164,10 +165,14 @@ class Recordings:
     async def get(self, caller, session_id: str) -> dict[str, Any]:
         _check_id(session_id)
         meta = await self._meta(session_id)
-        if meta is not None and (self._participant(caller, meta) or await self._may(caller, "read")):
+        if meta is None:
+            raise NotFound(f"recording {session_id} not found")
+        if self._participant(caller, meta) or await self._may(caller, "read"):
             return self._public(meta)
-        # Not found and not allowed look the same: ids are not an oracle.
-        raise NotFound(f"recording {session_id} not found")
+        # Teleport answers access denied here too. Ids are random UUIDs, so
+        # telling "not yours" from "none" reveals nothing one could guess.
+        raise AccessDenied(f"you may not view recording {session_id}: it is another user's session "
+                           "and your roles do not allow reading sessions (rule: session read)")
 
     async def read(self, caller, session_id: str, offset: int) -> dict[str, Any]:
         """Bytes from ``offset`` (at most MAX_READ), and where to go on."""

@@ -46,6 +46,10 @@ from teleport_py.quiet import QuietHTTPConnectionPool, factory_for
 from teleport_py.proxy.registry import AgentRegistry, AnnounceError, parse_announcement
 from teleport_py.proxy.webapi import WebAPI, WebSite
 from teleport_py.tunnel import Splice, StreamRejected, TunnelProtocol
+from teleport_py.web.assets import Assets
+from teleport_py.web.sessions import WebSessions
+from teleport_py.web.site import WebRoot
+from teleport_py.web.ui import WebUI
 
 log = Logger()
 
@@ -135,6 +139,8 @@ class ProxyService(RoleService):
         self.registry = AgentRegistry()
         self.listener: Listener | None = None
         self.auth_client: AuthClient | None = None
+        #: Browsers' sessions of the web UI (they end when the proxy stops).
+        self.web_sessions = WebSessions(reactor)
         self.identity: IdentityFile | None = None
         #: Each routed connection (the TLS protocol) -> (route, its protocol).
         self._routes: WeakKeyDictionary = WeakKeyDictionary()
@@ -160,13 +166,12 @@ class ProxyService(RoleService):
         kube = KubeRouter(self.registry, identity.user_cas[0])
         auth_endpoint = HostnameEndpoint(self.reactor, auth_address.host, auth_address.port)
         tunnels = AgentTunnels(self.reactor, self.registry, identity.host_cas[0], auth_endpoint)
-        site = WebSite(
-            WebAPI(
-                self.auth_client, cluster_name=host.teleport_cluster, public_addr=str(self._public_addr()),
-                user_ca=identity.user_cas[0],
-            ),
-            reactor=self.reactor,
-        )
+        public_addr = str(self._public_addr())
+        api = WebAPI(self.auth_client, cluster_name=host.teleport_cluster, public_addr=public_addr,
+                     user_ca=identity.user_cas[0])
+        ui = WebUI(self.reactor, self.auth_client, self.web_sessions, await Assets.load(self.reactor),
+                   user_ca=identity.user_cas[0], cluster_name=host.teleport_cluster, public_addr=public_addr)
+        site = WebSite(WebRoot(api, ui), reactor=self.reactor)
         site.displayTracebacks = False
         limits = self.config.connection_limits
         limit_http(site, limits)

@@ -28,7 +28,7 @@ MAX_BODY = 1 << 20
 LOGIN_FIELDS = ("user", "password", "public_key", "ttl", "kube_cluster")
 JOIN_FIELDS = ("token", "role", "public_key", "host_id", "nodename", "dns_names")
 REISSUE_FIELDS = ("public_key", "kube_cluster", "ttl")
-EVENT_PARAMS = ("from", "to", "limit", "type")
+EVENT_PARAMS = ("from", "to", "limit", "type", "user")
 
 
 class Unavailable(AuthError):
@@ -36,13 +36,13 @@ class Unavailable(AuthError):
     kind = "unavailable"
 
 
-def _client_address(request) -> str:
+def client_address(request) -> str:
     peer = request.getClientAddress()
     host, port = getattr(peer, "host", ""), getattr(peer, "port", "")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _json_body(request) -> dict[str, Any]:
+def json_body(request) -> dict[str, Any]:
     data = request.content.read(MAX_BODY + 1) if request.content else b""
     if len(data) > MAX_BODY:
         raise BadParameter("request body too large")
@@ -52,6 +52,28 @@ def _json_body(request) -> dict[str, Any]:
         raise BadParameter("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadParameter("request body must be a JSON object")
+    return body
+
+
+def finish(request, status: int, content_type: str, body: bytes) -> None:
+    """Answer a request whose handler ran asynchronously, unless it is gone."""
+    if request.finished or request.channel is None:
+        return
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", content_type.encode("ascii"))
+    request.write(body)
+    request.finish()
+
+
+def json_response(request, status: int, payload: dict, *, finish_now: bool = False) -> bytes:
+    """A JSON answer: returned for a synchronous ``render``, or written and
+    finished (``finish_now``) by an asynchronous handler."""
+    body = json.dumps(payload).encode("utf-8")
+    if finish_now:
+        finish(request, status, "application/json", body)
+        return b""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
     return body
 
 
@@ -91,7 +113,7 @@ class WebAPI(resource.Resource):
         if handler is None and request.method == b"GET" and path.startswith("webapi/recordings/"):
             handler = self.recording
         if handler is None:
-            return self._error_bytes(request, 404, {"error": {"kind": "not_found", "message": f"no such endpoint {request.method.decode()} /{path}"}})
+            return json_response(request, 404, {"error": {"kind": "not_found", "message": f"no such endpoint {request.method.decode()} /{path}"}})
         Deferred.fromCoroutine(self._run(handler, request)).addErrback(self._unexpected, request)
         return server.NOT_DONE_YET
 
@@ -103,29 +125,14 @@ class WebAPI(resource.Resource):
         except Exception as e:
             log.warn("auth server call failed path={path} error={error}", path=request.path, error=type(e).__name__)
             status, payload = 502, Unavailable("the auth server is unavailable, try again later").to_json()
-        self._finish(request, status, "application/json", json.dumps(payload).encode("utf-8"))
+        finish(request, status, "application/json", json.dumps(payload).encode("utf-8"))
 
     def _unexpected(self, failure, request) -> None:
         log.failure("web API request failed", failure)
-        self._finish(request, 500, "application/json", json.dumps(AuthError("internal error").to_json()).encode())
-
-    @staticmethod
-    def _finish(request, status: int, content_type: str, body: bytes) -> None:
-        if request.finished or request.channel is None:
-            return
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", content_type.encode("ascii"))
-        request.write(body)
-        request.finish()
-
-    @staticmethod
-    def _error_bytes(request, status: int, payload: dict) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(payload).encode("utf-8")
+        finish(request, 500, "application/json", json.dumps(AuthError("internal error").to_json()).encode())
 
     def _relay(self, request):
-        return self._auth.with_headers({CLIENT_ADDR_HEADER: [_client_address(request).encode("ascii")]})
+        return self._auth.with_headers({CLIENT_ADDR_HEADER: [client_address(request).encode("ascii")]})
 
     def _as_user(self, request):
         """The calling user's certificate, verified by our TLS, forwarded for Auth to verify again."""
@@ -151,19 +158,19 @@ class WebAPI(resource.Resource):
         return await self._relay(request).call("GET", "cas")
 
     async def login(self, request):
-        return await self._relay(request).call("POST", "login", _only(_json_body(request), LOGIN_FIELDS))
+        return await self._relay(request).call("POST", "login", _only(json_body(request), LOGIN_FIELDS))
 
     async def signup(self, request):
-        return await self._relay(request).call("POST", "signup", _only(_json_body(request), ("token", "password")))
+        return await self._relay(request).call("POST", "signup", _only(json_body(request), ("token", "password")))
 
     async def join(self, request):
-        return await self._relay(request).call("POST", "join", _only(_json_body(request), JOIN_FIELDS))
+        return await self._relay(request).call("POST", "join", _only(json_body(request), JOIN_FIELDS))
 
     async def kube_clusters(self, request):
         return await self._as_user(request).call("GET", "kube_clusters")
 
     async def reissue(self, request):
-        return await self._as_user(request).call("POST", "certs/user", _only(_json_body(request), REISSUE_FIELDS))
+        return await self._as_user(request).call("POST", "certs/user", _only(json_body(request), REISSUE_FIELDS))
 
     async def whoami(self, request):
         return await self._as_user(request).call("GET", "whoami")
@@ -194,31 +201,54 @@ class WebAPI(resource.Resource):
 
     async def _invite(self, request, token: str) -> None:
         if request.method == b"GET":
-            self._finish(request, 200, "text/html; charset=utf-8", _invite_page(token))
+            try:
+                invited = await self._relay(request).call("GET", f"signup/{quote(token, safe='')}")
+            except AuthError as e:
+                finish(request, e.status, "text/html; charset=utf-8", _invalid_invite_page(e))
+                return
+            except Exception:
+                finish(request, 502, "text/html; charset=utf-8", _message_page(
+                    "Try again later", "The auth server is unavailable."))
+                return
+            finish(request, 200, "text/html; charset=utf-8", _invite_page(token, user=str(invited.get("user", ""))))
             return
         password = request.args.get(b"password", [b""])[0].decode("utf-8", "replace")
         confirm = request.args.get(b"password_confirm", [b""])[0].decode("utf-8", "replace")
         if password != confirm:
-            self._finish(request, 400, "text/html; charset=utf-8", _invite_page(token, "The passwords do not match."))
+            finish(request, 400, "text/html; charset=utf-8", _invite_page(token, "The passwords do not match."))
             return
         try:
             result = await self._relay(request).call("POST", "signup", {"token": token, "password": password})
         except AuthError as e:
-            self._finish(request, e.status, "text/html; charset=utf-8", _invite_page(token, e.message))
+            page = _invalid_invite_page(e) if e.status == 404 else _invite_page(token, e.message)
+            finish(request, e.status, "text/html; charset=utf-8", page)
             return
         except Exception:
-            self._finish(request, 502, "text/html; charset=utf-8", _invite_page(token, "The auth server is unavailable."))
+            finish(request, 502, "text/html; charset=utf-8", _invite_page(token, "The auth server is unavailable."))
             return
         user = html.escape(str(result.get("user", "")))
         page = f"<!doctype html><title>Welcome</title><p>User <b>{user}</b> is ready. Log in with <code>tsh login --user={user}</code>.</p>"
-        self._finish(request, 200, "text/html; charset=utf-8", page.encode("utf-8"))
+        finish(request, 200, "text/html; charset=utf-8", page.encode("utf-8"))
 
 
-def _invite_page(token: str, error: str = "") -> bytes:
+def _message_page(title: str, message: str) -> bytes:
+    return (f"<!doctype html><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>"
+            f'<p role="alert">{html.escape(message)}</p>').encode("utf-8")
+
+
+def _invalid_invite_page(error: AuthError) -> bytes:
+    return _message_page(
+        "Invitation not valid",
+        "This invitation link has already been used or has expired. Ask your administrator for a new one "
+        "(tctl users reset <user>)." if error.status == 404 else error.message)
+
+
+def _invite_page(token: str, error: str = "", user: str = "") -> bytes:
     problem = f'<p role="alert">{html.escape(error)}</p>' if error else ""
+    who = f"<p>For user <b>{html.escape(user)}</b>.</p>" if user else ""
     return (
         "<!doctype html><title>Set your password</title><h1>Set your password</h1>"
-        f"{problem}"
+        f"{who}{problem}"
         f'<form method="post" action="/web/invite/{html.escape(token, quote=True)}">'
         '<label>Password <input type="password" name="password" autocomplete="new-password" required></label>'
         '<label>Confirm <input type="password" name="password_confirm" autocomplete="new-password" required></label>'
@@ -235,6 +265,6 @@ class WebSite(server.Site):
             path = "/web/invite/<redacted>"
         log.info(
             "web request client={client} method={method} path={path} code={code}",
-            client=_client_address(request), method=request.method.decode("ascii", "replace"),
+            client=client_address(request), method=request.method.decode("ascii", "replace"),
             path=path, code=request.code,
         )

@@ -47,8 +47,9 @@ def parser() -> argparse.ArgumentParser:
     play = sub.add_parser("play", help="replay a recorded session")
     play.add_argument("session_id", help="the session id (see 'tsh recordings ls')")
     play.add_argument("--speed", type=_positive_float, default=1.0, help="playback speed (2 = twice as fast)")
-    play.add_argument("--format", choices=("text", "json"), default="text",
-                      help="text: the terminal output with its timing; json: one event per line, at once")
+    play.add_argument("--format", choices=("text", "json", "asciicast"), default="text",
+                      help="text: the terminal output with its timing; json: one event per line, at once; "
+                           "asciicast: asciicast v2 for any asciinema player, at once (as the web UI's download)")
     return p
 
 

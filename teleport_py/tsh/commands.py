@@ -35,6 +35,7 @@ from teleport_py.pki import (
     load_certificate_pem,
     load_certificates_pem,
 )
+from teleport_py.recording.asciicast import AsciicastWriter
 from teleport_py.recording.format import RecordingFormatError, RecordingReader
 from teleport_py.resources import parse_duration
 from teleport_py.tsh import kubeconfig
@@ -103,16 +104,25 @@ def _cas_from_response(result: dict) -> tuple[tuple[x509.Certificate, ...], tupl
 
 class _Player:
     """Writes recording events: text with the original timing (scaled by
-    ``--speed``), or JSON lines at once."""
+    ``--speed``), or JSON lines or asciicast v2 at once."""
 
     def __init__(self, reactor, out, args) -> None:
         self.reactor = reactor
         self.out = out
         self.speed = args.speed
         self.json = args.format == "json"
+        self.asciicast = AsciicastWriter() if args.format == "asciicast" else None
         self.started = reactor.seconds()
 
+    def close(self) -> None:
+        if self.asciicast is not None:
+            self.out.write(self.asciicast.close())
+            self.out.flush()
+
     async def play(self, event: dict) -> None:
+        if self.asciicast is not None:
+            self.out.write(self.asciicast.feed(event))
+            return
         if self.json:
             if "data" in event:
                 event = {**event, "data": event["data"].decode("utf-8", "replace")}
@@ -398,6 +408,7 @@ class Tsh:
             if not data or offset >= int(page["size"]):
                 break
         reader.close()
+        player.close()
 
     def _table(self, headers: list[str], rows: list[list[str]]) -> None:
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]

@@ -30,7 +30,7 @@ class AuditEvents:
         return len(batch)
 
     async def search(
-        self, caller: Identity, start: datetime, end: datetime, types: list[str], limit: int
+        self, caller: Identity, start: datetime, end: datetime, types: list[str], limit: int, user: str = ""
     ) -> list[dict[str, Any]]:
         await self._authorizer.check(caller, "event", "list")
-        return await self._audit.search(start, end, types, limit)
+        return await self._audit.search(start, end, types, limit, user)

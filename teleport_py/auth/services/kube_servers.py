@@ -73,7 +73,8 @@ class KubeServers:
 
     async def list_for(self, caller: Identity) -> list[dict[str, Any]]:
         """What ``tsh kube ls`` shows: clusters the caller's roles can reach
-        (an admin sees them all)."""
+        (an admin sees them all); for a user also the Kubernetes users and
+        groups their requests there are impersonated as (the web UI shows them)."""
         clusters = await self.clusters()
         if isinstance(caller, HostIdentity):
             self._authorizer.require_system_role(caller)
@@ -83,9 +84,11 @@ class KubeServers:
         for name, labels in sorted(clusters.items()):
             try:
                 checker.check_cluster(name, labels)
+                users, groups = checker.kube_principals(labels)
             except RBACDenied:
                 continue
-            visible.append({"name": name, "labels": labels})
+            visible.append({"name": name, "labels": labels,
+                            "kubernetes_users": sorted(users), "kubernetes_groups": sorted(groups)})
         return visible
 
     async def get(self, name: str) -> dict[str, Any]:

@@ -78,6 +78,15 @@ class Users:
         await self.forget_password(name)
         return await self._signup_tokens.create(name)
 
+    async def signup_user(self, caller: Identity, token: str) -> str:
+        """Whose sign-up token this is: what the invitation page shows, and
+        how it refuses a used or expired token before asking for a password."""
+        self._authorizer.require_system_role(caller, "proxy")
+        username = await self._signup_tokens.user_of(token)
+        if username is None:
+            raise NotFound("sign-up token not found or expired")
+        return username
+
     async def complete_signup(self, caller: Identity, token: str, password: str) -> str:
         """Set a password with a sign-up token; the token is single-use."""
         self._authorizer.require_system_role(caller, "proxy")

@@ -1,0 +1,259 @@
+"""The web UI's API on a real proxy and Auth, over real TLS: sign-in and its
+cookie, CSRF, logout, the security headers, authorization by Auth's role
+rules (the pages' data), the asciicast download and the invitation page.
+The browser itself is tests.test_web_browser."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from twisted.trial.unittest import TestCase
+from twisted.web.client import readBody
+from twisted.web.http_headers import Headers
+
+from teleport_py.auth.recordings import Recordings
+from teleport_py.pki import HostIdentity
+from teleport_py.recording import asciicast
+from teleport_py.recording.format import encode, read_all
+from teleport_py.web.assets import DIST
+from teleport_py.web.site import CONTENT_SECURITY_POLICY
+from tests.support.proxy_service import PASSWORD, InProcessProxy
+from tests.support.recordings import KUBE, SID
+
+PROXY = HostIdentity(host_id="proxy-test", nodename="test", system_role="proxy", teleport_cluster="example")
+
+RECORDING = (
+    encode({"type": "session.start", "ms": 0, "session_id": SID, "user": "alice", "kind": "exec",
+            "namespace": "dev", "pod": "web-0", "container": "app", "command": ["sh"], "tty": True,
+            "time": "2026-01-01T00:00:00Z", "participants": ["alice"]})
+    + encode({"type": "resize", "ms": 1, "width": 100, "height": 30})
+    + encode({"type": "print", "ms": 10, "stream": "stdout", "data": b"hello "})
+    + encode({"type": "print", "ms": 250, "stream": "stdout", "data": b"world\r\n"})
+    + encode({"type": "exit", "ms": 300, "code": 0})
+    + encode({"type": "session.end", "ms": 301})
+)
+
+
+class Browser:
+    """What a browser keeps between calls: the cookie and the CSRF token."""
+
+    def __init__(self, running: InProcessProxy) -> None:
+        self.running = running
+        self.cookie: bytes | None = None
+        self.csrf = ""
+
+    async def call(self, method: str, path: str, body=None, *, csrf=None, origin=None, content_type="application/json"):
+        headers = Headers()
+        if self.cookie:
+            headers.addRawHeader(b"cookie", self.cookie)
+        if content_type:
+            headers.addRawHeader(b"content-type", content_type.encode())
+        token = self.csrf if csrf is None else csrf
+        if token:
+            headers.addRawHeader(b"x-csrf-token", token.encode())
+        if origin:
+            headers.addRawHeader(b"origin", origin.encode())
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        response = await self.running.http().request(method, self.running.url(path), data=data, headers=headers,
+                                                        allow_redirects=False)
+        raw = await readBody(response)
+        return response, raw
+
+    async def json(self, method, path, body=None, **kw):
+        response, raw = await self.call(method, path, body, **kw)
+        return response.code, json.loads(raw)
+
+    async def sign_in(self, user: str, password: str = PASSWORD):
+        response, raw = await self.call("POST", "/web/api/login", {"user": user, "password": password})
+        if response.code == 200:
+            cookie = response.headers.getRawHeaders(b"set-cookie")[0]
+            self.cookie = cookie.split(b";")[0]
+            self.csrf = json.loads(raw)["csrf_token"]
+        return response, json.loads(raw)
+
+
+class WebUITests(TestCase):
+    timeout = 60
+
+    async def setUp(self):
+        self.running = await InProcessProxy.start(self)
+        self.auth = self.running.auth
+        for name, roles in (("alice", ("kube-access",)), ("bob", ("kube-access",)), ("erin", ("kube-access", "editor"))):
+            token = await self.running.add_user(name, roles)
+            await self.auth.users.complete_signup(PROXY, token, PASSWORD)
+
+    async def test_sign_in_sets_a_strict_session_cookie_that_ends_with_the_certificate(self):
+        browser = Browser(self.running)
+        response, body = await browser.sign_in("alice")
+        self.assertEqual(response.code, 200, body)
+        cookie = response.headers.getRawHeaders(b"set-cookie")[0].decode()
+        self.assertRegex(cookie, r"^__Host-session=[A-Za-z0-9_-]{43}; Path=/; Max-Age=\d+; Secure; HttpOnly; SameSite=Strict$")
+        max_age = int(re.search(r"Max-Age=(\d+)", cookie).group(1))
+        self.assertTrue(11 * 3600 < max_age <= 12 * 3600, max_age)  # the certificate's 12 h
+        self.assertEqual(body["user"], "alice")
+        session = self.running.proxy.web_sessions.get(browser.cookie.split(b"=", 1)[1].decode())
+        self.assertIn(b"BEGIN CERTIFICATE", session.certificate_pem)
+        code, me = await browser.json("GET", "/web/api/session")
+        self.assertEqual((code, me["user"], me["csrf_token"]), (200, "alice", browser.csrf))
+
+    async def test_session_ends_when_its_certificate_would(self):
+        browser = Browser(self.running)
+        await browser.sign_in("alice")
+        sessions = self.running.proxy.web_sessions
+        sid = browser.cookie.split(b"=", 1)[1].decode()
+        clock = sessions._clock
+
+        class Later:
+            def seconds(self):
+                return clock.seconds() + 12 * 3600 + 1
+        sessions._clock = Later()
+        self.addCleanup(setattr, sessions, "_clock", clock)
+        self.assertIsNone(sessions.get(sid))
+        code, body = await browser.json("GET", "/web/api/session")
+        self.assertEqual((code, body["error"]["kind"]), (401, "unauthenticated"))
+
+    async def test_wrong_password_and_throttling_shared_with_tsh_login(self):
+        browser = Browser(self.running)
+        response, body = await browser.sign_in("alice", "wrong password")
+        self.assertEqual((response.code, body["error"]["message"]), (403, "invalid username or password"))
+        self.assertIsNone(response.headers.getRawHeaders(b"set-cookie"))
+        for _ in range(4):
+            await browser.sign_in("alice", "wrong password")
+        # Locked now, for tsh as for the browser: one limiter in Auth.
+        code, body = await self.running.request_json("POST", "/webapi/login", {
+            "user": "alice", "password": PASSWORD, "public_key": "x"})
+        self.assertEqual(code, 429, body)
+        response, body = await browser.sign_in("alice")
+        self.assertEqual(response.code, 429, body)
+
+    async def test_sign_in_must_be_json_and_same_origin(self):
+        browser = Browser(self.running)
+        response, raw = await browser.call("POST", "/web/api/login", b"user=alice&password=x",
+                                           content_type="application/x-www-form-urlencoded")
+        self.assertEqual(response.code, 400, raw)
+        response, raw = await browser.call("POST", "/web/api/login", {"user": "alice", "password": PASSWORD},
+                                           origin="https://evil.example")
+        self.assertEqual(response.code, 403, raw)
+
+    async def test_state_changing_calls_need_the_csrf_token_and_logout_ends_the_session(self):
+        browser = Browser(self.running)
+        await browser.sign_in("alice")
+        code, body = await browser.json("POST", "/web/api/logout", {}, csrf="wrong")
+        self.assertEqual(code, 403, body)
+        self.assertIn("CSRF", body["error"]["message"])
+        browser_without = Browser(self.running)
+        browser_without.cookie = browser.cookie
+        code, body = await browser_without.json("POST", "/web/api/logout", {})
+        self.assertEqual(code, 403, body)
+        code, _ = await browser.json("GET", "/web/api/session")
+        self.assertEqual(code, 200)
+        response, _ = await browser.call("POST", "/web/api/logout", {})
+        self.assertEqual(response.code, 200)
+        self.assertRegex(response.headers.getRawHeaders(b"set-cookie")[0].decode(), r"^__Host-session=; Path=/; Max-Age=0;")
+        code, body = await browser.json("GET", "/web/api/session")
+        self.assertEqual((code, body["error"]["kind"]), (401, "unauthenticated"))
+
+    async def test_every_answer_carries_the_security_headers(self):
+        self.assertIn("frame-ancestors 'none'", CONTENT_SECURITY_POLICY)
+        self.assertIn("script-src 'self';", CONTENT_SECURITY_POLICY)
+        browser = Browser(self.running)
+        for path in ("/web/", "/web/api/session", "/webapi/ping", "/web/invite/00"):
+            response, _ = await browser.call("GET", path)
+            headers = response.headers
+            self.assertEqual(headers.getRawHeaders(b"content-security-policy"), [CONTENT_SECURITY_POLICY.encode()], path)
+            self.assertEqual(headers.getRawHeaders(b"x-content-type-options"), [b"nosniff"], path)
+            self.assertEqual(headers.getRawHeaders(b"x-frame-options"), [b"DENY"], path)
+            self.assertEqual(headers.getRawHeaders(b"referrer-policy"), [b"no-referrer"], path)
+
+    async def test_clusters_with_kube_principals_and_the_login_command(self):
+        await self.running.heartbeat()
+        browser = Browser(self.running)
+        code, body = await browser.json("GET", "/web/api/clusters")
+        self.assertEqual(code, 401)
+        await browser.sign_in("alice")
+        code, body = await browser.json("GET", "/web/api/clusters")
+        self.assertEqual(code, 200, body)
+        [cluster] = body["items"]
+        self.assertEqual((cluster["name"], cluster["labels"], cluster["kubernetes_users"], cluster["kubernetes_groups"]),
+                         ("k8s", {"env": "test"}, ["alice"], ["system:authenticated", "viewers"]))
+        self.assertIn("tsh kube login k8s", cluster["login_command"])
+
+    async def test_audit_log_by_the_event_rule_with_filters_and_pages(self):
+        for i in range(7):
+            await self.auth.audit.emit("exec", user="alice" if i % 2 else "bob", command=f"cmd {i}")
+        alice, erin = Browser(self.running), Browser(self.running)
+        await alice.sign_in("alice")
+        code, body = await alice.json("GET", "/web/api/events")
+        self.assertEqual(code, 403, body)  # kube-access has no event rule
+        await erin.sign_in("erin")
+        code, body = await erin.json("GET", "/web/api/events?type=exec&user=alice&page_size=2")
+        self.assertEqual(code, 200, body)
+        self.assertEqual([e["command"] for e in body["items"]], ["cmd 1", "cmd 3"])
+        self.assertTrue(body["has_more"])
+        code, body = await erin.json("GET", "/web/api/events?type=exec&user=alice&page_size=2&page=1")
+        self.assertEqual(([e["command"] for e in body["items"]], body["has_more"]), (["cmd 5"], False))
+        code, body = await erin.json("GET", "/web/api/events?page_size=0")
+        self.assertEqual(code, 400, body)
+
+    async def _recording(self):
+        recordings = Recordings(self.auth, os.path.join(self.running.data_dir, "session_recordings"))
+        await recordings.append(KUBE, SID, 0, RECORDING, True)
+
+    async def test_recordings_own_or_by_the_session_rule_and_a_403_for_others(self):
+        await self._recording()
+        alice, bob, erin = Browser(self.running), Browser(self.running), Browser(self.running)
+        for browser, name in ((alice, "alice"), (bob, "bob"), (erin, "erin")):
+            await browser.sign_in(name)
+        for browser in (alice, erin):
+            code, body = await browser.json("GET", "/web/api/recordings")
+            self.assertEqual([m["session_id"] for m in body["items"]], [SID])
+            code, body = await browser.json("GET", f"/web/api/recordings/{SID}/data?offset=0")
+            self.assertEqual(code, 200, body)
+        code, body = await bob.json("GET", "/web/api/recordings")
+        self.assertEqual((code, body["items"]), (200, []))
+        for path in (f"/web/api/recordings/{SID}", f"/web/api/recordings/{SID}/data", f"/web/api/recordings/{SID}/asciicast"):
+            code, body = await bob.json("GET", path)
+            self.assertEqual((code, body["error"]["kind"]), (403, "access_denied"), path)
+            self.assertIn("you may not view recording", body["error"]["message"])
+        code, body = await bob.json("GET", "/web/api/recordings/not-a-uuid")
+        self.assertEqual(code, 400)
+
+    async def test_asciicast_download_is_what_tsh_play_writes(self):
+        await self._recording()
+        browser = Browser(self.running)
+        await browser.sign_in("alice")
+        response, raw = await browser.call("GET", f"/web/api/recordings/{SID}/asciicast")
+        self.assertEqual(response.code, 200, raw)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/x-asciicast"])
+        self.assertEqual(response.headers.getRawHeaders(b"content-disposition"),
+                         [f'attachment; filename="{SID}.cast"'.encode()])
+        lines = [json.loads(line) for line in raw.decode().splitlines()]
+        self.assertEqual({k: lines[0][k] for k in ("version", "width", "height")},
+                         {"version": 2, "width": 100, "height": 30})
+        self.assertEqual(lines[1:], [[0.01, "o", "hello "], [0.25, "o", "world\r\n"], [0.3, "m", "exited with code 0"]])
+        self.assertEqual(raw.decode(), asciicast.convert(read_all(RECORDING)))
+
+    async def test_pages_are_the_bundle_or_say_it_is_not_built(self):
+        browser = Browser(self.running)
+        response, raw = await browser.call("GET", "/")
+        self.assertEqual((response.code, response.headers.getRawHeaders(b"location")), (302, [b"/web/"]))
+        response, raw = await browser.call("GET", "/web/recordings/" + SID)
+        if (DIST / "index.html").exists():
+            self.assertEqual(response.code, 200)
+            self.assertIn(b"<script", raw)
+        else:
+            self.assertEqual(response.code, 503)
+            self.assertIn(b"pip install", raw)
+
+    async def test_the_invitation_page_refuses_a_used_token(self):
+        token = await self.running.add_user("carol")
+        response, raw = await Browser(self.running).call("GET", f"/web/invite/{token}")
+        self.assertEqual(response.code, 200, raw)
+        self.assertIn(b"carol", raw)
+        await self.auth.users.complete_signup(PROXY, token, PASSWORD)
+        response, raw = await Browser(self.running).call("GET", f"/web/invite/{token}")
+        self.assertEqual(response.code, 404, raw)
+        self.assertIn(b"already been used or has expired", raw)
+        self.assertNotIn(b'name="password"', raw)
+
