@@ -325,6 +325,11 @@ class AuthServerTests(TestCase):
             with self.assertRaises(AccessDenied):
                 await auth.events.append(alice, batch)
 
+            # A spool segment larger than one backend transaction is stored whole.
+            large = [events.make_event("kube.request", now, verb="watch") for _ in range(300)]
+            self.assertEqual(await auth.events.append(kube, large), 300)
+            self.assertEqual(len(await auth.events.search(ADMIN, start, end, ["kube.request"], 1000)), 303)
+
         return d(go())
 
 

@@ -32,6 +32,7 @@ from teleport_py.backend import (
     IBackend,
     Item,
     IWatcher,
+    MAX_PUT_ALL,
     MemoryBackend,
     SQLiteBackend,
 )
@@ -100,6 +101,14 @@ class BackendTestsMixin:
         self.assertEqual([await self.backend.get(i.key) for i in stored], stored)
         self.assertEqual([e.item for e in events[1:]], stored)
         self.assertEqual(await self.backend.put_all([]), [])
+
+    @async_test
+    async def test_put_all_is_bounded(self):
+        entries = [(f"/events/{n:04d}", b"", None) for n in range(MAX_PUT_ALL + 1)]
+        with self.assertRaises(ValueError):
+            await self.backend.put_all(entries)
+        self.assertEqual(await self.backend.get_range("/"), [])
+        self.assertEqual(len(await self.backend.put_all(entries[:MAX_PUT_ALL])), MAX_PUT_ALL)
 
     @async_test
     async def test_put_all_with_a_bad_entry_stores_nothing(self):

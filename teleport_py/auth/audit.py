@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from twisted.logger import Logger
 
+from teleport_py.backend import MAX_PUT_ALL
 from teleport_py.events import make_event
 
 PREFIX = "/events/"
@@ -62,7 +63,10 @@ class AuditLog:
                     raise ValueError(f"audit event needs a string field {field!r}")
             event.setdefault("cluster_name", self.cluster_name)
             entries.append((_key(event), json.dumps(event, sort_keys=True).encode("utf-8"), None))
-        await self._backend.put_all(entries)
+        # Checked whole above, stored in transactions the backend allows; a
+        # retry after a failure between two stores nothing twice (keys are uids).
+        for start in range(0, len(entries), MAX_PUT_ALL):
+            await self._backend.put_all(entries[start:start + MAX_PUT_ALL])
         # One line per batch: the events themselves are in the audit log, and
         # formatting a log line per event cost Auth more CPU than storing it.
         self.log.debug("stored audit events count={count}", count=len(events))

@@ -6,8 +6,10 @@ no-op), so an upload interrupted anywhere resumes exactly where Auth's copy
 ends. The first chunk's first line (``session.start``) gives the metadata
 ``ls`` shows, the ``final`` chunk marks the recording complete.
 
-Layout: the bytes in ``<directory>/<session id>.rec`` (written at their
-offset and fsync'd, on a thread), the metadata in the backend::
+Layout: the bytes in an ``IRecordingStore``, by default
+``<directory>/<session id>.rec`` (written at their offset and fsync'd, on a
+thread; with several Auth servers a directory they all mount, set by
+``teleport.storage.audit_sessions_uri``), the metadata in the backend::
 
     /recording_meta/<session id>            JSON metadata, incl. size and complete
 
@@ -30,6 +32,7 @@ import os
 from typing import Any
 
 from twisted.logger import Logger
+from zope.interface import Interface, implementer
 
 from teleport_py import disk
 from teleport_py.auth.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
@@ -52,8 +55,23 @@ def _check_id(session_id: str) -> None:
         raise BadParameter("session id: must be a UUID")
 
 
+class IRecordingStore(Interface):
+    """Where recording bytes live: somewhere every Auth server reaches (a
+    directory, shared over NFS when there are several; object storage can
+    implement the same two calls). Calls block; Recordings runs them on its
+    file thread."""
+
+    def write(session_id: str, offset: int, data: bytes) -> None:
+        """Store ``data`` at ``offset``, durably on return, dropping anything
+        stored past ``offset`` (bytes whose metadata a crash lost)."""
+
+    def read(session_id: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``offset``."""
+
+
+@implementer(IRecordingStore)
 class RecordingFiles:
-    """The blocking file operations, one recording per file."""
+    """The blocking file operations, one recording per file in one directory."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -79,10 +97,10 @@ class RecordingFiles:
 class Recordings:
     log = Logger()
 
-    def __init__(self, auth, directory: str, *, run_blocking=None) -> None:
+    def __init__(self, auth, directory: str, *, run_blocking=None, store: IRecordingStore | None = None) -> None:
         self.auth = auth
         self.backend = auth.backend
-        self.files = RecordingFiles(directory)
+        self.files = store if store is not None else RecordingFiles(directory)
         self._run = run_blocking or disk.file_thread(auth.reactor, "auth-recordings")
 
     async def _meta(self, session_id: str) -> dict[str, Any] | None:

@@ -1,11 +1,12 @@
 """Key/value storage for the Auth service; see docs/backend.md."""
 
-from .interface import DELETE, PUT, BackendClosedError, BackendInUseError, Event, IBackend, Item, IWatcher
+from .interface import DELETE, MAX_PUT_ALL, PUT, BackendClosedError, BackendInUseError, Event, IBackend, Item, IWatcher
 from .memory import MemoryBackend
 from .sqlite import SQLiteBackend
 
 __all__ = [
     "DELETE",
+    "MAX_PUT_ALL",
     "PUT",
     "BackendClosedError",
     "BackendInUseError",

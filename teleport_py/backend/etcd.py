@@ -51,7 +51,6 @@ MAX_RACES = 32
 #: Pages of a range read when a ``limit`` asks for fewer live items.
 RANGE_PAGE = 1000
 _LEASE_NOT_FOUND = 5  # gRPC NotFound: "etcdserver: requested lease not found"
-_MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 
 
 class EnvelopeError(ValueError):
@@ -287,8 +286,6 @@ class _EtcdStore:
             return [], []
         if len({item.key for item in items}) != len(items):
             raise ValueError("put_all on etcd needs distinct keys")
-        if len(items) > _MAX_TXN_OPS:
-            raise ValueError(f"put_all on etcd takes at most {_MAX_TXN_OPS} entries (etcd's --max-txn-ops)")
 
         async def puts():
             return [await self._put_request(item, index, now) for index, item in enumerate(items)]

@@ -25,6 +25,9 @@ log = Logger()
 
 PUT = "put"
 DELETE = "delete"
+#: Entries one ``put_all`` may take: etcd's default ``--max-txn-ops``, so a
+#: caller that works on SQLite works on etcd too.
+MAX_PUT_ALL = 128
 
 
 def check_prefix(prefix) -> None:
@@ -122,7 +125,7 @@ class IBackend(Interface):
     def put_all(entries: Sequence[tuple[str, bytes, float | None]]) -> Deferred:
         """Store every ``(key, value, expires)`` unconditionally in one
         transaction (all or none, one durable write); fire with the stored
-        ``Item`` list in order."""
+        ``Item`` list in order. At most ``MAX_PUT_ALL`` entries, distinct keys."""
 
     def create(key: str, value: bytes, expires: float | None = None) -> Deferred:
         """Store only if no live item exists; fire with the ``Item`` or ``None``."""
@@ -245,6 +248,9 @@ class StoreBackend:
 
     @_deferred
     def put_all(self, entries):
+        entries = list(entries)
+        if len(entries) > MAX_PUT_ALL:
+            raise ValueError(f"put_all takes at most {MAX_PUT_ALL} entries, not {len(entries)}")
         return self._write(self._store.put_all, [Item(key, value, expires) for key, value, expires in entries])
 
     @_deferred
