@@ -115,16 +115,9 @@ class Deployment:
             "agent", [tool("twistd"), "--pidfile=", "-n", "teleport-kube", "--config", self.agent_config]
         )
 
-    async def start(self, labels: dict[str, str] | None = None, plane=None) -> "Deployment":
-        """``plane``: a started KubeControlPlane of the test's own, else the shared one."""
-        self.plane = plane or await shared_control_plane()
-        await self.plane.apply(AGENT_RBAC)
-        await self.plane.apply(VIEWERS_RBAC)
-        self.agent_kubeconfig = self.path("agent-kubeconfig")
-        self.plane.write_kubeconfig(
-            self.agent_kubeconfig,
-            contexts={"my-cluster": ("teleport-agent", ()), "second-cluster": ("teleport-agent", ())},
-        )
+    async def start_auth_and_proxy(self) -> tuple[str, str]:
+        """The seed's Teleport cluster: auth+proxy started, a kube join token
+        added; returns the token and the CA pin (``tctl status``)."""
         self.write(
             "teleport.yaml",
             "version: v3\n"
@@ -140,6 +133,19 @@ class Deployment:
         await self.start_main()
         token = (await self.tctl("tokens", "add", "--type=kube", "--format=text")).out.strip()
         pin = re.search(r"CA pin:\s+(sha256:[0-9a-f]{64})", (await self.tctl("status")).out).group(1)
+        return token, pin
+
+    async def start(self, labels: dict[str, str] | None = None, plane=None) -> "Deployment":
+        """``plane``: a started KubeControlPlane of the test's own, else the shared one."""
+        self.plane = plane or await shared_control_plane()
+        await self.plane.apply(AGENT_RBAC)
+        await self.plane.apply(VIEWERS_RBAC)
+        self.agent_kubeconfig = self.path("agent-kubeconfig")
+        self.plane.write_kubeconfig(
+            self.agent_kubeconfig,
+            contexts={"my-cluster": ("teleport-agent", ()), "second-cluster": ("teleport-agent", ())},
+        )
+        token, pin = await self.start_auth_and_proxy()
         label_lines = "".join(f"    {k}: {v}\n" for k, v in (labels or {"env": "prod"}).items())
         self.write(
             "agent.yaml",

@@ -177,6 +177,22 @@ class JoinTests(TestCase):
             self.assertFalse(IdentityFile.exists(identity_dir(self.data_dir)))
         return defer.Deferred.fromCoroutine(go())
 
+    def test_token_from_a_file(self):
+        """token_name may be a path (the Helm chart mounts its Secret there)."""
+        async def go():
+            with self.assertRaises(JoinError) as e:
+                await obtain_identity(reactor, self.config(1, pin=ca_pin(HOST_CA.certificate)), "/nonexistent/token")
+            self.assertIn("token_name: cannot read the token file /nonexistent/token", str(e.exception))
+            stand_in = JoinStandIn()
+            config = self.config(await self.start(stand_in), pin=ca_pin(HOST_CA.certificate))
+            path = os.path.abspath(self.mktemp())
+            with open(path, "w") as f:
+                f.write("secret-token\n")
+            await obtain_identity(reactor, config, path)
+            self.assertEqual(len(stand_in.calls), 1)
+            self.assertEqual(stand_in.calls[0]["token"], "secret-token")
+        return defer.Deferred.fromCoroutine(go())
+
     def test_missing_token(self):
         async def go():
             with self.assertRaises(JoinError):

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 import treq
 from cryptography.hazmat.primitives import serialization
 from treq.client import HTTPClient
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import Agent
 
@@ -125,6 +126,15 @@ async def join(reactor, proxy: Address, token: str, nodename: str, ca_pins=(), h
     raise JoinError("the certificate we were issued is not a kube host certificate of the pinned CA")
 
 
+def _read_token_file(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or "not an ASCII token"
+        raise JoinError(f"teleport.join_params.token_name: cannot read the token file {path}: {reason}") from None
+
+
 async def obtain_identity(reactor, config, token: str = "", http: HTTPClient | None = None) -> IdentityFile:
     """Reuse the saved identity; join (and save) only when there is none."""
     identity = usable_identity(config.data_dir, reactor.seconds())
@@ -132,8 +142,10 @@ async def obtain_identity(reactor, config, token: str = "", http: HTTPClient | N
         return identity
     if config.proxy_server is None:
         raise JoinError("teleport.proxy_server is not set: the Kubernetes service joins through the proxy")
-    identity = await join(reactor, config.proxy_server, token or config.join_token, config.nodename,
-                          config.ca_pins, http)
+    token = token or config.join_token
+    if token.startswith("/"):  # a path, as Teleport allows: the Helm chart mounts its Secret there
+        token = await deferToThreadPool(reactor, reactor.getThreadPool(), _read_token_file, token)
+    identity = await join(reactor, config.proxy_server, token, config.nodename, config.ca_pins, http)
     identity.save(identity_dir(config.data_dir))
     log.info("joined the cluster; host identity saved in {dir}", dir=identity_dir(config.data_dir))
     return identity
