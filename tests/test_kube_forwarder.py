@@ -454,6 +454,7 @@ class ResponseRelayTests(SynchronousTestCase):
                               roles=RoleCache(reactor, FakeRoles().fetch), emit=self.audit.append)
         self.kubectl = forwarder.accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
         self.kubectl.makeConnection(_CountingTransport())
+        self.addCleanup(self.kubectl.connectionLost, None)  # its keep-alive timer goes with it
         self.kubectl.http.receive_data(ForwarderTests.request(b"GET", b"/api/v1/namespaces/default"))
         request = self.kubectl.http.next_event()
         self.kubectl.http.next_event()

@@ -470,6 +470,7 @@ class WatchRelayTests(SynchronousTestCase):
                               roles=RoleCache(reactor, FakeRoles().fetch), emit=self.audit.append)
         self.kubectl = forwarder.accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
         self.kubectl.makeConnection(StringTransport())
+        self.addCleanup(self.kubectl.connectionLost, None)  # its keep-alive timer goes with it
         self.kubectl.http.receive_data(kubectl_request(
             b"GET", b"/api/v1/namespaces/default/configmaps?watch=1", (b"accept", b"application/json")))
         self.request = self.kubectl.http.next_event()

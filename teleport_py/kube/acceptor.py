@@ -19,6 +19,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from teleport_py import events
+from teleport_py.config import ConnectionLimits
 from teleport_py.kube.authorize import AgentServices, CheckerCache, Discovery, KubeCaller, RoleCache
 from teleport_py.kube.connection_watch import ClusterDefaults, SessionLimits, WatchedStream, session_limits
 from teleport_py.kube.context import KubeCluster, StreamContext
@@ -48,10 +49,12 @@ class StreamAcceptor:
         discovery: Discovery | None = None,
         sessions: SessionRecorder | None = None,
         buffers: MemoryBudget | None = None,
+        limits: ConnectionLimits = ConnectionLimits(),
         cluster_defaults: Callable[[], Awaitable[ClusterDefaults]] | None = None,
     ) -> None:
         self.reactor = reactor
         self.buffers = buffers or MemoryBudget()
+        self.limits = limits
         #: With it, each stream ends at its certificate's expiry and when idle
         #: (``connection_watch``), as the roles and these defaults say.
         self.cluster_defaults = cluster_defaults
@@ -81,7 +84,7 @@ class StreamAcceptor:
             raise StreamRejected("unknown application protocol")
         services = self.services
         stream = StreamContext(identity=identity, cluster=cluster, client_addr=str(metadata.get("client_addr", "")),
-                               reactor=self.reactor, emit=services.emit, buffers=self.buffers,
+                               reactor=self.reactor, emit=services.emit, buffers=self.buffers, limits=self.limits,
                                teleport_cluster=services.teleport_cluster)
         protocol = front(KubeCaller(services, stream))
         if isinstance(protocol, KubeHTTP2Connection):

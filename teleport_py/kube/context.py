@@ -16,6 +16,7 @@ import attrs
 
 from teleport_py import events
 from teleport_py.kube.canonical import CanonicalRequest
+from teleport_py.config import ConnectionLimits
 from teleport_py.kube.credentials import ClusterCredentials
 from teleport_py.kube.memory_budget import MemoryBudget
 from teleport_py.pki import UserIdentity
@@ -56,6 +57,9 @@ class StreamContext:
     emit: Callable[[dict], None] = attrs.field(repr=False)
     #: The agent's one budget for bodies held whole (a LIST being filtered).
     buffers: MemoryBudget = attrs.field(repr=False)
+    #: How long kubectl may take to send a request head, and to start the
+    #: next one on a kept-alive HTTP/1.1 connection (``teleport.connection_limits``).
+    limits: ConnectionLimits = ConnectionLimits()
     #: This Teleport cluster's name (the certificate's, when not configured).
     teleport_cluster: str = ""
 

@@ -74,13 +74,22 @@ class KubeConnection(Protocol):
         self._paused_while_authorizing = False
         self._relay: SessionRelay | None = None
         self.closed = False
+        #: Waiting for a request: ``"idle"`` until its first byte, then
+        #: ``"head"`` until the whole head is in (``teleport.connection_limits``).
+        self._timer = None
+        self._timer_kind: str | None = None
 
     # -- Protocol --------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._wait("idle")
 
     def dataReceived(self, data: bytes) -> None:
         if self._relay is not None:
             self._relay.from_client(data)
             return
+        if self._timer_kind == "idle":
+            self._wait("head")
         self.http.receive_data(data)
         if self._authorizing:
             self._read_while_authorizing += len(data)
@@ -92,6 +101,7 @@ class KubeConnection(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.closed = True
+        self._wait(None)
         if self.upstream is not None:
             self.upstream.downstream_lost()
         if self._relay is not None:
@@ -110,6 +120,7 @@ class KubeConnection(Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
+                self._wait(None)
                 request = self.caller.canonical(self, event.method, event.target, _host(event.headers),
                                                 event.headers)
                 if request is None:  # answered 400; its body, if any, is read and dropped
@@ -138,8 +149,36 @@ class KubeConnection(Protocol):
     def _maybe_next_cycle(self) -> None:
         if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE:
             self.http.start_next_cycle()
+            self._wait("idle")
         elif self.http.our_state is h11.MUST_CLOSE:
             self.transport.loseConnection()
+
+    def _wait(self, kind: str | None) -> None:
+        """Time the wait for a request: ``idle`` (``idle_timeout``: then
+        close, as kubectl's own pool would), ``head`` (``read_header_timeout``
+        from its first byte: then a 408), or ``None`` (a request is here)."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer, self._timer_kind = None, kind
+        if kind is None or self.closed:
+            return
+        limits, reactor = self.caller.stream.limits, self.caller.stream.reactor
+        if kind == "idle":
+            self._timer = reactor.callLater(limits.idle_timeout, self._idle)
+        else:
+            self._timer = reactor.callLater(limits.read_header_timeout, self._head_too_slow)
+
+    def _idle(self) -> None:
+        self._timer = self._timer_kind = None
+        self.transport.loseConnection()
+
+    def _head_too_slow(self) -> None:
+        self._timer = self._timer_kind = None
+        seconds = self.caller.stream.limits.read_header_timeout
+        log.info("request head too slow client={client} seconds={seconds}", client=self.caller.client_addr,
+                 seconds=seconds)
+        self.transport.write(KubeStatus(408, f"the request head did not arrive within {seconds:g} s").http11())
+        self.transport.loseConnection()
 
     def _begin(self, request: CanonicalRequest, held: HeldRequest | None = None) -> None:
         self._authorizing = True

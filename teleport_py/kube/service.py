@@ -165,6 +165,7 @@ class KubeService(RoleService):
                 self.reactor, spool.emit, recordings, record_output=self.config.kube.record_exec_output
             ),
             buffers=MemoryBudget(self.config.kube.buffer_memory_limit),
+            limits=self.config.connection_limits,
             cluster_defaults=ClusterDefaultsCache(self.reactor, lambda: self.auth.call("GET", "ping")),
         )
         proxy = self.config.proxy_server

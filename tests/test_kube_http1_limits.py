@@ -1,0 +1,85 @@
+"""The agent's HTTP/1.1 front within ``teleport.connection_limits``: a
+kept-alive kubectl connection with nothing to do is closed after
+``idle_timeout``, and a request head must arrive within
+``read_header_timeout`` of its first byte (else a 408 Status). On a Clock."""
+from __future__ import annotations
+
+import json
+
+from twisted.internet import error
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from teleport_py.config import ConnectionLimits
+from teleport_py.kube.acceptor import StreamAcceptor
+from teleport_py.kube.authorize import RoleCache
+from teleport_py.kube.context import KubeCluster
+from tests.support.kube import FakeRoles, credentials, kubectl_request, role
+from tests.support.pki import NOW, USER_CA, user_cert_pem
+
+LIMITS = ConnectionLimits(read_header_timeout=10.0, idle_timeout=60.0)
+
+
+class KeepAliveAndHeadDeadlineTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+        acceptor = StreamAcceptor(self.clock, clusters={"c1": KubeCluster("c1", {"env": "dev"}, credentials(1))},
+                                  user_cas=[USER_CA.certificate], roles=RoleCache(self.clock, FakeRoles(role()).fetch),
+                                  emit=lambda event: None, limits=LIMITS)
+
+        async def refused(*args, **kwargs):
+            raise error.ConnectionRefusedError()
+
+        class Refusing:
+            acquire = request = staticmethod(refused)
+
+        acceptor.connections.pool = acceptor.connections.h2_pool = lambda cluster: Refusing()
+        self.kubectl = acceptor.accept_stream({"user_cert": user_cert_pem(), "kube_cluster": "c1"})
+        self.transport = StringTransport()
+        self.kubectl.makeConnection(self.transport)
+        self.addCleanup(self.kubectl.connectionLost, Failure(ConnectionDone()))
+
+    def test_a_connection_that_never_asks_is_closed_when_idle(self):
+        self.clock.advance(59)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_a_head_arriving_too_slowly_is_a_408(self):
+        request = kubectl_request(b"GET", b"/api/v1/namespaces/default/pods")
+        started = self.clock.seconds()
+        for byte in range(len(request) - 1):  # progress does not extend the deadline
+            self.kubectl.dataReceived(request[byte:byte + 1])
+            self.clock.advance(9.0 / len(request))
+        self.assertEqual(self.transport.value(), b"")
+        self.clock.advance(started + 10 - self.clock.seconds())
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 408 "))
+        self.assertIn("did not arrive within 10 s", json.loads(body)["message"])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_after_a_response_the_connection_waits_idle_and_the_next_head_has_its_own_deadline(self):
+        self.kubectl.dataReceived(kubectl_request(b"GET", b"/api/v1/namespaces/default/pods"))
+        self.assertIn(b" 502 ", self.transport.value())  # answered (the API server refused)
+        self.clock.advance(30)  # idle, under idle_timeout: no head deadline meanwhile
+        self.assertFalse(self.transport.disconnecting)
+        self.transport.clear()
+        self.kubectl.dataReceived(b"GET /api/v1/namespaces/default/pods HTTP/1.1\r\n")
+        self.clock.advance(9)
+        self.assertEqual(self.transport.value(), b"")
+        self.kubectl.dataReceived(b"host: proxy\r\n\r\n")
+        self.assertIn(b" 502 ", self.transport.value())
+        self.clock.advance(59)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_closed_connection_leaves_no_timer(self):
+        self.kubectl.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.kubectl.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
