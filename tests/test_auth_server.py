@@ -18,23 +18,12 @@ from teleport_py.backend import MemoryBackend
 from teleport_py.pki import HostIdentity, UserIdentity, identity_from_certificate, load_certificate_pem
 from teleport_py.resources import parse_yaml, resource_to_dict
 from tests.support.auth_callers import ADMIN, PROXY, public_pem
+from tests.support.clocks import ShiftedClock
 from tests.support.seed import KUBE_ACCESS_ROLE as KUBE_ACCESS
 
 PASSWORD = "correct horse battery"
 
 
-class ShiftedClock:
-    """The real reactor, with ``seconds()`` movable forward for expiry tests."""
-
-    def __init__(self, real):
-        self._real = real
-        self.offset = 0.0
-
-    def seconds(self):
-        return self._real.seconds() + self.offset
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
 
 
 

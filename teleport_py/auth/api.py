@@ -150,6 +150,11 @@ class AuthAPI(resource.Resource):
             Route(b"PATCH", "users/*", self.update_user, ADMINISTRATORS),
             Route(b"POST", "users/*/reset", self.reset_user, ADMINISTRATORS),
             Route(b"POST", "tokens", self.create_token, ADMINISTRATORS),
+            Route(b"POST", "access_requests", self.create_access_request, frozenset({USER})),
+            Route(b"GET", "access_requests", self.list_access_requests, ADMINISTRATORS),
+            Route(b"GET", "access_requests/*", self.get_access_request, ADMINISTRATORS),
+            Route(b"POST", "access_requests/*/reviews", self.review_access_request, frozenset({USER})),
+            Route(b"PUT", "access_requests/*/state", self.resolve_access_request, ADMINISTRATORS),
             Route(b"POST", "heartbeats/kube", self.heartbeat, frozenset({"kube"})),
             Route(b"GET", "kube_clusters", self.kube_clusters, ADMINISTRATORS),
             Route(b"POST", "events", self.append_events, frozenset({"kube"})),
@@ -321,7 +326,41 @@ class AuthAPI(resource.Resource):
         return await self.auth.user_certificates.reissue(
             self._authenticated(caller), self._str(body, "public_key"),
             self._str(body, "kube_cluster", required=False), self._ttl(body),
+            tuple(self._strings(body, "access_requests")),
         )
+
+    @staticmethod
+    def _strings(body, field: str, limit: int = 32) -> list[str]:
+        value = body.get(field) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise BadParameter(f"{field}: must be a list of strings")
+        if len(value) > limit:
+            raise BadParameter(f"{field}: at most {limit}")
+        return value
+
+    async def create_access_request(self, caller, request, body):
+        return await self.auth.access_requests.create(
+            self._authenticated(caller), self._strings(body, "roles"), self._reason(body))
+
+    async def list_access_requests(self, caller, request, body):
+        return {"items": await self.auth.access_requests.list(self._authenticated(caller))}
+
+    async def get_access_request(self, caller, request, body, request_id):
+        return await self.auth.access_requests.get(self._authenticated(caller), request_id)
+
+    async def review_access_request(self, caller, request, body, request_id):
+        return await self.auth.access_requests.review(
+            self._authenticated(caller), request_id, self._str(body, "state"), self._reason(body))
+
+    async def resolve_access_request(self, caller, request, body, request_id):
+        return await self.auth.access_requests.resolve(
+            self._authenticated(caller), request_id, self._str(body, "state"), self._reason(body))
+
+    def _reason(self, body) -> str:
+        reason = self._str(body, "reason", required=False)
+        if len(reason) > 4096:
+            raise BadParameter("reason: at most 4096 characters")
+        return reason
 
     async def whoami(self, caller, request, body):
         caller = self._authenticated(caller)

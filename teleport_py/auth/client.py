@@ -153,11 +153,29 @@ class AuthClient:
             body["ttl"] = ttl
         return self.call("POST", "login", body)
 
-    def reissue(self, public_key_pem: str, kube_cluster: str = "", ttl: float | None = None):
+    def reissue(self, public_key_pem: str, kube_cluster: str = "", ttl: float | None = None,
+                access_requests: list[str] | tuple[str, ...] = ()):
         body: dict[str, Any] = {"public_key": public_key_pem, "kube_cluster": kube_cluster}
+        if access_requests:
+            body["access_requests"] = list(access_requests)
         if ttl:
             body["ttl"] = ttl
         return self.call("POST", "certs/user", body)
+
+    def create_access_request(self, roles: list[str], reason: str = ""):
+        return self.call("POST", "access_requests", {"roles": roles, "reason": reason})
+
+    async def list_access_requests(self) -> list[dict]:
+        return (await self.call("GET", "access_requests"))["items"]
+
+    def get_access_request(self, request_id: str):
+        return self.call("GET", f"access_requests/{request_id}")
+
+    def review_access_request(self, request_id: str, state: str, reason: str = ""):
+        return self.call("POST", f"access_requests/{request_id}/reviews", {"state": state, "reason": reason})
+
+    def resolve_access_request(self, request_id: str, state: str, reason: str = ""):
+        return self.call("PUT", f"access_requests/{request_id}/state", {"state": state, "reason": reason})
 
     def create_token(self, roles: list[str], ttl: float | None = None):
         body: dict[str, Any] = {"roles": roles}

@@ -15,6 +15,7 @@ Backend layout (values are JSON unless noted), by the service that keeps it::
     /usertokens/<token>            sign-up token {user, expires}        services.signup_tokens
     /tokens/<token>                join token resource (expires)        services.join_tokens
     /kube_servers/<cluster>/<host> heartbeat (expires with its TTL)     services.kube_servers
+    /access_requests/<id>          access_request resource              services.access_requests
     /events/...                    audit log                            audit (AuditLog)
     /recording_meta/...            session recordings' metadata         recordings
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 from teleport_py.auth.audit import AuditLog
 from teleport_py.auth.authorizer import Authorizer
 from teleport_py.auth.ratelimit import LoginLimiter
+from teleport_py.auth.services.access_requests import AccessRequests
 from teleport_py.auth.services.audit_events import AuditEvents
 from teleport_py.auth.services.authorities import CertificateAuthorities
 from teleport_py.auth.services.cluster_status import ClusterStatus
@@ -51,8 +53,10 @@ class AuthServer:
         self.users = Users(reactor, backend, self.authorizer, self.roles, SignupTokens(backend, reactor), self.audit)
         self.kube_servers = KubeServers(reactor, backend, self.authorizer, self.roles, self.users)
         limiter = SharedLoginLimiter(reactor, backend) if shared_backend else LoginLimiter(reactor)
+        self.access_requests = AccessRequests(reactor, backend, self.authorizer, self.roles, self.users, self.audit)
         self.user_certificates = UserCertificates(
-            reactor, self.authorizer, authorities, self.users, self.roles, self.kube_servers, self.audit, limiter)
+            reactor, self.authorizer, authorities, self.users, self.roles, self.kube_servers, self.access_requests,
+            self.audit, limiter)
         self.join_tokens = JoinTokens(reactor, backend, self.authorizer, authorities, self.audit)
         self.resources = Resources(backend, self.authorizer, self.roles, self.users, self.kube_servers, self.audit)
         self.events = AuditEvents(self.authorizer, self.audit)

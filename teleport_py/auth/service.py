@@ -8,12 +8,14 @@ import socket
 from weakref import WeakKeyDictionary
 
 from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.web.server import Site
 
 from teleport_py.auth.api import AuthAPI, BoundedRequest
 from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
+from teleport_py.auth.services.access_requests import EXPIRY_INTERVAL
 from teleport_py.auth.storage import open_backend, recordings_dir
 from teleport_py.config import Config
 from teleport_py.identityfile import IdentityFile
@@ -66,6 +68,9 @@ class AuthService(RoleService):
         # tctl on the auth host finds this identity through the data dir (as
         # Teleport's tctl does); rewritten now and regularly so it never
         # expires while auth runs.
+        expiry = TimerService(EXPIRY_INTERVAL, self.expire_access_requests)
+        expiry.clock, expiry.name = self.reactor, "access request expiry"
+        await self.start_child(expiry)
         refresh = TimerService(ADMIN_IDENTITY_REFRESH, self.write_admin_identity)
         refresh.clock, refresh.name = self.reactor, "admin identity"
         await self.start_child(refresh)
@@ -104,6 +109,13 @@ class AuthService(RoleService):
             "auth service for cluster {cluster} listening on {address}",
             cluster=self.auth.cluster_name, address=str(listen),
         )
+
+    def expire_access_requests(self) -> Deferred:
+        """Write down (and audit) access requests time has expired; a failure
+        is logged and the next round tries again (a TimerService would stop)."""
+        d = Deferred.fromCoroutine(self.auth.access_requests.expire_due())
+        d.addErrback(lambda f: self.log.failure("expiring access requests failed", f))
+        return d
 
     def write_admin_identity(self) -> None:
         key = generate_private_key()

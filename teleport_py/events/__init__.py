@@ -32,6 +32,11 @@ SESSION_START = "session.start"
 SESSION_END = "session.end"
 RESIZE = "resize"
 CLIENT_DISCONNECT = "client.disconnect"
+ACCESS_REQUEST_CREATE = "access_request.create"
+#: ``tctl requests approve|deny``: the state set directly, not by a review.
+ACCESS_REQUEST_UPDATE = "access_request.update"
+ACCESS_REQUEST_REVIEW = "access_request.review"
+ACCESS_REQUEST_EXPIRE = "access_request.expire"
 
 #: Teleport's event codes ("I" = info, "W" = warning/failure).
 CODES = {
@@ -59,6 +64,10 @@ CODES = {
     (SESSION_END, True): "T2004I",
     (RESIZE, True): "T2002I",
     (CLIENT_DISCONNECT, True): "T3006I",
+    (ACCESS_REQUEST_CREATE, True): "T5000I",
+    (ACCESS_REQUEST_UPDATE, True): "T5001I",
+    (ACCESS_REQUEST_REVIEW, True): "T5002I",
+    (ACCESS_REQUEST_EXPIRE, True): "T5005I",
 }
 
 

@@ -43,6 +43,9 @@ TELEPORT_CLUSTER_OID = ObjectIdentifier("1.3.9999.1.7")
 # Ours: Teleport keeps traits as JSON in streetAddress and the node name in SANs.
 TRAITS_OID = ObjectIdentifier("1.3.9999.100.1")
 NODENAME_OID = ObjectIdentifier("1.3.9999.100.2")
+# Ours: the approved access requests a certificate's extra roles come from
+# (one attribute per request id; Teleport keeps them in its own encoding).
+ACCESS_REQUESTS_OID = ObjectIdentifier("1.3.9999.100.3")
 
 # X.509 (and cryptography) cap commonName at 64 bytes of UTF-8.
 _MAX_COMMON_NAME = 64
@@ -132,6 +135,8 @@ class UserIdentity:
     teleport_cluster: str = field(default="", validator=_string)
     kube_users: tuple[str, ...] = field(default=(), converter=_strings, validator=_each_non_empty_string)
     kube_groups: tuple[str, ...] = field(default=(), converter=_strings, validator=_each_non_empty_string)
+    #: Ids of the approved access requests whose roles this certificate carries.
+    access_requests: tuple[str, ...] = field(default=(), converter=_strings, validator=_each_non_empty_string)
     expires: datetime = field(kw_only=True, converter=_utc_seconds)
 
 
@@ -163,6 +168,7 @@ def user_subject(identity: UserIdentity) -> x509.Name:
         pairs.append((KUBE_CLUSTER_OID, identity.kube_cluster))
     if identity.teleport_cluster:
         pairs.append((TELEPORT_CLUSTER_OID, identity.teleport_cluster))
+    pairs += [(ACCESS_REQUESTS_OID, request_id) for request_id in identity.access_requests]
     if identity.traits:
         pairs.append((TRAITS_OID, json.dumps(identity.traits, ensure_ascii=False, separators=(",", ":"))))
     return _name(pairs)
@@ -262,6 +268,7 @@ def _user_identity(attributes: dict[ObjectIdentifier, list[str]], expires: datet
         teleport_cluster=_take_one(attributes, TELEPORT_CLUSTER_OID, ""),
         kube_users=attributes.pop(KUBE_USERS_OID, []),
         kube_groups=attributes.pop(KUBE_GROUPS_OID, []),
+        access_requests=attributes.pop(ACCESS_REQUESTS_OID, []),
         expires=expires,
     )
     _no_leftovers(attributes)

@@ -14,8 +14,16 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
+import attrs
 import yaml
 
+from teleport_py.resources.access_request import (
+    REVIEW_STATES,
+    STATES,
+    AccessRequest,
+    AccessReview,
+    parse_resource_id,
+)
 from teleport_py.resources.duration import format_duration, parse_duration
 from teleport_py.resources.kube_server import KubeServer
 from teleport_py.resources.role import (
@@ -25,7 +33,10 @@ from teleport_py.resources.role import (
     RULE_VERBS,
     V7_CLUSTER_WIDE_KINDS,
     V7_KINDS,
+    AccessRequestConditions,
     KubernetesResource,
+    RequestThreshold,
+    ReviewRequestConditions,
     Role,
     RoleConditions,
     RoleOptions,
@@ -35,7 +46,7 @@ from teleport_py.resources.token import JOIN_METHODS, TOKEN_ROLES, Token
 from teleport_py.resources.traits import parse_template
 from teleport_py.resources.user import User
 
-Resource = Union[Role, User, Token, KubeServer]
+Resource = Union[Role, User, Token, KubeServer, AccessRequest]
 
 __all__ = ["Resource", "ValidationError", "parse_yaml", "resource_from_dict", "resource_to_dict", "to_yaml"]
 
@@ -271,17 +282,24 @@ def _format_timestamp(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _is_regex(value: str, path: str) -> bool:
+    """Whether ``value`` is a ``^regex$``; one that does not compile is refused."""
+    if not (len(value) > 1 and value.startswith("^") and value.endswith("$")):
+        return False
+    try:
+        re.compile(value)
+    except (re.error, RecursionError, OverflowError) as e:
+        raise ValidationError(path, f"invalid regular expression: {e}") from None
+    return True
+
+
 def _pattern(value: str, path: str) -> str:
     """A glob or ``^regex$``, possibly holding one trait template."""
     try:
         parse_template(value)
     except ValueError as e:
         raise ValidationError(path, str(e)) from None
-    if len(value) > 1 and value.startswith("^") and value.endswith("$"):
-        try:
-            re.compile(value)
-        except (re.error, RecursionError, OverflowError) as e:
-            raise ValidationError(path, f"invalid regular expression: {e}") from None
+    _is_regex(value, path)
     return value
 
 
@@ -311,7 +329,16 @@ def _metadata_to_dict(name: str, labels: Mapping[str, str] | None = None, **extr
 
 # -- role -----------------------------------------------------------------------
 
-_CONDITION_FIELDS = ("kubernetes_labels", "kubernetes_groups", "kubernetes_users", "kubernetes_resources", "rules")
+_CONDITION_FIELDS = (
+    "kubernetes_labels", "kubernetes_groups", "kubernetes_users", "kubernetes_resources", "rules", "request",
+    "review_requests",
+)
+_ALLOW_REQUEST_FIELDS = ("roles", "search_as_roles", "thresholds", "max_duration")
+_DENY_REQUEST_FIELDS = ("roles", "search_as_roles")
+_THRESHOLD_FIELDS = ("name", "approve", "deny")
+_ROLE_GLOB = re.compile(r"[A-Za-z0-9*][A-Za-z0-9._@+=:*-]*")
+#: Teleport's cap on how long access granted by a request may last (14 days).
+MAX_ACCESS_DURATION = 14 * 24 * 3600.0
 _KUBE_RESOURCE_FIELDS = ("kind", "api_group", "namespace", "name", "verbs")
 _V7_PLURALS = {plural: kind for kind, (_, plural) in V7_KINDS.items()}
 _V8_NAMESPACED = {(group, plural) for kind, (group, plural) in V7_KINDS.items() if kind not in V7_CLUSTER_WIDE_KINDS}
@@ -423,8 +450,59 @@ def _rule(value: Any, path: str) -> Rule:
     return Rule(resources=resources, verbs=verbs)
 
 
+def _role_pattern(value: str, path: str) -> str:
+    """A role name, a glob of one (``*``, ``dev-*``) or a ``^regex$``."""
+    if _is_regex(value, path):
+        return value
+    if len(value) > _MAX_NAME or not _ROLE_GLOB.fullmatch(value):
+        raise ValidationError(path, "must be a role name, a glob such as dev-* or a ^regex$")
+    return value
+
+
+def _count(value: Any, path: str) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(path, f"must be a whole number of reviews, got {_describe(value)}")
+    if not 1 <= value <= 100:
+        raise ValidationError(path, "must be between 1 and 100")
+    return value
+
+
+def _threshold(value: Any, path: str) -> RequestThreshold:
+    fields = _fields(value, path, _THRESHOLD_FIELDS)
+    return RequestThreshold(
+        name=_string(fields.get("name"), _join(path, "name"), default="default"),
+        approve=_count(fields.get("approve"), _join(path, "approve")),
+        deny=_count(fields.get("deny"), _join(path, "deny")),
+    )
+
+
+def _request_conditions(value: Any, path: str, allow: bool) -> AccessRequestConditions:
+    fields = _fields(value, path, _ALLOW_REQUEST_FIELDS if allow else _DENY_REQUEST_FIELDS)
+    thresholds_path = _join(path, "thresholds")
+    max_duration = _option_duration(fields, "max_duration", path)
+    if max_duration > MAX_ACCESS_DURATION:
+        raise ValidationError(_join(path, "max_duration"), "must be at most 336h (14 days)")
+    return AccessRequestConditions(
+        roles=_strings(fields.get("roles"), _join(path, "roles"), _role_pattern),
+        search_as_roles=_strings(fields.get("search_as_roles"), _join(path, "search_as_roles"), _role_pattern),
+        thresholds=tuple(
+            _threshold(item, _index(thresholds_path, i))
+            for i, item in enumerate(_list(fields.get("thresholds"), thresholds_path))
+        ),
+        max_duration=max_duration,
+    )
+
+
+def _review_conditions(value: Any, path: str) -> ReviewRequestConditions:
+    fields = _fields(value, path, ("roles",))
+    return ReviewRequestConditions(roles=_strings(fields.get("roles"), _join(path, "roles"), _role_pattern))
+
+
 def _conditions(value: Any, path: str, version: str) -> RoleConditions:
     fields = _fields(value, path, _CONDITION_FIELDS)
+    allow = path.endswith("allow")
     resources_path = _join(path, "kubernetes_resources")
     rules_path = _join(path, "rules")
     return RoleConditions(
@@ -436,6 +514,8 @@ def _conditions(value: Any, path: str, version: str) -> RoleConditions:
             for i, item in enumerate(_list(fields.get("kubernetes_resources"), resources_path))
         ),
         rules=tuple(_rule(item, _index(rules_path, i)) for i, item in enumerate(_list(fields.get("rules"), rules_path))),
+        request=_request_conditions(fields.get("request"), _join(path, "request"), allow),
+        review_requests=_review_conditions(fields.get("review_requests"), _join(path, "review_requests")),
     )
 
 
@@ -486,13 +566,7 @@ def _role_from_dict(document: dict, version: str) -> Role:
     spec = _fields(document.get("spec"), "spec", ("allow", "deny", "options"))
     allow = _conditions(spec.get("allow"), "spec.allow", version)
     if allow.kubernetes_labels and not allow.kubernetes_resources:
-        allow = RoleConditions(
-            kubernetes_labels=allow.kubernetes_labels,
-            kubernetes_groups=allow.kubernetes_groups,
-            kubernetes_users=allow.kubernetes_users,
-            kubernetes_resources=(_everything(version),),
-            rules=allow.rules,
-        )
+        allow = attrs.evolve(allow, kubernetes_resources=(_everything(version),))
     return Role(
         name=_name(metadata["name"], "metadata.name"),
         version=version,
@@ -530,6 +604,24 @@ def _conditions_to_dict(conditions: RoleConditions) -> dict:
         fields["kubernetes_resources"] = [_kube_resource_to_dict(r) for r in conditions.kubernetes_resources]
     if conditions.rules:
         fields["rules"] = [{"resources": list(r.resources), "verbs": list(r.verbs)} for r in conditions.rules]
+    request = _request_to_dict(conditions.request)
+    if request:
+        fields["request"] = request
+    if conditions.review_requests.roles:
+        fields["review_requests"] = {"roles": list(conditions.review_requests.roles)}
+    return fields
+
+
+def _request_to_dict(request: AccessRequestConditions) -> dict:
+    fields: dict[str, Any] = {}
+    if request.roles:
+        fields["roles"] = list(request.roles)
+    if request.search_as_roles:
+        fields["search_as_roles"] = list(request.search_as_roles)
+    if request.thresholds:
+        fields["thresholds"] = [{"name": t.name, "approve": t.approve, "deny": t.deny} for t in request.thresholds]
+    if request.max_duration:
+        fields["max_duration"] = format_duration(request.max_duration)
     return fields
 
 
@@ -670,6 +762,108 @@ def _kube_server_to_dict(server: KubeServer) -> dict:
     }
 
 
+# -- access_request -------------------------------------------------------------
+
+_ACCESS_REQUEST_FIELDS = (
+    "user", "roles", "state", "created", "expires", "request_reason", "resolve_reason", "reviews",
+    "requested_resource_ids", "thresholds",
+)
+_MAX_REASON = 4096
+
+
+def _reason(value: Any, path: str) -> str:
+    reason = _string(value, path, default="")
+    if len(reason) > _MAX_REASON:
+        raise ValidationError(path, f"must be at most {_MAX_REASON} characters")
+    return reason
+
+
+def _state(value: Any, path: str, allowed: Sequence[str]) -> str:
+    state = _string(value, path)
+    if state not in allowed:
+        raise ValidationError(path, f"must be one of {', '.join(allowed)}")
+    return state
+
+
+def _review(value: Any, path: str) -> AccessReview:
+    fields = _fields(value, path, ("author", "proposed_state", "reason", "created"), required=("author", "created"))
+    return AccessReview(
+        author=_name(fields["author"], _join(path, "author")),
+        proposed_state=_state(fields.get("proposed_state"), _join(path, "proposed_state"), REVIEW_STATES),
+        reason=_reason(fields.get("reason"), _join(path, "reason")),
+        created=_timestamp(fields["created"], _join(path, "created")),
+    )
+
+
+def _resource_id(value: Any, path: str):
+    fields = _fields(value, path, ("cluster", "kind", "name", "sub_resource"), required=("cluster", "kind", "name"))
+    text = "/".join(["", *(_string(fields.get(k), _join(path, k)) for k in ("cluster", "kind", "name"))])
+    sub_resource = _string(fields.get("sub_resource"), _join(path, "sub_resource"), default="")
+    try:
+        return parse_resource_id(f"{text}/{sub_resource}" if sub_resource else text)
+    except ValueError as e:
+        raise ValidationError(path, str(e)) from None
+
+
+def _access_request_from_dict(document: dict, version: str) -> AccessRequest:
+    metadata = _metadata(document, ("name", "namespace", "expires"))
+    spec = _fields(document.get("spec"), "spec", _ACCESS_REQUEST_FIELDS, required=("user", "state", "created", "expires"))
+    reviews_path, ids_path, thresholds_path = "spec.reviews", "spec.requested_resource_ids", "spec.thresholds"
+    request = AccessRequest(
+        name=_name(metadata["name"], "metadata.name"),
+        user=_name(spec["user"], "spec.user"),
+        state=_state(spec["state"], "spec.state", STATES),
+        created=_timestamp(spec["created"], "spec.created"),
+        expires=_timestamp(metadata.get("expires"), "metadata.expires"),
+        access_expires=_timestamp(spec["expires"], "spec.expires"),
+        roles=_strings(spec.get("roles"), "spec.roles", lambda v, p: _name(v, p)),
+        resource_ids=tuple(
+            _resource_id(item, _index(ids_path, i)) for i, item in enumerate(_list(spec.get("requested_resource_ids"), ids_path))
+        ),
+        request_reason=_reason(spec.get("request_reason"), "spec.request_reason"),
+        resolve_reason=_reason(spec.get("resolve_reason"), "spec.resolve_reason"),
+        reviews=tuple(_review(item, _index(reviews_path, i)) for i, item in enumerate(_list(spec.get("reviews"), reviews_path))),
+        thresholds=tuple(
+            _threshold(item, _index(thresholds_path, i)) for i, item in enumerate(_list(spec.get("thresholds"), thresholds_path))
+        ),
+    )
+    if not request.roles and not request.resource_ids:
+        raise ValidationError("spec.roles", "a request names roles or requested_resource_ids")
+    return request
+
+
+def _access_request_to_dict(request: AccessRequest) -> dict:
+    spec: dict[str, Any] = {
+        "user": request.user,
+        "state": request.state,
+        "created": _format_timestamp(request.created),
+        "expires": _format_timestamp(request.access_expires),
+        "roles": list(request.roles),
+    }
+    if request.resource_ids:
+        spec["requested_resource_ids"] = [
+            {"cluster": r.cluster, "kind": r.kind, "name": r.name, **({"sub_resource": r.sub_resource} if r.sub_resource else {})}
+            for r in request.resource_ids
+        ]
+    if request.request_reason:
+        spec["request_reason"] = request.request_reason
+    if request.resolve_reason:
+        spec["resolve_reason"] = request.resolve_reason
+    if request.reviews:
+        spec["reviews"] = [
+            {"author": r.author, "proposed_state": r.proposed_state, "reason": r.reason, "created": _format_timestamp(r.created)}
+            for r in request.reviews
+        ]
+    if request.thresholds:
+        spec["thresholds"] = [{"name": t.name, "approve": t.approve, "deny": t.deny} for t in request.thresholds]
+    return {
+        "kind": "access_request",
+        "version": "v3",
+        "metadata": _metadata_to_dict(request.name, expires=_format_timestamp(request.expires)),
+        "spec": spec,
+    }
+
+
 # -- dispatch -------------------------------------------------------------------
 
 _PARSERS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], Resource]]] = {
@@ -677,12 +871,14 @@ _PARSERS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], Resource]]] = {
     "user": (("v2",), _user_from_dict),
     "token": (("v2",), _token_from_dict),
     "kube_server": (("v3",), _kube_server_from_dict),
+    "access_request": (("v3",), _access_request_from_dict),
 }
 _DUMPERS: dict[type, Callable[[Any], dict]] = {
     Role: _role_to_dict,
     User: _user_to_dict,
     Token: _token_to_dict,
     KubeServer: _kube_server_to_dict,
+    AccessRequest: _access_request_to_dict,
 }
 
 

@@ -116,6 +116,40 @@ class Rule:
 
 
 @attrs.frozen
+class RequestThreshold:
+    """How many reviews settle an access request (Teleport's
+    ``thresholds`` entry): ``approve`` approvals approve it, ``deny``
+    denials deny it. A role that names none needs one of each."""
+
+    name: str = "default"
+    approve: int = 1
+    deny: int = 1
+
+
+@attrs.frozen
+class AccessRequestConditions:
+    """``allow.request`` / ``deny.request``: which roles a user may ask for
+    (``roles``), which roles' view ``tsh request search`` may use to find
+    resources to ask for (``search_as_roles``), and, under ``allow`` only,
+    how many reviews settle a request and how long the granted access may
+    last (seconds; 0 = until the requester's certificate expires).
+    Role names may be globs (``*``) or ``^regex$``."""
+
+    roles: tuple[str, ...] = ()
+    search_as_roles: tuple[str, ...] = ()
+    thresholds: tuple[RequestThreshold, ...] = ()
+    max_duration: float = 0.0
+
+
+@attrs.frozen
+class ReviewRequestConditions:
+    """``allow.review_requests`` / ``deny.review_requests``: requests for
+    which roles a user may review (globs or ``^regex$``)."""
+
+    roles: tuple[str, ...] = ()
+
+
+@attrs.frozen
 class RoleConditions:
     """The ``allow`` or ``deny`` half of a role spec.
 
@@ -129,6 +163,8 @@ class RoleConditions:
     kubernetes_users: tuple[str, ...] = ()
     kubernetes_resources: tuple[KubernetesResource, ...] = ()
     rules: tuple[Rule, ...] = ()
+    request: AccessRequestConditions = AccessRequestConditions()
+    review_requests: ReviewRequestConditions = ReviewRequestConditions()
 
 
 @attrs.frozen

@@ -33,7 +33,10 @@ KINDS = tuple(PREFIXES)
 
 
 def _kind_of(resource) -> str:
-    return {Role: "role", User: "user", Token: "token", KubeServer: "kube_server"}[type(resource)]
+    kind = {Role: "role", User: "user", Token: "token", KubeServer: "kube_server"}.get(type(resource))
+    if kind is None:
+        raise BadParameter(f"{type(resource).__name__} resources cannot be created with tctl create")
+    return kind
 
 
 def _key(kind: str, name: str) -> str:

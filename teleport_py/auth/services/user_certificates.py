@@ -18,6 +18,7 @@ from teleport_py.auth.authorizer import Authorizer
 from teleport_py.auth.errors import AccessDenied, BadParameter, LimitExceeded, NotFound
 from teleport_py.auth.password_hashing import verify_password
 from teleport_py.auth.ratelimit import LoginLimiter, Throttled
+from teleport_py.auth.services.access_requests import AccessRequests
 from teleport_py.auth.services.authorities import CertificateAuthorities
 from teleport_py.auth.services.common import Identity, load_public_key, utc_now
 from teleport_py.auth.services.kube_servers import KubeServers
@@ -39,6 +40,7 @@ class UserCertificates:
     _users: Users
     _roles: Roles
     _kube_servers: KubeServers
+    _access_requests: AccessRequests
     _audit: AuditLog
     #: Shared by every login this Auth process answers (a LoginLimiter), or
     #: by every Auth server on a shared backend (a SharedLoginLimiter).
@@ -95,20 +97,36 @@ class UserCertificates:
             limit=throttled.limit, key=throttled.key, until=events.rfc3339(throttled.until),
         )
 
-    async def reissue(self, caller: Identity, public_key_pem: str, kube_cluster: str, ttl: float | None):
+    async def reissue(
+        self, caller: Identity, public_key_pem: str, kube_cluster: str, ttl: float | None,
+        access_requests: tuple[str, ...] = (),
+    ):
         """A new certificate for the calling user, e.g. routed to another kube
-        cluster. It never outlives the certificate that asked for it."""
+        cluster. It never outlives the certificate that asked for it.
+
+        With ``access_requests`` (ids of the user's approved requests) it also
+        carries their roles and ends when the first of them ends; without,
+        it carries the user's own roles only (``tsh login`` drops elevation)."""
         if not isinstance(caller, UserIdentity):
             raise AccessDenied("only users can reissue their certificates")
         user = await self._users.get(caller.username)
+        requests = await self._access_requests.approved(user.name, sorted(set(access_requests)))
+        not_after = min([caller.expires, *(r.access_expires for r in requests)])
+        extra = tuple(role for r in requests for role in r.roles if role not in user.roles)
+        roles = tuple(dict.fromkeys(user.roles + extra))
         if kube_cluster:
-            await self._kube_servers.check_access(user, kube_cluster)
-        return await self._issue(user, public_key_pem, ttl, kube_cluster, not_after=caller.expires)
+            await self._kube_servers.check_access(attr.evolve(user, roles=roles), kube_cluster)
+        return await self._issue(
+            user, public_key_pem, ttl, kube_cluster, not_after=not_after, roles=roles,
+            request_ids=tuple(r.name for r in requests),
+        )
 
     async def _issue(
-        self, user: User, public_key_pem: str, ttl: float | None, kube_cluster: str, not_after: datetime | None = None
+        self, user: User, public_key_pem: str, ttl: float | None, kube_cluster: str, not_after: datetime | None = None,
+        roles: tuple[str, ...] | None = None, request_ids: tuple[str, ...] = (),
     ) -> dict[str, Any]:
-        roles = await self._roles.get_many(user.roles)
+        role_names = tuple(user.roles) if roles is None else roles
+        roles = await self._roles.get_many(role_names)
         cap = min([r.options.max_session_ttl for r in roles] or [DEFAULT_USER_CERT_TTL])
         ttl = min(ttl or DEFAULT_USER_CERT_TTL, cap)
         if ttl <= 0:
@@ -120,7 +138,8 @@ class UserCertificates:
         authorities = self._authorities
         identity = UserIdentity(
             username=user.name,
-            roles=tuple(user.roles),
+            roles=role_names,
+            access_requests=request_ids,
             traits=tuple(sorted((k, tuple(v)) for k, v in user.traits.items())),
             kube_cluster=kube_cluster,
             teleport_cluster=authorities.cluster_name,
@@ -129,12 +148,14 @@ class UserCertificates:
         cert = authorities.user_ca.issue_user_certificate(load_public_key(public_key_pem), identity, now)
         await self._audit.emit(
             events.CERT_CREATE, user=user.name, cert_type="user", kube_cluster=kube_cluster or None,
-            expires=identity.expires.isoformat(),
+            expires=identity.expires.isoformat(), access_requests=list(request_ids) or None,
         )
         return {
             "cert": certificate_pem(cert).decode(),
             "cas": authorities.cas_pem(),
             "cluster_name": authorities.cluster_name,
             "username": user.name,
+            "roles": list(role_names),
+            "access_requests": list(request_ids),
             "expires": identity.expires.isoformat(),
         }
