@@ -12,12 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
 from teleport_py.backend import DELETE, PUT
-from teleport_py.backend.etcd import EtcdBackend, decode_value, encode_value, EnvelopeError
-from teleport_py.backend.etcd_gateway import Gateway
+from teleport_py.backend.etcd import WATCH_LAG_LIMIT, EnvelopeError, EtcdBackend, decode_value, encode_value
+from teleport_py.backend.etcd_gateway import EtcdError, Gateway
 from teleport_py.backend.etcd_watch import WatchDecoder, WatchStreamError
 from tests.support.backend import ClockedReactor, async_test
 from tests.support.etcd import EtcdServer, shared_etcd, unique_prefix
@@ -138,6 +138,34 @@ class ResumeTests(TestCase):
         self.assertNotEqual(self.events[2].item.revision, added.revision)
         later = await self.watcher.put("/c", b"5")
         self.assertEqual(self.events[-1].item, later)
+
+
+class LaggingWatchTests(TestCase):
+    @async_test
+    async def test_a_write_whose_event_is_late_fails_and_the_watch_reopens(self):
+        server = await shared_etcd()
+        clock = Clock()
+        backend = await EtcdBackend.open(ClockedReactor(clock), [server.url], unique_prefix())
+        self.addCleanup(backend.close)
+        events = []
+        backend.watch("/", events.append)
+        # The watch connection stops being read, as a half-open one would.
+        await wait_until(lambda: backend._store.watch._stream is not None, 10)
+        backend._store.watch._stream.transport.pauseProducing()
+        writing = backend.put("/a", b"1")
+        while not writing.called:
+            clock.advance(WATCH_LAG_LIMIT)
+            await deferLater(reactor, 0.05)
+        with self.assertRaises(EtcdError):
+            await writing
+        self.assertEqual(events, [])
+        # Reopened after its retry delay, it delivers the write's event once.
+        while not events:
+            clock.advance(5)
+            await deferLater(reactor, 0.05)
+        later = await backend.put("/b", b"2")
+        self.assertEqual([(event.type, event.item.key) for event in events], [(PUT, "/a"), (PUT, "/b")])
+        self.assertEqual(events[1].item, later)
 
 
 class TLSTests(TestCase):

@@ -28,7 +28,7 @@ import struct
 from typing import Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -48,6 +48,8 @@ LEASE_BUCKET = 60.0
 #: Create/update/CAS/delete read, then write if nothing changed meanwhile;
 #: after this many lost races in a row the call fails.
 MAX_RACES = 32
+#: How long a write waits for its own event on the watch.
+WATCH_LAG_LIMIT = 30.0
 #: Pages of a range read when a ``limit`` asks for fewer live items.
 RANGE_PAGE = 1000
 _LEASE_NOT_FOUND = 5  # gRPC NotFound: "etcdserver: requested lease not found"
@@ -255,8 +257,20 @@ class _EtcdStore:
         raise AssertionError("unreachable")
 
     async def _written(self, etcd_revision: int) -> None:
-        """Wait until the watch delivered this write's events."""
-        await self.watch.reached(etcd_revision)
+        """Wait until the watch delivered this write's events. A watch that
+        lags past WATCH_LAG_LIMIT (a half-open connection to a vanished peer
+        looks like that) fails this call and is reopened."""
+        waiting = self.watch.reached(etcd_revision)
+        timer = self._reactor.callLater(WATCH_LAG_LIMIT, waiting.cancel)
+        try:
+            await waiting
+        except CancelledError:
+            self.watch.reopen()
+            raise EtcdError(4, f"write applied at etcd revision {etcd_revision}, but its event did not arrive "
+                               f"within {WATCH_LAG_LIMIT:.0f} s; reopening the watch") from None
+        finally:
+            if timer.active():
+                timer.cancel()
 
     def _compare_mod(self, key: str, mod_revision: int) -> dict:
         return {"target": "MOD", "result": "EQUAL", "key": _b64(self._key(key)), "mod_revision": str(mod_revision)}

@@ -192,8 +192,8 @@ class Stream(Protocol):
         if not self.ended.called:
             self.ended.errback(reason)
 
-    def abort(self) -> None:
+    def abort(self, reason: Exception | None = None) -> None:
         if not self.ended.called:
-            self.ended.errback(CancelledError("stream aborted"))
+            self.ended.errback(reason or CancelledError("stream aborted"))
         if self.transport is not None:
             self.transport.stopProducing()

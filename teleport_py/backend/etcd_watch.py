@@ -236,6 +236,11 @@ class ResumingWatch:
             self._stream = None
         return progressed
 
+    def reopen(self) -> None:
+        """Drop the current stream (it resumes after the usual retry delay)."""
+        if self._stream is not None:
+            self._stream.abort(WatchStreamError("reopened: a write's event was late"))
+
     def stop(self) -> None:
         self._stopped = True
         if self._current is not None:
