@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import Deployment, coroutine_test
-from tests.support.kubeenv import kubectl_binaries
+from tests.support.kubeenv import group_cluster_role, kubectl_binaries
 from tests.support.seed import DEV_NAMESPACE_ACCESS_ROLE
 
 #: ``dev-team`` may do everything with pods, secrets and the test CRDs,
@@ -180,3 +180,92 @@ class RBACEndToEndTests(TestCase):
         await d.tsh("kube", "login", "my-cluster")
         # Exit 0: the API server now sees dev-team, the trait reached Impersonate-Group.
         await d.kubectl("get", "pods", "-n", "development")
+
+
+#: The API server lets ``creators`` create and read what the four kubectl
+#: create commands make: only the Teleport role below narrows it.
+CREATORS_RBAC = group_cluster_role("teleport-test-creators", "creators", [
+    {"apiGroups": ["", "apps"], "resources": ["configmaps", "secrets", "namespaces", "deployments"],
+     "verbs": ["create", "get", "list"]},
+])
+
+CREATORS_ROLE = """\
+kind: role
+version: v8
+metadata:
+  name: creators
+spec:
+  allow:
+    kubernetes_labels:
+      env: development
+    kubernetes_groups: [creators]
+    kubernetes_resources:
+      - {kind: configmaps, api_group: '', namespace: development, name: '*', verbs: [create]}
+      - {kind: secrets, api_group: '', namespace: development, name: 'app-*', verbs: [create]}
+      - {kind: namespaces, api_group: '', namespace: '*', name: 'team-*', verbs: [create]}
+      - {kind: deployments, api_group: apps, namespace: development, name: '*', verbs: [create]}
+  deny:
+    kubernetes_resources:
+      - {kind: configmaps, api_group: '', namespace: development, name: 'locked-*', verbs: ['*']}
+"""
+
+
+class ProtobufCreateTests(TestCase):
+    """``kubectl create configmap|secret generic|namespace|deployment`` send
+    protobuf bodies (application/vnd.kubernetes.protobuf): the agent reads
+    the object's name from them and allows or refuses by role, with both
+    kubectl builds."""
+
+    timeout = 900
+
+    @coroutine_test
+    async def test_creates_allowed_and_refused_by_role(self):
+        d = await Deployment(self, self.mktemp()).start(labels={"env": "development"})
+        await d.plane.apply(DEV_TEAM_RBAC + "---\n" + CREATORS_RBAC)
+        await d.tctl("create", "-f", d.write("creators.yaml", CREATORS_ROLE))
+        await d.add_user("maker", "creators")
+        await d.login("maker")
+        await d.wait_for_clusters({"my-cluster"})
+        await d.tsh("kube", "login", "my-cluster")
+        suffix = str(abs(hash(d.dir)) % 100000)
+        for index, binary in enumerate(kubectl_binaries()):
+            tag = f"{suffix}-{index}"
+            allowed = [
+                (("configmap", f"cm-{tag}", "-n", "development", "--from-literal=k=v"), ("configmap", "development")),
+                (("secret", "generic", f"app-{tag}", "-n", "development", "--from-literal=k=v"),
+                 ("secret", "development")),
+                (("namespace", f"team-{tag}"), ("namespace", None)),
+                (("deployment", f"web-{tag}", "-n", "development", "--image=stand-in"), ("deployment", "development")),
+            ]
+            refused = [
+                (("configmap", f"cm-{tag}", "-n", "default", "--from-literal=k=v"), ("configmap", "default"),
+                 'configmaps "cm-'),
+                # Only the name, read from the protobuf body, makes these differ from the allowed ones.
+                (("configmap", f"locked-{tag}", "-n", "development", "--from-literal=k=v"),
+                 ("configmap", "development"), f'configmaps "locked-{tag}" is forbidden'),
+                (("secret", "generic", f"db-{tag}", "-n", "development", "--from-literal=k=v"),
+                 ("secret", "development"), f'secrets "db-{tag}" is forbidden'),
+                (("namespace", f"prod-{tag}"), ("namespace", None), f'namespaces "prod-{tag}" is forbidden'),
+                (("deployment", f"web-{tag}", "-n", "default", "--image=stand-in"), ("deployment", "default"),
+                 "deployments"),
+            ]
+            for args, (kind, namespace) in allowed:
+                await d.kubectl("create", *args, binary=binary)
+                self.assertTrue(await self.exists(d, kind, args, namespace), args)
+            for args, (kind, namespace), message in refused:
+                result = await d.kubectl("create", *args, binary=binary, expect=1)
+                self.assertIn(message, result.err)
+                self.assertIn("teleport role", result.err)
+                self.assertFalse(await self.exists(d, kind, args, namespace), args)
+
+        events = [e for e in await d.events("kube.request") if e.get("user") == "maker" and e.get("verb") == "create"]
+        locked = [e for e in events if (e.get("resource_name") or "").startswith("locked-")]
+        self.assertEqual({e.get("response_code") for e in locked}, {403})
+        self.assertTrue(any(e.get("resource_name", "").startswith("team-") and e.get("response_code") == 201
+                            for e in events), events)
+
+    async def exists(self, d: Deployment, kind: str, args: tuple, namespace: str | None) -> bool:
+        name = args[2] if args[0] == "secret" else args[1]
+        where = ("-n", namespace) if namespace else ()
+        result = await d.plane.kubectl("get", kind, name, *where, "-o", "name")
+        return result.code == 0

@@ -19,6 +19,7 @@ from teleport_py.kube.memory_budget import LIST_BYTE_COST, MemoryBudget
 from teleport_py.rbac import RequestInfo
 from teleport_py.resources.role import KubernetesResource, Role, RoleConditions
 from tests.support.kube import AgentHarness, FakeRoles, credentials
+from tests.support.kube_protobuf import delimited, envelope, object_meta
 from tests.support.pki import user_cert_pem
 
 
@@ -297,6 +298,9 @@ class RBACForwardingTests(AgentHarness, TestCase):
         return defer.Deferred.fromCoroutine(go())
 
     def test_create_is_authorized_on_the_name_in_its_body(self):
+        def pod(meta: bytes) -> bytes:
+            return envelope(delimited(1, meta), kind="Pod")
+
         async def go():
             json_type = (b"content-type", b"application/json")
             web = json.dumps({"kind": "Pod", "metadata": {"name": "web-3"}}).encode()
@@ -305,11 +309,21 @@ class RBACForwardingTests(AgentHarness, TestCase):
             self.assertEqual(response.status_code, 200)
             self.assertEqual(self.recorder.requests[0][3], web)
             self.assertEqual(self.audit[-1]["resource_name"], "web-3")
+            # kubectl create sends protobuf (kube/protobuf_meta.py reads it)
+            protobuf_type = (b"content-type", b"application/vnd.kubernetes.protobuf")
+            _, response, _ = await self.ask(b"POST", b"/api/v1/namespaces/development/pods", protobuf_type,
+                                            roles=("web-only",), body=pod(object_meta(name="web-4")))
+            self.assertEqual(response.status_code, 200)
+            self.assertEqual(self.audit[-1]["resource_name"], "web-4")
             refused = [
                 (json_type, json.dumps({"kind": "Pod", "metadata": {"name": "db-3"}}).encode()),
                 (json_type, json.dumps({"kind": "Pod", "metadata": {"generateName": "web-"}}).encode()),
                 (json_type, b'{"kind":"Pod","metadata":{"name":"web-4"'),
                 ((b"content-type", b"application/yaml"), b"metadata: {name: web-5}\n"),
+                (protobuf_type, pod(object_meta(name="db-3"))),
+                # a second runtime.Unknown.raw: the last one is the object, as in the API server
+                (protobuf_type, pod(object_meta(name="web-3")) + delimited(2, delimited(1, object_meta(name="db-3")))),
+                (protobuf_type, pod(object_meta(name="web-3"))[:-2]),  # truncated
             ]
             for content_type, body in refused:
                 client = await self.connect(user_cert=user_cert_pem(roles=("web-only",)))
@@ -318,7 +332,7 @@ class RBACForwardingTests(AgentHarness, TestCase):
                 response, answer = await self.response(client)
                 self.assertEqual(response.status_code, 403, body)
                 self.assertEqual(json.loads(answer)["kind"], "Status")
-            self.assertEqual(len(self.recorder.requests), 1)
+            self.assertEqual(len(self.recorder.requests), 2)
         return defer.Deferred.fromCoroutine(go())
 
     def test_create_body_beyond_the_limit_is_413_and_connection_survives(self):

@@ -13,8 +13,9 @@ wire and these calls.
 
 Roles may grant only part of a collection (pods in one namespace), so the
 decision says when list and watch responses must be filtered item by item
-(``teleport_py.rbac.filters``). A ``create`` body is read first (bounded) so
-that rules restricting names apply to the object's ``metadata.name``.
+(``teleport_py.rbac.filters``). A ``create`` body is read first (bounded,
+JSON or Kubernetes protobuf) so that rules restricting names apply to the
+object's ``metadata.name``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from twisted.web.http_headers import Headers
 
 from teleport_py.kube.canonical import BadRequestTarget, CanonicalRequest, canonical_request
 from teleport_py.kube.context import Decision, KubeCluster, RequestContext, StreamContext
+from teleport_py.kube.create_body import CreateBodyError, object_meta
 from teleport_py.kube.credentials import ClusterCredentials, ClusterTLSPolicy, CredentialsError
 from teleport_py.kube.interfaces import Downstream
 from teleport_py.kube.memory_budget import Claim, OverBudget, TooLarge
@@ -361,22 +363,13 @@ class KubeCaller:
 
 def name_from_body(request: CanonicalRequest, body: bytes, info: RequestInfo) -> str:
     """``metadata.name`` of the object a create sends (``""`` with only
-    ``generateName``). A body we cannot read the way the API server will is
-    refused: guessing ``""`` would slip past deny rules on names."""
-    content_type = request.header(b"content-type") or b""
-    if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
-        raise _denied("teleport can only authorize create requests with a JSON body",
-                      f"create body of type {content_type.decode('latin-1')!r}", info)
+    ``generateName``), from a JSON or protobuf body (kube/create_body.py).
+    A body we cannot read the way the API server will is refused: guessing
+    ``""`` would slip past deny rules on names."""
     try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        raise _denied("teleport could not read the object's name: malformed JSON body",
-                      "malformed create body", info) from None
-    metadata = obj.get("metadata", {}) if isinstance(obj, dict) else None
-    name = metadata.get("name", "") if isinstance(metadata, dict) else None
-    if not isinstance(name, str):
-        raise _denied("teleport could not read the object's name from the body", "malformed create body", info)
-    return name
+        return object_meta(request.header(b"content-type") or b"", body, info.namespace).name
+    except CreateBodyError as e:
+        raise _denied(e.message, e.reason, info) from None
 
 
 def _denied(message: str, reason: str, info) -> AccessDenied:

@@ -81,6 +81,7 @@ class StreamContext:
             resource_kind=getattr(info, "resource", None),
             resource_namespace=getattr(info, "namespace", None),
             resource_name=getattr(info, "name", None),
+            resource_subresource=getattr(info, "subresource", None),
             kubernetes_users=[decision.user] if decision else [],
             kubernetes_groups=list(decision.groups) if decision else [],
             addr_remote=self.client_addr,

@@ -417,3 +417,15 @@ def create_running_pod(plane, name, namespace, node, containers=("app",)):
     }}
     yield plane.kubectl("patch", "pod", name, "-n", namespace, "--subresource=status", "--type=merge",
                         "-p", yaml.safe_dump(status)).addCallback(_checked)
+
+
+def group_cluster_role(name, group, rules):
+    """YAML for a ClusterRole of ``rules`` (dicts as in the API) bound to ``group``."""
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+            "rules": rules}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
+    }
+    return yaml.safe_dump_all([role, binding], sort_keys=False)
