@@ -20,6 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
+from teleport_py.config import parse_config
 from tests.e2e import VIEWERS_RBAC, Deployment, coroutine_test, tool
 from tests.support import helm as helmsupport
 from tests.support.kubeenv import shared_control_plane
@@ -58,9 +59,13 @@ class ChartRenderTests(TestCase):
         objects = self.objects()
         self.assertEqual(sorted(objects), ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Secret",
                                            "ServiceAccount", "StatefulSet"])  # no PDB for one replica
-        config = yaml.safe_load(objects["ConfigMap"]["data"]["teleport.yaml"])
+        text = objects["ConfigMap"]["data"]["teleport.yaml"]
+        parsed = parse_config(text, "the chart's teleport.yaml")  # the agent accepts it
+        self.assertEqual((parsed.kube.kube_cluster_name, parsed.diag_addr.port), ("my-cluster", 3000))
+        config = yaml.safe_load(text)
         self.assertEqual(config["kubernetes_service"], {"enabled": True, "kube_cluster_name": "my-cluster",
-                                                        "record_exec_output": True, "labels": {"env": "prod"}})
+                                                        "record_exec_output": True, "buffer_memory_limit": "512Mi",
+                                                        "labels": {"env": "prod"}})
         self.assertEqual(config["teleport"]["join_params"]["token_name"], "/etc/teleport-secrets/auth-token")
         self.assertEqual(objects["Secret"]["stringData"], {"auth-token": "join-token"})
         pod = objects["StatefulSet"]["spec"]["template"]["spec"]

@@ -62,6 +62,7 @@ kubernetes_service:
   enabled: true
   kube_cluster_name: {{ .Values.kubeClusterName | quote }}
   record_exec_output: {{ .Values.recordExecOutput }}
+  buffer_memory_limit: {{ .Values.bufferMemoryLimit | quote }}
   {{- with .Values.labels }}
   labels:
     {{- range $k, $v := . }}
