@@ -55,7 +55,7 @@ class LoginLimiterTests(SynchronousTestCase):
         self.assertTrue(all(r is not None and r.limit == "client_network" and r.key == "192.0.2.7" for r in results[20:]))
         self.assertEqual([r.first for r in results[20:]], [True, False, False, False, False])
         self.assertIsNone(self.limiter.attempt("user", "192.0.2.8:1"), "another address has its own budget")
-        self.clock.advance(self.limiter.network_window)
+        self.clock.advance(self.limiter.rules.network_window)
         self.assertIsNone(self.limiter.attempt("user", "192.0.2.7:2"))
 
     def test_one_ipv6_slash_64_shares_a_budget(self):
@@ -66,19 +66,19 @@ class LoginLimiterTests(SynchronousTestCase):
         self.assertIsNone(self.limiter.attempt("u", "[2001:db8:0:2::1]:443"))
 
     def test_user_lockout_is_kept(self):
-        for i in range(self.limiter.max_failures):
+        for i in range(self.limiter.rules.max_failures):
             self.assertIsNone(self.limiter.attempt("alice", f"192.0.2.{i}:1"))
             self.limiter.failed("alice")
         refused = self.limiter.attempt("alice", "198.51.100.1:1")
         self.assertEqual((refused.limit, refused.key, refused.first), ("user", "alice", True))
         self.assertFalse(self.limiter.attempt("alice", "198.51.100.2:1").first)
-        self.clock.advance(self.limiter.lockout)
+        self.clock.advance(self.limiter.rules.lockout)
         self.assertIsNone(self.limiter.attempt("alice", "198.51.100.3:1"))
 
     def test_a_new_episode_is_reported_again(self):
         for _ in range(21):
             self.limiter.attempt("u", "192.0.2.7:1")
-        self.clock.advance(self.limiter.network_window)
+        self.clock.advance(self.limiter.rules.network_window)
         for _ in range(20):
             self.assertIsNone(self.limiter.attempt("u", "192.0.2.7:1"))
         self.assertTrue(self.limiter.attempt("u", "192.0.2.7:1").first)
@@ -88,9 +88,9 @@ class LoginLimiterTests(SynchronousTestCase):
             self.limiter.attempt(f"user{i}", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:1")
             self.limiter.failed(f"user{i}")
             self.clock.advance(1.0)
-        horizon = max(self.limiter.failure_window, self.limiter.network_window)
+        horizon = max(self.limiter.rules.failure_window, self.limiter.rules.network_window)
         self.assertLessEqual(len(self.limiter._failures), horizon + PRUNE_EVERY)
-        self.assertLessEqual(len(self.limiter._attempts), self.limiter.network_window + PRUNE_EVERY)
+        self.assertLessEqual(len(self.limiter._attempts), self.limiter.rules.network_window + PRUNE_EVERY)
 
 
 class ThrottledLoginAuditTests(TestCase):

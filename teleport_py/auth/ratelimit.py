@@ -61,23 +61,25 @@ class Throttled:
     first: bool
 
 
+@attr.s(frozen=True, auto_attribs=True)
+class LoginRules:
+    """``max_failures`` within ``failure_window`` seconds lock a user name for
+    ``lockout`` seconds; one client network may try ``attempts_per_network``
+    times per ``network_window`` seconds."""
+
+    max_failures: int = 5
+    failure_window: float = 600.0
+    lockout: float = 1200.0
+    attempts_per_network: int = 20
+    network_window: float = 60.0
+
+
 class LoginLimiter:
-    def __init__(
-        self,
-        clock,
-        *,
-        max_failures: int = 5,
-        failure_window: float = 600.0,
-        lockout: float = 1200.0,
-        attempts_per_network: int = 20,
-        network_window: float = 60.0,
-    ):
+    """``LoginRules`` with their state in this process's memory."""
+
+    def __init__(self, clock, rules: LoginRules = LoginRules()):
         self._clock = clock
-        self.max_failures = max_failures
-        self.failure_window = failure_window
-        self.lockout = lockout
-        self.attempts_per_network = attempts_per_network
-        self.network_window = network_window
+        self.rules = rules
         self._failures: dict[str, deque[float]] = {}
         self._locked_until: dict[str, float] = {}
         self._attempts: dict[str, deque[float]] = {}
@@ -99,9 +101,9 @@ class LoginLimiter:
             self.prune()
         network = client_network(address)
         attempts = self._attempts.setdefault(network, deque())
-        self._trim(attempts, now - self.network_window)
-        if len(attempts) >= self.attempts_per_network:
-            return self._refuse("client_network", network, attempts[0] + self.network_window, now)
+        self._trim(attempts, now - self.rules.network_window)
+        if len(attempts) >= self.rules.attempts_per_network:
+            return self._refuse("client_network", network, attempts[0] + self.rules.network_window, now)
         attempts.append(now)
         until = self._locked_until.get(username)
         if until is not None:
@@ -120,10 +122,10 @@ class LoginLimiter:
     def failed(self, username: str) -> None:
         now = self._clock.seconds()
         failures = self._failures.setdefault(username, deque())
-        self._trim(failures, now - self.failure_window)
+        self._trim(failures, now - self.rules.failure_window)
         failures.append(now)
-        if len(failures) >= self.max_failures:
-            self._locked_until[username] = now + self.lockout
+        if len(failures) >= self.rules.max_failures:
+            self._locked_until[username] = now + self.rules.lockout
             failures.clear()
 
     def succeeded(self, username: str) -> None:
@@ -133,7 +135,7 @@ class LoginLimiter:
         """Forget stale entries so memory stays bounded under a spray attack."""
         now = self._clock.seconds()
         self._since_prune = 0
-        for table, horizon in ((self._failures, now - self.failure_window), (self._attempts, now - self.network_window)):
+        for table, horizon in ((self._failures, now - self.rules.failure_window), (self._attempts, now - self.rules.network_window)):
             for key in [k for k, times in table.items() if not times or times[-1] <= horizon]:
                 del table[key]
         for table in (self._locked_until, self._episodes):

@@ -3,7 +3,7 @@ servers that share one (etcd): a user locked out through one is locked out
 through all, and a client network's attempts are counted across all.
 
 Each attempt is a key with an ``expires`` (its window), so the backend's TTL
-forgets them and nothing grows without bound: at most ``attempts_per_network``
+forgets them and nothing grows without bound: at most ``LoginRules.attempts_per_network``
 attempt keys per network and ``max_failures`` failure keys per user are live.
 An attempt costs a range read, a put and a get. Servers checking at the same
 moment may each let the last allowed attempt through, so a network may get
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from teleport_py.auth.ratelimit import Throttled, client_network
+from teleport_py.auth.ratelimit import LoginRules, Throttled, client_network
 
 PREFIX = "/login_limits/"
 
@@ -25,24 +25,12 @@ def _name(text: str) -> str:
 
 
 class SharedLoginLimiter:
-    def __init__(
-        self,
-        clock,
-        backend,
-        *,
-        max_failures: int = 5,
-        failure_window: float = 600.0,
-        lockout: float = 1200.0,
-        attempts_per_network: int = 20,
-        network_window: float = 60.0,
-    ):
+    """``LoginRules`` with their state in a backend other Auth servers share."""
+
+    def __init__(self, clock, backend, rules: LoginRules = LoginRules()):
         self._clock = clock
         self._backend = backend
-        self.max_failures = max_failures
-        self.failure_window = failure_window
-        self.lockout = lockout
-        self.attempts_per_network = attempts_per_network
-        self.network_window = network_window
+        self.rules = rules
 
     def _unique(self, now: float) -> str:
         # Time first, so keys sort by age; the random part keeps two
@@ -53,10 +41,10 @@ class SharedLoginLimiter:
         now = self._clock.seconds()
         network = client_network(address)
         attempts = f"{PREFIX}attempts/{_name(network)}/"
-        recent = await self._backend.get_range(attempts, limit=self.attempts_per_network)
-        if len(recent) >= self.attempts_per_network:
+        recent = await self._backend.get_range(attempts, limit=self.rules.attempts_per_network)
+        if len(recent) >= self.rules.attempts_per_network:
             return await self._refuse("client_network", network, min(item.expires for item in recent))
-        await self._backend.put(attempts + self._unique(now), b"", expires=now + self.network_window)
+        await self._backend.put(attempts + self._unique(now), b"", expires=now + self.rules.network_window)
         locked = await self._backend.get(f"{PREFIX}lockouts/{_name(username)}")
         if locked is not None:
             return await self._refuse("user", username, locked.expires)
@@ -70,9 +58,9 @@ class SharedLoginLimiter:
     async def failed(self, username: str) -> None:
         now = self._clock.seconds()
         failures = f"{PREFIX}failures/{_name(username)}/"
-        await self._backend.put(failures + self._unique(now), b"", expires=now + self.failure_window)
-        if len(await self._backend.get_range(failures, limit=self.max_failures)) >= self.max_failures:
-            await self._backend.put(f"{PREFIX}lockouts/{_name(username)}", b"", expires=now + self.lockout)
+        await self._backend.put(failures + self._unique(now), b"", expires=now + self.rules.failure_window)
+        if len(await self._backend.get_range(failures, limit=self.rules.max_failures)) >= self.rules.max_failures:
+            await self._backend.put(f"{PREFIX}lockouts/{_name(username)}", b"", expires=now + self.rules.lockout)
             await self._backend.delete_range(failures)
 
     async def succeeded(self, username: str) -> None:

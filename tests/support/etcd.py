@@ -18,7 +18,7 @@ from teleport_py.backend.etcd_gateway import EtcdTLS
 from teleport_py.pki import certificate_pem, private_key_pem
 from tests.support.kubeenv import kube_tool
 from tests.support.pki import authority, host_cert
-from tests.support.procs import ManagedProcess, SharedResult, default_reactor, free_port
+from tests.support.procs import ManagedProcess, default_reactor, free_port, shared_service
 
 ETCD_READY_TIMEOUT = 30.0
 _counter = itertools.count()
@@ -103,17 +103,8 @@ class EtcdServer:
         return self.process.kill9()
 
 
-_shared: dict = {}
-
-
 def shared_etcd(reactor=None, tls: bool = False):
     """The run's etcd for this reactor and TLS mode; fires with the started EtcdServer."""
     reactor = default_reactor(reactor)
-    key = (reactor, tls)
-    if key not in _shared:
-        server = EtcdServer(reactor, tempfile.mkdtemp(prefix="teleport_py_etcd."), tls=tls)
-        started = SharedResult()
-        _shared[key] = started
-        reactor.addSystemEventTrigger("before", "shutdown", server.stop)
-        server.start().addBoth(started.fire)
-    return _shared[key].wait()
+    return shared_service(reactor, ("etcd", tls), lambda: EtcdServer(
+        reactor, tempfile.mkdtemp(prefix="teleport_py_etcd."), tls=tls))

@@ -29,12 +29,12 @@ from tests.support.procs import (
     CommandTimeout,
     ManagedProcess,
     Result,
-    SharedResult,
     default_reactor,
     free_port,
     require_tool,
     run,
     running_under_ci,
+    shared_service,
 )
 
 log = Logger()
@@ -356,9 +356,6 @@ class KubeControlPlane:
         return self.kubectl("apply", "-f", "-", stdin=data).addCallback(check)
 
 
-_shared = {}
-
-
 def shared_control_plane(reactor=None, audit_policy=None):
     """
     One control plane per reactor (and audit policy) for the whole trial run,
@@ -366,14 +363,8 @@ def shared_control_plane(reactor=None, audit_policy=None):
     started instance (or the start-up failure, for every caller).
     """
     reactor = default_reactor(reactor)
-    key = (reactor, audit_policy)
-    if key not in _shared:
-        plane = KubeControlPlane(reactor, tempfile.mkdtemp(prefix="teleport_py_kube."), audit_policy=audit_policy)
-        started = SharedResult()
-        _shared[key] = started
-        reactor.addSystemEventTrigger("before", "shutdown", plane.stop)
-        plane.start().addBoth(started.fire)
-    return _shared[key].wait()
+    return shared_service(reactor, ("kube control plane", audit_policy), lambda: KubeControlPlane(
+        reactor, tempfile.mkdtemp(prefix="teleport_py_kube."), audit_policy=audit_policy))
 
 
 def _checked(result):

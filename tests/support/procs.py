@@ -310,6 +310,25 @@ class ManagedProcess:
         return self.exited
 
 
+_shared_services: dict = {}
+
+
+def shared_service(reactor, key, make):
+    """One service per reactor and ``key`` for the whole trial run: ``make()``
+    builds it (with ``start()`` firing when ready and ``stop()``), started on
+    first use and stopped at reactor shutdown; fires with what ``start()``
+    fired with (or its failure, for every caller)."""
+    reactor = default_reactor(reactor)
+    key = (reactor, key)
+    if key not in _shared_services:
+        service = make()
+        started = SharedResult()
+        _shared_services[key] = started
+        reactor.addSystemEventTrigger("before", "shutdown", service.stop)
+        service.start().addBoth(started.fire)
+    return _shared_services[key].wait()
+
+
 @attr.frozen
 class Result:
     """What a finished short command produced."""
@@ -396,5 +415,6 @@ __all__ = [
     "WaitTimeout",
     "run",
     "running_under_ci",
+    "shared_service",
     "wait_until",
 ]
