@@ -233,6 +233,7 @@ class HelmInstallTests(TestCase):
         await deployment.login_with_kube_access()
         await deployment.wait_for_clusters({"my-cluster"})
         await deployment.tsh("kube", "login", "my-cluster")
+        await deployment.kubectl("-n", NAMESPACE, "get", "pods")  # the seed's check; no kubelet, so no pods
         namespaces = await deployment.kubectl("get", "namespaces", "-o", "name")
         self.assertIn("namespace/teleport-agent", namespaces.out)
 
@@ -245,15 +246,20 @@ class HelmInstallTests(TestCase):
         allowed = await self.plane.kubectl("--kubeconfig=/dev/null", *direct, "-n", NAMESPACE, "get", "pods")
         self.assertEqual(allowed.code, 0, allowed.err)
 
-        # helm upgrade with a new value: the rendered config changes, the
-        # pod template's checksum with it (a rollout in a real cluster).
+        # helm upgrade with new values: the rendered config changes, the
+        # pod template's checksum with it (a rollout in a real cluster), and
+        # a second replica brings a PodDisruptionBudget.
         before = sts["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-        upgraded = await self.helm("upgrade", chart, RELEASE, {**values, "labels": {"env": "staging"}})
+        upgraded = await self.helm("upgrade", chart, RELEASE,
+                                   {**values, "labels": {"env": "staging"}, "replicaCount": 2})
         self.assertEqual(upgraded["revision"], 2)
+        pdb = await self.kubectl_json("-n", NAMESPACE, "get", "poddisruptionbudget", RELEASE)
+        self.assertEqual(pdb["spec"]["minAvailable"], 1)  # policy/v1beta1 on this 1.20 API server
         config_map = await self.kubectl_json("-n", NAMESPACE, "get", "configmap", RELEASE)
         self.assertEqual(yaml.safe_load(config_map["data"]["teleport.yaml"])["kubernetes_service"]["labels"],
                          {"env": "staging"})
         sts = await self.kubectl_json("-n", NAMESPACE, "get", "statefulset", RELEASE)
+        self.assertEqual(sts["spec"]["replicas"], 2)
         self.assertNotEqual(sts["spec"]["template"]["metadata"]["annotations"]["checksum/config"], before)
 
         # helm uninstall leaves nothing of the release behind.
