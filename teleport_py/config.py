@@ -28,6 +28,12 @@ DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
 #: a kubectl request takes well under one).
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 MAX_SHUTDOWN_TIMEOUT = 3600.0
+#: ``auth_service.host_cert_ttl``: a year, as Teleport's host certificates.
+#: Short values are for tests of renewal; the floor leaves room for a renewal
+#: round trip and its retries before the old certificate expires.
+DEFAULT_HOST_CERT_TTL = 365 * 24 * 3600.0
+MIN_HOST_CERT_TTL = 10.0
+MAX_HOST_CERT_TTL = 10 * DEFAULT_HOST_CERT_TTL
 
 
 class ConfigError(ValueError):
@@ -123,6 +129,10 @@ class AuthConfig:
     #: Cluster defaults for kube connections (roles may only tighten them).
     client_idle_timeout: float = 0.0
     disconnect_expired_cert: bool = True
+    #: ``auth_service.host_cert_ttl``: how long the host certificates Auth
+    #: issues (at join and renewal) are valid; services renew theirs at about
+    #: two thirds of it (teleport_py/renewal.py).
+    host_cert_ttl: float = DEFAULT_HOST_CERT_TTL
 
 
 @attrs.frozen
@@ -278,6 +288,17 @@ def _idle_timeout(value: Any, path: str) -> float:
     return seconds
 
 
+def _host_cert_ttl(value: Any) -> float:
+    path = "auth_service.host_cert_ttl"
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(path, f"{e}; write a duration such as 8760h") from None
+    if not MIN_HOST_CERT_TTL <= seconds <= MAX_HOST_CERT_TTL:
+        raise ConfigError(path, f"must be between {MIN_HOST_CERT_TTL:.0f}s and {MAX_HOST_CERT_TTL / 3600:.0f}h")
+    return seconds
+
+
 _SIZE_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
 
 
@@ -391,7 +412,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
     auth = proxy = kube = None
     a = _mapping(doc.get("auth_service"), "auth_service")
     _check_keys(a, "auth_service", ("enabled", "listen_addr", "cluster_name", "authentication",
-                                    "client_idle_timeout", "disconnect_expired_cert"))
+                                    "client_idle_timeout", "disconnect_expired_cert", "host_cert_ttl"))
     if _enabled(a, "auth_service", True):
         authn = _mapping(a.get("authentication"), "auth_service.authentication")
         _check_keys(authn, "auth_service.authentication", ("type", "second_factor"))
@@ -408,6 +429,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
             cluster_name=_string(a.get("cluster_name", ""), "auth_service.cluster_name"),
             client_idle_timeout=_idle_timeout(a.get("client_idle_timeout", "never"), "auth_service.client_idle_timeout"),
             disconnect_expired_cert=_flag(a, "disconnect_expired_cert", "auth_service", True),
+            host_cert_ttl=_host_cert_ttl(a.get("host_cert_ttl", "8760h")),
         )
 
     p = _mapping(doc.get("proxy_service"), "proxy_service")

@@ -24,8 +24,8 @@ from twisted.web import resource, server
 from teleport_py.auth.errors import AccessDenied, AuthError, BadParameter
 from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
-from teleport_py.auth.services.common import validated
-from teleport_py.pki import HostIdentity, IdentityError, UserIdentity, identity_from_certificate
+from teleport_py.auth.services.common import load_public_key, validated
+from teleport_py.pki import HostIdentity, IdentityError, UserIdentity, certificate_pem, identity_from_certificate
 
 MAX_BODY = 1 << 20
 USER_CERT_HEADER = b"teleport-user-certificate"
@@ -140,6 +140,7 @@ class AuthAPI(resource.Resource):
             Route(b"POST", "signup", self.signup, frozenset({"proxy", "admin"})),
             Route(b"GET", "signup/*", self.signup_user, frozenset({"proxy"})),
             Route(b"POST", "certs/user", self.reissue, frozenset({USER})),
+            Route(b"POST", "certs/host", self.renew_host, frozenset({"proxy", "kube"})),
             Route(b"GET", "whoami", self.whoami, AUTHENTICATED),
             Route(b"GET", "status", self.status, ADMINISTRATORS),
             Route(b"POST", "resources", self.upsert, ADMINISTRATORS),
@@ -361,6 +362,17 @@ class AuthAPI(resource.Resource):
         if len(reason) > 4096:
             raise BadParameter("reason: at most 4096 characters")
         return reason
+
+    async def renew_host(self, caller, request, body):
+        """A proxy or agent renews its host certificate before it expires: the
+        identity and names come from the certificate it connected with (this
+        route admits only a directly presented host certificate), only the key
+        is new."""
+        public_key = load_public_key(self._str(body, "public_key"))
+        cert = self.auth.authorities.renew_host_identity(_peer_certificate(request), caller, public_key)
+        self.log.info("renewed the host certificate of {role} {host_id} until {expires}",
+                      role=caller.system_role, host_id=caller.host_id, expires=cert.not_valid_after_utc.isoformat())
+        return {"cert": certificate_pem(cert).decode(), "cas": self.auth.authorities.cas_pem()}
 
     async def whoami(self, caller, request, body):
         caller = self._authenticated(caller)

@@ -191,6 +191,10 @@ class AuthClient:
              "nodename": nodename, "dns_names": list(dns_names)},
         )
 
+    def renew_host_certificate(self, public_key_pem: str):
+        """A new host certificate for our own identity (``cert`` and ``cas``, PEM)."""
+        return self.call("POST", "certs/host", {"public_key": public_key_pem})
+
     def heartbeat_kube(self, resource: dict):
         return self.call("POST", "heartbeats/kube", {"resource": resource})
 

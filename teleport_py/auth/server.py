@@ -27,6 +27,7 @@ from teleport_py.auth.ratelimit import LoginLimiter
 from teleport_py.auth.services.access_requests import AccessRequests
 from teleport_py.auth.services.audit_events import AuditEvents
 from teleport_py.auth.services.authorities import CertificateAuthorities
+from teleport_py.config import DEFAULT_HOST_CERT_TTL
 from teleport_py.auth.services.cluster_status import ClusterStatus
 from teleport_py.auth.services.join_tokens import JoinTokens
 from teleport_py.auth.services.kube_servers import KubeServers
@@ -63,10 +64,11 @@ class AuthServer:
         self.status = ClusterStatus(self.authorizer, authorities, self.users, self.roles, self.kube_servers)
 
     @classmethod
-    async def initialize(cls, reactor, backend, cluster_name: str, *, shared_backend: bool = False) -> "AuthServer":
+    async def initialize(cls, reactor, backend, cluster_name: str, *, shared_backend: bool = False,
+                         host_cert_ttl: float = DEFAULT_HOST_CERT_TTL) -> "AuthServer":
         """Load the cluster's CAs (creating them on first start) and write the
         built-in roles that are not there yet."""
-        authorities = await CertificateAuthorities.load_or_create(reactor, backend, cluster_name)
+        authorities = await CertificateAuthorities.load_or_create(reactor, backend, cluster_name, host_cert_ttl)
         server = cls(reactor, backend, authorities, shared_backend=shared_backend)
         await server.roles.install_builtin()
         return server

@@ -64,7 +64,8 @@ class AuthService(RoleService):
         backend = await open_backend(self.reactor, self.config.storage, data_dir)
         await self.start_child(Step("backend", stop=backend.close))
         self.auth = await AuthServer.initialize(
-            self.reactor, backend, self.config.cluster_name, shared_backend=self.config.storage.type == "etcd")
+            self.reactor, backend, self.config.cluster_name, shared_backend=self.config.storage.type == "etcd",
+            host_cert_ttl=self.config.auth.host_cert_ttl)
         # tctl on the auth host finds this identity through the data dir (as
         # Teleport's tctl does); rewritten now and regularly so it never
         # expires while auth runs.

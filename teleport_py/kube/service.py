@@ -5,6 +5,7 @@ import os
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from teleport_py.auth.client import AuthClient
@@ -29,6 +30,7 @@ from teleport_py.kube.heartbeat import Heartbeat
 from teleport_py.kube.join import identity_dir, obtain_identity
 from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.kube.tunnel_client import TunnelClient, proxy_endpoint
+from teleport_py.renewal import HostCertRenewal
 from teleport_py.lifecycle import Drainable, RoleService, StartError, Step, wait_until
 from teleport_py.pki import identity_from_certificate
 from teleport_py.quiet import QuietHTTPConnectionPool
@@ -129,6 +131,7 @@ class KubeService(RoleService):
         self.tunnel: TunnelClient | None = None
         self.auth: AuthClient | None = None
         self.streams: StreamAcceptor | None = None
+        self.renewal: HostCertRenewal | None = None
 
     async def compose(self) -> None:
         clusters = load_clusters(self.config)  # fail before joining if we could serve nothing
@@ -170,9 +173,10 @@ class KubeService(RoleService):
         )
         proxy = self.config.proxy_server
         heartbeat: Heartbeat | None = None
+        to_proxy = proxy_endpoint(self.reactor, proxy.connect_host(), proxy.port, identity)
         self.tunnel = TunnelClient(
             self.reactor,
-            proxy_endpoint(self.reactor, proxy.connect_host(), proxy.port, identity),
+            to_proxy,
             clusters=[{"name": c.name, "labels": dict(c.labels)} for c in clusters.values()],
             accept_stream=lambda kind, metadata: serving.accept_stream(kind, metadata),
             on_up=lambda: heartbeat.beat_now(),
@@ -180,7 +184,22 @@ class KubeService(RoleService):
         serving = Serving(self.reactor, self.streams, self.tunnel)
         readiness.tunnel_up = lambda: self.tunnel.up
         auth_pool = QuietHTTPConnectionPool(self.reactor, persistent=True)
-        self.auth = AuthClient.over_endpoints(self.reactor, self.tunnel.auth_endpoint_factory(identity), auth_pool)
+        to_auth = self.tunnel.auth_endpoint_factory(identity)
+        self.auth = AuthClient.over_endpoints(self.reactor, to_auth, auth_pool)
+
+        def renewed(new_identity) -> None:
+            """New connections (a redialled tunnel, Auth connections) present
+            the renewed certificate; the open tunnel keeps its connection."""
+            to_proxy.use(new_identity)
+            to_auth.use(new_identity)
+            auth_pool.closeCachedConnections()
+
+        self.renewal = HostCertRenewal(
+            self.reactor, identity, request=lambda public_key: self.auth.renew_host_certificate(public_key),
+            save=lambda new_identity: deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), new_identity.save, identity_dir(self.config.data_dir)),
+            on_renewed=renewed,
+        )
         heartbeat = Heartbeat(
             self.reactor, self.auth.heartbeat_kube, [(c.name, c.labels) for c in clusters.values()],
             host.host_id, host.nodename,
@@ -192,6 +211,7 @@ class KubeService(RoleService):
         await self.start_child(Step("recording spool", start=recordings.upload_soon, stop=recordings.stop))
         await self.start_child(serving)
         await self.start_child(Step("heartbeat", start=heartbeat.start, stop=heartbeat.stop))
+        await self.start_child(self.renewal)
         self.log.info("kubernetes service {host} serving clusters={clusters} via proxy {proxy}",
                       host=host.host_id, clusters=sorted(clusters), proxy=str(proxy))
 

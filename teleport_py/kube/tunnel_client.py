@@ -30,16 +30,31 @@ log = Logger()
 PROXY_TUNNEL_NAME = "reversetunnel.teleport.cluster.local"
 
 
-def proxy_endpoint(reactor, host: str, port: int, identity: IdentityFile) -> IStreamClientEndpoint:
-    """Mutual TLS to the proxy's public port, ALPN-marked as a reverse tunnel."""
-    tls = client_tls_options(
-        PROXY_TUNNEL_NAME,
-        trusted_cas=identity.host_cas,
-        certificate=identity.certificate,
-        private_key=identity.private_key,
-        alpn=[TUNNEL_ALPN],
-    )
-    return wrapClientTLS(tls, HostnameEndpoint(reactor, host, port))
+@implementer(IStreamClientEndpoint)
+class ProxyEndpoint:
+    """Mutual TLS to the proxy's public port, ALPN-marked as a reverse tunnel,
+    presenting ``identity``; a renewed one (``use``) is presented from the
+    next connection on, the current tunnel keeps the one it began with."""
+
+    def __init__(self, reactor, host: str, port: int, identity: IdentityFile) -> None:
+        self._tcp = HostnameEndpoint(reactor, host, port)
+        self.use(identity)
+
+    def use(self, identity: IdentityFile) -> None:
+        self._tls = client_tls_options(
+            PROXY_TUNNEL_NAME,
+            trusted_cas=identity.host_cas,
+            certificate=identity.certificate,
+            private_key=identity.private_key,
+            alpn=[TUNNEL_ALPN],
+        )
+
+    def connect(self, factory):
+        return wrapClientTLS(self._tls, self._tcp).connect(factory)
+
+
+def proxy_endpoint(reactor, host: str, port: int, identity: IdentityFile) -> ProxyEndpoint:
+    return ProxyEndpoint(reactor, host, port, identity)
 
 
 class _Announce(Protocol):
@@ -160,6 +175,10 @@ class AuthOverTunnel:
 
     def __init__(self, client: TunnelClient, identity: IdentityFile) -> None:
         self._client = client
+        self.use(identity)
+
+    def use(self, identity: IdentityFile) -> None:
+        """Present this (renewed) identity on connections made from now on."""
         self._tls = client_tls_options(
             AUTH_SERVER_NAME,
             trusted_cas=identity.host_cas,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from OpenSSL.SSL import VERIFY_FAIL_IF_NO_PEER_CERT, VERIFY_PEER
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet import ssl
@@ -47,6 +47,14 @@ def _twisted_certificate(cert: x509.Certificate) -> ssl.Certificate:
 
 def _twisted_private_certificate(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> ssl.PrivateCertificate:
     return ssl.PrivateCertificate.loadPEM(certificate_pem(cert) + private_key_pem(key))
+
+
+def use_certificate(context: SSL.Context, certificate: x509.Certificate, private_key) -> None:
+    """Present this certificate on connections made from ``context`` from now
+    on (a renewed host certificate); connections already made keep theirs."""
+    context.use_certificate(crypto.X509.from_cryptography(certificate))
+    context.use_privatekey(crypto.PKey.from_cryptography_key(private_key))
+    context.check_privatekey()
 
 
 def server_tls_options(

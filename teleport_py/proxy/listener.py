@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from teleport_py.alpn import H2_ALPN, HTTP11_ALPN, TUNNEL_ALPN
 from teleport_py.limits import Build
+from teleport_py.pki.tls import use_certificate
 
 KUBE_SNI_PREFIX = b"kube-teleport-proxy-alpn."
 #: The web API under the proxy's cluster certificate (host CA) instead of the
@@ -82,6 +83,13 @@ class ProxyConnectionCreator:
             # Agents dial their tunnel under this very name too: ALPN still wins.
             creator.cluster_web.set_alpn_select_callback(creator._web_alpn)
         return creator
+
+    def use_host_certificate(self, certificate, private_key, *, web: bool) -> None:
+        """A renewed host certificate for new connections on every route
+        (``web`` too unless browsers get a configured certificate there)."""
+        for context in (self.kube, self.tunnel, self.cluster_web, self.web if web else None):
+            if context is not None:
+                use_certificate(context, certificate, private_key)
 
     def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
         connection = SSL.Connection(self.web, None)

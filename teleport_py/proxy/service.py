@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from treq.client import HTTPClient
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent
@@ -43,6 +44,7 @@ from teleport_py.proxy.kube import KubeRouter
 from teleport_py.limits import LimitedTLSFactory, limit_http
 from teleport_py.proxy.listener import ProxyConnectionCreator, Route, dispatch
 from teleport_py.quiet import QuietHTTPConnectionPool, factory_for
+from teleport_py.renewal import HostCertRenewal
 from teleport_py.proxy.registry import AgentRegistry, AnnounceError, parse_announcement
 from teleport_py.proxy.webapi import WebAPI, WebSite
 from teleport_py.tunnel import Splice, StreamRejected, TunnelProtocol
@@ -142,6 +144,7 @@ class ProxyService(RoleService):
         #: Browsers' sessions of the web UI (they end when the proxy stops).
         self.web_sessions = WebSessions(reactor)
         self.identity: IdentityFile | None = None
+        self.renewal: HostCertRenewal | None = None
         #: Each routed connection (the TLS protocol) -> (route, its protocol).
         self._routes: WeakKeyDictionary = WeakKeyDictionary()
 
@@ -163,6 +166,9 @@ class ProxyService(RoleService):
         agent = Agent(self.reactor, contextFactory=policy, pool=pool)
         self.auth_client = AuthClient(HTTPClient(agent), f"https://{auth_address}")
         creator = self._connection_creator()
+        renewal = HostCertRenewal(
+            self.reactor, identity, request=lambda public_key: self.auth_client.renew_host_certificate(public_key),
+            save=self._save_identity, on_renewed=lambda renewed: self._use_identity(renewed, creator, policy, pool))
         kube = KubeRouter(self.registry, identity.user_cas[0])
         auth_endpoint = HostnameEndpoint(self.reactor, auth_address.host, auth_address.port)
         tunnels = AgentTunnels(self.reactor, self.registry, identity.host_cas[0], auth_endpoint)
@@ -193,10 +199,29 @@ class ProxyService(RoleService):
             setting="proxy_service.web_listen_addr", address=str(listen),
             finish=self._finish, waited_for=self._is_client,
         ))
+        self.renewal = await self.start_child(renewal)
         log.info(
             "proxy for cluster {cluster} listening on {address} host_id={host_id}",
             cluster=host.teleport_cluster, address=str(listen), host_id=host.host_id,
         )
+
+    def _save_identity(self, identity: IdentityFile):
+        """A joined proxy keeps its renewed identity on disk (off the reactor
+        thread); the all-in-one's is issued afresh on every start."""
+        if self.local_auth is not None:
+            return None
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                 identity.save, identity_dir(self.config.data_dir))
+
+    def _use_identity(self, identity: IdentityFile, creator: ProxyConnectionCreator, policy: ClusterTLSPolicy,
+                      pool) -> None:
+        """New connections (kubectl's, agents' tunnels, to Auth) get the renewed
+        certificate; open ones keep theirs."""
+        self.identity = identity
+        creator.use_host_certificate(identity.certificate, identity.private_key,
+                                     web=not self.config.proxy.https_keypairs)
+        policy.certificate, policy.private_key = identity.certificate, identity.private_key
+        pool.closeCachedConnections()
 
     def _finish(self, connection) -> None:
         route, protocol = self._routes.get(connection, (None, None))

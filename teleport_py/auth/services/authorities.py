@@ -9,23 +9,32 @@ from datetime import timedelta
 from cryptography.hazmat.primitives import hashes
 from twisted.logger import Logger
 
-from teleport_py.auth.services.common import to_json, utc_now
-from teleport_py.pki import CertAuthority, HostIdentity, ca_pin, certificate_pem
+from cryptography import x509
 
-HOST_CERT_TTL = 365 * 24 * 3600.0
+from teleport_py.auth.services.common import to_json, utc_now
+from teleport_py.config import DEFAULT_HOST_CERT_TTL
+from teleport_py.pki import PROXY_SERVER_NAMES, CertAuthority, HostIdentity, ca_pin, certificate_pem
+
+#: Names under this suffix identify cluster services; only a proxy's
+#: certificate may carry the proxy's (join_tokens filters them at join).
+RESERVED_DNS_SUFFIX = "teleport.cluster.local"
 
 
 class CertificateAuthorities:
     log = Logger()
 
-    def __init__(self, clock, cluster_name: str, user_ca: CertAuthority, host_ca: CertAuthority):
+    def __init__(self, clock, cluster_name: str, user_ca: CertAuthority, host_ca: CertAuthority,
+                 host_cert_ttl: float = DEFAULT_HOST_CERT_TTL):
         self._clock = clock
+        #: How long host certificates issued from now on are valid.
+        self.host_cert_ttl = host_cert_ttl
         self.cluster_name = cluster_name
         self.user_ca = user_ca
         self.host_ca = host_ca
 
     @classmethod
-    async def load_or_create(cls, clock, backend, cluster_name: str) -> "CertificateAuthorities":
+    async def load_or_create(cls, clock, backend, cluster_name: str,
+                             host_cert_ttl: float = DEFAULT_HOST_CERT_TTL) -> "CertificateAuthorities":
         """Load the cluster's CAs, creating them on first start.
 
         ``create`` makes the first writer win, so two auth processes racing on
@@ -51,7 +60,7 @@ class CertificateAuthorities:
                     f"the data directory belongs to cluster {doc['cluster_name']!r}, not {cluster_name!r}"
                 )
             cas[kind] = CertAuthority.from_pem(kind, cluster_name, doc["cert"].encode(), doc["key"].encode())
-        return cls(clock, cluster_name, cas["user"], cas["host"])
+        return cls(clock, cluster_name, cas["user"], cas["host"], host_cert_ttl)
 
     def cas_pem(self) -> dict[str, list[str]]:
         """The CA certificates (public), as every issued identity carries them."""
@@ -82,8 +91,25 @@ class CertificateAuthorities:
             public_key,
             identity,
             now,
-            now + timedelta(seconds=HOST_CERT_TTL),
+            now + timedelta(seconds=self.host_cert_ttl),
             dns_names=tuple(dns_names),
             ip_addresses=tuple(ips),
         )
+
+    def renew_host_identity(self, current: x509.Certificate, identity: HostIdentity, public_key):
+        """A fresh certificate for a service that proved (over TLS, with
+        ``current``, verified against the host CA) it is ``identity``: the same
+        identity and names, a new key and validity period. Names under the
+        cluster's reserved suffix are kept only as a proxy's own names."""
+        try:
+            san = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = x509.SubjectAlternativeName([])
+        own_name = f"{identity.host_id}.{identity.teleport_cluster}"
+        allowed = PROXY_SERVER_NAMES if identity.system_role == "proxy" else ()
+        dns_names = [n for n in san.get_values_for_type(x509.DNSName) if n != own_name
+                     and (not n.lower().rstrip(".").endswith(RESERVED_DNS_SUFFIX) or n in allowed)]
+        return self.issue_host_identity(
+            public_key, identity.host_id, identity.nodename, identity.system_role, dns_names,
+            san.get_values_for_type(x509.IPAddress))
 

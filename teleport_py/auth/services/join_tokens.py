@@ -15,7 +15,7 @@ from teleport_py import events
 from teleport_py.auth.audit import AuditLog
 from teleport_py.auth.authorizer import Authorizer
 from teleport_py.auth.errors import AccessDenied, BadParameter
-from teleport_py.auth.services.authorities import CertificateAuthorities
+from teleport_py.auth.services.authorities import RESERVED_DNS_SUFFIX, CertificateAuthorities
 from teleport_py.auth.services.common import Identity, load_public_key, to_json, utc_now
 from teleport_py.pki import PROXY_SERVER_NAMES, certificate_pem
 from teleport_py.resources import Token, resource_from_dict, resource_to_dict
@@ -24,7 +24,6 @@ PREFIX = "/tokens/"
 DEFAULT_JOIN_TOKEN_TTL = 30 * 60.0
 #: ``tctl tokens add --type=`` and the join call's ``role``, to the token's role names.
 JOIN_ROLES = {"kube": "Kube", "proxy": "Proxy"}
-RESERVED_DNS_SUFFIX = "teleport.cluster.local"
 
 
 def token_hint(token: str) -> str:
