@@ -483,6 +483,9 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
 
     if no_file:
         kube = None
+    if diag_addr is not None and kube is None:
+        raise ConfigError("teleport.diag_addr", "only the Kubernetes service serves /healthz and /readyz; "
+                                                "enable kubernetes_service or remove diag_addr")
     if auth is not None and proxy is not None and _same_socket(auth.listen_addr, proxy.web_listen_addr):
         raise ConfigError(
             "proxy_service.web_listen_addr",

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from teleport_py.config import Address, ConnectionLimits, parse_config
+from teleport_py.config import Address, ConfigError, ConnectionLimits, parse_config
 from teleport_py.diag import diag_listener
 from teleport_py.kube.readiness import API_SERVER_CHECK_TTL, KubeReadiness
 
@@ -39,9 +39,13 @@ class DiagListenerTests(TestCase):
         return Deferred.fromCoroutine(self._probe_all())
 
     def test_config(self):
-        config = parse_config("teleport:\n  diag_addr: 0.0.0.0:3000\nauth_service: {enabled: false}\n")
+        kube = "kubernetes_service: {kube_cluster_name: c}\n"
+        config = parse_config("teleport:\n  diag_addr: 0.0.0.0\n" + kube)
         self.assertEqual(config.diag_addr, Address("0.0.0.0", 3000))
-        self.assertIsNone(parse_config("auth_service: {enabled: false}\n").diag_addr)
+        self.assertIsNone(parse_config(kube).diag_addr)
+        with self.assertRaises(ConfigError) as e:  # never a setting silently ignored
+            parse_config("teleport:\n  diag_addr: 0.0.0.0:3000\n")
+        self.assertIn("teleport.diag_addr", str(e.exception))
 
 
 class KubeReadinessTests(TestCase):

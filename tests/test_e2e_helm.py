@@ -104,9 +104,16 @@ class ChartRenderTests(TestCase):
             with self.assertRaises(helm.HelmError) as e:
                 helmsupport.render(values)
             self.assertIn(expected, str(e.exception))
-        with self.assertRaises(helm.HelmError) as e:
-            helmsupport.render(self.values(roles="node"))
-        self.assertIn("set roles=kube", str(e.exception))
+
+    def test_values_schema(self):
+        """values.schema.json: wrong types, bad pins and unknown values (typos)
+        are refused by Helm before anything renders, naming the value."""
+        helm = helmsupport.helm_engine()
+        for bad, expected in (({"roles": "node"}, "/roles"), ({"replicaCount": "two"}, "/replicaCount"),
+                              ({"caPin": "sha256:nothex"}, "/caPin"), ({"proxyadr": "x:1"}, "'proxyadr'")):
+            with self.assertRaises(helm.HelmError) as e:
+                helmsupport.render(self.values(**bad))
+            self.assertIn(expected, str(e.exception))
 
 
 class HelmInstallTests(TestCase):
