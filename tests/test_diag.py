@@ -94,3 +94,19 @@ class KubeReadinessTests(TestCase):
 
 class _Cluster:
     credentials = None
+
+
+class ApiServerReadyTests(TestCase):
+    """api_server_ready against a port where nothing listens: one line, no exception."""
+
+    def test_unreachable(self):
+        from teleport_py.kube.credentials import ClusterCredentials
+        from teleport_py.kube.readiness import api_server_ready
+        from tests.support.pki import KUBE_CA
+        from tests.support.procs import free_port
+
+        credentials = ClusterCredentials(name="my-cluster", host="127.0.0.1", port=free_port(),
+                                         ca_certificates=(KUBE_CA.certificate,))
+        d = Deferred.fromCoroutine(api_server_ready(reactor, credentials))
+        d.addCallback(self.assertEqual, "API server of my-cluster unreachable (ConnectionRefusedError)")
+        return d
