@@ -151,12 +151,12 @@ class AuthServerTests(TestCase):
         async def go():
             auth = await self._setup()
             await self._user()
-            for _ in range(auth.user_certificates.limiter.max_failures):
+            for _ in range(auth.user_certificates.limiter.rules.max_failures):
                 with self.assertRaises(AccessDenied):
                     await auth.user_certificates.login(PROXY, "alice", "wrong password!!", public_pem())
             with self.assertRaises(LimitExceeded):
                 await auth.user_certificates.login(PROXY, "alice", PASSWORD, public_pem())
-            self.clock.offset += auth.user_certificates.limiter.lockout + 1
+            self.clock.offset += auth.user_certificates.limiter.rules.lockout + 1
             await auth.user_certificates.login(PROXY, "alice", PASSWORD, public_pem())
 
         return d(go())
