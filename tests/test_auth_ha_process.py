@@ -1,8 +1,9 @@
 """Two ``twistd -n teleport-auth`` processes on one real etcd (TLS with
 client certificates), started at the same moment: they end up with one CA;
 a user invited through one signs up through the other; proxies joined with a
-token from one talk to the other; a login through either proxy works, and a
-lockout earned through both holds through both."""
+token from one talk to the other; a login through either proxy works, a
+lockout earned through both holds through both, and a proxy given both
+(``teleport.auth_servers``) keeps logging users in when the first is killed."""
 from __future__ import annotations
 
 import json
@@ -81,7 +82,7 @@ class AuthServersOnEtcdTests(TestCase):
         self.assertEqual(result.code, 0, f"tctl {' '.join(args)}: {result.out}\n{result.err}")
         return result.out
 
-    async def proxy(self, name: str, auth_port: int, token_from: str, pin: str) -> int:
+    async def proxy(self, name: str, auth_ports: list[int], token_from: str, pin: str) -> int:
         token = (await self.tctl(token_from, "tokens", "add", "--type=proxy", "--format=text")).strip()
         port = free_port()
         config = self.write(f"{name}.yaml", (
@@ -89,7 +90,7 @@ class AuthServersOnEtcdTests(TestCase):
             "teleport:\n"
             f"  nodename: {name}\n"
             f"  data_dir: {self.dir}/{name}\n"
-            f"  auth_server: 127.0.0.1:{auth_port}\n"
+            f"  auth_servers: [{', '.join(f'127.0.0.1:{port}' for port in auth_ports)}]\n"
             f"  ca_pin: {pin}\n"
             f"  join_params: {{token_name: {token}}}\n"
             "auth_service: {enabled: false}\n"
@@ -114,8 +115,8 @@ class AuthServersOnEtcdTests(TestCase):
         ports = free_port(), free_port()
         configs = [self.auth_config(f"auth{i}", port, etcd, prefix) for i, port in enumerate(ports)]
         # Both at once: the CAs are created by whichever writes first.
-        await gatherResults([ensureDeferred(self.start("teleport-auth", config, port, f"auth{i}"))
-                             for i, (config, port) in enumerate(zip(configs, ports))])
+        auths = await gatherResults([ensureDeferred(self.start("teleport-auth", config, port, f"auth{i}"))
+                                     for i, (config, port) in enumerate(zip(configs, ports))])
 
         pins = [re.search(r"sha256:[0-9a-f]{64}", await self.tctl(config, "status")).group(0) for config in configs]
         self.assertEqual(pins[0], pins[1])
@@ -123,10 +124,13 @@ class AuthServersOnEtcdTests(TestCase):
         invite = await self.tctl(configs[0], "users", "add", "alice", "--roles=access")
         token = re.search(r"https://\S+/web/invite/([0-9a-f]+)", invite).group(1)
         await self.tctl(configs[1], "users", "signup", token, stdin=PASSWORD.encode() + b"\n")
+        invite = await self.tctl(configs[1], "users", "add", "bob", "--roles=access")
+        token = re.search(r"https://\S+/web/invite/([0-9a-f]+)", invite).group(1)
+        await self.tctl(configs[0], "users", "signup", token, stdin=PASSWORD.encode() + b"\n")
 
         # Each proxy joins with a token made through the other auth server.
-        through_second = await self.proxy("proxy-a", ports[1], configs[0], pins[0])
-        through_first = await self.proxy("proxy-b", ports[0], configs[1], pins[0])
+        through_second = await self.proxy("proxy-a", [ports[1]], configs[0], pins[0])
+        through_first = await self.proxy("proxy-b", [ports[0]], configs[1], pins[0])
         for proxy_port in (through_second, through_first):
             code, answer = await self.login(proxy_port, "alice", PASSWORD)
             self.assertEqual(code, 200, answer)
@@ -139,3 +143,11 @@ class AuthServersOnEtcdTests(TestCase):
         for proxy_port in (through_second, through_first):
             code, answer = await self.login(proxy_port, "alice", PASSWORD)
             self.assertEqual(code, 429, answer)
+
+        # A proxy that knows both auth servers keeps working when the first dies.
+        through_either = await self.proxy("proxy-c", list(ports), configs[1], pins[0])
+        code, answer = await self.login(through_either, "bob", PASSWORD)
+        self.assertEqual(code, 200, answer)
+        await auths[0].kill9()
+        code, answer = await self.login(through_either, "bob", PASSWORD)
+        self.assertEqual(code, 200, answer)

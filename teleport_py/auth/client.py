@@ -14,8 +14,9 @@ from urllib.parse import urlencode
 
 import treq
 from treq.client import HTTPClient
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from teleport_py.auth.errors import AuthError, error_from_json
@@ -49,6 +50,16 @@ class ClusterTLSPolicy:
         )
 
 
+@implementer(IAgentEndpointFactory)
+class _TLSEndpoints:
+    def __init__(self, tcp_endpoint, policy: ClusterTLSPolicy):
+        self._tcp = tcp_endpoint
+        self._policy = policy
+
+    def endpointForURI(self, uri):
+        return wrapClientTLS(self._policy.creatorForNetloc(b"auth", 0), self._tcp)
+
+
 class AuthClient:
     def __init__(self, http: HTTPClient, base_url: str, headers: dict[bytes, list[bytes]] | None = None,
                  timeout: float = DEFAULT_TIMEOUT):
@@ -63,6 +74,13 @@ class AuthClient:
         pool = QuietHTTPConnectionPool(reactor, persistent=True)
         agent = Agent(reactor, contextFactory=policy, pool=pool)
         return cls(HTTPClient(agent), f"https://{address}")
+
+    @classmethod
+    def failover(cls, reactor, tcp_endpoint, policy: ClusterTLSPolicy, pool: HTTPConnectionPool) -> "AuthClient":
+        """Calls over TLS (as ``policy`` says at each connection, so a renewed
+        certificate is used) to whichever Auth server ``tcp_endpoint`` (a
+        FailoverEndpoint over ``teleport.auth_servers``) reaches."""
+        return cls.over_endpoints(reactor, _TLSEndpoints(tcp_endpoint, policy), pool)
 
     @classmethod
     def over_endpoints(cls, reactor, endpoint_factory, pool: HTTPConnectionPool | None = None) -> "AuthClient":

@@ -16,16 +16,15 @@ from datetime import datetime, timedelta, timezone
 from weakref import WeakKeyDictionary
 
 from cryptography.hazmat.primitives import serialization
-from treq.client import HTTPClient
-from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent
 
 from teleport_py.auth.client import AuthClient, ClusterTLSPolicy
 from teleport_py.config import Address, Config
+from teleport_py.failover import FailoverEndpoint
 from teleport_py.identityfile import IdentityFile
 from teleport_py.lifecycle import Listener, RoleService, StartError, Step, finish_http, observe
 from teleport_py.pki import (
@@ -154,23 +153,23 @@ class ProxyService(RoleService):
 
     async def compose(self) -> None:
         if self.local_auth is not None:
-            auth_address, self.identity = await self._identity_from_local_auth()
+            auth_addresses, self.identity = await self._identity_from_local_auth()
         else:
-            auth_address, self.identity = await self._joined_identity()
+            auth_addresses, self.identity = await self._joined_identity()
+        # Calls to Auth, and agents' tunnels to it, go to whichever Auth server connects.
+        auth_endpoint = FailoverEndpoint(self.reactor, [(a.connect_host(), a.port) for a in auth_addresses])
         identity = self.identity
         host = identity_from_certificate(identity.certificate, user_ca=None, host_ca=identity.host_cas[0])
         policy = ClusterTLSPolicy(identity.host_cas, identity.certificate, identity.private_key)
         pool = QuietHTTPConnectionPool(self.reactor, persistent=True)
         await self.start_child(Step("auth connections", stop=pool.closeCachedConnections))
         await self.start_child(Step("agent tunnels", stop=self.registry.disconnect_all))
-        agent = Agent(self.reactor, contextFactory=policy, pool=pool)
-        self.auth_client = AuthClient(HTTPClient(agent), f"https://{auth_address}")
+        self.auth_client = AuthClient.failover(self.reactor, auth_endpoint, policy, pool)
         creator = self._connection_creator()
         renewal = HostCertRenewal(
             self.reactor, identity, request=lambda public_key: self.auth_client.renew_host_certificate(public_key),
             save=self._save_identity, on_renewed=lambda renewed: self._use_identity(renewed, creator, policy, pool))
         kube = KubeRouter(self.registry, identity.user_cas[0])
-        auth_endpoint = HostnameEndpoint(self.reactor, auth_address.host, auth_address.port)
         tunnels = AgentTunnels(self.reactor, self.registry, identity.host_cas[0], auth_endpoint)
         public_addr = str(self._public_addr())
         api = WebAPI(self.auth_client, cluster_name=host.teleport_cluster, public_addr=public_addr,
@@ -286,22 +285,36 @@ class ProxyService(RoleService):
         cert = auth.authorities.issue_host_identity(key.public_key(), self._host_id(), self.config.nodename, "proxy", names, ips)
         listen = self.config.auth.listen_addr
         identity = IdentityFile(cert, key, (auth.user_ca.certificate,), (auth.host_ca.certificate,))
-        return Address(listen.connect_host(), listen.port), identity
+        return (Address(listen.connect_host(), listen.port),), identity
 
-    async def _joined_identity(self) -> tuple[Address, IdentityFile]:
+    async def _joined_identity(self) -> tuple[tuple[Address, ...], IdentityFile]:
         config = self.config
         if not config.auth_servers:
             raise ProxyStartError("teleport.auth_server is required for a proxy without a local auth service")
-        auth_address = config.auth_servers[0]
         directory = identity_dir(config.data_dir)
         now = datetime.fromtimestamp(self.reactor.seconds(), timezone.utc)
         if IdentityFile.exists(directory):
             stored = IdentityFile.load(directory)
             if stored.expires - RENEW_BEFORE > now:
                 log.info("proxy identity loaded from {directory}", directory=directory)
-                return auth_address, stored
+                return config.auth_servers, stored
         if not config.join_token:
             raise ProxyStartError("teleport.join_params.token_name is required to join the cluster")
+        failures = []
+        for auth_address in config.auth_servers:
+            try:
+                return config.auth_servers, await self._join(auth_address)
+            except ProxyStartError:
+                raise
+            except Exception as failure:
+                # The next Auth server must match the same CA pin, so trying it is as safe.
+                log.warn("joining through {address} failed: {error}", address=str(auth_address), error=str(failure))
+                failures.append(f"{auth_address}: {failure}")
+        raise ProxyStartError("could not join through any of teleport.auth_servers: " + "; ".join(failures))
+
+    async def _join(self, auth_address: Address) -> IdentityFile:
+        config = self.config
+        directory = identity_dir(config.data_dir)
         host_cas = await pinned_host_cas(self.reactor, f"https://{auth_address}/v1/cas", config.ca_pins)
         client = AuthClient.direct(self.reactor, str(auth_address), trusted_cas=host_cas)
         key = generate_private_key()
@@ -319,4 +332,4 @@ class ProxyService(RoleService):
         stored = IdentityFile(cert, key, user_cas, host_cas)
         stored.save(directory)
         log.info("proxy joined cluster {cluster} as {host_id}", cluster=identity.teleport_cluster, host_id=host_id)
-        return auth_address, stored
+        return stored
