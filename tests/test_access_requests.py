@@ -144,8 +144,13 @@ class AccessRequestTests(TestCase):
         self.assertEqual(ident.roles, ("requester", "kube-access"))
         self.assertEqual(ident.access_requests, (request_id,))
         self.assertLessEqual(ident.expires, expires)
-        # Without the id: the user's own roles only (tsh login drops elevation).
-        plain = await self.auth.user_certificates.reissue(alice, public_pem(), "", None)
+        # A certificate carrying the request keeps it when reissued (a kube
+        # certificate from an elevated login), checked again.
+        elevated = self.identity("alice", ident.roles, requests=(request_id,))
+        kept = await self.auth.user_certificates.reissue(elevated, public_pem(), "", None)
+        self.assertEqual((kept["roles"], kept["access_requests"]), (["requester", "kube-access"], [request_id]))
+        # An empty list: the user's own roles only.
+        plain = await self.auth.user_certificates.reissue(elevated, public_pem(), "", None, ())
         self.assertEqual(plain["roles"], ["requester"])
         self.assertEqual(plain["access_requests"], [])
         # Someone else cannot use alice's request.

@@ -327,7 +327,7 @@ class AuthAPI(resource.Resource):
         return await self.auth.user_certificates.reissue(
             self._authenticated(caller), self._str(body, "public_key"),
             self._str(body, "kube_cluster", required=False), self._ttl(body),
-            tuple(self._strings(body, "access_requests")),
+            tuple(self._strings(body, "access_requests")) if "access_requests" in body else None,
         )
 
     @staticmethod

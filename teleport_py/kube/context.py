@@ -85,6 +85,7 @@ class StreamContext:
             kubernetes_users=[decision.user] if decision else [],
             kubernetes_groups=list(decision.groups) if decision else [],
             addr_remote=self.client_addr,
+            access_requests=list(self.identity.access_requests) or None,
             reason=reason,
         ))
 

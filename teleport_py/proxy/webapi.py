@@ -27,7 +27,9 @@ log = Logger()
 MAX_BODY = 1 << 20
 LOGIN_FIELDS = ("user", "password", "public_key", "ttl", "kube_cluster")
 JOIN_FIELDS = ("token", "role", "public_key", "host_id", "nodename", "dns_names")
-REISSUE_FIELDS = ("public_key", "kube_cluster", "ttl")
+REISSUE_FIELDS = ("public_key", "kube_cluster", "ttl", "access_requests")
+ACCESS_REQUEST_FIELDS = ("roles", "reason")
+REVIEW_FIELDS = ("state", "reason")
 EVENT_PARAMS = ("from", "to", "limit", "type", "user")
 
 
@@ -101,6 +103,8 @@ class WebAPI(resource.Resource):
             (b"GET", "webapi/whoami"): self.whoami,
             (b"GET", "webapi/events"): self.events,
             (b"GET", "webapi/recordings"): self.recordings,
+            (b"POST", "webapi/access_requests"): self.create_access_request,
+            (b"GET", "webapi/access_requests"): self.access_requests,
         }
 
     def render(self, request):
@@ -112,6 +116,8 @@ class WebAPI(resource.Resource):
         handler = self._routes.get((request.method, path))
         if handler is None and request.method == b"GET" and path.startswith("webapi/recordings/"):
             handler = self.recording
+        if handler is None and path.startswith("webapi/access_requests/"):
+            handler = self.access_request
         if handler is None:
             return json_response(request, 404, {"error": {"kind": "not_found", "message": f"no such endpoint {request.method.decode()} /{path}"}})
         Deferred.fromCoroutine(self._run(handler, request)).addErrback(self._unexpected, request)
@@ -196,6 +202,22 @@ class WebAPI(resource.Resource):
             return await self._as_user(request).call(
                 "GET", f"recordings/{quote(parts[0], safe='')}/data", params={"offset": offset})
         raise BadParameter("no such recordings endpoint")
+
+    async def create_access_request(self, request):
+        return await self._as_user(request).call("POST", "access_requests", _only(json_body(request), ACCESS_REQUEST_FIELDS))
+
+    async def access_requests(self, request):
+        return await self._as_user(request).call("GET", "access_requests")
+
+    async def access_request(self, request):
+        """``GET /webapi/access_requests/<id>`` and ``POST .../<id>/reviews``."""
+        parts = request.path.decode("utf-8", "replace").split("?")[0].strip("/").split("/")[2:]
+        if len(parts) == 1 and request.method == b"GET":
+            return await self._as_user(request).call("GET", f"access_requests/{quote(parts[0], safe='')}")
+        if len(parts) == 2 and parts[1] == "reviews" and request.method == b"POST":
+            return await self._as_user(request).call(
+                "POST", f"access_requests/{quote(parts[0], safe='')}/reviews", _only(json_body(request), REVIEW_FIELDS))
+        raise BadParameter("no such access_requests endpoint")
 
     # -- invitation page --------------------------------------------------------
 

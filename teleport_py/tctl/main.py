@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", help="cluster status")
 
+    rq = sub.add_parser("requests", help="access requests").add_subparsers(dest="requests_command", required=True)
+    rq.add_parser("ls", help="list access requests")
+    for verb in ("approve", "deny"):
+        rv = rq.add_parser(verb, help=f"{verb} an access request outright")
+        rv.add_argument("request_id", metavar="ID")
+        rv.add_argument("--reason", default="", help="why (the requester sees it)")
+
     e = sub.add_parser("events", help="search the audit log")
     e.add_argument("--from", dest="start", help="RFC 3339 start time (default: 24h ago)")
     e.add_argument("--to", dest="end", help="RFC 3339 end time (default: now)")
@@ -319,6 +326,20 @@ class Tctl:
                 f"{k}={v}" for k, v in sorted(ev.items()) if k not in ("event", "time", "code", "uid", "cluster_name")
             )
             self.print(f"{ev['time']} {ev['event']} [{ev.get('code', '')}] {extras}")
+
+    async def cmd_requests(self) -> None:
+        a = self.args
+        if a.requests_command == "ls":
+            rows = []
+            for item in await self.client.list_access_requests():
+                spec = item["spec"]
+                rows.append([item["metadata"]["name"], spec["user"], ",".join(spec.get("roles") or []),
+                             spec["created"][:19], spec["state"], spec.get("request_reason", "")])
+            self._table(["ID", "User", "Roles", "Created (UTC)", "Status", "Reason"], rows)
+            return
+        state = "APPROVED" if a.requests_command == "approve" else "DENIED"
+        item = await self.client.resolve_access_request(a.request_id, state, a.reason)
+        self.print(f"Access request {item['metadata']['name']} is now {item['spec']['state']}.")
 
     def _table(self, headers: list[str], rows: list[list[str]]) -> None:
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]

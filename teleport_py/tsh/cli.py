@@ -19,6 +19,8 @@ def parser() -> argparse.ArgumentParser:
     login.add_argument("--user", default=getpass.getuser(), help="Teleport user name (default: local user)")
     login.add_argument("--ttl", default=None, help="requested certificate lifetime, e.g. 12h (capped by your roles)")
     login.add_argument("--insecure", action="store_true", help="do not verify the proxy's certificate (testing only)")
+    login.add_argument("--request-id", action="append", default=[], metavar="ID",
+                       help="log in with the roles of this approved access request (repeatable)")
 
     sub.add_parser("status", help="show the current login")
     sub.add_parser("logout", help="delete the current login's keys and kubeconfig entries")
@@ -41,6 +43,23 @@ def parser() -> argparse.ArgumentParser:
     proxy_kube = proxy.add_parser("kube", help="a local Kubernetes proxy on 127.0.0.1")
     proxy_kube.add_argument("kube_clusters", nargs="*", metavar="CLUSTER", help="default: the selected cluster")
     proxy_kube.add_argument("--port", type=int, default=0, help="local port (default: any free port)")
+    request = sub.add_parser("request", help="just-in-time access requests").add_subparsers(
+        dest="request_command", required=True)
+    request_create = request.add_parser(
+        "create", help="request roles, wait for the decision, then use them until the request expires")
+    request_create.add_argument("--roles", required=True, help="comma-separated roles to request")
+    request_create.add_argument("--reason", default="", help="why you need them (reviewers see it)")
+    request_create.add_argument("--nowait", action="store_true", help="create the request and return at once")
+    request.add_parser("ls", help="list your requests and those you may review")
+    request_show = request.add_parser("show", help="show one request with its reviews")
+    request_show.add_argument("request_id", metavar="ID")
+    request_review = request.add_parser("review", help="approve or deny someone else's request")
+    decision = request_review.add_mutually_exclusive_group(required=True)
+    decision.add_argument("--approve", action="store_true")
+    decision.add_argument("--deny", action="store_true")
+    request_review.add_argument("--reason", default="", help="why (the requester sees it)")
+    request_review.add_argument("request_id", metavar="ID")
+
     recordings = sub.add_parser("recordings", help="recorded sessions").add_subparsers(
         dest="recordings_command", required=True)
     recordings.add_parser("ls", help="list the recorded sessions you may see")

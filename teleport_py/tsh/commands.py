@@ -50,6 +50,10 @@ class CLIError(Exception):
     pass
 
 
+#: Seconds between looks at a request ``tsh request create`` waits on.
+REQUEST_POLL_INTERVAL = 1.0
+
+
 def format_duration(delta: timedelta) -> str:
     """Go's time.Duration style (12h0m0s), as Teleport prints validity."""
     seconds = max(int(delta.total_seconds()), 0)
@@ -168,6 +172,8 @@ class Tsh:
             await self.cmd_proxy_kube()
         elif args.command == "recordings":
             await getattr(self, "cmd_recordings_" + args.recordings_command)()
+        elif args.command == "request":
+            await getattr(self, "cmd_request_" + args.request_command)()
         else:
             await getattr(self, "cmd_" + args.command)()
 
@@ -221,8 +227,9 @@ class Tsh:
                 {"cert": certificate_pem(identity.certificate).decode()}, identity.private_key, identity.user_cas
             )
             roles = ", ".join(user.roles)
+            requests = ", ".join(user.access_requests)
         except WebError:
-            roles = "(unreadable certificate)"
+            roles, requests = "(unreadable certificate)", ""
         left = identity.expires - self.now()
         validity = "[valid for %s]" % format_duration(left) if left.total_seconds() > 0 else "[EXPIRED]"
         rows = [
@@ -232,6 +239,8 @@ class Tsh:
             ("Roles:", roles),
             ("Kubernetes:", "enabled"),
         ]
+        if requests:
+            rows.insert(4, ("Active requests:", requests))
         if profile.kube_cluster:
             rows.append(("Kubernetes cluster:", '"%s"' % profile.kube_cluster))
         rows.append(("Valid until:", "%s %s" % (identity.expires.strftime("%Y-%m-%d %H:%M:%S %z"), validity)))
@@ -258,6 +267,8 @@ class Tsh:
         cluster = result.get("cluster_name") or identity.teleport_cluster
         profile = Profile(proxy=proxy, user=identity.username, cluster=cluster, insecure=a.insecure)
         identity_file = IdentityFile(certificate, private_key, user_cas, host_cas)
+        if a.request_id:
+            identity_file = await self._elevated(profile, identity_file, a.request_id)
         async with self.store.lock(profile, self.reactor):
             self.store.save_login(profile, identity_file)
         self._print_status(profile, identity_file)
@@ -409,6 +420,90 @@ class Tsh:
                 break
         reader.close()
         player.close()
+
+    async def _elevated(self, profile: Profile, identity: IdentityFile, request_ids: list[str]) -> IdentityFile:
+        """The login reissued with the roles of ``request_ids`` (approved
+        access requests), same key: Auth checks each is ours and approved."""
+        result = await self._client(profile, identity).reissue(
+            _public_key_pem(identity.private_key), "", list(dict.fromkeys(request_ids)))
+        certificate, _ = _certificate_from_response(result, identity.private_key, identity.user_cas)
+        return IdentityFile(certificate, identity.private_key, identity.user_cas, identity.host_cas)
+
+    async def cmd_request_create(self) -> None:
+        a = self.args
+        roles = [r.strip() for r in a.roles.split(",") if r.strip()]
+        if not roles:
+            raise CLIError("--roles: name at least one role, e.g. --roles=kube-access")
+        profile, identity = self._logged_in()
+        client = self._client(profile, identity)
+        created = await client.create_access_request(roles, a.reason)
+        request_id = str(created.get("metadata", {}).get("name", ""))
+        self.print("Request ID: %s" % request_id)
+        if a.nowait:
+            self.print("Check on it with 'tsh request show %s'; once approved, run "
+                       "'tsh login --proxy=%s --request-id=%s'." % (request_id, profile.proxy, request_id))
+            return
+        self.print("Waiting for the request to be approved (Ctrl-C to stop waiting; the request stays)...")
+        while True:
+            spec = (await client.access_request(request_id)).get("spec", {})
+            state = spec.get("state")
+            if state != "PENDING":
+                break
+            await deferLater(self.reactor, REQUEST_POLL_INTERVAL, lambda: None)
+        reason = spec.get("resolve_reason") or ""
+        if state != "APPROVED":
+            raise CLIError("request %s was %s%s" % (request_id, str(state).lower(), ": %s" % reason if reason else ""))
+        self.print("Approved%s." % (": %s" % reason if reason else ""))
+        _, current = _certificate_from_response(
+            {"cert": certificate_pem(identity.certificate).decode()}, identity.private_key, identity.user_cas)
+        elevated = await self._elevated(profile, identity, [*current.access_requests, request_id])
+        async with self.store.lock(profile, self.reactor):
+            self.store.save_login(profile, elevated)
+        self._print_status(profile, elevated)
+
+    async def cmd_request_ls(self) -> None:
+        profile, identity = self._logged_in()
+        items = await self._client(profile, identity).access_requests()
+        rows = []
+        for item in items:
+            spec = item.get("spec", {})
+            rows.append([str(item.get("metadata", {}).get("name", "")), str(spec.get("user", "")),
+                         ",".join(map(str, spec.get("roles") or [])), str(spec.get("created", ""))[:19],
+                         str(spec.get("state", "")), str(spec.get("request_reason", ""))])
+        self._table(["ID", "User", "Roles", "Created (UTC)", "Status", "Reason"], rows)
+
+    async def cmd_request_show(self) -> None:
+        profile, identity = self._logged_in()
+        item = await self._client(profile, identity).access_request(self.args.request_id)
+        self._print_request(item)
+
+    def _print_request(self, item: dict) -> None:
+        spec = item.get("spec", {})
+        rows = [
+            ("Request ID:", str(item.get("metadata", {}).get("name", ""))),
+            ("User:", str(spec.get("user", ""))),
+            ("Roles:", ", ".join(map(str, spec.get("roles") or []))),
+            ("Reason:", str(spec.get("request_reason", ""))),
+            ("Status:", str(spec.get("state", ""))),
+            ("Access expires:", str(spec.get("expires", ""))),
+        ]
+        if spec.get("resolve_reason"):
+            rows.append(("Resolve reason:", str(spec["resolve_reason"])))
+        width = max(len(label) for label, _ in rows)
+        for label, value in rows:
+            self.print("%s %s" % (label.ljust(width), value))
+        for review in spec.get("reviews") or []:
+            self.print("Review: %s %s %s%s" % (
+                review.get("author", ""), review.get("proposed_state", ""), str(review.get("created", ""))[:19],
+                ": %s" % review["reason"] if review.get("reason") else ""))
+
+    async def cmd_request_review(self) -> None:
+        a = self.args
+        profile, identity = self._logged_in()
+        state = "APPROVED" if a.approve else "DENIED"
+        item = await self._client(profile, identity).review_access_request(a.request_id, state, a.reason)
+        self.print("Reviewed request %s: %s (request is now %s)." % (
+            a.request_id, state.lower(), item.get("spec", {}).get("state", "")))
 
     def _table(self, headers: list[str], rows: list[list[str]]) -> None:
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]

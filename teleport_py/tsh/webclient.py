@@ -165,8 +165,29 @@ class WebClient:
             raise WebError("the proxy's cluster list is malformed")
         return items
 
-    def reissue(self, public_key_pem: str, kube_cluster: str):
-        return self._call("POST", "/webapi/certs/reissue", {"public_key": public_key_pem, "kube_cluster": kube_cluster})
+    def reissue(self, public_key_pem: str, kube_cluster: str, access_requests: list[str] | None = None):
+        """A new certificate; ``access_requests`` None keeps the elevation the
+        current certificate carries, a list sets it (empty: none)."""
+        body: dict[str, Any] = {"public_key": public_key_pem, "kube_cluster": kube_cluster}
+        if access_requests is not None:
+            body["access_requests"] = list(access_requests)
+        return self._call("POST", "/webapi/certs/reissue", body)
+
+    def create_access_request(self, roles: list[str], reason: str):
+        return self._call("POST", "/webapi/access_requests", {"roles": roles, "reason": reason})
+
+    async def access_requests(self) -> list[dict]:
+        items = (await self._call("GET", "/webapi/access_requests")).get("items")
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise WebError("the proxy's access request list is malformed")
+        return items
+
+    def access_request(self, request_id: str):
+        return self._call("GET", "/webapi/access_requests/%s" % quote(request_id, safe=""))
+
+    def review_access_request(self, request_id: str, state: str, reason: str):
+        return self._call("POST", "/webapi/access_requests/%s/reviews" % quote(request_id, safe=""),
+                          {"state": state, "reason": reason})
 
     async def recordings(self) -> list[dict]:
         return (await self._call("GET", "/webapi/recordings")).get("items", [])

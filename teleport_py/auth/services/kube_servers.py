@@ -74,12 +74,16 @@ class KubeServers:
     async def list_for(self, caller: Identity) -> list[dict[str, Any]]:
         """What ``tsh kube ls`` shows: clusters the caller's roles can reach
         (an admin sees them all); for a user also the Kubernetes users and
-        groups their requests there are impersonated as (the web UI shows them)."""
+        groups their requests there are impersonated as (the web UI shows them),
+        by the roles the caller's certificate carries."""
         clusters = await self.clusters()
         if isinstance(caller, HostIdentity):
             self._authorizer.require_system_role(caller)
             return [{"name": n, "labels": l} for n, l in sorted(clusters.items())]
-        checker = await self._checker(await self._users.get(caller.username))
+        # The certificate's roles, as the agent authorizes by them: an
+        # elevated certificate (approved access requests) reaches more.
+        user = await self._users.get(caller.username)
+        checker = await self._checker(attr.evolve(user, roles=tuple(caller.roles)))
         visible = []
         for name, labels in sorted(clusters.items()):
             try:

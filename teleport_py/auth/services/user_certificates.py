@@ -99,16 +99,20 @@ class UserCertificates:
 
     async def reissue(
         self, caller: Identity, public_key_pem: str, kube_cluster: str, ttl: float | None,
-        access_requests: tuple[str, ...] = (),
+        access_requests: tuple[str, ...] | None = None,
     ):
         """A new certificate for the calling user, e.g. routed to another kube
         cluster. It never outlives the certificate that asked for it.
 
         With ``access_requests`` (ids of the user's approved requests) it also
-        carries their roles and ends when the first of them ends; without,
-        it carries the user's own roles only (``tsh login`` drops elevation)."""
+        carries their roles and ends when the first of them ends; with an
+        empty list, the user's own roles only; with None, the requests the
+        calling certificate carries (checked again: still approved), so a
+        kube certificate keeps its login's elevation."""
         if not isinstance(caller, UserIdentity):
             raise AccessDenied("only users can reissue their certificates")
+        if access_requests is None:
+            access_requests = caller.access_requests
         user = await self._users.get(caller.username)
         requests = await self._access_requests.approved(user.name, sorted(set(access_requests)))
         not_after = min([caller.expires, *(r.access_expires for r in requests)])
