@@ -107,3 +107,25 @@ class RecordingsTests(TestCase):
             self.assertEqual((await r.read(user("alice"), SID, 3))["data"], (START + BODY)[3:])
             self.assertFalse(os.path.exists(os.path.join(r.files.directory, SID + ".rec")))
         return d(go())
+
+
+class SharedRecordingsTests(TestCase):
+    """Two Auth servers on one backend and one shared directory (as on etcd
+    with audit_sessions_uri): an upload begun through one resumes and plays
+    through the other."""
+
+    async def test_an_upload_moves_between_auth_servers(self):
+        backend = MemoryBackend(reactor)
+        self.addCleanup(backend.close)
+        shared = self.mktemp()
+        first, second = [
+            Recordings(await AuthServer.initialize(reactor, backend, "example", shared_backend=True), shared,
+                       run_blocking=maybeDeferred)
+            for _ in range(2)
+        ]
+        await first.append(KUBE, SID, 0, START, False)
+        self.assertEqual(await second.stored(KUBE, SID), {"size": len(START), "complete": False})
+        await second.append(KUBE, SID, len(START), BODY, True)
+        page = await first.read(user("alice"), SID, 0)
+        self.assertEqual((page["data"], page["complete"]), (START + BODY, True))
+        self.assertEqual([meta["session_id"] for meta in await second.list(user("alice", "editor"))], [SID])
