@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from teleport_py.backend import DELETE, PUT
 from teleport_py.backend.etcd import WATCH_LAG_LIMIT, EnvelopeError, EtcdBackend, decode_value, encode_value
-from teleport_py.backend.etcd_gateway import EtcdError, Gateway
+from teleport_py.backend.etcd_gateway import EtcdError, EtcdUnavailable, Gateway
 from teleport_py.backend.etcd_watch import WatchDecoder, WatchStreamError
 from tests.support.backend import ClockedReactor, async_test
 from tests.support.etcd import EtcdServer, shared_etcd, unique_prefix
@@ -182,12 +182,13 @@ class TLSTests(TestCase):
 
     @async_test
     async def test_certificate_from_another_ca_refused(self):
-        with self.assertRaises(Exception):
+        with self.assertRaises(EtcdUnavailable) as caught:
             await EtcdBackend.open(reactor, [self.server.url], unique_prefix(), tls=self.server.other_client_tls)
+        self.assertIn("bad certificate", str(caught.exception))
 
     @async_test
     async def test_plain_http_to_a_tls_member_refused(self):
-        with self.assertRaises(Exception):
+        with self.assertRaises(EtcdUnavailable):
             await EtcdBackend.open(reactor, [self.server.url.replace("https:", "http:")], unique_prefix())
 
     def test_https_without_certificates_is_a_configuration_error(self):

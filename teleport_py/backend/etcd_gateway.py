@@ -20,7 +20,7 @@ from treq.client import HTTPClient
 from twisted.internet import error as internet_error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.web.client import Agent
+from twisted.web.client import Agent, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -131,6 +131,11 @@ class Gateway:
             except _NOT_CONNECTED as failure:
                 last = failure
                 self._peers.append(self._peers.pop(0))
+            except (ResponseNeverReceived, ResponseFailed) as failure:
+                # Maybe applied, so not tried elsewhere; a refused TLS
+                # handshake ends here too, and says so.
+                reasons = "; ".join(str(reason.value) for reason in failure.reasons)
+                raise EtcdUnavailable(f"etcd peer {peer} gave no answer: {reasons[:300]}") from None
         raise EtcdUnavailable(f"no etcd peer reachable ({last})")
 
     async def call(self, path: str, body: dict) -> dict:
