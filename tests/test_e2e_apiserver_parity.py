@@ -52,10 +52,28 @@ rules:
 - level: Metadata
 """
 
+# -- what requests are made of --------------------------------------------------
+
+PREFIXES = (("api", "v1"), ("apis", "apps", "v1"), ("apis", "rbac.authorization.k8s.io", "v1"),
+            ("apis", "example.com", "v1"))
+RESOURCES = ("configmaps", "secrets", "pods", "namespaces", "deployments", "nodes", "roles")
+NAMES = ("c1", "s1", "top-secret", "dev", "forbidden-x", "p1")
+SUBRESOURCES = ("status", "exec", "attach", "portforward", "log", "proxy", "finalize", "scale")
+NON_RESOURCE = (("version",), ("healthz",), ("openapi", "v2"), ("api",), ("apis",), ("apis", "apps"),
+                ("api", "v1"), ())
+METHODS = (b"GET", b"GET", b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"get")
+
 #: The API server lets the test users' group do nearly anything (RBAC objects
-#: only read, so no request can take the agent's impersonation right away).
+#: only read, so no request can take the agent's impersonation away; no
+#: namespace deleted), so that only the agent refuses.
 ORACLE_RBAC = group_cluster_role("oracle-anything", "oracle-users", [
-    {"apiGroups": ["", "apps", "batch", "example.com"], "resources": ["*"], "verbs": ["*"]},
+    {"apiGroups": ["", "apps", "batch", "example.com"], "resources": ["*"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "proxy"]},
+    # Deleting a namespace would leave it terminating for good (no controllers):
+    # every resource drawn but namespaces.
+    {"apiGroups": ["", "apps", "batch", "example.com"], "verbs": ["delete", "deletecollection"],
+     "resources": [r for r in RESOURCES if r != "namespaces"]
+     + [f"{r}/{sub}" for r in RESOURCES for sub in SUBRESOURCES]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
     {"nonResourceURLs": ["*"], "verbs": ["*"]},
 ]) + """
@@ -111,16 +129,8 @@ PARITY_EXAMPLES = int(os.environ.get("PARITY_EXAMPLES", "25"))
 #: drawn (its message names every request), not shrunk for minutes.
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
-# -- requests -----------------------------------------------------------------
+# -- drawing requests -----------------------------------------------------------
 
-PREFIXES = (("api", "v1"), ("apis", "apps", "v1"), ("apis", "rbac.authorization.k8s.io", "v1"),
-            ("apis", "example.com", "v1"))
-RESOURCES = ("configmaps", "secrets", "pods", "namespaces", "deployments", "nodes", "roles")
-NAMES = ("c1", "s1", "top-secret", "dev", "forbidden-x", "p1")
-SUBRESOURCES = ("status", "exec", "attach", "portforward", "log", "proxy", "finalize", "scale")
-NON_RESOURCE = (("version",), ("healthz",), ("openapi", "v2"), ("api",), ("apis",), ("apis", "apps"),
-                ("api", "v1"), ())
-METHODS = (b"GET", b"GET", b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"get")
 QUERY_PARAMS = (
     ("watch", ("1", "true", "0", "false", "", "TRUE", "False", "yes", "1;x")),
     ("fieldSelector", ("metadata.name=c1", "metadata.name==s1", "metadata.name!=c1", " metadata.name=c1",
