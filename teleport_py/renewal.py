@@ -93,8 +93,9 @@ class HostCertRenewal(service.Service):
 
     def _start_renewal(self) -> None:
         self._call = None
-        self._renewing = Deferred.fromCoroutine(self._renew())
-        self._renewing.addCallbacks(self._renewed, self._failed)
+        renewing = self._renewing = Deferred.fromCoroutine(self._renew())
+        renewing.addCallbacks(self._renewed, self._failed)
+        renewing.addErrback(lambda failure: log.failure("using the renewed host certificate failed", failure))
 
     async def _renew(self) -> IdentityFile:
         key = generate_private_key()

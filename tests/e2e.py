@@ -82,6 +82,8 @@ class Deployment:
         os.makedirs(self.home, exist_ok=True)
         self.kubeconfig = self.path("home", ".kube", "config")
         self.plane = None
+        #: Lines added under auth_service in teleport.yaml (e.g. "  host_cert_ttl: 30s\n").
+        self.auth_settings = ""
         self.main = None
         self.agent = None
         self._spawned = 0
@@ -127,6 +129,7 @@ class Deployment:
             "auth_service:\n"
             f"  listen_addr: 127.0.0.1:{self.auth_port}\n"
             "  cluster_name: example\n"
+            f"{self.auth_settings}"
             "proxy_service:\n"
             f"  web_listen_addr: 127.0.0.1:{self.proxy_port}\n",
         )

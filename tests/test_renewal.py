@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from teleport_py.auth.services.authorities import CertificateAuthorities
 from teleport_py.auth.services.common import load_public_key
 from teleport_py.identityfile import PENDING, IdentityFile
-from teleport_py.pki import PROXY_SERVER_NAMES, HostIdentity, certificate_pem, generate_private_key, private_key_pem
+from teleport_py.pki import AUTH_SERVER_NAME, PROXY_SERVER_NAMES, HostIdentity, certificate_pem, generate_private_key, private_key_pem
 from teleport_py.renewal import RETRY_CAP, HostCertRenewal, renewal_time
 from tests.support.pki import CLUSTER, NOW, authority
 
@@ -207,8 +207,14 @@ class AuthoritiesTests(unittest.TestCase):
         self.assertEqual(sorted(self.names(cert)), sorted(self.names(proxy.certificate)))
         self.assertEqual(cert.not_valid_after_utc.timestamp(), NOW.timestamp() + 10 + 30.0)
 
+    def test_auth_keeps_its_name(self):
+        auth = self.cluster.join(role="auth", dns_names=("localhost", AUTH_SERVER_NAME))
+        cert = self.renew(auth, "auth")
+        self.assertEqual(sorted(self.names(cert)), sorted(self.names(auth.certificate)))
+        self.assertIn(AUTH_SERVER_NAME, self.names(cert))
+
     def test_an_agent_never_gets_reserved_names(self):
         # An agent certificate never carries them (join filters them); even if one did, renewal drops them.
-        agent = self.cluster.join(role="kube", dns_names=("node-1.example.com", *PROXY_SERVER_NAMES))
+        agent = self.cluster.join(role="kube", dns_names=("node-1.example.com", AUTH_SERVER_NAME, *PROXY_SERVER_NAMES))
         cert = self.renew(agent, "kube")
         self.assertEqual(sorted(self.names(cert)), ["host-1.example", "node-1.example.com"])

@@ -8,20 +8,30 @@ import socket
 from weakref import WeakKeyDictionary
 
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.web.server import Site
 
 from teleport_py.auth.api import AuthAPI, BoundedRequest
 from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
+from teleport_py.auth.services.common import load_public_key
 from teleport_py.auth.services.access_requests import EXPIRY_INTERVAL
 from teleport_py.auth.storage import open_backend, recordings_dir
 from teleport_py.config import Config
 from teleport_py.identityfile import IdentityFile
 from teleport_py.lifecycle import Listener, RoleService, Step, finish_http
 from teleport_py.limits import LimitedTLSFactory, limit_http
-from teleport_py.pki import AUTH_SERVER_NAME, generate_private_key, make_private_dirs, server_tls_options
+from teleport_py.pki import (
+    AUTH_SERVER_NAME,
+    HostIdentity,
+    certificate_pem,
+    generate_private_key,
+    make_private_dirs,
+    server_tls_options,
+    RenewableServerCreator,
+)
+from teleport_py.renewal import HostCertRenewal
 
 ADMIN_IDENTITY_REFRESH = 12 * 3600.0
 
@@ -45,8 +55,8 @@ def _server_names(config: Config) -> tuple[list[str], list]:
 
 
 class AuthService(RoleService):
-    """Storage, CAs, the admin identity's refresh and the API listener, in
-    that order (stopped in reverse: the listener drains first, the backend
+    """Storage, CAs, the admin identity's refresh, the API listener and its
+    certificate's renewal, in that order (stopped in reverse: the listener drains first, the backend
     closes last). ``auth`` is the AuthServer once ``ready`` has fired (the
     all-in-one runner hands it to an in-process proxy)."""
 
@@ -72,19 +82,28 @@ class AuthService(RoleService):
         expiry = TimerService(EXPIRY_INTERVAL, self.expire_access_requests)
         expiry.clock, expiry.name = self.reactor, "access request expiry"
         await self.start_child(expiry)
-        refresh = TimerService(ADMIN_IDENTITY_REFRESH, self.write_admin_identity)
+        # Within a third of host_cert_ttl too, should that be short (tests of renewal).
+        refresh = TimerService(min(ADMIN_IDENTITY_REFRESH, self.config.auth.host_cert_ttl / 3), self.write_admin_identity)
         refresh.clock, refresh.name = self.reactor, "admin identity"
         await self.start_child(refresh)
         key = generate_private_key()
         names, ips = _server_names(self.config)
+        host = HostIdentity(f"auth-{self.config.nodename}", self.config.nodename, "auth", self.auth.cluster_name)
         cert = self.auth.authorities.issue_host_identity(
-            key.public_key(), f"auth-{self.config.nodename}", self.config.nodename, "auth", names, ips
+            key.public_key(), host.host_id, host.nodename, "auth", names, ips
         )
         tls = server_tls_options(
             cert, key,
             trusted_cas=[self.auth.user_ca.certificate, self.auth.host_ca.certificate],
             require_client_certificate=False,
         )
+        # Our own certificate is renewed like every host's, issued here directly.
+        renewal = HostCertRenewal(
+            self.reactor, IdentityFile(cert, key, (self.auth.user_ca.certificate,), (self.auth.host_ca.certificate,)),
+            request=lambda public_key: succeed({"cert": certificate_pem(self.auth.authorities.renew_host_identity(
+                renewal.identity.certificate, host, load_public_key(public_key))).decode()}),
+            on_renewed=lambda renewed: creator.use(renewed.certificate, renewed.private_key))
+        creator = RenewableServerCreator(tls)
         recordings = Recordings(self.auth, recordings_dir(self.config.storage, self.config.data_dir))
         api = AuthAPI(self.auth, recordings, client_idle_timeout=self.config.auth.client_idle_timeout,
                       disconnect_expired_cert=self.config.auth.disconnect_expired_cert)
@@ -102,10 +121,11 @@ class AuthService(RoleService):
         listen = self.config.auth.listen_addr
         self.listener = await self.start_child(Listener(
             self.reactor, serverFromString(self.reactor, listen.server_endpoint()),
-            LimitedTLSFactory(self.reactor, limits, tls, serve),
+            LimitedTLSFactory(self.reactor, limits, creator, serve),
             setting="auth_service.listen_addr", address=str(listen),
             finish=lambda connection: finish_http(channels.get(connection)),
         ))
+        await self.start_child(renewal)
         self.log.info(
             "auth service for cluster {cluster} listening on {address}",
             cluster=self.auth.cluster_name, address=str(listen),

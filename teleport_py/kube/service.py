@@ -118,7 +118,7 @@ class KubeService(RoleService):
     """Joined first (or the saved identity), then started in this order and
     stopped in reverse: API server connections, the reverse tunnel, the
     connection to Auth through it, the audit and recording spools, serving
-    kubectl, heartbeats. So a stop says goodbye to Auth, stops taking new
+    kubectl, heartbeats, host certificate renewal. So a stop says goodbye to Auth, stops taking new
     kubectl connections and lets the open ones finish, then stops the
     spools (what is not uploaded stays on disk), and closes the tunnel last."""
 

@@ -25,7 +25,7 @@ from teleport_py.pki.keys import (
 
 # TLS brings in Twisted; tsh answering kubectl from a stored certificate
 # needs only the X.509 half, so the TLS names load on first use.
-_TLS_NAMES = ("client_tls_options", "peer_certificate", "server_tls_options", "use_certificate")
+_TLS_NAMES = ("client_tls_options", "peer_certificate", "server_tls_options", "RenewableServerCreator")
 
 
 def __getattr__(name: str):
@@ -55,7 +55,7 @@ __all__ = [
     "load_private_key_pem",
     "make_private_dirs",
     "peer_certificate",
-    "use_certificate",
+    "RenewableServerCreator",
     "private_key_pem",
     "server_tls_options",
     "user_subject",

@@ -49,12 +49,40 @@ def _twisted_private_certificate(cert: x509.Certificate, key: ec.EllipticCurvePr
     return ssl.PrivateCertificate.loadPEM(certificate_pem(cert) + private_key_pem(key))
 
 
-def use_certificate(context: SSL.Context, certificate: x509.Certificate, private_key) -> None:
-    """Present this certificate on connections made from ``context`` from now
-    on (a renewed host certificate); connections already made keep theirs."""
-    context.use_certificate(crypto.X509.from_cryptography(certificate))
-    context.use_privatekey(crypto.PKey.from_cryptography_key(private_key))
-    context.check_privatekey()
+def openssl_pair(certificate: x509.Certificate, private_key) -> tuple[crypto.X509, crypto.PKey]:
+    """A certificate and its key as ``present`` takes them."""
+    return crypto.X509.from_cryptography(certificate), crypto.PKey.from_cryptography_key(private_key)
+
+
+def present(connection: SSL.Connection, pair: tuple[crypto.X509, crypto.PKey] | None) -> None:
+    """Make this (not yet handshaken) connection present ``pair`` rather
+    than its context's certificate: how a renewed certificate reaches new
+    connections, since a context that made connections cannot be changed.
+    ``set_context`` resets a connection to the new context's certificate,
+    so call this again after it."""
+    if pair is not None:
+        connection.use_certificate(pair[0])
+        connection.use_privatekey(pair[1])
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class RenewableServerCreator:
+    """Server connections from ``options``' context, presenting the
+    certificate given to ``use`` last (a renewed host certificate); the
+    connections already made keep theirs."""
+
+    def __init__(self, options) -> None:
+        self.context = options.getContext()
+        self._pair = None
+
+    def use(self, certificate: x509.Certificate, private_key) -> None:
+        self._pair = openssl_pair(certificate, private_key)
+
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        connection = SSL.Connection(self.context, None)
+        connection.set_app_data(tlsProtocol)
+        present(connection, self._pair)
+        return connection
 
 
 def server_tls_options(

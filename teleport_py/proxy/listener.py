@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from teleport_py.alpn import H2_ALPN, HTTP11_ALPN, TUNNEL_ALPN
 from teleport_py.limits import Build
-from teleport_py.pki.tls import use_certificate
+from teleport_py.pki.tls import openssl_pair, present
 
 KUBE_SNI_PREFIX = b"kube-teleport-proxy-alpn."
 #: The web API under the proxy's cluster certificate (host CA) instead of the
@@ -70,6 +70,8 @@ class ProxyConnectionCreator:
     kube: SSL.Context
     tunnel: SSL.Context
     cluster_web: SSL.Context | None = None
+    #: Context -> the renewed host certificate and key its new connections present.
+    renewed: dict = attrs.field(factory=dict, eq=False)
 
     @classmethod
     def from_options(cls, web, kube, tunnel, cluster_web=None) -> "ProxyConnectionCreator":
@@ -86,14 +88,21 @@ class ProxyConnectionCreator:
 
     def use_host_certificate(self, certificate, private_key, *, web: bool) -> None:
         """A renewed host certificate for new connections on every route
-        (``web`` too unless browsers get a configured certificate there)."""
+        (``web`` too unless browsers get a configured certificate there).
+        The contexts stay (routes are told apart by them); each new
+        connection presents the renewed pair instead of its context's."""
+        pair = openssl_pair(certificate, private_key)
         for context in (self.kube, self.tunnel, self.cluster_web, self.web if web else None):
             if context is not None:
-                use_certificate(context, certificate, private_key)
+                self.renewed[context] = pair
+
+    def _present(self, connection: SSL.Connection) -> None:
+        present(connection, self.renewed.get(connection.get_context()))
 
     def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
         connection = SSL.Connection(self.web, None)
         connection.set_app_data(tlsProtocol)
+        self._present(connection)
         return connection
 
     def route_of(self, connection: SSL.Connection) -> Route:
@@ -112,6 +121,7 @@ class ProxyConnectionCreator:
             # Same route and client-certificate rules as the web context; only
             # the certificate presented differs.
             connection.set_context(self.cluster_web)
+            self._present(connection)
 
     def _web_alpn(self, connection: SSL.Connection, offered: list[bytes]):
         if TUNNEL_ALPN in offered:
@@ -119,11 +129,11 @@ class ProxyConnectionCreator:
             return TUNNEL_ALPN
         return _http11_only(connection, offered)
 
-    @staticmethod
-    def _switch(connection: SSL.Connection, context: SSL.Context) -> None:
+    def _switch(self, connection: SSL.Connection, context: SSL.Context) -> None:
         """OpenSSL keeps the verify mode of the first context; require the certificate explicitly."""
         connection.set_context(context)
         connection.set_verify(_REQUIRE_CERT, _openssl_verdict)
+        self._present(connection)
 
 
 def dispatch(creator: ProxyConnectionCreator, choose: Callable[[Route, object], IProtocol | None]) -> Build:

@@ -126,7 +126,8 @@ class AgentTunnels:
 
 class ProxyService(RoleService):
     """Its identity first, then (started in this order, stopped in reverse)
-    its connections to Auth, agents' tunnels and the public port. Stopping
+    its connections to Auth, agents' tunnels, the public port and the host
+    certificate's renewal. Stopping
     drains the port: no new connections, web API connections close once
     their responses are out, kubectl connections are given until the
     deadline to end; only then are agents' tunnels dropped."""

@@ -13,7 +13,7 @@ from cryptography import x509
 
 from teleport_py.auth.services.common import to_json, utc_now
 from teleport_py.config import DEFAULT_HOST_CERT_TTL
-from teleport_py.pki import PROXY_SERVER_NAMES, CertAuthority, HostIdentity, ca_pin, certificate_pem
+from teleport_py.pki import AUTH_SERVER_NAME, PROXY_SERVER_NAMES, CertAuthority, HostIdentity, ca_pin, certificate_pem
 
 #: Names under this suffix identify cluster services; only a proxy's
 #: certificate may carry the proxy's (join_tokens filters them at join).
@@ -100,13 +100,14 @@ class CertificateAuthorities:
         """A fresh certificate for a service that proved (over TLS, with
         ``current``, verified against the host CA) it is ``identity``: the same
         identity and names, a new key and validity period. Names under the
-        cluster's reserved suffix are kept only as a proxy's own names."""
+        cluster's reserved suffix are kept only as a proxy's or Auth's own names
+        (Auth renews its own certificate in process; its route admits proxies and agents only)."""
         try:
             san = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
             san = x509.SubjectAlternativeName([])
         own_name = f"{identity.host_id}.{identity.teleport_cluster}"
-        allowed = PROXY_SERVER_NAMES if identity.system_role == "proxy" else ()
+        allowed = {"proxy": PROXY_SERVER_NAMES, "auth": (AUTH_SERVER_NAME,)}.get(identity.system_role, ())
         dns_names = [n for n in san.get_values_for_type(x509.DNSName) if n != own_name
                      and (not n.lower().rstrip(".").endswith(RESERVED_DNS_SUFFIX) or n in allowed)]
         return self.issue_host_identity(
