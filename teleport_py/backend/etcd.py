@@ -239,7 +239,7 @@ class _EtcdStore:
             put["lease"] = lease
         return {"request_put": put}
 
-    async def _txn(self, compare: list[dict], make_success, now: float) -> int | None:
+    async def _txn(self, compare: list[dict], make_success) -> int | None:
         """Run a transaction; the etcd revision it wrote, or None if a
         comparison failed. A lease etcd already expired is granted anew once."""
         for attempt in (1, 2):
@@ -304,7 +304,7 @@ class _EtcdStore:
         async def puts():
             return [await self._put_request(item, index, now) for index, item in enumerate(items)]
 
-        revision = await self._txn([], puts, now)
+        revision = await self._txn([], puts)
         await self._written(revision)
         return [self._stored_item(item, revision, index) for index, item in enumerate(items)], []
 
@@ -320,7 +320,7 @@ class _EtcdStore:
             async def put():
                 return [await self._put_request(item, 0, now)]
 
-            revision = await self._txn([self._compare_mod(item.key, current.mod_revision)], put, now)
+            revision = await self._txn([self._compare_mod(item.key, current.mod_revision)], put)
             if revision is not None:
                 await self._written(revision)
                 return self._stored_item(item, revision), []
@@ -339,7 +339,7 @@ class _EtcdStore:
         async def delete():
             return [{"request_delete_range": {"key": _b64(self._key(key))}}]
 
-        return await self._txn([self._compare_mod(key, mod_revision)], delete, 0.0)
+        return await self._txn([self._compare_mod(key, mod_revision)], delete)
 
     async def delete(self, key: str, now: float):
         for _ in range(MAX_RACES):
