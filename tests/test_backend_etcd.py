@@ -1,18 +1,21 @@
 """What the etcd backend adds to the shared suite (tests.test_backend): two
 backends on one prefix, prefixes kept apart, a watch that resumes after etcd
 restarts without missing or repeating an event, compaction answered by a
-re-read, TLS client certificates, and the watch stream's decoder."""
+re-read, TLS client certificates, the watch stream's decoder, and two
+backends on one prefix driven at random against one dict."""
 
 from __future__ import annotations
 
 import json
 import os
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial.unittest import TestCase
 
 from teleport_py.backend import DELETE, PUT
@@ -241,3 +244,89 @@ class WatchDecoderTests(TestCase):
             start += cut
         responses += decoder.feed(stream[start:])
         self.assertEqual([response.revision for response in responses], [1, 2, 3, 4, 5])
+
+
+KEYS = st.text(alphabet="ab/%\u00e9", min_size=1, max_size=3)
+TTLS = st.none() | st.sampled_from([0.5, 2.0])
+
+
+class _TwoServers(RuleBasedStateMachine):
+    """Two EtcdBackends on one prefix (two Auth servers), each call made
+    through either at random, checked against one dict: any server answers
+    any call with the same result."""
+
+    url: str
+
+    def __init__(self):
+        super().__init__()
+        self.clock = Clock()
+        clocked = ClockedReactor(self.clock)
+        prefix = unique_prefix("two")
+        self.backends = [self._call(EtcdBackend.open, clocked, [self.url], prefix) for _ in range(2)]
+        self.model: dict[str, tuple[bytes, float | None]] = {}
+
+    @staticmethod
+    def _call(function, *args, **kwargs):
+        return blockingCallFromThread(reactor, function, *args, **kwargs)
+
+    def _live(self):
+        now = self._call(self.clock.seconds)
+        return {key: value for key, (value, expires) in self.model.items() if expires is None or expires > now}
+
+    def _write(self, through, method, key, value, ttl, allowed, *extra):
+        expires = None if ttl is None else self._call(self.clock.seconds) + ttl
+        result = self._call(getattr(self.backends[through], method), key, *extra, value, expires)
+        assert (result is not None) == allowed, (method, key, result)
+        if allowed:
+            assert (result.key, result.value, result.expires) == (key, value, expires)
+            self.model[key] = (value, expires)
+
+    @rule(through=st.integers(0, 1), key=KEYS, value=st.binary(max_size=2), ttl=TTLS)
+    def put(self, through, key, value, ttl):
+        self._write(through, "put", key, value, ttl, True)
+
+    @rule(through=st.integers(0, 1), key=KEYS, value=st.binary(max_size=2), ttl=TTLS)
+    def create(self, through, key, value, ttl):
+        self._write(through, "create", key, value, ttl, key not in self._live())
+
+    @rule(through=st.integers(0, 1), key=KEYS, value=st.binary(max_size=2), ttl=TTLS)
+    def update(self, through, key, value, ttl):
+        self._write(through, "update", key, value, ttl, key in self._live())
+
+    @rule(through=st.integers(0, 1), key=KEYS, value=st.binary(max_size=2))
+    def compare_and_swap(self, through, key, value):
+        current = self._live().get(key)
+        expected = current if current is not None else b"absent"
+        self._write(through, "compare_and_swap", key, value, None, current is not None, expected)
+
+    @rule(through=st.integers(0, 1), key=KEYS)
+    def delete(self, through, key):
+        live = key in self._live()
+        assert self._call(self.backends[through].delete, key) == live
+        if live:
+            del self.model[key]
+
+    @rule(seconds=st.sampled_from([0.5, 1.0]))
+    def advance(self, seconds):
+        self._call(self.clock.advance, seconds)
+
+    @invariant()
+    def both_read_the_model(self):
+        live = self._live()
+        expected = [(key, live[key]) for key in sorted(live)]
+        for backend in self.backends:
+            assert [(item.key, item.value) for item in self._call(backend.get_range, "")] == expected
+
+    def teardown(self):
+        for backend in self.backends:
+            self._call(backend.close)
+
+
+class TwoServersModelTests(TestCase):
+    @async_test
+    async def test_two_backends_on_one_prefix_agree_with_a_dict(self):
+        server = await shared_etcd()
+        machine = type("TwoServers", (_TwoServers,), {"url": server.url})
+        options = settings(max_examples=25, stateful_step_count=20, deadline=None,
+                           suppress_health_check=[HealthCheck.too_slow])
+        await deferToThread(run_state_machine_as_test, machine, settings=options)
