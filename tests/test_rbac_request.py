@@ -133,3 +133,24 @@ class ListQueryTests(SynchronousTestCase):
         # Undecodable options: the API server lower-cases instead of folding.
         self.assertEqual(self.classified(watch="fal\u017fe", limit="x")[0], "watch")
         self.assertEqual(self.classified(watch="FALSE", limit="x")[0], "list")
+
+    def test_label_selector_decides_whether_a_name_is_taken(self) -> None:
+        """An invalid labelSelector makes the API server's list options fail
+        to decode: no name from the field selector (labels.Parse grammar)."""
+        valid = ["", " ", "app", "!app", "app=web", "app==web", "app!=web", "app=", "app=,tier", "a in (x,y)",
+                 "a notin (x)", "a in ()", "a in (,x)", "a in (x,)", "a in (x,,y)", "x>5", "x<3", "in=x",
+                 "example.com/app=web", "a=b\0garbage", "a = b , c != d", "a.b-c_d=A.b-9"]
+        invalid = ["app=web,", ",app", "!app=web", "a in x", "a in (x", "a in (x y)", "x>y", "x>", "x>-5", "x<-3",
+                   "-app=web", "app=-web", "a==b==c", "/app", "Example.com/app", "a/b/c", "a=b c", "a (x)",
+                   "a" * 64, "a=" + "b" * 64, "a in (x=)", "a,,b", "a=(", "a=b)"]
+        for selector in valid:
+            self.assertEqual(self.classified(fieldSelector="metadata.name=s1", labelSelector=selector),
+                             ("list", "s1"), repr(selector))
+        for selector in invalid:
+            self.assertEqual(self.classified(fieldSelector="metadata.name=s1", labelSelector=selector),
+                             ("list", ""), repr(selector))
+
+    @given(st.text(alphabet="ab =!(),<>-/.\t\0in7", max_size=30))
+    def test_label_selectors_never_crash(self, selector) -> None:
+        verb, _ = self.classified(fieldSelector="metadata.name=s1", labelSelector=selector)
+        self.assertEqual(verb, "list")

@@ -15,6 +15,7 @@ request with an empty resource, which the checker refuses.
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping, Sequence
 from urllib.parse import unquote
 
@@ -130,13 +131,14 @@ def _equal_fold(value: str, ascii_word: str) -> bool:
 def _list_options_valid(query: Mapping[str, Sequence[str]]) -> bool:
     """Whether the API server's ListOptions decoding of the query succeeds
     (its RequestInfo takes a name from ``fieldSelector`` only then): the
-    integers parse (Go's ``strconv.ParseInt``) and the field selector parses.
-    ``labelSelector`` is not checked: when it is invalid the API server
-    answers 400 and executes nothing, whatever was authorized."""
+    integers parse (Go's ``strconv.ParseInt``) and both selectors parse."""
     for key in ("timeoutSeconds", "limit"):
         values = query.get(key, ())
         if values and not _is_go_int64(values[0]):
             return False
+    values = query.get("labelSelector", ())
+    if values and not _label_selector_valid(values[0]):
+        return False
     values = query.get("fieldSelector", ())
     return not values or _parse_field_selector(values[0]) is not None
 
@@ -144,6 +146,114 @@ def _list_options_valid(query: Mapping[str, Sequence[str]]) -> bool:
 def _is_go_int64(text: str) -> bool:
     digits = text[1:] if text[:1] in ("+", "-") else text
     return digits.isascii() and digits.isdigit() and -(2**63) <= int(text) < 2**63
+
+
+#: Kubernetes' label selector lexer: its operator tokens, longest first, and
+#: the bytes that end an identifier.
+_LABEL_SYMBOLS = ("!=", "==", "=", "!", "(", ")", ",", ">", "<")
+_LABEL_SPECIAL = frozenset("=!(),><")
+_LABEL_SPACE = frozenset(" \t\r\n")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _label_tokens(selector: str) -> list[str] | None:
+    """Tokens of ``labels.Parse``'s lexer (``in``/``notin`` stay words), or
+    None on a symbol run it has no token for. Its reader stops at a NUL."""
+    selector = selector.split("\0", 1)[0]
+    tokens, i = [], 0
+    while i < len(selector):
+        c = selector[i]
+        if c in _LABEL_SPACE:
+            i += 1
+        elif c in _LABEL_SPECIAL:
+            # The longest run of symbols that is a token, as the lexer scans it.
+            symbol = next((t for t in _LABEL_SYMBOLS if selector.startswith(t, i)), None)
+            if symbol is None:
+                return None
+            tokens.append(symbol)
+            i += len(symbol)
+        else:
+            start = i
+            while i < len(selector) and selector[i] not in _LABEL_SPACE and selector[i] not in _LABEL_SPECIAL:
+                i += 1
+            tokens.append(selector[start:i])
+    return tokens
+
+
+def _label_selector_valid(selector: str) -> bool:
+    """Whether Kubernetes' ``labels.Parse`` accepts ``selector``:
+    requirements ``key``, ``!key``, ``key op value`` (``=``, ``==``, ``!=``,
+    ``>``/``<`` with an integer), ``key in|notin (v, ...)``, separated by
+    commas; keys qualified names, values label values."""
+    tokens = _label_tokens(selector)
+    if tokens is None:
+        return False
+    pos, end = 0, len(tokens)
+
+    def word(t: str) -> bool:
+        return t not in _LABEL_SYMBOLS
+    while pos < end:
+        negated = tokens[pos] == "!"
+        pos += negated
+        if pos >= end or not word(tokens[pos]) or not _is_label_key(tokens[pos]):
+            return False
+        pos += 1
+        if pos == end or tokens[pos] == ",":
+            pass  # exists / does not exist
+        elif negated:
+            return False
+        else:
+            operator = tokens[pos]
+            pos += 1
+            if operator in ("in", "notin"):
+                if pos >= end or tokens[pos] != "(":
+                    return False
+                pos += 1
+                while pos < end and tokens[pos] != ")":
+                    if word(tokens[pos]):
+                        if not _is_label_value(tokens[pos]):
+                            return False
+                        pos += 1
+                        if pos < end and tokens[pos] not in (",", ")"):
+                            return False
+                    elif tokens[pos] == ",":
+                        pos += 1
+                    else:
+                        return False
+                if pos >= end:
+                    return False
+                pos += 1
+            elif operator in ("=", "==", "!=", ">", "<"):
+                value = ""
+                if pos < end and tokens[pos] != ",":
+                    if not word(tokens[pos]):
+                        return False
+                    value = tokens[pos]
+                    pos += 1
+                if operator in (">", "<") and not _is_go_int64(value):
+                    return False
+                if not _is_label_value(value):
+                    return False
+            else:
+                return False
+        if pos < end:
+            if tokens[pos] != "," or pos + 1 >= end or not (word(tokens[pos + 1]) or tokens[pos + 1] == "!"):
+                return False
+            pos += 1
+    return True
+
+
+def _is_label_key(key: str) -> bool:
+    """``validation.IsQualifiedName``: ``[prefix/]name``."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return 0 < len(name) <= 63 and bool(_LABEL_NAME.fullmatch(name))
+
+
+def _is_label_value(value: str) -> bool:
+    return value == "" or (len(value) <= 63 and bool(_LABEL_NAME.fullmatch(value)))
 
 
 _FIELD_OPERATORS = ("!=", "==", "=")
