@@ -350,7 +350,7 @@ async def measure_path(reactor, name: str, target: Target, pids: dict[str, int],
     idle_rate = await idle_cpu_rate(reactor, pids)
     cpu_before = {process: cpu_seconds(pid) for process, pid in pids.items()}
     started = time.monotonic()
-    with Sampled(reactor, profile, "get" + suffix, pids):
+    with Sampled(reactor, profile, "get" + suffix, pids, blocking=options.profile_blocking):
         get_latency = await threads.deferToThread(latency, target, options.requests)
     result = {
         "latency": get_latency,
@@ -368,7 +368,7 @@ async def measure_path(reactor, name: str, target: Target, pids: dict[str, int],
         result["rps_c32"], result["c32_streams"] = c32["rps"], c32["streams"]
     else:
         result["rps_c32"] = await threads.deferToThread(throughput, target, 32, per_client)
-    with Sampled(reactor, profile, "list" + suffix, pids):
+    with Sampled(reactor, profile, "list" + suffix, pids, blocking=options.profile_blocking):
         # The bench's own CPU too: a LIST's time may be the Python client's.
         result["list"] = await threads.deferToThread(big_list, target, options.list_repeats,
                                                      {**pids, "client": os.getpid()})
@@ -477,6 +477,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--profile", metavar="DIR",
                         help="py-spy stacks of the proxy and agent during teleport's (and teleport-h2's) GETs and LISTs")
+    parser.add_argument("--profile-blocking", action="store_true",
+                        help="sample in py-spy's blocking mode: a truer CPU breakdown (nonblocking over-weights "
+                             "system calls), at the price of slower processes while sampled")
     options = parser.parse_args()
 
     def run(reactor):
