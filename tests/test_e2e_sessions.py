@@ -6,34 +6,22 @@ recordings (tsh recordings ls / tsh play) and the audit log they left.
 """
 from __future__ import annotations
 
-import fcntl
 import glob
 import hashlib
-import itertools
-import json
 import os
-import re
-import struct
-import termios
 
 from twisted.internet import defer, protocol
-from twisted.internet.task import deferLater
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.protocols.wire import Echo
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import KUBE_ACCESS_ROLE, Deployment, coroutine_test
-from tests.support.kubeenv import create_running_pod, kubectl_binaries, register_node
+from tests.e2e import coroutine_test
+from tests.support.kubeenv import kubectl_binaries
 from tests.support.clients import Collect as _Collect, Terminal as _Terminal, kill_process as _kill
-from tests.support.kubelet import KubeletStandin, create_attachable_pod
+from tests.support.kubelet import create_attachable_pod
 from tests.support.procs import free_port, wait_until
-from tests.support.session_roles import SESSIONS_RBAC, SESSIONS_ROLE
-
-_names = itertools.count()
-
-#: The command column may hold spaces; the columns around it cannot.
-_RECORDING_ROW = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(.*?)\s+(\d{4}-\d\d-\d\dT\S+)\s+(yes|no)\s*$")
+from tests.support.sessions import SessionsMixin
 
 #: Teleport allows reading pods but not the ``exec`` verb.
 READ_ONLY_ROLE = """\
@@ -52,12 +40,6 @@ spec:
         name: '*'
         verbs: [get, list]
 """
-
-
-def _reactor():
-    from twisted.internet import reactor
-
-    return reactor
 
 
 class _UpgradeThenGarbage(protocol.Protocol):
@@ -89,67 +71,7 @@ def _sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-class _SessionsMixin:
-    timeout = 900
-    websocket = True
-    kubectl_env: dict = {}
-
-    async def deployment(self, roles="access,kube-sessions") -> Deployment:
-        self.reactor = _reactor()
-        d = await Deployment(self, self.mktemp()).start()
-        await d.plane.apply(SESSIONS_RBAC)
-        await d.tctl("create", "-f", d.write("sessions.yaml", SESSIONS_ROLE))
-        await d.tctl("create", "-f", d.write("kube-access.yaml", KUBE_ACCESS_ROLE))
-        await d.add_user("alice", "access")
-        await d.tctl("users", "update", "alice", f"--set-roles={roles}")
-        await d.login("alice")
-        await d.wait_for_clusters({"my-cluster"})
-        await d.tsh("kube", "login", "my-cluster")
-        self.root = d.path("pod-root")
-        os.makedirs(self.root)
-        self.standin = KubeletStandin(self.reactor, self.root, websocket=self.websocket)
-        port = await self.standin.start()
-        self.addCleanup(self.standin.stop)
-        n = next(_names)
-        self.node, self.pod = f"session-node-{os.getpid()}-{n}", f"session-pod-{os.getpid()}-{n}"
-        await register_node(d.plane, self.node, port)
-        await create_running_pod(d.plane, self.pod, "default", self.node)
-        self.d = d
-        return d
-
-    def env(self):
-        return {**self.d.env(), **self.kubectl_env}
-
-    def kubectl(self, binary, *args, **kw):
-        return self.d.kubectl(*args, binary=binary, env=self.env(), **kw)
-
-    def terminal(self, binary, *args) -> tuple[_Terminal, object]:
-        terminal = _Terminal()
-        transport = self.reactor.spawnProcess(
-            terminal, binary, [binary, "exec", "-it", self.pod, "--", *args],
-            env={**self.env(), "TERM": "xterm"}, usePTY=True,
-        )
-        self.addCleanup(_kill, transport)
-        return terminal, transport
-
-    async def typed(self, terminal, transport, line: bytes, expect: bytes):
-        transport.write(line)
-        await wait_until(lambda: expect in terminal.output, 60, reactor=self.reactor)
-
-    def sleep(self, seconds: float):
-        return deferLater(self.reactor, seconds, lambda: None)
-
-    async def recordings(self) -> list[tuple[str, ...]]:
-        """(id, user, kind, pod, command, started, complete) rows of ``tsh recordings ls``."""
-        rows = (await self.d.tsh("recordings", "ls")).out.splitlines()[2:]
-        return [m.groups() for m in map(_RECORDING_ROW.match, rows) if m]
-
-    async def play_json(self, sid: str) -> list[dict]:
-        out = (await self.d.tsh("play", sid, "--format=json")).out
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-class _SessionTests(_SessionsMixin):
+class _SessionTests(SessionsMixin):
     """The whole session feature set for one transport (WebSocket or SPDY-only)."""
 
     @coroutine_test
@@ -181,14 +103,7 @@ class _SessionTests(_SessionsMixin):
             with open(back, "rb") as f:
                 self.assertEqual(_sha(f.read()), _sha(data))
 
-            terminal, transport = self.terminal(binary, "sh")
-            fcntl.ioctl(transport.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-
-            def resized():
-                transport.write(b"stty size\n")
-                return b"33 111" in terminal.output
-
-            await wait_until(resized, 60, interval=0.5, reactor=self.reactor)
+            terminal, transport = await self.sized_terminal(binary, 33, 111, "sh")
             await self.typed(terminal, transport, b"echo interactive-$((6*7))\n", b"interactive-42")
             transport.write(b"exit 7\n")
             self.assertEqual(await terminal.ended, 7, bytes(terminal.output[-500:]))
@@ -313,7 +228,7 @@ class SpdyOnlySessionTests(_SessionTests, TestCase):
     protocols = {"v4.channel.k8s.io", "portforward.k8s.io"}
 
 
-class SessionFailureTests(_SessionsMixin, TestCase):
+class SessionFailureTests(SessionsMixin, TestCase):
     """Refusals, a dying agent, and a misbehaving client."""
 
     @coroutine_test

@@ -26,6 +26,7 @@ CONTENT_TYPES = {
     ".ico": b"image/x-icon",
     ".woff2": b"font/woff2",
     ".map": b"application/json",
+    ".txt": b"text/plain; charset=utf-8",
 }
 NOT_BUILT = (
     b"<!doctype html><title>Web UI not built</title><h1>The web UI was not built</h1>"

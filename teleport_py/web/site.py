@@ -3,8 +3,10 @@
 invitation page, ``proxy.webapi``); ``/`` redirects to ``/web/``.
 
 Every answer carries the security headers: a strict Content-Security-Policy
-(scripts, styles, images and connections only from this origin, no inline
-script, nothing may frame the page), ``X-Frame-Options: DENY`` for browsers
+(scripts, images and connections only from this origin, no inline or eval'd
+script, nothing may frame the page; styles from this origin and inline, as
+Teleport's own web UI allows, because xterm.js's renderer writes the
+terminal's size and colours as ``<style>`` elements and inline styles), ``X-Frame-Options: DENY`` for browsers
 that predate ``frame-ancestors``, ``nosniff``, no referrer (an invitation
 link carries its token), and HSTS, since the port speaks only TLS.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 from twisted.web import resource
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = (
