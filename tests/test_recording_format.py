@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teleport_py.recording.format import (
-    MAX_PAYLOAD, RecordingFormatError, RecordingReader, complete_prefix, decode_header, encode, print_header,
+    MAX_PAYLOAD, RecordingFormatError, RecordingReader, complete_prefix, decode_header, encode, last_ms, print_header,
     read_all,
 )
 
@@ -59,6 +59,10 @@ class FormatTests(SynchronousTestCase):
             self.assertEqual(len(reader.feed(whole[:cut])), 1)
             self.assertFalse(reader.close())
             self.assertEqual(complete_prefix(whole[:cut]), encode(START))
+            self.assertEqual(last_ms(whole[:cut]), START["ms"])
+        self.assertEqual(last_ms(whole), 5)
+        self.assertEqual(last_ms(whole[len(encode(START)):]), 5)  # a later chunk: no session.start needed
+        self.assertIsNone(last_ms(b""))
 
     def test_version_1_recordings_still_play(self):
         """Stored before output went raw: data as base64 inside the line."""

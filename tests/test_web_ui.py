@@ -207,7 +207,7 @@ class WebUITests(TestCase):
             await browser.sign_in(name)
         for browser in (alice, erin):
             code, body = await browser.json("GET", "/web/api/recordings")
-            self.assertEqual([m["session_id"] for m in body["items"]], [SID])
+            self.assertEqual([(m["session_id"], m["duration_ms"]) for m in body["items"]], [(SID, 301)])
             code, body = await browser.json("GET", f"/web/api/recordings/{SID}/data?offset=0")
             self.assertEqual(code, 200, body)
         code, body = await bob.json("GET", "/web/api/recordings")

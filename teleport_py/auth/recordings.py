@@ -37,7 +37,7 @@ from zope.interface import Interface, implementer
 from teleport_py import disk
 from teleport_py.auth.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from teleport_py.pki import HostIdentity, UserIdentity, make_private_dirs
-from teleport_py.recording.format import SESSION_ID, START, RecordingFormatError, decode_header
+from teleport_py.recording.format import SESSION_ID, START, RecordingFormatError, decode_header, last_ms
 
 META = "/recording_meta/"
 DATA = "/recording_data/"
@@ -140,6 +140,9 @@ class Recordings:
             await self._run(self.files.write, session_id, offset, data)
         meta["size"] = offset + len(data)
         meta["complete"] = bool(final)
+        ms = last_ms(data) if data else None
+        if ms is not None:  # the session's length so far: what the web UI lists
+            meta["duration_ms"] = ms
         await self.backend.put(META + session_id, json.dumps(meta, sort_keys=True).encode("utf-8"))
         if final:
             self.log.info("recording stored session={session} bytes={size}", session=session_id, size=meta["size"])

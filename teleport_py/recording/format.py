@@ -156,21 +156,41 @@ def read_all(data: bytes) -> list[dict[str, Any]]:
     return events
 
 
-def complete_prefix(data: bytes) -> bytes:
-    """The longest prefix of ``data`` (which starts on a record boundary) that
-    holds only whole records: what may be uploaded from a file another thread
-    is still appending to. Bytes that are not records end the prefix too, so
-    a corrupt file is uploaded up to its last good record."""
+def _whole_records(data: bytes):
+    """``(header, end offset)`` of each whole record of ``data`` (which starts
+    on a record boundary), stopping at the first torn or unreadable one."""
     view = memoryview(data)
     at = 0
     while True:
         end = data.find(b"\n", at)
         if end < 0:
-            return data[:at]
+            return
         try:
-            size = decode_header(view[at:end].tobytes()).get("size", 0)
+            header = decode_header(view[at:end].tobytes())
         except RecordingFormatError:
-            return data[:at]
+            return
+        size = header.get("size", 0)
         if end + 1 + size > len(data):
-            return data[:at]
+            return
         at = end + 1 + size
+        yield header, at
+
+
+def complete_prefix(data: bytes) -> bytes:
+    """The longest prefix of ``data`` (which starts on a record boundary) that
+    holds only whole records: what may be uploaded from a file another thread
+    is still appending to. Bytes that are not records end the prefix too, so
+    a corrupt file is uploaded up to its last good record."""
+    at = 0
+    for _header, at in _whole_records(data):
+        pass
+    return data[:at]
+
+
+def last_ms(data: bytes) -> int | None:
+    """The ``ms`` of the last whole record in ``data`` (a chunk starting on a
+    record boundary), or None: a finished recording's duration."""
+    ms = None
+    for header, _at in _whole_records(data):
+        ms = header["ms"]
+    return ms

@@ -185,7 +185,7 @@ async function auditPage() {
 function duration(meta) {
   const ms = meta.duration_ms;
   if (typeof ms !== "number") return meta.complete ? "" : "in progress";
-  return `${(ms / 1000).toFixed(1)} s`;
+  return `${(ms / 1000).toFixed(1)} s${meta.complete ? "" : " so far"}`;
 }
 
 function kindOf(meta) {
