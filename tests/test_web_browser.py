@@ -3,7 +3,8 @@ the real chain: auth+proxy and an agent as twistd processes, a real
 kube-apiserver, kubectl and the kubelet stand-in.
 
 alice runs a real ``kubectl exec -it`` session (terminal resized to 111x33,
-two outputs three seconds apart); bob runs a non-interactive exec; erin
+two outputs three seconds apart); bob runs a non-interactive exec and a
+port-forward (each shown in the player as what it is); erin
 (``editor`` and ``kube-access``) reviews. In the browser: a wrong password; erin signs
 in, sees the cluster, filters the audit log to alice's exec events, opens the
 recording and plays it at 4x: each output appears in order and never before
@@ -20,9 +21,14 @@ import os
 import time
 
 from twisted.internet import threads
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory
+from twisted.protocols.wire import Echo
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import PASSWORD, coroutine_test
+from tests.support.clients import Collect
+from tests.support.procs import free_port
 from tests.support.browser import browser_binaries, start_browser
 from tests.support.kubeenv import kubectl_binaries
 from tests.support.sessions import SessionsMixin
@@ -78,17 +84,34 @@ class WebBrowserTests(SessionsMixin, TestCase):
         [sid] = [r[0] for r in await self.recordings() if r[4] == "sh" and r[6] == "yes"]
         tsh_cast = (await d.tsh("play", sid, "--format=asciicast")).out
 
-        # bob's non-interactive exec: in the audit log, not in alice's filter.
+        # bob's non-interactive exec (in the audit log, not in alice's filter) and port-forward.
         await d.login("bob")
         await d.tsh("kube", "login", "my-cluster")
         await self.kubectl(binary, "exec", self.pod, "--", "echo", "from-bob")
+        echo = await TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Echo))
+        self.addCleanup(echo.stopListening)
+        remote, port = echo.getHost().port, free_port()
+        forwarder = d.spawn("port-forward", [binary, "port-forward", f"pod/{self.pod}", f"{port}:{remote}"], env=self.env())
+        await forwarder.wait_for_output("Forwarding from", 60)
+        client = Collect(b"ping")
+        await connectProtocol(TCP4ClientEndpoint(self.reactor, "127.0.0.1", port), client)
+        self.assertEqual(await client.done, b"ping")
+        await forwarder.stop()
         await d.wait_for_events("exec", until=lambda events: {"alice", "bob"} <= {e.get("user") for e in events})
+        deadline = self.reactor.seconds() + 60
+        while True:
+            rows = {r[2]: r[0] for r in await self.recordings() if r[6] == "yes"}
+            if {"exec", "portforward"} <= set(rows):
+                break
+            self.assertLess(self.reactor.seconds(), deadline, await self.recordings())
+            await self.sleep(1)
+        bobs = {"exec": rows["exec"], "portforward": rows["portforward"], "port": remote}
 
         shots = os.environ.get("TELEPORT_PY_SCREENSHOTS") or os.path.abspath(self.mktemp())
         os.makedirs(shots, exist_ok=True)
         browser = start_browser(self)
         try:
-            await threads.deferToThread(self.in_browser, browser, f"https://{d.proxy}", sid, tsh_cast, shots)
+            await threads.deferToThread(self.in_browser, browser, f"https://{d.proxy}", sid, tsh_cast, bobs, shots)
         except BaseException:
             browser.save_screenshot(os.path.join(shots, "failure.png"))
             with open(os.path.join(shots, "failure.html"), "w") as f:
@@ -97,7 +120,7 @@ class WebBrowserTests(SessionsMixin, TestCase):
 
     # -- the browser part: selenium blocks, so it runs on a thread -------------------
 
-    def in_browser(self, browser, base, sid, tsh_cast, shots):
+    def in_browser(self, browser, base, sid, tsh_cast, bobs, shots):
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support import expected_conditions as ec
         from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -220,6 +243,21 @@ class WebBrowserTests(SessionsMixin, TestCase):
         self.assertNotIn("first-2", before)
         after = seek(second)
         self.assertLess(after.index("first-2"), after.index("second-4"))
+
+        # bob's non-interactive exec says what it is; its output plays.
+        browser.get(f"{base}/web/recordings/{bobs['exec']}")
+        self.assertIn("non-interactive", find("#kind-note").text)
+        find("#terminal .xterm-rows")
+        self.assertIn("from-bob", seek(3600))
+        # bob's port-forward: its connection, no terminal.
+        browser.get(f"{base}/web/recordings/{bobs['portforward']}")
+        listed = find("#port-events").text
+        self.assertIn(f"port-forward to port {bobs['port']} opened", listed)
+        self.assertIn(f"port-forward to port {bobs['port']} closed (4 bytes in, 4 bytes out)", listed)
+        self.assertEqual(browser.find_elements(By.ID, "terminal"), [])
+        shot("port-forward")
+        browser.get(f"{base}/web/recordings/{sid}")
+        find("#terminal .xterm-rows")
 
         # The asciicast download parses and is what tsh play writes.
         answer = fetch("GET", f"/web/api/recordings/{sid}/asciicast")
