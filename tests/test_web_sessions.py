@@ -1,11 +1,14 @@
 """The proxy's browser sessions (teleport_py.web.sessions): random ids, an
-end no later than the certificate's, a bound on how many, CSRF tokens."""
+end no later than the certificate's, a bound on how many, CSRF tokens; and
+the download's back-pressure gate."""
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from teleport_py.web.sessions import TooManySessions, WebSessions
+from teleport_py.web.ui import WriteGate
 
 
 class WebSessionsTests(TestCase):
@@ -54,3 +57,22 @@ class WebSessionsTests(TestCase):
         clock.advance(5)
         sessions.create("eve", b"PEM", 50.0)  # the expired one made room
         self.assertEqual(len(sessions), 2)
+
+
+class WriteGateTests(TestCase):
+    """The asciicast download's back-pressure (teleport_py.web.ui.WriteGate)."""
+
+    def test_ready_waits_while_paused_and_is_false_once_stopped(self):
+        gate = WriteGate()
+        self.assertTrue(self.successResultOf(Deferred.fromCoroutine(gate.ready())))
+        gate.pauseProducing()
+        gate.pauseProducing()
+        waiting = Deferred.fromCoroutine(gate.ready())
+        self.assertNoResult(waiting)
+        gate.resumeProducing()
+        self.assertTrue(self.successResultOf(waiting))
+        gate.pauseProducing()
+        waiting = Deferred.fromCoroutine(gate.ready())
+        gate.stopProducing()
+        self.assertFalse(self.successResultOf(waiting))
+        self.assertFalse(self.successResultOf(Deferred.fromCoroutine(gate.ready())))

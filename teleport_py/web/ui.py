@@ -27,7 +27,9 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.internet.interfaces import IPushProducer
 from twisted.web import resource, server
+from zope.interface import implementer
 
 from teleport_py.auth.api import CLIENT_ADDR_HEADER, USER_CERT_HEADER
 from teleport_py.auth.errors import AccessDenied, AuthError, BadParameter, NotFound
@@ -72,6 +74,38 @@ def _int_arg(request, name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise BadParameter(f"{name}: must be between {low} and {high}")
     return value
+
+
+@implementer(IPushProducer)
+class WriteGate:
+    """Back-pressure for a response written in pieces: registered as the
+    request's producer, it is paused while the browser's side of the
+    connection has too much unsent, and ``ready`` waits until it may go on
+    (never, once the connection is gone), so the proxy reads the next page
+    of a recording from Auth only when the last one has left."""
+
+    def __init__(self) -> None:
+        self._resumed: Deferred | None = None
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+    async def ready(self) -> bool:
+        """False when the connection is gone."""
+        if self._resumed is not None:
+            await self._resumed
+        return not self.stopped
 
 
 class _Route:
@@ -202,7 +236,7 @@ class WebUI(resource.Resource):
         except TooManySessions:
             raise Unavailable("the proxy holds too many web sessions; try again later") from None
         self._set_cookie(request, session_id, max(0, int(expires - self._reactor.seconds())))
-        log.info("web sign-in user={user}", user=user)
+        log.debug("web sign-in user={user}", user=user)
         return self._describe(session)
 
     def _describe(self, session) -> dict[str, Any]:
@@ -269,7 +303,11 @@ class WebUI(resource.Resource):
         reader, writer, offset = RecordingReader(), AsciicastWriter(), 0
         finished: list = []
         request.notifyFinish().addBoth(finished.append)
+        gate = WriteGate()
+        request.registerProducer(gate, True)
         for _ in range(MAX_RECORDING_PAGES):
+            if not await gate.ready() or finished:
+                return None
             try:
                 page = await auth.call("GET", f"recordings/{sid}/data", params={"offset": str(offset)})
                 data = base64.b64decode(page["data"], validate=True)
@@ -292,5 +330,6 @@ class WebUI(resource.Resource):
         reader.close()
         if not finished:
             request.write(writer.close().encode("utf-8"))
+            request.unregisterProducer()
             request.finish()
         return None
