@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from teleport_py.lifecycle import StartError
 from teleport_py.pki import ca_pin, load_certificates_pem
+from teleport_py.quiet import QuietHTTPConnectionPool
 
 #: The CA answer is a few PEM certificates; anything larger is not one.
 MAX_CA_ANSWER = 1 << 20
@@ -49,7 +50,8 @@ async def pinned_host_cas(reactor, url: str, pins: Sequence[str], http: HTTPClie
     of ``pins``; raises PinError otherwise, before anything secret is sent."""
     if not pins:
         raise PinError("teleport.ca_pin is required to join the cluster: set it to the CA pin 'tctl status' prints")
-    http = http or HTTPClient(Agent(reactor, contextFactory=_Unverified()))
+    http = http or HTTPClient(Agent(reactor, contextFactory=_Unverified(),
+                                    pool=QuietHTTPConnectionPool(reactor, persistent=False)))
     try:
         response = await http.get(url, timeout=FETCH_TIMEOUT)
         body = await _bounded_body(response)

@@ -286,6 +286,30 @@ class AuthServerTests(TestCase):
 
         return d(go())
 
+    def test_a_clean_stop_says_goodbye_for_its_own_record_only(self):
+        async def go():
+            auth = await self._setup()
+            agents = [HostIdentity(host_id=f"agent-{i}", nodename="n", system_role="kube", teleport_cluster="example")
+                      for i in (1, 2)]
+            for agent in agents:
+                await auth.kube_servers.heartbeat(agent, {
+                    "kind": "kube_server", "version": "v3", "metadata": {"name": "my-cluster"},
+                    "spec": {"host_id": agent.host_id, "hostname": "n", "version": "teleport_py",
+                             "cluster": {"kind": "kube_cluster", "version": "v3",
+                                         "metadata": {"name": "my-cluster", "labels": {}}, "spec": {}}},
+                })
+            await auth.kube_servers.goodbye(agents[0], "my-cluster")
+            self.assertEqual(await auth.kube_servers.clusters(), {"my-cluster": {}})  # agent-2 still serves it
+            await auth.kube_servers.goodbye(agents[1], "my-cluster")
+            self.assertEqual(await auth.kube_servers.clusters(), {})
+            alice = UserIdentity(username="alice", roles=("access",), expires=datetime.now(timezone.utc) + timedelta(hours=1))
+            with self.assertRaises(AccessDenied):
+                await auth.kube_servers.goodbye(alice, "my-cluster")
+            with self.assertRaises(BadParameter):
+                await auth.kube_servers.goodbye(agents[0], "../x")
+
+        return d(go())
+
     def test_agents_append_audit_batches(self):
         async def go():
             auth = await self._setup()

@@ -241,3 +241,23 @@ class HeartbeatTests(SynchronousTestCase):
         beat.start()
         self.assertEqual(len(sent), 1)
         beat.stop()
+
+    def test_goodbye_stops_and_forgets_every_cluster(self):
+        clock = Clock()
+        sent, gone = [], []
+
+        async def send(resource):
+            sent.append(resource)
+
+        async def goodbye(cluster):
+            gone.append(cluster)
+            if cluster == "c1":
+                raise ConnectionError("auth unreachable")  # logged; c2 still gets its goodbye
+
+        beat = Heartbeat(clock, send, [("c1", {}), ("c2", {})], "host-1", "node", interval=30)
+        beat.start()
+        beat.beat_now()
+        self.successResultOf(defer.Deferred.fromCoroutine(beat.goodbye(goodbye)))
+        self.assertEqual(gone, ["c1", "c2"])
+        clock.advance(60)
+        self.assertEqual(len(sent), 2)  # no heartbeat after the goodbye

@@ -157,6 +157,7 @@ class AuthAPI(resource.Resource):
             Route(b"POST", "access_requests/*/reviews", self.review_access_request, frozenset({USER})),
             Route(b"PUT", "access_requests/*/state", self.resolve_access_request, ADMINISTRATORS),
             Route(b"POST", "heartbeats/kube", self.heartbeat, frozenset({"kube"})),
+            Route(b"POST", "heartbeats/kube/goodbye", self.goodbye, frozenset({"kube"})),
             Route(b"GET", "kube_clusters", self.kube_clusters, ADMINISTRATORS),
             Route(b"POST", "events", self.append_events, frozenset({"kube"})),
             Route(b"GET", "events", self.search_events, ADMINISTRATORS),
@@ -425,6 +426,10 @@ class AuthAPI(resource.Resource):
 
     async def heartbeat(self, caller, request, body):
         await self.auth.kube_servers.heartbeat(self._authenticated(caller), body.get("resource"))
+        return {}
+
+    async def goodbye(self, caller, request, body):
+        await self.auth.kube_servers.goodbye(self._authenticated(caller), body.get("cluster"))
         return {}
 
     async def kube_clusters(self, caller, request, body):

@@ -69,9 +69,10 @@ class AuthClient:
         self.timeout = timeout
 
     @classmethod
-    def direct(cls, reactor, address: str, *, trusted_cas: Iterable, certificate=None, private_key=None) -> "AuthClient":
+    def direct(cls, reactor, address: str, *, trusted_cas: Iterable, certificate=None, private_key=None,
+               pool: HTTPConnectionPool | None = None) -> "AuthClient":
         policy = ClusterTLSPolicy(trusted_cas, certificate, private_key)
-        pool = QuietHTTPConnectionPool(reactor, persistent=True)
+        pool = pool or QuietHTTPConnectionPool(reactor, persistent=True)
         agent = Agent(reactor, contextFactory=policy, pool=pool)
         return cls(HTTPClient(agent), f"https://{address}")
 
@@ -215,6 +216,10 @@ class AuthClient:
 
     def heartbeat_kube(self, resource: dict):
         return self.call("POST", "heartbeats/kube", {"resource": resource})
+
+    def kube_goodbye(self, cluster: str):
+        """This agent stops serving ``cluster`` now (a clean shutdown)."""
+        return self.call("POST", "heartbeats/kube/goodbye", {"cluster": cluster})
 
     async def kube_clusters(self) -> list[dict]:
         return (await self.call("GET", "kube_clusters"))["items"]

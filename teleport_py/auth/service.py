@@ -71,7 +71,8 @@ class AuthService(RoleService):
     async def compose(self) -> None:
         data_dir = self.config.data_dir
         make_private_dirs(data_dir)
-        backend = await open_backend(self.reactor, self.config.storage, data_dir)
+        # Closed by the "backend" step below, last, once the API has drained.
+        backend = await open_backend(self.reactor, self.config.storage, data_dir, close_on_shutdown=False)
         await self.start_child(Step("backend", stop=backend.close))
         self.auth = await AuthServer.initialize(
             self.reactor, backend, self.config.cluster_name, shared_backend=self.config.storage.type == "etcd",

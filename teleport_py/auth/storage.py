@@ -51,10 +51,13 @@ def _etcd_tls(storage: StorageConfig) -> EtcdTLS:
     return EtcdTLS(cas, certificate, key)
 
 
-async def open_backend(reactor, storage: StorageConfig, data_dir: str):
-    """Fire with the configured IBackend; a failure a person fixes is a StartError."""
+async def open_backend(reactor, storage: StorageConfig, data_dir: str, *, close_on_shutdown: bool = True):
+    """Fire with the configured IBackend; a failure a person fixes is a StartError.
+    Without ``close_on_shutdown`` the caller closes it (SQLite otherwise closes
+    itself as the reactor stops, whatever still runs)."""
     if storage.type == "sqlite":
-        return await SQLiteBackend.open(reactor, os.path.join(data_dir, "backend.sqlite"))
+        return await SQLiteBackend.open(reactor, os.path.join(data_dir, "backend.sqlite"),
+                                        close_on_shutdown=close_on_shutdown)
     tls = await deferToThreadPool(reactor, reactor.getThreadPool(), _etcd_tls, storage)
     try:
         return await EtcdBackend.open(reactor, storage.peers, storage.prefix, tls=tls)

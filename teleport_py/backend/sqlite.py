@@ -227,14 +227,19 @@ class SQLiteBackend(StoreBackend):
     """An ``IBackend`` in one SQLite file, open in one process at a time (a
     second open fails with ``BackendInUseError``)."""
 
-    def __init__(self, reactor, store: _SQLiteStore, pool: ThreadPool, sweep_interval: float):
+    def __init__(self, reactor, store: _SQLiteStore, pool: ThreadPool, sweep_interval: float,
+                 close_on_shutdown: bool = True):
         super().__init__(reactor, store, sweep_interval)
         self._pool = pool
-        # Without this, an unclosed backend's thread would keep the process alive.
-        self._shutdown_trigger = reactor.addSystemEventTrigger("before", "shutdown", self._close_on_shutdown)
+        # Without this, an unclosed backend's thread would keep the process
+        # alive. A service that closes it itself, in its own order (the auth
+        # service: after its listener drained), opens it without.
+        self._shutdown_trigger = (
+            reactor.addSystemEventTrigger("before", "shutdown", self._close_on_shutdown) if close_on_shutdown else None
+        )
 
     @classmethod
-    def open(cls, reactor, path: str, *, sweep_interval: float = 1.0) -> Deferred:
+    def open(cls, reactor, path: str, *, sweep_interval: float = 1.0, close_on_shutdown: bool = True) -> Deferred:
         """Fire with a backend on ``path``, creating the file (0600) and schema."""
         pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sqlite-backend {path}")
         pool.start()
@@ -244,7 +249,7 @@ class SQLiteBackend(StoreBackend):
             return failure
 
         opening = deferToThreadPool(reactor, pool, _SQLiteStore, path)
-        return opening.addCallbacks(lambda store: cls(reactor, store, pool, sweep_interval), failed)
+        return opening.addCallbacks(lambda store: cls(reactor, store, pool, sweep_interval, close_on_shutdown), failed)
 
     def _run(self, operation, *args) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, operation, *args)

@@ -72,6 +72,18 @@ class Heartbeat:
         if self._loop.running:
             self._loop.stop()
 
+    async def goodbye(self, say_goodbye: Callable[[str], Awaitable]) -> None:
+        """Stop, and tell Auth we serve none of our clusters any more: they
+        leave ``tsh kube ls`` now, not when the last heartbeat expires. A
+        failure is only logged (the record then expires with its TTL)."""
+        self.stop()
+        for resource in self._resources:
+            try:
+                await say_goodbye(resource["metadata"]["name"])
+            except Exception as e:
+                log.warn("kube heartbeat goodbye failed cluster={cluster}: {error}",
+                         cluster=resource["metadata"]["name"], error=e)
+
     def _beat(self) -> Deferred:
         return Deferred.fromCoroutine(self._beat_all())
 

@@ -39,6 +39,7 @@ from teleport_py.pki import (
     load_certificates_pem,
 )
 from teleport_py.pinning import pinned_host_cas
+from teleport_py.quiet import QuietHTTPConnectionPool
 
 log = Logger()
 
@@ -89,7 +90,8 @@ async def join(reactor, proxy: Address, token: str, nodename: str, ca_pins=(), h
         raise JoinError("no join token: pass --token or set teleport.join_params.token_name")
     host_cas = await pinned_host_cas(reactor, f"https://{proxy}/webapi/cas", ca_pins, http)
     verified_http = verified_http or HTTPClient(
-        Agent(reactor, contextFactory=ClusterTLSPolicy(host_cas, server_name=PROXY_CLUSTER_NAME))
+        Agent(reactor, contextFactory=ClusterTLSPolicy(host_cas, server_name=PROXY_CLUSTER_NAME),
+              pool=QuietHTTPConnectionPool(reactor, persistent=False))
     )
     key = generate_private_key()
     public_key = key.public_key().public_bytes(
@@ -107,7 +109,8 @@ async def join(reactor, proxy: Address, token: str, nodename: str, ca_pins=(), h
     if response.code != 200:
         error = answer.get("error")
         message = error.get("message") if isinstance(error, dict) else answer.get("message")
-        raise JoinError(f"the proxy refused to join us (HTTP {response.code}): {message or 'no reason given'}")
+        raise JoinError(f"the proxy refused to join us (HTTP {response.code}): {message or 'no reason given'} "
+                        "(check teleport.join_params.token_name or --token: tctl tokens add --type=kube)")
     try:
         certificate = load_certificate_pem(answer["cert"].encode())
         user_cas = _pem_list(answer["cas"]["user"], "user CA")

@@ -210,7 +210,8 @@ class KubeService(RoleService):
         await self.start_child(Step("audit spool", start=spool.schedule_upload, stop=spool.stop))
         await self.start_child(Step("recording spool", start=recordings.upload_soon, stop=recordings.stop))
         await self.start_child(serving)
-        await self.start_child(Step("heartbeat", start=heartbeat.start, stop=heartbeat.stop))
+        await self.start_child(Step("heartbeat", start=heartbeat.start,
+                                    stop=lambda: Deferred.fromCoroutine(heartbeat.goodbye(self.auth.kube_goodbye))))
         await self.start_child(self.renewal)
         self.log.info("kubernetes service {host} serving clusters={clusters} via proxy {proxy}",
                       host=host.host_id, clusters=sorted(clusters), proxy=str(proxy))

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from teleport_py.auth.client import AuthClient, ClusterTLSPolicy
+from teleport_py.auth.errors import AuthError
 from teleport_py.config import Address, Config
 from teleport_py.failover import FailoverEndpoint
 from teleport_py.identityfile import IdentityFile
@@ -317,14 +318,23 @@ class ProxyService(RoleService):
         config = self.config
         directory = identity_dir(config.data_dir)
         host_cas = await pinned_host_cas(self.reactor, f"https://{auth_address}/v1/cas", config.ca_pins)
-        client = AuthClient.direct(self.reactor, str(auth_address), trusted_cas=host_cas)
+        client = AuthClient.direct(self.reactor, str(auth_address), trusted_cas=host_cas,
+                                   pool=QuietHTTPConnectionPool(self.reactor, persistent=False))
         key = generate_private_key()
         public_pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ).decode("ascii")
         names, _ = self._server_names()
         host_id = f"proxy-{uuid.uuid4()}"
-        answer = await client.join(config.join_token, "proxy", public_pem, host_id, config.nodename, names)
+        try:
+            answer = await client.join(config.join_token, "proxy", public_pem, host_id, config.nodename, names)
+        except AuthError as e:
+            raise ProxyStartError(
+                f"the auth server at {auth_address} refused to join us: {e} "
+                "(check teleport.join_params.token_name: tctl tokens add --type=proxy)"
+            ) from None
+        except Exception as e:
+            raise ProxyStartError(f"cannot join through the auth server at {auth_address} (teleport.auth_server): {e}") from None
         cert = load_certificate_pem(answer["cert"].encode("ascii"))
         user_cas = tuple(load_certificates_pem("".join(answer["cas"]["user"]).encode("ascii")))
         identity = identity_from_certificate(cert, user_ca=None, host_ca=host_cas[0])

@@ -11,7 +11,7 @@ from typing import Any
 import attr
 
 from teleport_py.auth.authorizer import Authorizer
-from teleport_py.auth.errors import AccessDenied, NotFound
+from teleport_py.auth.errors import AccessDenied, BadParameter, NotFound
 from teleport_py.auth.services.common import Identity, to_json, validated
 from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.users import Users
@@ -45,6 +45,14 @@ class KubeServers:
         await self._backend.put(
             f"{PREFIX}{server.cluster_name}/{server.host_id}", to_json(resource_to_dict(server)), expires=expires
         )
+
+    async def goodbye(self, caller: Identity, cluster: Any) -> None:
+        """A Kubernetes service stopping cleanly: forget its own record of
+        ``cluster`` now rather than when the heartbeat's TTL runs out."""
+        host = self._authorizer.require_system_role(caller, "kube")
+        if not isinstance(cluster, str) or not cluster or "/" in cluster:
+            raise BadParameter("cluster: must be a kube cluster name")
+        await self._backend.delete(f"{PREFIX}{cluster}/{host.host_id}")
 
     async def clusters(self) -> dict[str, dict[str, str]]:
         """Live clusters and their labels (several agents may serve one)."""
