@@ -4,6 +4,11 @@ and the web UI's frontend, built during installation.
 ``twisted/plugins/`` must stay a plain directory without ``__init__.py`` (it
 is merged into Twisted's own ``twisted.plugins`` package at import time), so
 it is listed here explicitly instead of being found by ``find_packages``.
+``package_dir={"": "."}`` makes pip's default editable install (``pip
+install -e .``) put the project directory itself on ``sys.path`` (a static
+.pth) rather than an import hook that knows only the packages: twistd finds
+plugins by scanning ``sys.path`` for ``twisted/plugins``, and with the hook
+it saw none ("Unknown command: teleport"). tests/test_packaging.py holds it.
 
 The web UI (docs/web-ui.md) is bundled from npm packages pinned by
 ``teleport_py/web/frontend/package-lock.json``: ``build_py`` runs ``npm ci
@@ -46,6 +51,7 @@ def build_frontend() -> None:
 
 
 setup(
+    package_dir={"": "."},
     packages=find_packages(include=["teleport_py", "teleport_py.*"]) + ["twisted.plugins"],
     package_data={
         "twisted.plugins": ["teleport_py_plugins.py"],

@@ -50,3 +50,15 @@ class SystemdUnitTests(TestCase):
                 self.assertRegex(listing, rf"\n\s+{re.escape(plugin)}\s")
 
         return Deferred.fromCoroutine(go())
+
+    def test_units_give_the_drain_time_before_sigkill(self):
+        """SIGTERM drains for teleport.shutdown_timeout; systemd must not
+        SIGKILL before that (and twistd's own shutdown) is over."""
+        from teleport_py.config import DEFAULT_SHUTDOWN_TIMEOUT
+
+        for name in self.units():
+            text = open(os.path.join(UNITS, name)).read()
+            stop = re.search(r"^TimeoutStopSec=(\d+)$", text, re.MULTILINE)
+            self.assertIsNotNone(stop, name)
+            self.assertGreaterEqual(int(stop.group(1)), DEFAULT_SHUTDOWN_TIMEOUT + 10, name)
+            self.assertIn("KillSignal=SIGTERM", text)
