@@ -156,6 +156,8 @@ class AuthAPI(resource.Resource):
             Route(b"GET", "access_requests/*", self.get_access_request, ADMINISTRATORS),
             Route(b"POST", "access_requests/*/reviews", self.review_access_request, frozenset({USER})),
             Route(b"PUT", "access_requests/*/state", self.resolve_access_request, ADMINISTRATORS),
+            Route(b"POST", "locks", self.create_lock, ADMINISTRATORS),
+            Route(b"GET", "locks", self.list_locks, ADMINISTRATORS | {"kube"}),
             Route(b"POST", "heartbeats/kube", self.heartbeat, frozenset({"kube"})),
             Route(b"POST", "heartbeats/kube/goodbye", self.goodbye, frozenset({"kube"})),
             Route(b"GET", "kube_clusters", self.kube_clusters, ADMINISTRATORS),
@@ -357,6 +359,15 @@ class AuthAPI(resource.Resource):
     async def resolve_access_request(self, caller, request, body, request_id):
         return await self.auth.access_requests.resolve(
             self._authenticated(caller), request_id, self._str(body, "state"), self._reason(body))
+
+    async def create_lock(self, caller, request, body):
+        return await self.auth.locks.create(
+            self._authenticated(caller), user=self._str(body, "user", required=False),
+            role=self._str(body, "role", required=False), message=self._str(body, "message", required=False),
+            ttl=self._ttl(body))
+
+    async def list_locks(self, caller, request, body):
+        return {"items": await self.auth.locks.list(self._authenticated(caller))}
 
     def _reason(self, body) -> str:
         reason = self._str(body, "reason", required=False)

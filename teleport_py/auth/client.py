@@ -196,6 +196,15 @@ class AuthClient:
     def resolve_access_request(self, request_id: str, state: str, reason: str = ""):
         return self.call("PUT", f"access_requests/{request_id}/state", {"state": state, "reason": reason})
 
+    def create_lock(self, *, user: str = "", role: str = "", message: str = "", ttl: float | None = None):
+        body: dict[str, Any] = {"user": user, "role": role, "message": message}
+        if ttl:
+            body["ttl"] = ttl
+        return self.call("POST", "locks", body)
+
+    async def list_locks(self) -> list[dict]:
+        return (await self.call("GET", "locks"))["items"]
+
     def create_token(self, roles: list[str], ttl: float | None = None):
         body: dict[str, Any] = {"roles": roles}
         if ttl is not None:

@@ -16,6 +16,7 @@ Backend layout (values are JSON unless noted), by the service that keeps it::
     /tokens/<token>                join token resource (expires)        services.join_tokens
     /kube_servers/<cluster>/<host> heartbeat (expires with its TTL)     services.kube_servers
     /access_requests/<id>          access_request resource              services.access_requests
+    /locks/<id>                    lock resource (expires with it)      services.locks
     /events/...                    audit log                            audit (AuditLog)
     /recording_meta/...            session recordings' metadata         recordings
 """
@@ -31,6 +32,7 @@ from teleport_py.config import DEFAULT_HOST_CERT_TTL
 from teleport_py.auth.services.cluster_status import ClusterStatus
 from teleport_py.auth.services.join_tokens import JoinTokens
 from teleport_py.auth.services.kube_servers import KubeServers
+from teleport_py.auth.services.locks import Locks
 from teleport_py.auth.services.resources import Resources
 from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.signup_tokens import SignupTokens
@@ -54,10 +56,12 @@ class AuthServer:
         self.users = Users(reactor, backend, self.authorizer, self.roles, SignupTokens(backend, reactor), self.audit)
         self.kube_servers = KubeServers(reactor, backend, self.authorizer, self.roles, self.users)
         limiter = SharedLoginLimiter(reactor, backend) if shared_backend else LoginLimiter(reactor)
-        self.access_requests = AccessRequests(reactor, backend, self.authorizer, self.roles, self.users, self.audit)
+        self.locks = Locks(reactor, backend, self.authorizer, self.audit)
+        self.access_requests = AccessRequests(
+            reactor, backend, self.authorizer, self.roles, self.users, self.locks, self.audit)
         self.user_certificates = UserCertificates(
             reactor, self.authorizer, authorities, self.users, self.roles, self.kube_servers, self.access_requests,
-            self.audit, limiter)
+            self.locks, self.audit, limiter)
         self.join_tokens = JoinTokens(reactor, backend, self.authorizer, authorities, self.audit)
         self.resources = Resources(backend, self.authorizer, self.roles, self.users, self.kube_servers, self.audit)
         self.events = AuditEvents(self.authorizer, self.audit)

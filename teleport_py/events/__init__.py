@@ -39,6 +39,8 @@ ACCESS_REQUEST_CREATE = "access_request.create"
 ACCESS_REQUEST_UPDATE = "access_request.update"
 ACCESS_REQUEST_REVIEW = "access_request.review"
 ACCESS_REQUEST_EXPIRE = "access_request.expire"
+LOCK_CREATED = "lock.created"
+LOCK_DELETED = "lock.deleted"
 
 #: Teleport's event codes ("I" = info, "W" = warning/failure).
 CODES = {
@@ -70,6 +72,8 @@ CODES = {
     (ACCESS_REQUEST_UPDATE, True): "T5001I",
     (ACCESS_REQUEST_REVIEW, True): "T5002I",
     (ACCESS_REQUEST_EXPIRE, True): "T5005I",
+    (LOCK_CREATED, True): "TLK00I",
+    (LOCK_DELETED, True): "TLK01I",
 }
 
 

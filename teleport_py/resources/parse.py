@@ -26,6 +26,7 @@ from teleport_py.resources.access_request import (
 )
 from teleport_py.resources.duration import format_duration, parse_duration
 from teleport_py.resources.kube_server import KubeServer
+from teleport_py.resources.lock import Lock
 from teleport_py.resources.role import (
     CORE_RESOURCES,
     DEFAULT_MAX_SESSION_TTL,
@@ -46,7 +47,7 @@ from teleport_py.resources.token import JOIN_METHODS, TOKEN_ROLES, Token
 from teleport_py.resources.traits import parse_template
 from teleport_py.resources.user import User
 
-Resource = Union[Role, User, Token, KubeServer, AccessRequest]
+Resource = Union[Role, User, Token, KubeServer, AccessRequest, Lock]
 
 __all__ = ["Resource", "ValidationError", "parse_yaml", "resource_from_dict", "resource_to_dict", "to_yaml"]
 
@@ -864,6 +865,38 @@ def _access_request_to_dict(request: AccessRequest) -> dict:
     }
 
 
+# -- lock ---------------------------------------------------------------------------
+
+
+def _lock_from_dict(document: dict, version: str) -> Lock:
+    metadata = _metadata(document, ("name", "namespace", "expires"))
+    spec = _fields(document.get("spec"), "spec", ("target", "message", "created_by", "created"), required=("target",))
+    target = _fields(spec["target"], "spec.target", ("user", "role"))
+    if len([k for k in ("user", "role") if target.get(k)]) != 1:
+        raise ValidationError("spec.target", "name exactly one of user or role")
+    return Lock(
+        name=_name(metadata["name"], "metadata.name"),
+        user=_name(target["user"], "spec.target.user") if target.get("user") else "",
+        role=_name(target["role"], "spec.target.role") if target.get("role") else "",
+        message=_reason(spec.get("message"), "spec.message"),
+        created_by=_string(spec.get("created_by"), "spec.created_by", default=""),
+        created=_timestamp(spec["created"], "spec.created") if spec.get("created") is not None else None,
+        expires=_timestamp(metadata["expires"], "metadata.expires") if metadata.get("expires") is not None else None,
+    )
+
+
+def _lock_to_dict(lock: Lock) -> dict:
+    spec: dict[str, Any] = {"target": {"user": lock.user} if lock.user else {"role": lock.role}}
+    if lock.message:
+        spec["message"] = lock.message
+    if lock.created_by:
+        spec["created_by"] = lock.created_by
+    if lock.created is not None:
+        spec["created"] = _format_timestamp(lock.created)
+    expires = _format_timestamp(lock.expires) if lock.expires is not None else None
+    return {"kind": "lock", "version": "v2", "metadata": _metadata_to_dict(lock.name, expires=expires), "spec": spec}
+
+
 # -- dispatch -------------------------------------------------------------------
 
 _PARSERS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], Resource]]] = {
@@ -872,6 +905,7 @@ _PARSERS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], Resource]]] = {
     "token": (("v2",), _token_from_dict),
     "kube_server": (("v3",), _kube_server_from_dict),
     "access_request": (("v3",), _access_request_from_dict),
+    "lock": (("v2",), _lock_from_dict),
 }
 _DUMPERS: dict[type, Callable[[Any], dict]] = {
     Role: _role_to_dict,
@@ -879,6 +913,7 @@ _DUMPERS: dict[type, Callable[[Any], dict]] = {
     Token: _token_to_dict,
     KubeServer: _kube_server_to_dict,
     AccessRequest: _access_request_to_dict,
+    Lock: _lock_to_dict,
 }
 
 

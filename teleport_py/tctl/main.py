@@ -28,6 +28,7 @@ KIND_ALIASES = {
     "user": "user", "users": "user",
     "token": "token", "tokens": "token",
     "kube_server": "kube_server", "kube_servers": "kube_server",
+    "lock": "lock", "locks": "lock",
 }
 
 
@@ -82,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("token")
 
     sub.add_parser("status", help="cluster status")
+
+    lk = sub.add_parser("lock", help="lock a user or a role: no logins, no requests, kube sessions end")
+    target = lk.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user", help="the user to lock")
+    target.add_argument("--role", help="lock every holder of this role")
+    lk.add_argument("--message", default="", help="shown to the locked user")
+    lk.add_argument("--ttl", default=None, help="lift the lock after this long, e.g. 1h (default: until tctl rm)")
 
     rq = sub.add_parser("requests", help="access requests").add_subparsers(dest="requests_command", required=True)
     rq.add_parser("ls", help="list access requests")
@@ -186,7 +194,7 @@ class Tctl:
         kind, _, name = ref.partition("/")
         canonical = KIND_ALIASES.get(kind.lower())
         if canonical is None:
-            raise CLIError(f"unsupported resource kind {kind!r} (supported: role, user, token, kube_server)")
+            raise CLIError(f"unsupported resource kind {kind!r} (supported: role, user, token, kube_server, lock)")
         if need_name and not name:
             raise CLIError(f"expected KIND/NAME, e.g. {canonical}/example")
         return canonical, name or None
@@ -326,6 +334,17 @@ class Tctl:
                 f"{k}={v}" for k, v in sorted(ev.items()) if k not in ("event", "time", "code", "uid", "cluster_name")
             )
             self.print(f"{ev['time']} {ev['event']} [{ev.get('code', '')}] {extras}")
+
+    async def cmd_lock(self) -> None:
+        a = self.args
+        ttl = None
+        if a.ttl:
+            try:
+                ttl = parse_duration(a.ttl)
+            except ValueError as e:
+                raise CLIError(f"--ttl: {e}") from None
+        doc = await self.client.create_lock(user=a.user or "", role=a.role or "", message=a.message, ttl=ttl)
+        self.print(f'Created a lock with name "{doc["metadata"]["name"]}".')
 
     async def cmd_requests(self) -> None:
         a = self.args

@@ -30,6 +30,7 @@ from teleport_py.auth.audit import AuditLog
 from teleport_py.auth.authorizer import Authorizer
 from teleport_py.auth.errors import AccessDenied, BadParameter, NotFound
 from teleport_py.auth.services.common import Identity, to_json, utc_now
+from teleport_py.auth.services.locks import Locks
 from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.users import Users
 from teleport_py.pki import UserIdentity
@@ -96,6 +97,7 @@ class AccessRequests:
     _authorizer: Authorizer
     _roles: Roles
     _users: Users
+    _locks: Locks
     _audit: AuditLog
 
     # -- storage ------------------------------------------------------------
@@ -151,6 +153,7 @@ class AccessRequests:
         if len(roles) > MAX_REQUESTED_ROLES:
             raise BadParameter(f"roles: at most {MAX_REQUESTED_ROLES} roles in one request")
         user = await self._users.get(caller.username)
+        await self._locks.check(user.name, (*user.roles, *caller.roles))
         held = await self._roles.get_many(user.roles)
         wanted = sorted(set(roles))
         for name in wanted:

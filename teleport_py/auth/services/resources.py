@@ -14,7 +14,7 @@ from teleport_py import events
 from teleport_py.auth.audit import AuditLog
 from teleport_py.auth.authorizer import Authorizer
 from teleport_py.auth.errors import AlreadyExists, BadParameter, NotFound
-from teleport_py.auth.services import join_tokens, kube_servers, roles, users
+from teleport_py.auth.services import join_tokens, kube_servers, locks, roles, users
 from teleport_py.auth.services.common import Identity, to_json, validated
 from teleport_py.auth.services.join_tokens import token_hint
 from teleport_py.auth.services.kube_servers import KubeServers
@@ -28,6 +28,7 @@ PREFIXES = {
     "user": users.PREFIX,
     "token": join_tokens.PREFIX,
     "kube_server": kube_servers.PREFIX,
+    "lock": locks.PREFIX,
 }
 KINDS = tuple(PREFIXES)
 
@@ -35,7 +36,8 @@ KINDS = tuple(PREFIXES)
 def _kind_of(resource) -> str:
     kind = {Role: "role", User: "user", Token: "token", KubeServer: "kube_server"}.get(type(resource))
     if kind is None:
-        raise BadParameter(f"{type(resource).__name__} resources cannot be created with tctl create")
+        raise BadParameter(f"{type(resource).__name__} resources cannot be created with tctl create "
+                           "(locks: tctl lock; access requests: tsh request create)")
     return kind
 
 
@@ -119,3 +121,5 @@ class Resources:
             await self._audit.emit(events.USER_DELETE, user=actor, name=name)
         elif kind == "token":
             await self._audit.emit(events.JOIN_TOKEN_DELETE, user=actor, name=token_hint(name))
+        elif kind == "lock":
+            await self._audit.emit(events.LOCK_DELETED, user=actor, name=name)

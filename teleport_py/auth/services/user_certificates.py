@@ -22,6 +22,7 @@ from teleport_py.auth.services.access_requests import AccessRequests
 from teleport_py.auth.services.authorities import CertificateAuthorities
 from teleport_py.auth.services.common import Identity, load_public_key, utc_now
 from teleport_py.auth.services.kube_servers import KubeServers
+from teleport_py.auth.services.locks import Locks
 from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.users import Users
 from teleport_py.pki import UserIdentity, certificate_pem
@@ -41,6 +42,7 @@ class UserCertificates:
     _roles: Roles
     _kube_servers: KubeServers
     _access_requests: AccessRequests
+    _locks: Locks
     _audit: AuditLog
     #: Shared by every login this Auth process answers (a LoginLimiter), or
     #: by every Auth server on a shared backend (a SharedLoginLimiter).
@@ -78,6 +80,7 @@ class UserCertificates:
             )
             raise denied
         await maybeDeferred(self.limiter.succeeded, username)
+        await self._locks.check(user.name, user.roles)
         if kube_cluster:
             await self._kube_servers.check_access(user, kube_cluster)
         result = await self._issue(user, public_key_pem, ttl, kube_cluster)
@@ -118,6 +121,7 @@ class UserCertificates:
         not_after = min([caller.expires, *(r.access_expires for r in requests)])
         extra = tuple(role for r in requests for role in r.roles if role not in user.roles)
         roles = tuple(dict.fromkeys(user.roles + extra))
+        await self._locks.check(user.name, roles)
         if kube_cluster:
             await self._kube_servers.check_access(attr.evolve(user, roles=roles), kube_cluster)
         return await self._issue(
