@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, Mapping, Sequence
-from weakref import WeakSet
+from weakref import WeakKeyDictionary, WeakSet
 
 from cryptography import x509
 from twisted.internet.defer import Deferred
@@ -25,6 +25,7 @@ from teleport_py.kube.connection_watch import ClusterDefaults, SessionLimits, Wa
 from teleport_py.kube.context import KubeCluster, StreamContext
 from teleport_py.kube.http1 import KubeConnection
 from teleport_py.kube.http2 import KubeHTTP2Connection
+from teleport_py.kube.locks import LockWatch
 from teleport_py.kube.memory_budget import MemoryBudget
 from teleport_py.kube.pools import ClusterConnections
 from teleport_py.kube.sessions import SessionRecorder
@@ -51,6 +52,7 @@ class StreamAcceptor:
         buffers: MemoryBudget | None = None,
         limits: ConnectionLimits = ConnectionLimits(),
         cluster_defaults: Callable[[], Awaitable[ClusterDefaults]] | None = None,
+        locks: LockWatch | None = None,
     ) -> None:
         self.reactor = reactor
         self.buffers = buffers or MemoryBudget()
@@ -64,7 +66,12 @@ class StreamAcceptor:
         self.services = AgentServices(
             reactor=reactor, roles=roles, checkers=CheckerCache(), discovery=discovery or Discovery(reactor),
             connections=self.connections, emit=emit, teleport_cluster=teleport_cluster, sessions=sessions,
+            locks=locks,
         )
+        #: Live watched streams and their users: a new lock ends the locked ones.
+        self._live: WeakKeyDictionary[WatchedStream, UserIdentity] = WeakKeyDictionary()
+        if locks is not None:
+            locks.on_change = self._end_locked
         #: HTTP/2 fronts handed out, told to go away on shutdown.
         self._h2_fronts: WeakSet[KubeHTTP2Connection] = WeakSet()
 
@@ -91,9 +98,20 @@ class StreamAcceptor:
             self._h2_fronts.add(protocol)
         if self.cluster_defaults is None:
             return protocol
-        return WatchedStream(self.reactor, protocol, expires=identity.expires.timestamp(),
-                             limits=lambda: self._session_limits(identity),
-                             ended=lambda reason: self._disconnected(stream, reason))
+        watched = WatchedStream(self.reactor, protocol, expires=identity.expires.timestamp(),
+                                limits=lambda: self._session_limits(identity),
+                                ended=lambda reason: self._disconnected(stream, reason))
+        self._live[watched] = identity
+        return watched
+
+    def _end_locked(self) -> None:
+        """The locks changed: end every live stream of a user a lock now targets."""
+        locks = self.services.locks
+        for watched, identity in list(self._live.items()):
+            lock = locks.lock_for(identity) if locks is not None else None
+            if lock is not None:
+                self._live.pop(watched, None)
+                watched.end(lock.describe())
 
     async def _session_limits(self, identity: UserIdentity) -> SessionLimits:
         defaults = await self.cluster_defaults()

@@ -34,6 +34,7 @@ from teleport_py.kube.context import Decision, KubeCluster, RequestContext, Stre
 from teleport_py.kube.create_body import CreateBodyError, object_meta
 from teleport_py.kube.credentials import ClusterCredentials, ClusterTLSPolicy, CredentialsError
 from teleport_py.kube.interfaces import Downstream
+from teleport_py.kube.locks import LockWatch
 from teleport_py.kube.memory_budget import Claim, OverBudget, TooLarge
 from teleport_py.kube.pools import ClusterConnections
 from teleport_py.kube.sessions import SessionRecorder
@@ -211,6 +212,8 @@ class AgentServices:
     emit: Callable[[dict], None] = attrs.field(repr=False)
     teleport_cluster: str = ""
     sessions: SessionRecorder | None = None
+    #: The locks in force (kube/locks.py); a locked user's requests are refused.
+    locks: LockWatch | None = None
 
 
 class KubeCaller:
@@ -329,6 +332,9 @@ class KubeCaller:
         identity, cluster, services = self.identity, self.cluster, self.services
         if services.reactor.seconds() >= identity.expires.timestamp():
             raise AccessDenied("your certificate has expired, please log in again", "certificate expired")
+        lock = services.locks.lock_for(identity) if services.locks is not None else None
+        if lock is not None:
+            raise AccessDenied(lock.describe(), "locked")
         requested_user, requested_groups = None, []
         for name, value in request.headers:
             if name == b"impersonate-user":

@@ -169,6 +169,14 @@ class WatchedStream(ProtocolWrapper):
             expires=self._expires if limits.disconnect_expired_cert else None,
         )
 
+    def end(self, reason: str) -> None:
+        """End the stream now for ``reason`` (a lock), as an expiry would."""
+        if self._lost or self._abort is not None:
+            return
+        if self._watch is not None:
+            self._watch.stop()
+        self._end(reason)
+
     def _end(self, reason: str) -> None:
         self._ended(reason)
         self.transport.loseConnection()

@@ -23,6 +23,7 @@ from teleport_py.kube.readiness import KubeReadiness
 from teleport_py.kube.event_spool import EventSpool
 from teleport_py.kube.acceptor import StreamAcceptor
 from teleport_py.kube.connection_watch import ClusterDefaultsCache
+from teleport_py.kube.locks import LockWatch
 from teleport_py.kube.memory_budget import MemoryBudget
 from teleport_py.kube.authorize import RoleCache
 from teleport_py.kube.context import KubeCluster
@@ -157,6 +158,7 @@ class KubeService(RoleService):
             upload=lambda *chunk: self.auth.upload_recording(*chunk),
             stored=lambda session_id: self.auth.recording_stored(session_id),
         )
+        locks = LockWatch(self.reactor, lambda: self.auth.list_locks())
         self.streams = StreamAcceptor(
             self.reactor,
             clusters=clusters,
@@ -170,6 +172,7 @@ class KubeService(RoleService):
             buffers=MemoryBudget(self.config.kube.buffer_memory_limit),
             limits=self.config.connection_limits,
             cluster_defaults=ClusterDefaultsCache(self.reactor, lambda: self.auth.call("GET", "ping")),
+            locks=locks,
         )
         proxy = self.config.proxy_server
         heartbeat: Heartbeat | None = None
@@ -209,6 +212,7 @@ class KubeService(RoleService):
         await self.start_child(Step("auth connections", stop=auth_pool.closeCachedConnections))
         await self.start_child(Step("audit spool", start=spool.schedule_upload, stop=spool.stop))
         await self.start_child(Step("recording spool", start=recordings.upload_soon, stop=recordings.stop))
+        await self.start_child(Step("lock watch", start=locks.start, stop=locks.stop))
         await self.start_child(serving)
         await self.start_child(Step("heartbeat", start=heartbeat.start,
                                     stop=lambda: Deferred.fromCoroutine(heartbeat.goodbye(self.auth.kube_goodbye))))
