@@ -11,13 +11,14 @@ import json
 import os
 import sys
 
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as ConnectTimeout
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.internet.task import react
 
 from teleport_py.auth.client import AuthClient
 from teleport_py.auth.errors import AuthError
+from teleport_py.cli_errors import exit_unexpected
 from teleport_py.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_address
 from teleport_py.identityfile import IdentityFile
 from teleport_py.password_prompt import PasswordInputError, read_password
@@ -384,9 +385,11 @@ def main(argv=None) -> None:
         except (CLIError, AuthError) as e:
             sys.stderr.write(f"ERROR: {e}\n")
             raise SystemExit(1)
-        except (ConnectError, ResponseFailed, ResponseNeverReceived) as e:
+        except (ConnectError, DNSLookupError, ResponseFailed, ResponseNeverReceived, ConnectTimeout, CancelledError) as e:
             sys.stderr.write(f"ERROR: cannot reach the auth service: {e}\n")
             raise SystemExit(1)
+        except Exception as e:
+            exit_unexpected("tctl", e)
 
     react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
 

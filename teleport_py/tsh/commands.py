@@ -19,13 +19,14 @@ from urllib.parse import quote
 from attrs import evolve
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as ConnectTimeout
 from twisted.internet.task import deferLater, react
 from OpenSSL.SSL import Error as TLSError
 from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
+from teleport_py.cli_errors import exit_unexpected
 from teleport_py.identityfile import IdentityFile
 from teleport_py.password_prompt import PasswordInputError, read_password
 from teleport_py.pki import (
@@ -530,9 +531,12 @@ def run(args) -> None:
         except (CLIError, ProfileError, WebError, kubeconfig.KubeconfigError) as error:
             sys.stderr.write("ERROR: %s\n" % error)
             raise SystemExit(1)
-        except (ConnectError, DNSLookupError, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived) as error:
+        except (ConnectError, DNSLookupError, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived,
+                ConnectTimeout, CancelledError) as error:
             sys.stderr.write("ERROR: cannot reach the proxy: %s\n" % _describe(error))
             raise SystemExit(1)
+        except Exception as error:
+            exit_unexpected("tsh", error)
 
     react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
 
