@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.e2e import PASSWORD, Deployment, coroutine_test
 from tests.support.kubeenv import default_kubectl
+from tests.support.sessions import SessionsMixin
 
 
 class LockFlowTests(TestCase):
@@ -61,3 +62,21 @@ class LockFlowTests(TestCase):
         else:
             raise AssertionError("kubectl still refused after the lock was removed")
         self.assertIn("lock.deleted", {e["event"] for e in await d.events("lock.deleted")})
+
+
+class LockEndsExecTests(SessionsMixin, TestCase):
+    """A lock ends a running ``kubectl exec -it`` (the kubelet stand-in's shell)."""
+
+    @coroutine_test
+    async def test_lock_ends_interactive_exec(self):
+        d = await self.deployment()
+        binary = default_kubectl()
+        terminal, transport = self.terminal(binary, "sh")
+        await self.typed(terminal, transport, b"echo before-the-$((6*7))-lock\n", b"before-the-42-lock")
+        locked_at = reactor.seconds()
+        await d.tctl("lock", "--user=alice", "--message=incident 9")
+        code = await terminal.ended  # the test timeout catches a hang
+        self.assertNotEqual(code, 0)
+        self.assertLess(reactor.seconds() - locked_at, 20)
+        refused = await self.kubectl(binary, "exec", self.pod, "--", "true", expect=1)
+        self.assertIn('lock targeting user "alice" is in force: incident 9', refused.err)
