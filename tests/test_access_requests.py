@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
@@ -96,6 +98,18 @@ class RoleFieldTests(TestCase):
         for bad in ("example/pod/c/ns/p", "/example/pod/c/ns", "/example/secret/c/ns/s", "/e/namespace/c/a/b", "/e/pod/c/ns/../x"):
             with self.assertRaises(ValueError, msg=bad):
                 parse_resource_id(bad)
+
+
+class ResourceIdFuzzTests(TestCase):
+    @given(st.lists(st.sampled_from(["", "a", "pod", "namespace", "kube_cluster", "x.y", "..", "a b", "\x00", "ns-1"]),
+                    max_size=7).map("/".join) | st.text(max_size=80))
+    def test_any_text_parses_to_a_round_trip_or_value_error(self, text):
+        try:
+            rid = parse_resource_id(text)
+        except ValueError:
+            return
+        self.assertEqual(str(rid), text)
+        self.assertEqual(parse_resource_id(str(rid)), rid)
 
 
 class AccessRequestTests(TestCase):
