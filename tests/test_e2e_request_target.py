@@ -238,6 +238,9 @@ class RequestTargetEndToEndTests(TestCase):
         status, body = await self.http2(d, "carol", b"GET", b"https://x/api/v1/namespaces/default/secrets")
         self.assertEqual(status, 400, body)
         self.assertIn("absolute-form", json.loads(body)["message"])
+        # Not HTTP at all (a space inside the target): the agent's HTTP parser's 400, audited the same way.
+        status, reason, headers, body = await self.http11(d, "carol", b"GET", b"/api/v1/namespaces/default/sec rets")
+        self.assertEqual(status, 400, body)
 
         # Nothing reached the API server: its counters for secrets and exec did not move...
         after = apiserver_requests((await plane.kubectl("get", "--raw", "/metrics")).out, touched)
@@ -248,7 +251,13 @@ class RequestTargetEndToEndTests(TestCase):
         moved = apiserver_requests((await plane.kubectl("get", "--raw", "/metrics")).out, touched)
         self.assertGreater(moved, after)
 
-        events = [e for e in await d.events("kube.request") if e.get("user") == "carol"]
+        unparsed = lambda e: e.get("user") == "carol" and e.get("response_code") == 400 and not e.get("http_method")
+        events = await d.wait_for_events("kube.request", until=lambda events: any(map(unparsed, events)))
+        (malformed,) = [e for e in events if unparsed(e)]
+        self.assertFalse(malformed["success"])
+        self.assertIn("illegal request line", malformed["reason"])
+        self.assertLessEqual(len(malformed["reason"]), 160)
+        events = [e for e in events if e.get("user") == "carol" and not unparsed(e)]
         bad = [e for e in events if e.get("response_code") == 400]
         self.assertEqual(sorted(e["http_method"] for e in bad), ["DELETE", "GET", "GET", "POST"])
         for event in bad:

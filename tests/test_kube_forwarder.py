@@ -21,7 +21,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from teleport_py.kube.acceptor import StreamAcceptor
-from teleport_py.kube.authorize import CheckerCache, RoleCache
+from teleport_py.kube.authorize import MAX_UNPARSED_REASON, CheckerCache, RoleCache
 from teleport_py.kube.context import Decision, KubeCluster
 from teleport_py.kube.upstream import UpstreamRequest
 from teleport_py.pki import CertAuthority, UserIdentity, certificate_pem
@@ -344,13 +344,29 @@ class ForwarderTests(AgentHarness, TestCase):
             self.assertEqual((carriers, self.recorder.requests), ([], []))
         return defer.Deferred.fromCoroutine(go())
 
-    def test_malformed_http_gets_400(self):
+    def test_malformed_http_gets_400_and_is_audited_as_refused(self):
         async def go():
             await self.start()
-            client = await self.connect()
-            client.transport.write(b"NOT HTTP AT ALL\r\n\r\n")
-            await client.lost
-            self.assertIn(b" 400 ", client.received)
+            for raw, problem in [
+                (b"NOT HTTP AT ALL\r\n\r\n", "illegal request line"),
+                (b"GET /api/v1/namespaces/default/sec rets HTTP/1.1\r\nHost: x\r\n\r\n", "illegal request line"),
+                (b"GET /api/v1/pods HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n", "illegal header line"),
+                (b"GET /\x1b[2J" + b"a" * 4000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "illegal request line"),
+            ]:
+                with self.subTest(raw=raw[:40]):
+                    del self.audit[:]
+                    client = await self.connect()
+                    client.transport.write(raw)
+                    await client.lost
+                    self.assertIn(b" 400 ", client.received)
+                    (event,) = self.audit
+                    self.assertEqual((event["event"], event["success"], event["response_code"], event["user"]),
+                                     ("kube.request", False, 400, "alice"))
+                    self.assertEqual((event["http_method"], event["request_path"]), ("", ""))
+                    self.assertIn(problem, event["reason"])
+                    self.assertLessEqual(len(event["reason"]), MAX_UNPARSED_REASON)
+                    self.assertTrue(event["reason"].isascii() and event["reason"].isprintable(), event["reason"])
+            self.assertEqual(self.recorder.requests, [])
         return defer.Deferred.fromCoroutine(go())
 
 

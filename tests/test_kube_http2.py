@@ -414,6 +414,10 @@ class HTTP2FrontTests(SynchronousTestCase):
         kubectl.pump()
         self.assertEqual((kubectl.response(missing)[0], kubectl.response(connect)[0]), (400, 405))
         self.assertEqual(self.pool.connections, [])
+        self.assertEqual([(e["response_code"], e["success"], e["user"], e["request_path"]) for e in self.audit],
+                         [(400, False, "alice", ""), (405, False, "alice", "")])
+        self.assertIn(":authority", self.audit[0]["reason"])
+        self.assertIn("CONNECT", self.audit[1]["reason"])
 
     def test_malformed_frames_end_only_that_tunnel_stream(self):
         other = self.kubectl()
@@ -426,6 +430,9 @@ class HTTP2FrontTests(SynchronousTestCase):
         kubectl.front.connectionLost(None)
         self.assertTrue(self.pool.connections[0].transport.disconnecting)
         self.assertFalse(kubectl.was_reset(watch))
+        refused = [e for e in self.audit if e["response_code"] == 400]
+        self.assertEqual([(e["event"], e["success"], e["user"]) for e in refused], [("kube.request", False, "alice")])
+        self.assertIn("HTTP/2", refused[0]["reason"])
         stream = other.request(b"GET", PODS)
         self.pool.connections[-1].answer(json_response(b"{}"))
         other.pump()

@@ -246,6 +246,17 @@ class KubeCaller:
             downstream.respond_status(KubeStatus(400, f"teleport refused the request: {e}"))
             return None
 
+    def refused_unparsed(self, code: int, error: str) -> None:
+        """Audit a request the HTTP parser refused before it could be made
+        canonical (raw malformed HTTP/1.1, an HTTP/2 request h2 or this
+        agent cannot carry): one ``kube.request`` event, ``success: false``,
+        with no method or path (none was read) and ``error`` bounded and
+        escaped, since it may quote the bytes kubectl sent."""
+        reason = unparsed_reason(error)
+        log.info("refused a malformed request user={user} client={client} error={error}",
+                 user=self.identity.username, client=self.client_addr, error=reason)
+        self.stream.audit("", "", None, code, reason=reason)
+
     async def forward(self, downstream: Downstream, request: CanonicalRequest, held: HeldRequest | None) -> None:
         """Authorize ``request`` and start it upstream, or answer kubectl
         with the reason it cannot go (a Status, audited). Returns once the
@@ -365,6 +376,22 @@ class KubeCaller:
     def _audit(self, request: CanonicalRequest, info, code: int, *, reason: str) -> None:
         """A request refused before it had a context."""
         self.stream.audit(request.method.decode("ascii"), request.target.decode("ascii"), info, code, reason=reason)
+
+
+#: Longest reason audited for a request the HTTP parser refused: enough to
+#: name the problem and quote the start of what was sent, never a whole head.
+MAX_UNPARSED_REASON = 160
+
+
+def unparsed_reason(error: str) -> str:
+    """``error`` as one printable ASCII line of at most `MAX_UNPARSED_REASON`
+    characters: control and non-ASCII characters escaped, the rest cut."""
+    escaped = error.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in escaped)
+    reason = f"malformed request: {escaped}"
+    if len(reason) > MAX_UNPARSED_REASON:
+        reason = reason[:MAX_UNPARSED_REASON - 3] + "..."
+    return reason
 
 
 def name_from_body(request: CanonicalRequest, body: bytes, info: RequestInfo) -> str:

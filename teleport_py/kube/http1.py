@@ -286,8 +286,10 @@ class KubeConnection(Protocol):
             relay.from_server(pending)
 
     def _bad_request(self, error: Exception) -> None:
-        log.info("malformed HTTP from kubectl client={client} error={error}", client=self.caller.client_addr, error=error)
+        """What h11 cannot parse is a 400 (audited as refused) and the end of
+        the connection; if a response is already under way, only the end."""
         if self.http.our_state in (h11.SEND_RESPONSE, h11.IDLE):
+            self.caller.refused_unparsed(400, f"HTTP/1.1: {error}")
             self.transport.write(KubeStatus(400, "malformed HTTP request").http11())
         self.transport.loseConnection()
 

@@ -110,9 +110,9 @@ class KubeHTTP2Connection(Protocol):
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
-            # h2 has queued a GOAWAY with the error's code.
-            log.info("malformed HTTP/2 from kubectl client={client} error={error}",
-                     client=self.caller.client_addr, error=e)
+            # h2 has queued a GOAWAY with the error's code; no request on
+            # this connection was refused with a Status, so audit it here.
+            self.caller.refused_unparsed(400, f"HTTP/2: {e}")
             self._hang_up()
             return
         for event in events:
@@ -162,8 +162,7 @@ class KubeHTTP2Connection(Protocol):
         try:
             method, path, authority, headers = request_parts(event.headers, has_body=event.stream_ended is None)
         except NotForwarded as e:
-            log.info("refused an HTTP/2 request client={client} error={error}",
-                     client=self.caller.client_addr, error=e)
+            self.caller.refused_unparsed(e.code, f"HTTP/2: {e.message}")
             stream.respond_status(KubeStatus(e.code, e.message, e.reason))
             return
         request = self.caller.canonical(stream, method, path, authority, headers)
