@@ -2,13 +2,22 @@
 decides which host CA to believe.
 
 A service that joins (a proxy through Auth's API, a Kubernetes service
-through the proxy's web API) has nothing yet to verify its first connection
-with. It fetches the cluster's public CA certificates without verification
-and believes a host CA only if its pin (``pki.ca_pin``: sha256 of the
-SubjectPublicKeyInfo) is one of the configured ``teleport.ca_pin`` values.
-Without a pin it refuses: no trust on first use, since the join token would
-then go to whoever answered first. Only after this is the token sent, over
-a connection verified against the pinned CA.
+through the proxy's web API) has no cluster CA yet to verify its first
+connection with, so it fetches the cluster's public CA certificates in one
+of two ways, as Teleport does:
+
+- with ``teleport.ca_pin``: without verifying the connection, believing a
+  host CA only if its pin (``pki.ca_pin``: sha256 of the
+  SubjectPublicKeyInfo) is one of the configured values;
+- without a pin: over a connection whose certificate and hostname verify
+  against the platform's trust store (OpenSSL's default paths, so
+  ``SSL_CERT_FILE``/``SSL_CERT_DIR`` count), i.e. a proxy with a publicly
+  trusted ``https_keypairs`` certificate. If that fails the join is refused
+  with a line naming ``teleport.ca_pin``.
+
+Never trust on first use: the join token would then go to whoever answered
+first. Only after this is the token sent, over a connection verified
+against the CA so believed.
 """
 from __future__ import annotations
 
@@ -17,6 +26,8 @@ from typing import Sequence
 
 import treq
 from cryptography import x509
+from OpenSSL import SSL
+from service_identity import CertificateError, VerificationError
 from treq.client import HTTPClient
 from twisted.internet import ssl
 from twisted.web.client import Agent
@@ -33,7 +44,14 @@ FETCH_TIMEOUT = 30.0
 
 
 class PinError(StartError):
-    """The cluster cannot be trusted (no pin, a pin mismatch, no CA answer)."""
+    """The cluster cannot be trusted (a pin mismatch, no pin and an untrusted certificate, no CA answer)."""
+
+
+_MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+
+#: What to do when there is no pin and the platform does not trust the answer.
+NO_PIN_FIX = ("set teleport.ca_pin (caPin in the Helm chart) to the CA pin 'tctl status' prints, "
+              "or give the proxy a publicly trusted certificate (proxy_service.https_keypairs)")
 
 
 @implementer(IPolicyForHTTPS)
@@ -41,16 +59,49 @@ class _Unverified:
     """Only for fetching public CA certificates: the pin check decides trust."""
 
     def creatorForNetloc(self, hostname, port):
-        return ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        return ssl.CertificateOptions(verify=False, raiseMinimumTo=_MINIMUM_VERSION)
 
 
-async def pinned_host_cas(reactor, url: str, pins: Sequence[str], http: HTTPClient | None = None
+@implementer(IPolicyForHTTPS)
+class _PlatformTrust:
+    """No pin: the certificate and hostname must verify against the platform's
+    trust store (read afresh per connection, so ``SSL_CERT_FILE`` counts)."""
+
+    def creatorForNetloc(self, hostname, port):
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=ssl.platformTrust(),
+                                       extraCertificateOptions={"raiseMinimumTo": _MINIMUM_VERSION})
+
+
+def _is_tls_failure(error: Exception) -> bool:
+    """The connection failed because the certificate did not verify (not
+    because nothing answered)."""
+    reasons = getattr(error, "reasons", None) or [error]
+    for reason in reasons:
+        value = getattr(reason, "value", reason)
+        if isinstance(value, (SSL.Error, VerificationError, CertificateError)):
+            return True
+    return False
+
+
+def _short(error: Exception) -> str:
+    """One readable reason from treq's wrapped failures."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        value = getattr(reasons[0], "value", reasons[0])
+        if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list) and value.args[0]:
+            return str(value.args[0][0][-1])
+        if isinstance(value, (VerificationError, CertificateError)):
+            return "the certificate is for another host name"
+        return str(value) or type(value).__name__
+    return str(error) or type(error).__name__
+
+
+async def trusted_host_cas(reactor, url: str, pins: Sequence[str], http: HTTPClient | None = None
                           ) -> tuple[x509.Certificate, ...]:
     """The host CAs at ``url`` (``{"host": [PEM, ...], ...}``) whose pin is one
-    of ``pins``; raises PinError otherwise, before anything secret is sent."""
-    if not pins:
-        raise PinError("teleport.ca_pin is required to join the cluster: set it to the CA pin 'tctl status' prints")
-    http = http or HTTPClient(Agent(reactor, contextFactory=_Unverified(),
+    of ``pins``, or with no ``pins`` all of them if the platform trusts the
+    connection; raises PinError otherwise, before anything secret is sent."""
+    http = http or HTTPClient(Agent(reactor, contextFactory=_Unverified() if pins else _PlatformTrust(),
                                     pool=QuietHTTPConnectionPool(reactor, persistent=False)))
     try:
         response = await http.get(url, timeout=FETCH_TIMEOUT)
@@ -58,10 +109,15 @@ async def pinned_host_cas(reactor, url: str, pins: Sequence[str], http: HTTPClie
     except PinError:
         raise
     except Exception as e:
-        raise PinError(f"cannot fetch the cluster's CA certificates from {url}: {e}") from None
+        if not pins and _is_tls_failure(e):
+            raise PinError(f"no teleport.ca_pin, and {url} did not present a certificate this system trusts "
+                           f"for that name ({_short(e)}): refusing to join; {NO_PIN_FIX}") from None
+        raise PinError(f"cannot fetch the cluster's CA certificates from {url}: {_short(e)}") from None
     if response.code != 200:
         raise PinError(f"{url} did not give the cluster's CA certificates (HTTP {response.code})")
     host_cas = _host_cas(body, url)
+    if not pins:
+        return host_cas  # authenticated by the platform-verified connection
     wanted = {pin.lower() for pin in pins}
     pinned = tuple(ca for ca in host_cas if ca_pin(ca) in wanted)
     if not pinned:

@@ -84,6 +84,8 @@ class Deployment:
         self.plane = None
         #: Lines added under auth_service in teleport.yaml (e.g. "  host_cert_ttl: 30s\n").
         self.auth_settings = ""
+        #: Lines added under proxy_service in teleport.yaml (e.g. "  https_keypairs: [...]\n").
+        self.proxy_settings = ""
         self.main = None
         self.agent = None
         self._spawned = 0
@@ -131,7 +133,8 @@ class Deployment:
             "  cluster_name: example\n"
             f"{self.auth_settings}"
             "proxy_service:\n"
-            f"  web_listen_addr: 127.0.0.1:{self.proxy_port}\n",
+            f"  web_listen_addr: 127.0.0.1:{self.proxy_port}\n"
+            f"{self.proxy_settings}",
         )
         await self.start_main()
         token = (await self.tctl("tokens", "add", "--type=kube", "--format=text")).out.strip()

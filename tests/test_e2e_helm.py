@@ -21,9 +21,11 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
 from teleport_py.config import parse_config
+from teleport_py.pki import certificate_pem, private_key_pem
 from tests.e2e import VIEWERS_RBAC, Deployment, coroutine_test, tool
 from tests.support import helm as helmsupport
 from tests.support.kubeenv import shared_control_plane
+from tests.support.pki import authority, public_web_pair
 from tests.support.procs import free_port
 
 NAMESPACE = "teleport-agent"
@@ -31,18 +33,31 @@ RELEASE = "teleport-agent"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
-def seed_values(token: str, pin: str, proxy: str, diag_port: int, **extra) -> dict:
+def seed_values(token: str, proxy: str, diag_port: int, **extra) -> dict:
     """The seed's ``--set`` values (roles, proxyAddr, authToken,
-    kubeClusterName) plus this project's required caPin."""
+    kubeClusterName) and no caPin, as the seed has it."""
     return {"roles": "kube", "proxyAddr": proxy, "authToken": token, "kubeClusterName": "my-cluster",
-            "caPin": [pin], "labels": {"env": "prod"}, "diagPort": diag_port, **extra}
+            "labels": {"env": "prod"}, "diagPort": diag_port, **extra}
+
+
+def public_web_certificate(deployment: Deployment) -> str:
+    """A publicly trusted web certificate for the proxy (``https_keypairs``):
+    from a test root, which is returned as a PEM file standing for the
+    image's system trust store (SSL_CERT_FILE)."""
+    root = authority("host", "test-public-root")
+    cert, key = public_web_pair()
+    cert_file = deployment.write("web-cert.pem", certificate_pem(cert).decode())
+    key_file = deployment.write("web-key.pem", private_key_pem(key).decode())
+    os.chmod(key_file, 0o600)
+    deployment.proxy_settings = f"  https_keypairs: [{{key_file: {key_file}, cert_file: {cert_file}}}]\n"
+    return deployment.write("system-roots.pem", certificate_pem(root.certificate).decode())
 
 
 class ChartRenderTests(TestCase):
     """Helm's template engine and linter on the chart, no cluster needed."""
 
     def values(self, **extra):
-        return seed_values("join-token", "sha256:" + "a" * 64, "teleport.example.com:443", 3000, **extra)
+        return seed_values("join-token", "teleport.example.com:443", 3000, **extra)
 
     def objects(self, **extra) -> dict[str, dict]:
         rendered = helmsupport.render(self.values(**extra))
@@ -67,6 +82,7 @@ class ChartRenderTests(TestCase):
                                                         "record_exec_output": True, "buffer_memory_limit": "512Mi",
                                                         "labels": {"env": "prod"}})
         self.assertEqual(config["teleport"]["join_params"]["token_name"], "/etc/teleport-secrets/auth-token")
+        self.assertNotIn("ca_pin", config["teleport"])  # no caPin: the proxy's certificate must be trusted
         self.assertEqual(objects["Secret"]["stringData"], {"auth-token": "join-token"})
         pod = objects["StatefulSet"]["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -78,6 +94,13 @@ class ChartRenderTests(TestCase):
         self.assertEqual(rules[0], {"apiGroups": [""], "resources": ["users", "groups", "serviceaccounts"],
                                     "verbs": ["impersonate"]})
         self.assertNotIn("secrets", json.dumps(rules))
+
+    def test_ca_pin_when_given(self):
+        """caPin, a string or a list, becomes teleport.ca_pin as the agent parses it."""
+        pins = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
+        for value, expected in ((pins[0], pins[:1]), (pins, pins)):
+            text = self.objects(caPin=value)["ConfigMap"]["data"]["teleport.yaml"]
+            self.assertEqual(parse_config(text, "the chart's teleport.yaml").ca_pins, tuple(expected))
 
     def test_several_replicas_get_a_disruption_budget(self):
         objects = self.objects(replicaCount=3)
@@ -96,7 +119,7 @@ class ChartRenderTests(TestCase):
 
     def test_missing_values_are_one_line_each(self):
         helm = helmsupport.helm_engine()
-        for missing, expected in (("proxyAddr", "proxyAddr: required"), ("caPin", "caPin: required"),
+        for missing, expected in (("proxyAddr", "proxyAddr: required"),
                                   ("kubeClusterName", "kubeClusterName: required"),
                                   ("authToken", "authToken: required")):
             values = self.values()
@@ -136,8 +159,9 @@ class HelmInstallTests(TestCase):
 
         return await helmsupport.in_thread(call)
 
-    async def run_agent_as_the_pod(self, deployment: Deployment, diag_port: int):
-        """What the kubelet would do for the StatefulSet's pod 0."""
+    async def run_agent_as_the_pod(self, deployment: Deployment, diag_port: int, system_roots: str):
+        """What the kubelet would do for the StatefulSet's pod 0; ``system_roots``
+        stands for the image's trust store (SSL_CERT_FILE)."""
         sts = await self.kubectl_json("-n", NAMESPACE, "get", "statefulset", RELEASE)
         pod = sts["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -185,6 +209,7 @@ class HelmInstallTests(TestCase):
             "TELEPORT_PY_SERVICE_ACCOUNT_DIR": sa_dir,  # where the kubelet would mount it
             "HOME": root,
             "PATH": os.environ.get("PATH", os.defpath),
+            "SSL_CERT_FILE": system_roots,
         }
         deployment.agent = deployment.spawn("agent-pod", [tool("twistd"), *args], env=env)
         return token.out.strip()
@@ -212,9 +237,10 @@ class HelmInstallTests(TestCase):
         deployment = Deployment(self, self.mktemp())
         deployment.plane = self.plane
         await self.plane.apply(VIEWERS_RBAC)
-        token, pin = await deployment.start_auth_and_proxy()
+        system_roots = public_web_certificate(deployment)
+        token, _ = await deployment.start_auth_and_proxy()
         diag_port = free_port()
-        values = seed_values(token, pin, deployment.proxy, diag_port)
+        values = seed_values(token, deployment.proxy, diag_port)
         chart = os.path.abspath(helmsupport.CHART)
 
         # helm install --create-namespace --namespace teleport-agent ... (server dry run first)
@@ -233,7 +259,7 @@ class HelmInstallTests(TestCase):
             result = await self.plane.kubectl("auth", "can-i", *verb.split(), f"--as={who}")
             self.assertEqual(result.out.strip(), expected, f"can {who} {verb}?")
 
-        sa_token = await self.run_agent_as_the_pod(deployment, diag_port)
+        sa_token = await self.run_agent_as_the_pod(deployment, diag_port, system_roots)
         code, body = await self.probe_when_listening(deployment, diag_port, "/healthz")
         self.assertEqual((code, body), (200, b"ok\n"))
         await self.wait_ready(deployment, diag_port)

@@ -1,6 +1,7 @@
 """Joining through the proxy's /webapi/join (a twisted.web stand-in over TLS on 127.0.0.1), and heartbeats."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 from datetime import timedelta
@@ -28,7 +29,8 @@ from teleport_py.pki import (
     server_tls_options,
 )
 from teleport_py.resources import KubeServer, resource_from_dict
-from tests.support.pki import HOST_CA, NOW, USER_CA
+from tests.support.pki import HOST_CA, NOW, USER_CA, authority, host_pair, public_web_pair
+from tests.support.proxy import proxy_creator
 
 
 def proxy_cert(ca: CertAuthority = HOST_CA, names=PROXY_SERVER_NAMES):
@@ -38,6 +40,15 @@ def proxy_cert(ca: CertAuthority = HOST_CA, names=PROXY_SERVER_NAMES):
 
 
 WEB_CERT, WEB_KEY = proxy_cert()
+#: The root public_web_pair's certificates chain to, put in the platform trust store (SSL_CERT_FILE).
+PUBLIC_ROOT = authority("host", "test-public-root")
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 class JoinStandIn(resource.Resource):
@@ -118,14 +129,81 @@ class JoinTests(TestCase):
             self.assertFalse(IdentityFile.exists(identity_dir(self.data_dir)))
         return defer.Deferred.fromCoroutine(go())
 
-    def test_no_ca_pin_refuses_to_join(self):
-        """No trust on first use: without teleport.ca_pin the token is never sent."""
+    def trust(self, *roots: CertAuthority) -> None:
+        """The platform trust store is ``roots`` (through SSL_CERT_FILE) for this test."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"".join(certificate_pem(root.certificate) for root in roots))
+        for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+            self.addCleanup(_restore_env, name, os.environ.get(name))
+        os.environ["SSL_CERT_FILE"] = path
+        os.environ["SSL_CERT_DIR"] = os.path.dirname(path)  # holds no hashed certificates
+
+    async def start_public(self, stand_in, dns_names=("localhost",), ip_addresses=("127.0.0.1",)):
+        """The stand-in with a publicly trusted web certificate (PUBLIC_ROOT) and,
+        under the cluster's server name, its host certificate, as the proxy serves them."""
+        web_cert, web_key = public_web_pair(dns_names, ip_addresses)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            TLSMemoryBIOFactory(proxy_creator(web_cert, web_key), False, server.Site(stand_in)))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def test_no_ca_pin_joins_a_proxy_the_platform_trusts(self):
+        """Without teleport.ca_pin the CAs are believed because the connection
+        verified against the platform's trust store; the token goes only to the
+        host CA's proxy certificate afterwards."""
         async def go():
+            self.trust(PUBLIC_ROOT)
             stand_in = JoinStandIn()
-            config = self.config(await self.start(stand_in))
+            identity = await obtain_identity(reactor, self.config(await self.start_public(stand_in)), "secret-token")
+            self.assertEqual(len(stand_in.calls), 1)
+            self.assertEqual(identity.host_cas, (HOST_CA.certificate,))
+            self.assertTrue(IdentityFile.exists(identity_dir(self.data_dir)))
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_no_ca_pin_and_an_untrusted_certificate_refuses_to_join(self):
+        """No trust on first use: a certificate the platform does not trust
+        (here the cluster's own, and a public one from a root not in the store)."""
+        async def go():
+            self.trust(authority("host", "test-public-root", copy=1))
+            cluster_cert, cluster_key = host_pair("proxy-web", "proxy")  # HOST_CA, for 127.0.0.1
+            for start in (functools.partial(self.start, cert=cluster_cert, key=cluster_key), self.start_public):
+                stand_in = JoinStandIn()
+                config = self.config(await start(stand_in))
+                with self.assertRaises(PinError) as e:
+                    await obtain_identity(reactor, config, "secret-token")
+                self.assertIn("no teleport.ca_pin", str(e.exception))
+                self.assertIn("certificate verify failed", str(e.exception))
+                self.assertNotIn("\n", str(e.exception))
+                self.assertEqual(stand_in.calls, [])
+                self.assertFalse(IdentityFile.exists(identity_dir(self.data_dir)))
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_no_ca_pin_and_a_hostname_mismatch_refuses_to_join(self):
+        """A trusted root's certificate for another name is not the proxy's."""
+        async def go():
+            self.trust(PUBLIC_ROOT)
+            stand_in = JoinStandIn()
+            config = self.config(await self.start_public(stand_in, dns_names=("proxy.example.com",), ip_addresses=()))
             with self.assertRaises(PinError) as e:
                 await obtain_identity(reactor, config, "secret-token")
-            self.assertIn("teleport.ca_pin is required", str(e.exception))
+            self.assertIn("no teleport.ca_pin", str(e.exception))
+            self.assertIn("127.0.0.1", str(e.exception))
+            self.assertIn("the certificate is for another host name", str(e.exception))
+            self.assertEqual(stand_in.calls, [])
+        return defer.Deferred.fromCoroutine(go())
+
+    def test_a_pin_ignores_the_platform_trust_store(self):
+        """With a pin, behaviour is as before: a publicly trusted certificate
+        does not replace the pin check."""
+        async def go():
+            self.trust(PUBLIC_ROOT)
+            other = CertAuthority.generate("host", "example", NOW)
+            stand_in = JoinStandIn()
+            config = self.config(await self.start_public(stand_in), pin=ca_pin(other.certificate))
+            with self.assertRaises(PinError) as e:
+                await obtain_identity(reactor, config, "secret-token")
+            self.assertIn("matches no teleport.ca_pin", str(e.exception))
             self.assertEqual(stand_in.calls, [])
         return defer.Deferred.fromCoroutine(go())
 

@@ -13,7 +13,8 @@ import sys
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from teleport_py.pki import CertAuthority, certificate_pem
+from teleport_py.pki import CertAuthority, certificate_pem, private_key_pem
+from tests.support.pki import authority, public_web_pair
 from tests.support.procs import ManagedProcess, free_port, run
 
 BIN = os.path.dirname(sys.executable)
@@ -37,14 +38,15 @@ class StartFailureTests(TestCase):
             f.write(text)
         return path
 
-    async def start_main(self) -> ManagedProcess:
-        """auth+proxy, started from self.dir without --pidfile (as the README does)."""
+    async def start_main(self, proxy_extra: str = "") -> ManagedProcess:
+        """auth+proxy, started from self.dir without --pidfile (as the README
+        does); ``proxy_extra`` is more of proxy_service (flow-style YAML)."""
         config = self.write(
             "teleport.yaml",
             "version: v3\n"
             f"teleport: {{nodename: main, data_dir: {self.dir}/data}}\n"
             f"auth_service: {{listen_addr: '127.0.0.1:{self.auth_port}', cluster_name: example}}\n"
-            f"proxy_service: {{web_listen_addr: '127.0.0.1:{self.proxy_port}'}}\n",
+            f"proxy_service: {{web_listen_addr: '127.0.0.1:{self.proxy_port}'{proxy_extra}}}\n",
         )
         main = ManagedProcess([tool("twistd"), "-n", "teleport", "--config", config],
                               os.path.join(self.dir, "main.log"), cwd=self.dir)
@@ -122,9 +124,10 @@ class StartFailureTests(TestCase):
         insecure = self.agent_config("insecure", token=token, pin=pin,
                                      kubeconfig=self.kubeconfig("insecure-kubeconfig", insecure=True))
         await self.refuses("teleport-kube", insecure, "kubernetes_service.kubeconfig_file", "insecure-skip-tls-verify")
-        # No pin, a wrong pin: never trusted on first use.
+        # No pin and a proxy certificate the system does not trust (the
+        # cluster's own), a wrong pin: never trusted on first use.
         await self.refuses("teleport-kube", self.agent_config("nopin", token=token, kubeconfig=kubeconfig),
-                           "teleport.ca_pin is required")
+                           "no teleport.ca_pin", "certificate", "refusing to join")
         wrong = "sha256:" + "0" * 64
         await self.refuses("teleport-kube", self.agent_config("wrongpin", token=token, pin=wrong, kubeconfig=kubeconfig),
                            "matches no teleport.ca_pin")
@@ -150,6 +153,40 @@ class StartFailureTests(TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.dir, "agent-data", "teleport-kube.pid")))
         self.assertNotIn(b"Starting factory", agent.output())
 
+    async def test_no_pin_joins_a_proxy_with_a_certificate_the_system_trusts(self):
+        """The Helm chart's default (no caPin): the agent joins a proxy whose
+        https_keypairs certificate chains to a root in the platform trust store
+        (a test root given through SSL_CERT_FILE), and is refused without it."""
+        root = authority("host", "test-public-root")
+        cert, key = public_web_pair()
+        cert_file = self.write("web-cert.pem", certificate_pem(cert).decode())
+        key_file = self.write("web-key.pem", private_key_pem(key).decode())
+        os.chmod(key_file, 0o600)
+        root_file = self.write("public-root.pem", certificate_pem(root.certificate).decode())
+        await self.start_main(f", https_keypairs: [{{key_file: {key_file}, cert_file: {cert_file}}}]")
+        token = (await self.tctl("tokens", "add", "--type=kube", "--format=text")).strip()
+        config = self.agent_config("agent", token=token, kubeconfig=self.kubeconfig())
+        env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+
+        result = await run([tool("twistd"), "-n", "teleport-kube", "--config", config], env=env, timeout=120,
+                           cwd=self.dir)
+        output = result.out + result.err
+        self.assertEqual(result.code, 1, output)
+        self.assertNotIn("Traceback", output)
+        errors = [line for line in output.splitlines() if "failed to start" in line or line.startswith("ERROR:")]
+        self.assertEqual(len(errors), 1, output)
+        for text in ("no teleport.ca_pin", "certificate verify failed", "refusing to join"):
+            self.assertIn(text, errors[0])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "agent-data", "kube")))
+
+        agent = ManagedProcess([tool("twistd"), "-n", "teleport-kube", "--config", config],
+                               os.path.join(self.dir, "agent.log"), env={**env, "SSL_CERT_FILE": root_file},
+                               cwd=self.dir)
+        agent.start()
+        self.addCleanup(agent.stop)
+        await agent.wait_for_output(r"reverse tunnel up", timeout=90)
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "agent-data", "kube", "key.pem")))
+
     async def test_a_standalone_proxy_that_cannot_join_is_one_line(self):
         await self.start_main()
         pin = re.search(r"CA pin:\s+(sha256:[0-9a-f]{64})", await self.tctl("status")).group(1)
@@ -160,6 +197,9 @@ class StartFailureTests(TestCase):
             f" ca_pin: {pin}, join_params: {{token_name: '{'e' * 32}'}}}}\n"
             f"auth_service: {{enabled: false}}\nproxy_service: {{web_listen_addr: '127.0.0.1:{port}'}}\n"))
         await self.refuses("teleport-proxy", config, "refused to join", "teleport.join_params.token_name")
+        # No pin: Auth's certificate is the cluster's, which the system does not trust.
+        nopin = self.write("proxy-nopin.yaml", open(config).read().replace(f" ca_pin: {pin},", ""))
+        await self.refuses("teleport-proxy", nopin, "no teleport.ca_pin", "certificate verify failed")
         # Nothing listens on the auth address: one line too.
         closed = socket.socket()
         closed.bind(("127.0.0.1", 0))

@@ -5,8 +5,9 @@ so the (short-lived, single-purpose) token is needed only once.
 
 On first contact nothing about the proxy is trusted yet, so the token is not
 sent until it is: the agent fetches the cluster's CA certificates (public
-data) without verification, accepts the host CA only if it matches a
-configured ``teleport.ca_pin`` (``teleport_py.pinning``: no pin, no join),
+data) and believes the host CA only if it matches a configured
+``teleport.ca_pin`` or, with no pin, if the connection verified against the
+platform trust store (``teleport_py.pinning``; never trust on first use),
 and then sends the token over a connection verified against that CA under
 the name only proxies carry. From then on every connection
 verifies the cluster against that CA.
@@ -38,7 +39,7 @@ from teleport_py.pki import (
     load_certificate_pem,
     load_certificates_pem,
 )
-from teleport_py.pinning import pinned_host_cas
+from teleport_py.pinning import trusted_host_cas
 from teleport_py.quiet import QuietHTTPConnectionPool
 
 log = Logger()
@@ -88,7 +89,7 @@ async def join(reactor, proxy: Address, token: str, nodename: str, ca_pins=(), h
     from that CA; check what comes back."""
     if not token:
         raise JoinError("no join token: pass --token or set teleport.join_params.token_name")
-    host_cas = await pinned_host_cas(reactor, f"https://{proxy}/webapi/cas", ca_pins, http)
+    host_cas = await trusted_host_cas(reactor, f"https://{proxy}/webapi/cas", ca_pins, http)
     verified_http = verified_http or HTTPClient(
         Agent(reactor, contextFactory=ClusterTLSPolicy(host_cas, server_name=PROXY_CLUSTER_NAME),
               pool=QuietHTTPConnectionPool(reactor, persistent=False))
@@ -126,7 +127,7 @@ async def join(reactor, proxy: Address, token: str, nodename: str, ca_pins=(), h
             continue
         if isinstance(identity, HostIdentity) and identity.system_role == "kube":
             return IdentityFile(certificate, key, user_cas, host_cas)
-    raise JoinError("the certificate we were issued is not a kube host certificate of the pinned CA")
+    raise JoinError("the certificate we were issued is not a kube host certificate of the cluster's host CA")
 
 
 def _read_token_file(path: str) -> str:

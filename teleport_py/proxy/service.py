@@ -39,7 +39,7 @@ from teleport_py.pki import (
     peer_certificate,
     server_tls_options,
 )
-from teleport_py.pinning import pinned_host_cas
+from teleport_py.pinning import trusted_host_cas
 from teleport_py.proxy.kube import KubeRouter
 from teleport_py.limits import LimitedTLSFactory, limit_http
 from teleport_py.proxy.listener import ProxyConnectionCreator, Route, dispatch
@@ -309,7 +309,7 @@ class ProxyService(RoleService):
             except ProxyStartError:
                 raise
             except Exception as failure:
-                # The next Auth server must match the same CA pin, so trying it is as safe.
+                # The next Auth server must pass the same CA pin (or platform trust) check, so trying it is as safe.
                 log.warn("joining through {address} failed: {error}", address=str(auth_address), error=str(failure))
                 failures.append(f"{auth_address}: {failure}")
         raise ProxyStartError("could not join through any of teleport.auth_servers: " + "; ".join(failures))
@@ -317,7 +317,7 @@ class ProxyService(RoleService):
     async def _join(self, auth_address: Address) -> IdentityFile:
         config = self.config
         directory = identity_dir(config.data_dir)
-        host_cas = await pinned_host_cas(self.reactor, f"https://{auth_address}/v1/cas", config.ca_pins)
+        host_cas = await trusted_host_cas(self.reactor, f"https://{auth_address}/v1/cas", config.ca_pins)
         client = AuthClient.direct(self.reactor, str(auth_address), trusted_cas=host_cas,
                                    pool=QuietHTTPConnectionPool(self.reactor, persistent=False))
         key = generate_private_key()

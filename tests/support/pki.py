@@ -66,6 +66,19 @@ def host_pair(host_id: str, role: str, ca: CertAuthority | None = None):
     return cert, key
 
 
+def public_web_pair(dns_names=("localhost",), ip_addresses=("127.0.0.1",), root: CertAuthority | None = None):
+    """A proxy's publicly trusted web certificate (``https_keypairs``) and key,
+    valid for a day, signed by ``root`` (default: the run's
+    ``test-public-root``, which tests put in the platform trust store through
+    SSL_CERT_FILE)."""
+    root = root or authority("host", "test-public-root")
+    key = generate_private_key()
+    web = HostIdentity("web", "proxy", "proxy", root.cluster_name)
+    cert = root.issue_host_certificate(key.public_key(), web, NOW, NOW + timedelta(days=1),
+                                       dns_names=dns_names, ip_addresses=ip_addresses)
+    return cert, key
+
+
 def user_pair(kube_cluster="k8s", ca: CertAuthority | None = None, issued=NOW, lifetime=timedelta(hours=1)):
     """alice (role ``access``) for ``kube_cluster``: certificate and key."""
     ca = ca or authority("user")

@@ -32,9 +32,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not .Values.kubeClusterName -}}
 {{- fail "kubeClusterName: required, the name users see in tsh kube ls (e.g. --set kubeClusterName=my-cluster)" -}}
 {{- end -}}
-{{- if not .Values.caPin -}}
-{{- fail "caPin: required, the CA pin from tctl status (--set caPin[0]=sha256:...); the agent joins only a pinned cluster" -}}
-{{- end -}}
 {{- if and .Values.joinTokenSecret.create (not .Values.authToken) -}}
 {{- fail "authToken: required unless joinTokenSecret.create=false names an existing Secret (e.g. --set authToken=$(cat /tmp/kube-token))" -}}
 {{- end -}}
@@ -48,9 +45,11 @@ teleport:
   join_params:
     method: token
     token_name: /etc/teleport-secrets/auth-token
+  {{- with .Values.caPin }}
   ca_pin:
-  {{- range (kindIs "string" .Values.caPin | ternary (list .Values.caPin) .Values.caPin) }}
+  {{- range (kindIs "string" . | ternary (list .) .) }}
   - {{ . | quote }}
+  {{- end }}
   {{- end }}
   diag_addr: "0.0.0.0:{{ .Values.diagPort }}"
   shutdown_timeout: {{ .Values.shutdownTimeout | quote }}
