@@ -8,6 +8,7 @@ requests from and answers on, so flow control and cancellation are visible.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import h11
 import h2.config
@@ -19,6 +20,7 @@ from h2.errors import ErrorCodes
 from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -28,6 +30,7 @@ from teleport_py.kube.canonical import BadRequestTarget, canonical_request
 from teleport_py.kube.context import KubeCluster
 from teleport_py.kube.http1 import KubeConnection
 from teleport_py.kube.http2 import KubeHTTP2Connection
+from teleport_py.kube.service import Serving
 from teleport_py.kube.upstream_h2 import H2NotSupported
 from teleport_py.resources.role import KubernetesResource
 from teleport_py.tunnel import StreamRejected
@@ -150,6 +153,18 @@ class Kubectl:
             elif isinstance(event, h2.events.StreamEnded):
                 ended = True
         return status, body, ended
+
+    def raw_frames(self) -> list:
+        """The frames the agent sent since the last read, parsed one by one:
+        h2's client reads nothing after a GOAWAY, kubectl (Go) does."""
+        data, frames = self.transport.value(), []
+        self.transport.clear()
+        while data:
+            frame, length = hyperframe.frame.Frame.parse_frame_header(memoryview(data[:9]))
+            frame.parse_body(memoryview(data[9:9 + length]))
+            frames.append(frame)
+            data = data[9 + length:]
+        return frames
 
     def was_reset(self, stream_id: int) -> bool:
         return any(isinstance(e, h2.events.StreamReset) and e.stream_id == stream_id for e in self.events)
@@ -455,6 +470,78 @@ class HTTP2FrontTests(SynchronousTestCase):
         self.successResultOf(self.acceptor.close())
         kubectl.pump()
         self.assertTrue(any(isinstance(e, h2.events.ConnectionTerminated) for e in kubectl.events))
+        self.assertEqual((kubectl.transport.disconnecting, api.transport.disconnecting), (True, True))
+
+    def draining(self, *kubectls: Kubectl):
+        """The agent's serving step stopped with a 10 s drain on a Clock; its
+        tunnel counts the kubectl connections (tunnel streams) still open."""
+        clock = Clock()
+        open_streams = lambda kind: sum(not k.transport.disconnecting for k in kubectls)
+        tunnel = SimpleNamespace(announced=None, tunnel=SimpleNamespace(streams_of_kind=open_streams))
+        tunnel.announce = lambda clusters: setattr(tunnel, "announced", clusters)
+        serving = Serving(clock, self.acceptor, tunnel)
+        serving.startService()
+        stopped = serving.stop_by(clock.seconds() + 10)
+        self.assertEqual(tunnel.announced, [])
+        for kubectl in kubectls:
+            kubectl.pump()
+        return clock, stopped
+
+    def test_shutdown_drains_streams_already_accepted_and_refuses_new_ones(self):
+        kubectl, idle = self.kubectl(), self.kubectl()
+        first, second = kubectl.request(b"GET", PODS), kubectl.request(b"GET", WATCH)
+        api1, api2 = self.pool.connections
+        clock, stopped = self.draining(kubectl, idle)
+        (goaway,) = [e for e in kubectl.events if isinstance(e, h2.events.ConnectionTerminated)]
+        self.assertEqual((goaway.error_code, goaway.last_stream_id), (ErrorCodes.NO_ERROR, second))
+        self.assertTrue(idle.transport.disconnecting)  # nothing in flight: closed at once
+        self.assertFalse(kubectl.transport.disconnecting)
+        # A stream opened after the GOAWAY is refused (kubectl retries it elsewhere)...
+        late = kubectl.h2.get_next_available_stream_id()
+        block = kubectl.h2.encoder.encode([(b":method", b"GET"), (b":scheme", b"https"), (b":path", PODS),
+                                           (b":authority", b"proxy")])
+        kubectl.front.dataReceived(
+            hyperframe.frame.HeadersFrame(late, block, flags=["END_STREAM", "END_HEADERS"]).serialize())
+        (refused,) = kubectl.raw_frames()
+        self.assertEqual((type(refused), refused.stream_id, refused.error_code),
+                         (hyperframe.frame.RstStreamFrame, late, ErrorCodes.REFUSED_STREAM))
+        self.assertEqual(len(self.pool.connections), 2)
+        # ...while those accepted before it finish within the drain, then the connection closes.
+        api1.answer(json_response(b'{"first":1}'))
+        api2.answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 3\r\n\r\n{}\n")
+        responses = {}
+        for frame in kubectl.raw_frames():
+            status, body, ended = responses.get(frame.stream_id, (None, b"", False))
+            if isinstance(frame, hyperframe.frame.HeadersFrame):
+                status = dict(kubectl.h2.decoder.decode(frame.data, raw=True))[b":status"]
+            elif isinstance(frame, hyperframe.frame.DataFrame):
+                body += frame.data
+            responses[frame.stream_id] = (status, body, ended or "END_STREAM" in frame.flags)
+        self.assertEqual(responses, {first: (b"200", b'{"first":1}', True), second: (b"200", b"{}\n", True)})
+        self.assertTrue(kubectl.transport.disconnecting)
+        clock.advance(1)
+        self.successResultOf(stopped)
+        self.assertLess(clock.seconds(), 10)
+        self.assertEqual([e["response_code"] for e in self.audit], [200, 200])
+
+    def test_streams_still_open_at_the_drains_deadline_are_reset(self):
+        kubectl = self.kubectl()
+        watch = kubectl.request(b"GET", WATCH)
+        (api,) = self.pool.connections
+        api.answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        clock, stopped = self.draining(kubectl)
+        api.answer(b"3\r\n{}\n\r\n")  # still served during the drain
+        self.assertEqual([f.data for f in kubectl.raw_frames() if isinstance(f, hyperframe.frame.DataFrame)],
+                         [b"{}\n"])
+        clock.advance(9)
+        self.assertNoResult(stopped)
+        self.assertFalse(kubectl.transport.disconnecting)
+        clock.advance(1)
+        self.successResultOf(stopped)
+        reset, goaway = kubectl.raw_frames()
+        self.assertEqual((type(reset), reset.stream_id, reset.error_code),
+                         (hyperframe.frame.RstStreamFrame, watch, ErrorCodes.CANCEL))
+        self.assertEqual((type(goaway), goaway.last_stream_id), (hyperframe.frame.GoAwayFrame, watch))
         self.assertEqual((kubectl.transport.disconnecting, api.transport.disconnecting), (True, True))
 
     def test_an_unfilterable_watch_event_resets_only_that_stream(self):

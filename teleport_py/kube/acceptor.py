@@ -142,11 +142,23 @@ class StreamAcceptor:
                 return identity
         raise StreamRejected("user certificate is not valid")
 
-    def close(self) -> Deferred:
-        """On shutdown: HTTP/2 clients are told to go away (GOAWAY), API
-        server connections closed; fires when they are closed."""
+    def drain(self) -> None:
+        """Shutdown begins: every HTTP/2 client is told to open no new
+        streams here (GOAWAY); its connection closes once the requests it
+        already sent are done."""
+        for front in list(self._h2_fronts):
+            front.drain()
+
+    def go_away(self) -> None:
+        """The drain's deadline: HTTP/2 requests still open are reset and
+        their connections closed."""
         for front in list(self._h2_fronts):
             front.go_away()
+
+    def close(self) -> Deferred:
+        """On shutdown: HTTP/2 clients are told to go away (`go_away`), API
+        server connections closed; fires when they are closed."""
+        self.go_away()
         return self.connections.close()
 
 

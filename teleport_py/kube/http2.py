@@ -28,6 +28,7 @@ import h2.exceptions
 import h11
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -95,6 +96,10 @@ class KubeHTTP2Connection(Protocol):
             SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
         })
         self.streams: dict[int, RequestStream] = {}
+        #: The highest stream kubectl opened that this connection took on.
+        self.last_stream_id = 0
+        #: A graceful GOAWAY was sent (`drain`): close once ``streams`` is empty.
+        self.draining = False
         #: The tunnel stream takes no more for now.
         self.paused = False
         self.closed = False
@@ -127,12 +132,34 @@ class KubeHTTP2Connection(Protocol):
         for stream in streams:
             stream.lost()
 
+    def drain(self) -> None:
+        """The agent begins to shut down: a GOAWAY (NO_ERROR) naming the last
+        stream taken on, so kubectl opens its next requests on another
+        connection, while the ones already here finish; the connection
+        closes once none is left (`write_out`). The frame is built here:
+        h2 sends GOAWAY only as its last frame (``close_connection`` closes
+        its state machine), and these streams still have responses to send."""
+        if self.closed or self.draining:
+            return
+        self.write_out()
+        self.transport.write(GoAwayFrame(0, last_stream_id=self.last_stream_id,
+                                         error_code=ErrorCodes.NO_ERROR).serialize())
+        self.draining = True
+        self.write_out()
+
     def go_away(self) -> None:
-        """The agent is shutting down: kubectl retries elsewhere (h2 can
-        carry no stream once it sent GOAWAY, so the requests end here too)."""
-        if not self.closed:
-            self.h2.close_connection()
-            self._hang_up()
+        """The drain's deadline passed (or shutdown without one): every
+        stream still open is reset (CANCEL, its exchange cancelled), then a
+        final GOAWAY and the end of the connection."""
+        if self.closed:
+            return
+        for stream_id in list(self.streams):
+            try:
+                self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+            except h2.exceptions.ProtocolError:
+                pass  # h2 has closed it already; it is cancelled below all the same
+        self.h2.close_connection(last_stream_id=self.last_stream_id)
+        self._hang_up()
 
     def _hang_up(self) -> None:
         """Send what h2 queued (its GOAWAY), cancel every request, close."""
@@ -148,6 +175,9 @@ class KubeHTTP2Connection(Protocol):
         data = self.h2.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
+        if self.draining and not self.streams and not self.closed:
+            self.closed = True
+            self.transport.loseConnection()
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
@@ -158,6 +188,10 @@ class KubeHTTP2Connection(Protocol):
     # -- h2 events -------------------------------------------------------------
 
     def _request_received(self, event: h2.events.RequestReceived) -> None:
+        if self.draining:  # opened after our GOAWAY: kubectl may retry it on another connection
+            self.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        self.last_stream_id = max(self.last_stream_id, event.stream_id)
         stream = self.streams[event.stream_id] = RequestStream(self, event.stream_id)
         try:
             method, path, authority, headers = request_parts(event.headers, has_body=event.stream_ended is None)

@@ -84,7 +84,9 @@ class TunnelService(Drainable):
 class Serving(Drainable):
     """Accepting kubectl's streams. On stop: announce no clusters (the proxy
     routes new connections elsewhere or answers "offline"), refuse new
-    streams, and let the open ones finish until the deadline."""
+    streams, tell HTTP/2 clients to open no new requests here (GOAWAY), and
+    let the open ones finish until the deadline, when HTTP/2 requests still
+    open are reset."""
 
     name = "serving"
 
@@ -103,6 +105,7 @@ class Serving(Drainable):
     def stop_by(self, deadline: float) -> Deferred:
         self.stopping()
         self.tunnel.announce([])
+        self.streams.drain()
         return Deferred.fromCoroutine(self._drain(deadline))
 
     def _open_streams(self) -> int:
@@ -113,6 +116,7 @@ class Serving(Drainable):
         if not await wait_until(self.reactor, lambda: not self._open_streams(), deadline):
             log.info("shutdown_timeout reached with {count} kubectl connection(s) open; closing them",
                      count=self._open_streams())
+            self.streams.go_away()
 
 
 class KubeService(RoleService):
