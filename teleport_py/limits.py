@@ -169,8 +169,9 @@ class BoundedHTTPChannel(HTTPChannel):
     closing without a word and keeps reading what follows until the peer
     stops, and an idle timeout alone lets a head arrive one byte a minute.
     Here a head too large is a 431 and a head too slow a 408, each a JSON
-    error like the APIs' own; then nothing more is read: the peer has
-    ``LINGER`` seconds to take the answer before the connection is aborted.
+    error like the APIs' own; then nothing more is read (the transport is
+    paused): the peer has ``LINGER`` seconds to take the answer before the
+    connection is aborted.
     """
 
     def __init__(self, limits: ConnectionLimits):
@@ -249,6 +250,11 @@ class BoundedHTTPChannel(HTTPChannel):
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode("ascii")
         self.transport.write(head + body)
+        # Read nothing more: a peer that keeps sending fills its own socket
+        # buffers and blocks, instead of the proxy decrypting and dropping
+        # whatever it manages to send before the abort (a fast client sent
+        # 1 GiB of one header line within LINGER).
+        self.transport.pauseProducing()
         self.transport.loseConnection()
         self._linger = self.callLater(LINGER, self.transport.abortConnection)
 
