@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.e2e import coroutine_test
 from tests.support.kubeenv import kubectl_binaries
-from tests.test_e2e_sessions import _SessionsMixin
+from tests.support.sessions import SessionsMixin
 
 ROUNDS = 3
 #: Open files the surviving process may hold beyond the first round's count:
@@ -49,7 +49,7 @@ def usage(pid: int) -> tuple[int, int]:
     return fds, rss_kib << 10
 
 
-class FaultTests(_SessionsMixin, TestCase):
+class FaultTests(SessionsMixin, TestCase):
     timeout = 900
 
     def setUp(self):
@@ -110,11 +110,10 @@ class FaultTests(_SessionsMixin, TestCase):
 
     @coroutine_test
     async def test_kill9_agent_then_auth_and_proxy_under_load(self):
-        """Found: a GET answered within the agent's audit commit window
-        (kube/event_spool.py: no response waits for its event to be durable)
-        loses its event on kill -9; 3 of the answered GETs over 3 agent kills
-        in the first runs. Everything else held (no doubled event, fds and
-        RSS flat, watch and exec as documented)."""
+        """Each response waits until its audit event is on the agent's disk
+        (kube/durable_responses.py), so no GET answered before a kill -9
+        lacks its event (before that: 3 of the answered GETs over 3 agent
+        kills were lost in the first runs)."""
         d = await self.deployment(roles="access,kube-access,kube-sessions")  # kube-access: watch
         binary = kubectl_binaries()[-1]
         loop = ensureDeferred(self.get_loop(binary))
@@ -174,6 +173,3 @@ class FaultTests(_SessionsMixin, TestCase):
         seen = counts(events)
         self.assertEqual({m for m, n in seen.items() if n != 1}, set(), "markers audited more than once")
         self.assertEqual(answered - set(seen), set(), "answered GETs without an audit event")
-
-    test_kill9_agent_then_auth_and_proxy_under_load.todo = (
-        "audit events of GETs answered in the agent's spool commit window are lost on kill -9 (issue 11)")

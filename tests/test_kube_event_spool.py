@@ -47,11 +47,11 @@ class SpoolTests(SynchronousTestCase):
 
     def spool(self, run_blocking=inline):
         return EventSpool(self.clock, self.dir, self.auth.upload, run_blocking=run_blocking, delay=1.0,
-                          max_backoff=8.0, commit_delay=0.05)
+                          max_backoff=8.0)
 
     def commit(self):
-        """Let the open group-commit window end."""
-        self.clock.advance(0.05)
+        """End the reactor turn: the group emitted in it is written."""
+        self.clock.advance(0)
 
     def spooled_lines(self) -> int:
         total = 0
@@ -196,6 +196,28 @@ class SpoolTests(SynchronousTestCase):
         self.successResultOf(flushed)
         self.assertEqual(self.spooled_lines(), 2)
 
+    def test_durable_fires_once_its_group_is_on_disk(self):
+        held = []
+        spool = self.spool(lambda f, *args: self._deferred_for(held, f, args))
+        self.assertIsNone(spool.durable())
+        spool.emit(self.event(1))
+        first = spool.durable()
+        self.commit()
+        spool.emit(self.event(2))
+        spool.emit(self.event(3))
+        second = spool.durable()
+        self.commit()
+        self.assertEqual(len(held), 1)  # events 2 and 3 wait for the write in flight
+        self.assertNoResult(first)
+        self.release(held, 0)
+        self.successResultOf(first)
+        self.assertNoResult(second)
+        self.commit()
+        self.assertEqual([len(args[0]) for _, args, _ in held], [1, 2])  # one fsync for the group
+        self.release(held, 1)
+        self.successResultOf(second)
+        self.assertIsNone(spool.durable())
+
     def test_failed_write_keeps_its_events_and_retries(self):
         failures = [OSError("disk full")]
 
@@ -207,10 +229,13 @@ class SpoolTests(SynchronousTestCase):
         spool = self.spool(failing_once)
         events = [self.event(1), self.event(2)]
         spool.emit(events[0])
+        durable = spool.durable()
         self.commit()
         self.assertEqual(self.spooled_lines(), 0)
+        self.assertNoResult(durable)  # fail closed: a response waiting for it keeps waiting
         spool.emit(events[1])
         self.clock.advance(1)
+        self.successResultOf(durable)
         self.assertEqual(self.spooled_events(), [e["uid"] for e in events])
         self.assertEqual(len(self.auth.stored), 0)
         self.clock.advance(1)

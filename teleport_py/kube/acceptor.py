@@ -23,6 +23,7 @@ from teleport_py.config import ConnectionLimits
 from teleport_py.kube.authorize import AgentServices, CheckerCache, Discovery, KubeCaller, RoleCache
 from teleport_py.kube.connection_watch import ClusterDefaults, SessionLimits, WatchedStream, session_limits
 from teleport_py.kube.context import KubeCluster, StreamContext
+from teleport_py.kube.durable_responses import DurableResponses
 from teleport_py.kube.http1 import KubeConnection
 from teleport_py.kube.http2 import KubeHTTP2Connection
 from teleport_py.kube.locks import LockWatch
@@ -53,8 +54,12 @@ class StreamAcceptor:
         limits: ConnectionLimits = ConnectionLimits(),
         cluster_defaults: Callable[[], Awaitable[ClusterDefaults]] | None = None,
         locks: LockWatch | None = None,
+        durable: Callable[[], Deferred | None] | None = None,
     ) -> None:
         self.reactor = reactor
+        #: When the events ``emit`` took are on disk (EventSpool.durable):
+        #: each stream's responses wait for it. ``None``: ``emit`` itself is durable.
+        self.durable = durable
         self.buffers = buffers or MemoryBudget()
         self.limits = limits
         #: With it, each stream ends at its certificate's expiry and when idle
@@ -96,6 +101,8 @@ class StreamAcceptor:
         protocol = front(KubeCaller(services, stream))
         if isinstance(protocol, KubeHTTP2Connection):
             self._h2_fronts.add(protocol)
+        if self.durable is not None:
+            protocol = DurableResponses(protocol, self.durable)
         if self.cluster_defaults is None:
             return protocol
         watched = WatchedStream(self.reactor, protocol, expires=identity.expires.timestamp(),

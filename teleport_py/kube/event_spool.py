@@ -6,12 +6,14 @@ restarting the agent loses nothing. Auth stores events idempotently by
 ``uid``, so a batch uploaded again after a crash between "stored" and
 "deleted" is harmless.
 
-Events are committed in groups: the first event after a quiet spell starts
-a short window (``commit_delay``), and everything emitted in it is written
-with one ``fsync``, in order. Per event, a thread hand-off, an open, an
-fsync and a close cost the agent more CPU than the request it audits; no
-response waits for its event to be durable, so the window only widens the
-spell a crash could lose from one fsync to a few tens of milliseconds.
+Events are committed in groups (group commit): an event emitted while no
+write runs starts one at the end of this reactor turn; events emitted while
+a write (its ``fsync``) runs wait and go together in the next. Under
+concurrency that is one thread hand-off and one fsync per group, not per
+event. ``durable()`` says when the events emitted so far are on disk: the
+agent holds each response to kubectl until its event is
+(kube/durable_responses.py), so a request that got an answer keeps its event
+even if the agent is killed right after.
 
 Layout: ``<dir>/<sequence>.jsonl`` segments. New events go to the newest
 open segment; an upload first seals it (new events start a new segment), then
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from typing import Awaitable, Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -94,7 +97,7 @@ class EventSpool:
         run_blocking: Callable[..., Deferred] | None = None,
         delay: float = 1.0,
         max_backoff: float = 30.0,
-        commit_delay: float = 0.05,
+        commit_delay: float = 0.0,
     ) -> None:
         self._reactor = reactor
         self._upload = upload
@@ -109,10 +112,16 @@ class EventSpool:
         self._commit = None
         self._writing: Deferred | None = None
         self._write_failing = False
+        #: Events emitted, and written durably, since the spool started.
+        self._emitted = 0
+        self._durable = 0
+        #: ``durable()`` callers: (how many events must be durable, fired then).
+        self._waiters: deque[tuple[int, Deferred]] = deque()
 
     def emit(self, event: dict) -> None:
         """Encoded here, so that an event that is not JSON fails its caller."""
         self._pending.append(json.dumps(event, separators=(",", ":")).encode("utf-8") + b"\n")
+        self._emitted += 1
         if self._commit is None and self._writing is None:
             self._commit_after(self._commit_delay)
 
@@ -123,11 +132,15 @@ class EventSpool:
         self._commit = None
         lines, self._pending = self._pending, []
         self._writing = self._run(self._files.append, lines)
-        self._writing.addCallbacks(self._written, self._write_failed, errbackArgs=(lines,))
+        self._writing.addCallbacks(self._written, self._write_failed, callbackArgs=(len(lines),),
+                                   errbackArgs=(lines,))
 
-    def _written(self, _) -> None:
+    def _written(self, _, count: int) -> None:
         self._writing = None
         self._write_failing = False
+        self._durable += count
+        while self._waiters and self._waiters[0][0] <= self._durable:
+            self._waiters.popleft()[1].callback(None)
         if self._pending:
             self._commit_after(self._commit_delay)
         self.schedule_upload(self._delay)
@@ -138,6 +151,16 @@ class EventSpool:
         self._writing = None
         self._write_failing = True
         self._commit_after(self._delay)
+
+    def durable(self) -> Deferred | None:
+        """``None`` when every event emitted so far is on disk; else a
+        Deferred that fires once they are. It never fails: while the spool
+        cannot write, it retries and the Deferred waits."""
+        if self._durable == self._emitted:
+            return None
+        done = Deferred()
+        self._waiters.append((self._emitted, done))
+        return done
 
     def flush(self) -> Deferred:
         """Commit now what waits for its window. Fires when every event

@@ -177,6 +177,7 @@ class KubeService(RoleService):
             limits=self.config.connection_limits,
             cluster_defaults=ClusterDefaultsCache(self.reactor, lambda: self.auth.call("GET", "ping")),
             locks=locks,
+            durable=spool.durable,
         )
         proxy = self.config.proxy_server
         heartbeat: Heartbeat | None = None
