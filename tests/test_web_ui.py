@@ -7,19 +7,23 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime, timedelta, timezone
 
 from twisted.trial.unittest import TestCase
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
 from teleport_py.auth.recordings import Recordings
-from teleport_py.pki import HostIdentity
+from teleport_py.pki import HostIdentity, UserIdentity
 from teleport_py.recording import asciicast
 from teleport_py.recording.format import encode, read_all
+from teleport_py.resources import parse_yaml, resource_to_dict
 from teleport_py.web.assets import DIST
 from teleport_py.web.site import CONTENT_SECURITY_POLICY
 from tests.support.proxy_service import PASSWORD, InProcessProxy
+from tests.support.auth_callers import ADMIN
 from tests.support.recordings import KUBE, SID
+from tests.support.request_roles import REVIEWER_ROLE, requester_role
 
 PROXY = HostIdentity(host_id="proxy-test", nodename="test", system_role="proxy", teleport_cluster="example")
 
@@ -257,3 +261,82 @@ class WebUITests(TestCase):
         self.assertIn(b"already been used or has expired", raw)
         self.assertNotIn(b'name="password"', raw)
 
+
+
+class WebAccessRequestTests(TestCase):
+    """The access requests page's calls: what Auth shows each user, reviews
+    relayed to Auth (the same rules as ``tsh request review``), CSRF."""
+
+    timeout = 60
+
+    async def setUp(self):
+        self.running = await InProcessProxy.start(self)
+        self.auth = self.running.auth
+        for text in (requester_role(), REVIEWER_ROLE):
+            await self.auth.resources.upsert(ADMIN, resource_to_dict(parse_yaml(text)[0]))
+        for name, roles in (("rita", ("requester",)), ("rex", ("reviewer",)), ("alice", ("kube-access",)),
+                            ("mallory", ("requester", "reviewer"))):
+            token = await self.running.add_user(name, roles)
+            await self.auth.users.complete_signup(PROXY, token, PASSWORD)
+        self.browsers = {}
+        for name in ("rita", "rex", "alice", "mallory"):
+            self.browsers[name] = Browser(self.running)
+            await self.browsers[name].sign_in(name)
+
+    async def request_as(self, name: str, reason: str) -> str:
+        """A request for kube-access made as ``tsh request create`` makes it."""
+        identity = UserIdentity(username=name, roles=("requester",) if name == "rita" else ("requester", "reviewer"),
+                                expires=datetime.now(timezone.utc) + timedelta(hours=1), teleport_cluster="example")
+        created = await self.auth.access_requests.create(identity, ["kube-access"], reason)
+        return created["metadata"]["name"]
+
+    async def test_listed_for_the_requester_and_reviewers_only_reviewable_by_reviewers(self):
+        request_id = await self.request_as("rita", "incident 7")
+        code, body = await self.browsers["rita"].json("GET", "/web/api/access_requests")
+        self.assertEqual(code, 200, body)
+        self.assertEqual([(r["metadata"]["name"], r["spec"]["state"], r["spec"]["request_reason"]) for r in body["items"]],
+                         [(request_id, "PENDING", "incident 7")])
+        self.assertEqual(body["reviewable"], [])
+        code, body = await self.browsers["rex"].json("GET", "/web/api/access_requests")
+        self.assertEqual(([r["metadata"]["name"] for r in body["items"]], body["reviewable"]), ([request_id], [request_id]))
+        code, body = await self.browsers["alice"].json("GET", "/web/api/access_requests")
+        self.assertEqual((code, body["items"], body["reviewable"]), (200, [], []))
+
+    async def test_a_review_needs_the_csrf_token_and_is_decided_by_auth(self):
+        request_id = await self.request_as("rita", "incident 7")
+        path = f"/web/api/access_requests/{request_id}/reviews"
+        rex = self.browsers["rex"]
+        # Forged: the cookie without the token, or from another origin.
+        code, body = await rex.json("POST", path, {"state": "APPROVED", "reason": "x"}, csrf="")
+        self.assertEqual(code, 403, body)
+        self.assertIn("CSRF", body["error"]["message"])
+        code, body = await rex.json("POST", path, {"state": "APPROVED"}, origin="https://evil.example")
+        self.assertEqual(code, 403, body)
+        # Not a reviewer of kube-access, or the requester: Auth refuses.
+        code, body = await self.browsers["alice"].json("POST", path, {"state": "APPROVED", "reason": "x"})
+        self.assertEqual(code, 403, body)
+        code, body = await self.browsers["rita"].json("POST", path, {"state": "APPROVED", "reason": "x"})
+        self.assertEqual((code, body["error"]["message"]), (403, "you cannot review your own access request"))
+        self.assertEqual((await self.auth.access_requests.list(ADMIN))[0]["spec"]["state"], "PENDING")
+        code, body = await rex.json("POST", path, {"state": "MAYBE"})
+        self.assertEqual(code, 400, body)
+        code, body = await rex.json("POST", path, {"state": "APPROVED", "reason": "go ahead"})
+        self.assertEqual(code, 200, body)
+        self.assertEqual(body["spec"]["state"], "APPROVED")
+        self.assertEqual([(r["author"], r["proposed_state"], r["reason"]) for r in body["spec"]["reviews"]],
+                         [("rex", "APPROVED", "go ahead")])
+        code, body = await rex.json("GET", "/web/api/access_requests")
+        self.assertEqual(body["reviewable"], [])
+        reviews = [e for e in await self.auth.audit.search(datetime.now(timezone.utc) - timedelta(hours=1),
+                                                             datetime.now(timezone.utc) + timedelta(hours=1),
+                                                             ["access_request.review"])]
+        self.assertEqual([(e["user"], e["id"], e["reason"]) for e in reviews], [("rex", request_id, "go ahead")])
+
+    async def test_a_reviewer_never_reviews_their_own(self):
+        own = await self.request_as("mallory", "mine")
+        other = await self.request_as("rita", "hers")
+        code, body = await self.browsers["mallory"].json("GET", "/web/api/access_requests")
+        self.assertEqual(({r["metadata"]["name"] for r in body["items"]}, body["reviewable"]), ({own, other}, [other]))
+        code, body = await self.browsers["mallory"].json("POST", f"/web/api/access_requests/{own}/reviews",
+                                                         {"state": "APPROVED"})
+        self.assertEqual(code, 403, body)

@@ -347,7 +347,7 @@ class AuthAPI(resource.Resource):
             self._authenticated(caller), self._strings(body, "roles"), self._reason(body))
 
     async def list_access_requests(self, caller, request, body):
-        return {"items": await self.auth.access_requests.list(self._authenticated(caller))}
+        return await self.auth.access_requests.listing(self._authenticated(caller))
 
     async def get_access_request(self, caller, request, body, request_id):
         return await self.auth.access_requests.get(self._authenticated(caller), request_id)

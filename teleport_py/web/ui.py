@@ -34,7 +34,7 @@ from zope.interface import implementer
 from teleport_py.auth.api import CLIENT_ADDR_HEADER, USER_CERT_HEADER
 from teleport_py.auth.errors import AccessDenied, AuthError, BadParameter, NotFound
 from teleport_py.pki import IdentityError, UserIdentity, generate_private_key, identity_from_certificate, load_certificate_pem
-from teleport_py.proxy.webapi import Unavailable, client_address, json_body, json_response
+from teleport_py.proxy.webapi import REVIEW_FIELDS, Unavailable, client_address, json_body, json_response
 from teleport_py.recording.asciicast import MEDIA_TYPE, AsciicastWriter
 from teleport_py.recording.format import SESSION_ID, RecordingReader
 from teleport_py.web.assets import Assets
@@ -145,6 +145,8 @@ class WebUI(resource.Resource):
             _Route(b"GET", "api/recordings/*", self.recording),
             _Route(b"GET", "api/recordings/*/data", self.recording_data),
             _Route(b"GET", "api/recordings/*/asciicast", self.asciicast),
+            _Route(b"GET", "api/access_requests", self.access_requests),
+            _Route(b"POST", "api/access_requests/*/reviews", self.review_access_request),
         )
 
     def render(self, request):
@@ -333,3 +335,20 @@ class WebUI(resource.Resource):
             request.unregisterProducer()
             request.finish()
         return None
+
+    # -- access requests ----------------------------------------------------------
+
+    async def access_requests(self, request, session):
+        """The requests Auth shows this user (their own, those they may review,
+        all with an ``access_request`` list rule) and which of them Auth
+        would take a review of from them now, as for ``tsh request ls``."""
+        result = await self._as(request, session).call("GET", "access_requests")
+        return {"items": result["items"], "reviewable": result.get("reviewable", [])}
+
+    async def review_access_request(self, request, session, request_id):
+        """Approve or deny: relayed to Auth as ``tsh request review`` is, so
+        Auth alone decides (never the requester, ``review_requests`` roles,
+        thresholds) and audits it."""
+        body = {k: v for k, v in json_body(request).items() if k in REVIEW_FIELDS}
+        return await self._as(request, session).call(
+            "POST", f"access_requests/{quote(request_id, safe='')}/reviews", body)

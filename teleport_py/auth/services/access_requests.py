@@ -202,15 +202,28 @@ class AccessRequests:
     async def list(self, caller: Identity) -> list[dict[str, Any]]:
         """Everything for admins and holders of an ``access_request`` list
         rule; otherwise the caller's own requests and those they may review."""
+        return (await self.listing(caller))["items"]
+
+    async def listing(self, caller: Identity) -> dict[str, Any]:
+        """``list``'s items, oldest first, and ``reviewable``: the ids of
+        those the caller may review now (PENDING, not their own, their
+        ``review_requests`` cover every role), by the rules ``review`` applies,
+        so a web page offers only the reviews Auth would take."""
         see_all = await self._may_see_all(caller, "list")
-        items = []
+        now = utc_now(self._reactor)
+        items, reviewable = [], []
         for item in await self._backend.get_range(PREFIX):
             request = resource_from_dict(json.loads(item.value))
             mine = isinstance(caller, UserIdentity) and request.user == caller.username
-            if see_all or mine or await self._may_review(caller, request):
+            may_review = await self._may_review(caller, request)
+            if see_all or mine or may_review:
                 items.append(self._view(request))
+                already = isinstance(caller, UserIdentity) and any(
+                    r.author == caller.username for r in request.reviews)
+                if may_review and not already and current_state(request, now) == PENDING:
+                    reviewable.append(request.name)
         items.sort(key=lambda doc: doc["spec"]["created"])
-        return items
+        return {"items": items, "reviewable": reviewable}
 
     async def get(self, caller: Identity, request_id: str) -> dict[str, Any]:
         request, _ = await self._load(request_id)

@@ -6,6 +6,7 @@ import { Terminal } from "@xterm/xterm";
 import "@xterm/xterm/css/xterm.css";
 import "./app.css";
 import { Player, parseAsciicast } from "./player.js";
+import { requestsPage } from "./requests.js";
 
 const main = () => document.getElementById("main");
 let session = null; // {user, csrf_token, expires, cluster_name, proxy_public_addr}
@@ -279,6 +280,7 @@ async function route() {
     else if (section === "audit") await auditPage();
     else if (section === "recordings" && path.split("/")[3]) await playerPage(path.split("/")[3]);
     else if (section === "recordings") await recordingsPage();
+    else if (section === "requests") await requestsPage({ api, el, show, table, formatTime, session });
     else throw new ApiError(404, `There is no page ${location.pathname}.`);
   } catch (e) {
     if (e instanceof ApiError) problem(e);
