@@ -205,6 +205,35 @@ class BackendTestsMixin:
         self.assertEqual(await keys_under("/roles/", limit=0), [])
 
     @async_test
+    async def test_range_from_a_start_key_pages_through_it(self):
+        keys = ["/e/a", "/e/a\x00", "/e/ab", "/e/b", "/e/\u00ff", "/e/\U0010ffff", "/f", "/d"]
+        for key in keys:
+            await self.backend.put(key, key.encode())
+        await self.backend.put("/e/aa", b"", expires=1000.5)
+        self.clock.advance(1)
+
+        async def keys_from(start, limit=None):
+            return [item.key for item in await self.backend.get_range("/e/", limit, start=start)]
+
+        under = ["/e/a", "/e/a\x00", "/e/ab", "/e/b", "/e/\u00ff", "/e/\U0010ffff"]
+        self.assertEqual(await keys_from("/e/"), under)
+        self.assertEqual(await keys_from("/e/ab"), under[2:])
+        self.assertEqual(await keys_from("/e/a\x00", 2), ["/e/a\x00", "/e/ab"])
+        self.assertEqual(await keys_from("/e/\u00ff\x00"), ["/e/\U0010ffff"])
+        self.assertEqual(await keys_from("/e/\U0010ffff\x00"), [])
+        # Page by page (the expired item skipped), each from the last key + NUL.
+        pages, start = [], None
+        while True:
+            page = await keys_from(start, 2)
+            if not page:
+                break
+            pages.append(page)
+            start = page[-1] + "\x00"
+        self.assertEqual(pages, [under[0:2], under[2:4], under[4:6]])
+        with self.assertRaises(ValueError):
+            await self.backend.get_range("/e/", start="/d")
+
+    @async_test
     async def test_range_with_non_ascii_keys(self):
         keys = ["/u/\U0010ffff", "/u/\u00ff", "/u/\u00ff\U0010ffff", "/u/z", "/u\U0010ffff", "/v"]
         for key in keys:

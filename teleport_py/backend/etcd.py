@@ -50,7 +50,10 @@ LEASE_BUCKET = 60.0
 MAX_RACES = 32
 #: How long a write waits for its own event on the watch.
 WATCH_LAG_LIMIT = 30.0
-#: Pages of a range read when a ``limit`` asks for fewer live items.
+#: A range read with a ``limit`` asks etcd for that many items and as many
+#: again (at most this many more), in case some have expired but are not yet
+#: deleted; it reads further pages only while too few were live, so a page of
+#: a long range (the audit log) costs about its own size.
 RANGE_PAGE = 1000
 _LEASE_NOT_FOUND = 5  # gRPC NotFound: "etcdserver: requested lease not found"
 
@@ -115,10 +118,9 @@ class _EtcdStore:
     def _key(self, key: str) -> bytes:
         return self._prefix + key.encode("utf-8")
 
-    def _range_of(self, prefix: str) -> tuple[str, str]:
-        start = self._key(prefix)
-        end = prefix_end(start)
-        return _b64(start), _b64(end if end is not None else b"\x00")
+    def _range_of(self, prefix: str, first: str | None = None) -> tuple[str, str]:
+        end = prefix_end(self._key(prefix))
+        return _b64(self._key(first if first is not None else prefix)), _b64(end if end is not None else b"\x00")
 
     def _item(self, kv: dict, revision: int | None = None) -> Item | None:
         """The Item in an etcd kv, ``revision`` overriding its own (deletes)."""
@@ -192,10 +194,11 @@ class _EtcdStore:
 
     # etcd calls
 
-    async def _read_range(self, prefix: str, limit: int | None, *, now: float | None = None):
-        """``(kvs, revision)``: all kvs under ``prefix`` at one revision; with
-        ``limit``, pages until ``limit`` live ones (live at ``now``) were seen."""
-        start, end = self._range_of(prefix)
+    async def _read_range(self, prefix: str, limit: int | None, *, now: float | None = None, first: str | None = None):
+        """``(kvs, revision)``: all kvs under ``prefix`` (from ``first`` on) at
+        one revision; with ``limit``, pages until ``limit`` live ones (live at
+        ``now``) were seen."""
+        start, end = self._range_of(prefix, first)
         request = {"key": start, "range_end": end}
         if limit is None:
             answer = await self._gateway.call("kv/range", request)
@@ -204,7 +207,7 @@ class _EtcdStore:
         revision = 0
         live = 0
         while True:
-            page = dict(request, limit=str(limit + RANGE_PAGE), **({"revision": str(revision)} if revision else {}))
+            page = dict(request, limit=str(limit + min(limit, RANGE_PAGE)), **({"revision": str(revision)} if revision else {}))
             answer = await self._gateway.call("kv/range", page)
             revision = revision or _int(answer["header"].get("revision"))
             batch = answer.get("kvs") or []
@@ -284,10 +287,10 @@ class _EtcdStore:
         stored = await self._one(key)
         return stored.item if stored.item is not None and stored.item.is_live(now) else None
 
-    async def get_range(self, prefix: str, limit: int | None, now: float):
+    async def get_range(self, prefix: str, limit: int | None, now: float, start: str | None = None):
         if limit == 0:
             return []
-        kvs, _ = await self._read_range(prefix, limit, now=now)
+        kvs, _ = await self._read_range(prefix, limit, now=now, first=start)
         items = [item for kv in kvs if (item := self._item(kv)) is not None and item.is_live(now)]
         return items[:limit] if limit is not None else items
 

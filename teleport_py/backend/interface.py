@@ -57,6 +57,14 @@ def check_expires(expires) -> None:
         raise ValueError("expires must be finite")
 
 
+def check_start(prefix: str, start) -> None:
+    if start is None:
+        return
+    check_prefix(start)
+    if not start.startswith(prefix):
+        raise ValueError("a range's start key must lie under its prefix")
+
+
 def check_limit(limit) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError("limit must be None or a non-negative int")
@@ -115,9 +123,12 @@ class IBackend(Interface):
     def get(key: str) -> Deferred:
         """Fire with the live ``Item`` at ``key``, or ``None``."""
 
-    def get_range(prefix: str, limit: int | None = None) -> Deferred:
+    def get_range(prefix: str, limit: int | None = None, start: str | None = None) -> Deferred:
         """Fire with the live items whose keys start with ``prefix``, sorted by
-        key, at most ``limit`` of them."""
+        key, at most ``limit`` of them; with ``start`` (a key under
+        ``prefix``), only those at or after it, so a caller pages through a
+        range reading each page alone: the next page starts at the last key
+        returned plus ``"\\x00"``."""
 
     def put(key: str, value: bytes, expires: float | None = None) -> Deferred:
         """Store unconditionally; fire with the stored ``Item``."""
@@ -237,10 +248,11 @@ class StoreBackend:
         return self._submit(self._store.get, key)
 
     @_deferred
-    def get_range(self, prefix, limit=None):
+    def get_range(self, prefix, limit=None, start=None):
         check_prefix(prefix)
         check_limit(limit)
-        return self._submit(self._store.get_range, prefix, limit)
+        check_start(prefix, start)
+        return self._submit(functools.partial(self._store.get_range, start=start), prefix, limit)
 
     @_deferred
     def put(self, key, value, expires=None):

@@ -36,8 +36,9 @@ class _MemoryStore:
     def get(self, key: str, now: float) -> Item | None:
         return self._live(key, now)
 
-    def get_range(self, prefix: str, limit: int | None, now: float) -> list[Item]:
-        keys = sorted(key for key in self._items if key.startswith(prefix))
+    def get_range(self, prefix: str, limit: int | None, now: float, start: str | None = None) -> list[Item]:
+        # Code point order is UTF-8 byte order, the order the other stores keep.
+        keys = sorted(key for key in self._items if key.startswith(prefix) and (start is None or key >= start))
         return [self._items[key] for key in keys if self._items[key].is_live(now)][:limit]
 
     def put(self, item: Item, now: float):

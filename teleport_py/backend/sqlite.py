@@ -54,9 +54,9 @@ def prefix_end(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-def _key_range(prefix: str) -> tuple[str, tuple]:
-    start = prefix.encode("utf-8")
-    end = prefix_end(start)
+def _key_range(prefix: str, first: str | None = None) -> tuple[str, tuple]:
+    start = (first if first is not None else prefix).encode("utf-8")
+    end = prefix_end(prefix.encode("utf-8"))
     if end is None:
         return "key >= ?", (start,)
     return "key >= ? AND key < ?", (start, end)
@@ -167,8 +167,8 @@ class _SQLiteStore:
     def get(self, key: str, now: float) -> Item | None:
         return self._live(key, now)
 
-    def get_range(self, prefix: str, limit: int | None, now: float) -> list[Item]:
-        where, parameters = _key_range(prefix)
+    def get_range(self, prefix: str, limit: int | None, now: float, start: str | None = None) -> list[Item]:
+        where, parameters = _key_range(prefix, start)
         return self._select(f"{where} AND {_LIVE}", (*parameters, now), limit)
 
     def put(self, item: Item, now: float):
