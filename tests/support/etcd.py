@@ -32,17 +32,31 @@ def unique_prefix(name: str = "test") -> str:
 class EtcdServer:
     """One etcd member on free 127.0.0.1 ports under ``workdir``."""
 
-    def __init__(self, reactor, workdir: str, tls: bool = False):
+    def __init__(self, reactor, workdir: str, tls: bool = False, *, name: str = "default",
+                 certificates: "EtcdServer | None" = None):
+        """``name`` and ``certificates``: a member of an ``EtcdCluster``, its
+        certificate files and client credentials copied from ``certificates``
+        (the first member), so every member trusts one CA."""
         self._reactor = reactor
         self.workdir = workdir
         self.tls = tls
+        self.name = name
         self.port = free_port()
         self.peer_port = free_port()
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        #: ``--initial-cluster``: this member alone unless an EtcdCluster sets it.
+        self.initial_cluster = f"{name}={self.peer_url}"
+        self.cluster_token = ""
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.process: ManagedProcess | None = None
         self.files: dict[str, str] = {}
-        if tls:
+        os.makedirs(workdir, exist_ok=True)
+        if tls and certificates is not None:
+            self.files = dict(certificates.files)
+            self.client_tls = certificates.client_tls
+            self.other_client_tls = certificates.other_client_tls
+        elif tls:
             self._make_certificates()
 
     def _write(self, name: str, data: bytes) -> str:
@@ -68,16 +82,20 @@ class EtcdServer:
         self.other_client_tls = EtcdTLS((ca.certificate,), stranger, stranger_key)
 
     def args(self) -> list[str]:
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        # On a restart with its data dir, etcd ignores the --initial-* flags
+        # and rejoins the cluster it was a member of.
         args = [
             kube_tool("etcd"),
+            f"--name={self.name}",
             f"--data-dir={os.path.join(self.workdir, 'data')}",
             f"--listen-client-urls={self.url}",
             f"--advertise-client-urls={self.url}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=default={peer}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={self.initial_cluster}",
         ]
+        if self.cluster_token:
+            args.append(f"--initial-cluster-token={self.cluster_token}")
         if self.tls:
             args += [
                 f"--cert-file={self.files['server.pem']}",
@@ -87,10 +105,14 @@ class EtcdServer:
             ]
         return args
 
+    def spawn(self) -> ManagedProcess:
+        """Start the process (again, after a kill: same ports, same data dir)."""
+        self.process = ManagedProcess(self.args(), os.path.join(self.workdir, "etcd.log"), reactor=self._reactor)
+        return self.process.start()
+
     @defer.inlineCallbacks
     def start(self):
-        self.process = ManagedProcess(self.args(), os.path.join(self.workdir, "etcd.log"), reactor=self._reactor)
-        self.process.start()
+        self.spawn()
         yield self.process.wait_for_port(self.port, ETCD_READY_TIMEOUT)
         # The port opens before the member has elected itself leader.
         yield self.process.wait_for_output(r"ready to serve client requests|serving client requests", ETCD_READY_TIMEOUT)
@@ -101,6 +123,39 @@ class EtcdServer:
 
     def kill9(self):
         return self.process.kill9()
+
+
+class EtcdCluster:
+    """``size`` etcd members on 127.0.0.1 forming one cluster, serving
+    https with ``--client-cert-auth`` (one CA for all), each under its own
+    directory of ``workdir``; peers talk plain http on loopback."""
+
+    def __init__(self, reactor, workdir: str, size: int = 3):
+        self._reactor = reactor
+        first = EtcdServer(reactor, os.path.join(workdir, "etcd0"), tls=True, name="etcd0")
+        self.members = [first] + [
+            EtcdServer(reactor, os.path.join(workdir, f"etcd{i}"), tls=True, name=f"etcd{i}", certificates=first)
+            for i in range(1, size)
+        ]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        token = f"teleport-py-{os.getpid()}-{next(_counter)}"
+        for member in self.members:
+            member.initial_cluster, member.cluster_token = initial, token
+        self.files = first.files
+        self.client_tls = first.client_tls
+
+    @property
+    def urls(self) -> list[str]:
+        return [m.url for m in self.members]
+
+    @defer.inlineCallbacks
+    def start(self):
+        # All at once: a member waits for a quorum before it serves.
+        yield defer.gatherResults([m.start() for m in self.members], consumeErrors=True)
+        return self
+
+    def stop(self):
+        return defer.gatherResults([m.stop() for m in self.members], consumeErrors=True)
 
 
 def shared_etcd(reactor=None, tls: bool = False):
