@@ -24,7 +24,7 @@ from teleport_py.pki import (
 )
 from teleport_py.tunnel import TunnelProtocol
 from tests.support.proxy import KUBE_SERVER_NAME, Collect
-from tests.support.proxy_service import PASSWORD, InProcessProxy, public_pem
+from tests.support.proxy_service import ADMIN, PASSWORD, InProcessProxy, public_pem
 
 
 class Echo(Protocol):
@@ -40,8 +40,13 @@ class FakeAgent:
         self.cert = auth.authorities.issue_host_identity(self.key.public_key(), host_id, "node", "kube", ["localhost"])
         self.host_ca = auth.host_ca.certificate
         self.streams: list[dict] = []
+        #: The proxy lists it sent (``discovery`` streams).
+        self.discoveries: list[dict] = []
 
     def _accept(self, kind, metadata):
+        if kind == "discovery":
+            self.discoveries.append(metadata)
+            return Protocol()
         self.streams.append(dict(metadata, kind=kind))
         return Echo()
 
@@ -217,6 +222,20 @@ class ProxyServiceTests(TestCase):
         self.assertEqual((stream["kind"], stream["kube_cluster"], stream["alpn"]), ("kube", "k8s", "http/1.1"))
         self.assertTrue(stream["client_addr"].startswith("127.0.0.1:"))
         self.assertEqual(load_certificate_pem(stream["user_cert"].encode()).subject.rfc4514_string().split(",")[-1], "CN=alice")
+
+    async def test_an_agent_learns_the_proxies_from_their_heartbeats(self):
+        """The proxy heartbeats itself to Auth and tells each agent that
+        announces itself every live proxy, with the address to dial."""
+        agent = await FakeAgent(self.auth, "agent-1").connect(self.proxy_port)
+        self.addCleanup(agent.disconnect)
+        while not agent.discoveries:
+            await _tick()
+        host_id = "proxy-proxy-test"
+        self.assertEqual(agent.discoveries[-1], {"proxies": [{"name": host_id, "addr": f"127.0.0.1:{self.proxy_port}"}]})
+        [stored] = await self.auth.resources.list(ADMIN, "proxy")
+        self.assertEqual((stored["kind"], stored["metadata"]["name"], stored["spec"]["tunnel_addr"]),
+                         ("proxy", host_id, f"127.0.0.1:{self.proxy_port}"))
+        self.assertIn("expires", stored["metadata"])
 
     async def test_several_agents_share_a_cluster_and_disconnect_removes_one(self):
         first = await FakeAgent(self.auth, "agent-1").connect(self.proxy_port)

@@ -463,7 +463,7 @@ class BuiltinRoleTests(SynchronousTestCase):
         editor = BUILTIN_ROLES["editor"]
         self.assertEqual(
             editor.allow.rules,
-            (Rule(resources=("role", "user", "token", "kube_server", "event", "session", "lock", "access_request"), verbs=("create", "read", "list", "update", "delete")),),
+            (Rule(resources=("role", "user", "token", "kube_server", "proxy", "event", "session", "lock", "access_request"), verbs=("create", "read", "list", "update", "delete")),),
         )
         self.assertEqual(editor.allow.kubernetes_labels, {})
         self.assertEqual(editor.allow.kubernetes_resources, ())

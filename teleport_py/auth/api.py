@@ -160,6 +160,8 @@ class AuthAPI(resource.Resource):
             Route(b"GET", "locks", self.list_locks, ADMINISTRATORS | {"kube"}),
             Route(b"POST", "heartbeats/kube", self.heartbeat, frozenset({"kube"})),
             Route(b"POST", "heartbeats/kube/goodbye", self.goodbye, frozenset({"kube"})),
+            Route(b"POST", "heartbeats/proxy", self.heartbeat_proxy, frozenset({"proxy"})),
+            Route(b"GET", "proxies", self.list_proxies, frozenset({"proxy"})),
             Route(b"GET", "kube_clusters", self.kube_clusters, ADMINISTRATORS),
             Route(b"POST", "events", self.append_events, frozenset({"kube"})),
             Route(b"GET", "events", self.search_events, ADMINISTRATORS),
@@ -442,6 +444,13 @@ class AuthAPI(resource.Resource):
     async def goodbye(self, caller, request, body):
         await self.auth.kube_servers.goodbye(self._authenticated(caller), body.get("cluster"))
         return {}
+
+    async def heartbeat_proxy(self, caller, request, body):
+        await self.auth.proxies.heartbeat(self._authenticated(caller), body.get("resource"))
+        return {}
+
+    async def list_proxies(self, caller, request, body):
+        return {"items": await self.auth.proxies.list(self._authenticated(caller))}
 
     async def kube_clusters(self, caller, request, body):
         return {"items": await self.auth.kube_servers.list_for(self._authenticated(caller))}

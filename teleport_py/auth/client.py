@@ -230,6 +230,13 @@ class AuthClient:
         """This agent stops serving ``cluster`` now (a clean shutdown)."""
         return self.call("POST", "heartbeats/kube/goodbye", {"cluster": cluster})
 
+    def heartbeat_proxy(self, resource: dict):
+        return self.call("POST", "heartbeats/proxy", {"resource": resource})
+
+    async def list_proxies(self) -> list[dict]:
+        """The proxies whose heartbeat is live (a proxy's call)."""
+        return (await self.call("GET", "proxies"))["items"]
+
     async def kube_clusters(self) -> list[dict]:
         return (await self.call("GET", "kube_clusters"))["items"]
 

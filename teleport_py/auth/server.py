@@ -15,6 +15,7 @@ Backend layout (values are JSON unless noted), by the service that keeps it::
     /usertokens/<token>            sign-up token {user, expires}        services.signup_tokens
     /tokens/<token>                join token resource (expires)        services.join_tokens
     /kube_servers/<cluster>/<host> heartbeat (expires with its TTL)     services.kube_servers
+    /proxies/<host id>             proxy heartbeat (expires with its TTL) services.proxies
     /access_requests/<id>          access_request resource              services.access_requests
     /locks/<id>                    lock resource (expires with it)      services.locks
     /events/...                    audit log                            audit (AuditLog)
@@ -33,6 +34,7 @@ from teleport_py.auth.services.cluster_status import ClusterStatus
 from teleport_py.auth.services.join_tokens import JoinTokens
 from teleport_py.auth.services.kube_servers import KubeServers
 from teleport_py.auth.services.locks import Locks
+from teleport_py.auth.services.proxies import Proxies
 from teleport_py.auth.services.resources import Resources
 from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.signup_tokens import SignupTokens
@@ -55,6 +57,7 @@ class AuthServer:
         self.authorizer = Authorizer(self.roles)
         self.users = Users(reactor, backend, self.authorizer, self.roles, SignupTokens(backend, reactor), self.audit)
         self.kube_servers = KubeServers(reactor, backend, self.authorizer, self.roles, self.users)
+        self.proxies = Proxies(reactor, backend, self.authorizer)
         limiter = SharedLoginLimiter(reactor, backend) if shared_backend else LoginLimiter(reactor)
         self.locks = Locks(reactor, backend, self.authorizer, self.audit)
         self.access_requests = AccessRequests(

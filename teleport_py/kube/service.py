@@ -30,7 +30,7 @@ from teleport_py.kube.context import KubeCluster
 from teleport_py.kube.heartbeat import Heartbeat
 from teleport_py.kube.join import identity_dir, obtain_identity
 from teleport_py.kube.sessions import SessionRecorder
-from teleport_py.kube.tunnel_client import TunnelClient, proxy_endpoint
+from teleport_py.kube.agent_pool import AgentPool
 from teleport_py.renewal import HostCertRenewal
 from teleport_py.lifecycle import Drainable, RoleService, StartError, Step, wait_until
 from teleport_py.pki import identity_from_certificate
@@ -58,12 +58,12 @@ def load_clusters(config: Config) -> dict[str, KubeCluster]:
 
 
 class TunnelService(Drainable):
-    """The reverse tunnel: dialled on start; on stop, GOAWAY and closed once
-    its streams are done, or cut at the deadline."""
+    """The reverse tunnels (one per proxy): dialled on start; on stop, GOAWAY
+    and each closed once its streams are done, or all cut at the deadline."""
 
-    name = "reverse tunnel"
+    name = "reverse tunnels"
 
-    def __init__(self, reactor, client: TunnelClient):
+    def __init__(self, reactor, client: AgentPool):
         self.reactor = reactor
         self.client = client
 
@@ -90,7 +90,7 @@ class Serving(Drainable):
 
     name = "serving"
 
-    def __init__(self, reactor, streams: StreamAcceptor, tunnel: TunnelClient):
+    def __init__(self, reactor, streams: StreamAcceptor, tunnel: AgentPool):
         self.reactor = reactor
         self.streams = streams
         self.tunnel = tunnel
@@ -109,8 +109,7 @@ class Serving(Drainable):
         return Deferred.fromCoroutine(self._drain(deadline))
 
     def _open_streams(self) -> int:
-        tunnel = self.tunnel.tunnel
-        return tunnel.streams_of_kind("kube") if tunnel is not None else 0
+        return sum(tunnel.streams_of_kind("kube") for tunnel in self.tunnel.tunnels)
 
     async def _drain(self, deadline: float) -> None:
         if not await wait_until(self.reactor, lambda: not self._open_streams(), deadline):
@@ -133,7 +132,7 @@ class KubeService(RoleService):
         super().__init__(reactor, config.shutdown_timeout)
         self.config = config
         self.token = token or ""
-        self.tunnel: TunnelClient | None = None
+        self.tunnel: AgentPool | None = None
         self.auth: AuthClient | None = None
         self.streams: StreamAcceptor | None = None
         self.renewal: HostCertRenewal | None = None
@@ -181,10 +180,11 @@ class KubeService(RoleService):
         )
         proxy = self.config.proxy_server
         heartbeat: Heartbeat | None = None
-        to_proxy = proxy_endpoint(self.reactor, proxy.connect_host(), proxy.port, identity)
-        self.tunnel = TunnelClient(
+        # One tunnel to each proxy of the cluster, learnt from the one at proxy_server.
+        self.tunnel = AgentPool(
             self.reactor,
-            to_proxy,
+            proxy,
+            identity,
             clusters=[{"name": c.name, "labels": dict(c.labels)} for c in clusters.values()],
             accept_stream=lambda kind, metadata: serving.accept_stream(kind, metadata),
             on_up=lambda: heartbeat.beat_now(),
@@ -198,7 +198,7 @@ class KubeService(RoleService):
         def renewed(new_identity) -> None:
             """New connections (a redialled tunnel, Auth connections) present
             the renewed certificate; the open tunnel keeps its connection."""
-            to_proxy.use(new_identity)
+            self.tunnel.use(new_identity)
             to_auth.use(new_identity)
             auth_pool.closeCachedConnections()
 

@@ -57,8 +57,8 @@ def proxy_endpoint(reactor, host: str, port: int, identity: IdentityFile) -> Pro
     return ProxyEndpoint(reactor, host, port, identity)
 
 
-class _Announce(Protocol):
-    """The announce stream says everything in its metadata; nothing to send."""
+class MetadataOnly(Protocol):
+    """A stream that says everything in its metadata (announce, discovery): closed at once."""
 
     def connectionMade(self) -> None:
         self.transport.loseConnection()
@@ -77,13 +77,21 @@ class TunnelClient:
         accept_stream: Callable[[str, dict], Protocol],
         random: Callable[[], float] = _random.random,
         on_up: Callable[[], object] = lambda: None,
+        identify: Callable[[TunnelProtocol], bool] | None = None,
+        on_lost: Callable[[], object] = lambda: None,
     ) -> None:
+        """``identify``: when given, the first announce carries no clusters
+        and, once the proxy answered it (TLS is done), says whether to keep
+        this tunnel (False: closed and dialled again later, as after a
+        failure); the real announce follows. ``on_lost``: a tunnel closed."""
         self._reactor = reactor
         self._endpoint = endpoint
         self._clusters = [dict(c) for c in clusters]
         self._accept_stream = accept_stream
         self._random = random
         self._on_up = on_up
+        self._identify = identify
+        self._on_lost = on_lost
         self._attempt = 0
         self._retry_call = None
         self._stopped = True
@@ -116,7 +124,7 @@ class TunnelClient:
         new kubectl connections here); said again on every connection."""
         self._clusters = [dict(c) for c in clusters]
         if self.tunnel is not None:
-            announced = self.tunnel.open_stream("announce", {"clusters": self._clusters}, _Announce())
+            announced = self.tunnel.open_stream("announce", {"clusters": self._clusters}, MetadataOnly())
             announced.addErrback(self._announce_failed)
 
     def _dial(self) -> None:
@@ -131,7 +139,22 @@ class TunnelClient:
             return
         self.tunnel = tunnel
         tunnel.closed.addCallback(self._lost, tunnel)
-        announced = tunnel.open_stream("announce", {"clusters": self._clusters}, _Announce())
+        if self._identify is not None:
+            hello = tunnel.open_stream("announce", {"clusters": []}, MetadataOnly())
+            hello.addCallbacks(self._answered, self._announce_failed, callbackArgs=(tunnel,))
+            return
+        self._announce_on(tunnel)
+
+    def _answered(self, _, tunnel: TunnelProtocol) -> None:
+        if tunnel is not self.tunnel or self._stopped:
+            return
+        if not self._identify(tunnel):
+            tunnel.go_away()
+            return
+        self._announce_on(tunnel)
+
+    def _announce_on(self, tunnel: TunnelProtocol) -> None:
+        announced = tunnel.open_stream("announce", {"clusters": self._clusters}, MetadataOnly())
         announced.addCallbacks(self._announced, self._announce_failed)
 
     def _announced(self, _) -> None:
@@ -153,6 +176,7 @@ class TunnelClient:
         if self.tunnel is tunnel:
             self.tunnel = None
             self.up = False
+        self._on_lost()
         self._retry()
 
     def _retry(self) -> None:

@@ -102,6 +102,10 @@ class AgentRegistry:
     def tunnels(self, cluster: str) -> list:
         return [a.tunnel for a in self._agents.values() if any(c.name == cluster for c in a.clusters)]
 
+    def all_tunnels(self) -> list:
+        """Every live agent tunnel (announced or not)."""
+        return list(self._agents)
+
     def disconnect_all(self) -> None:
         """Abort every tunnel: agents reconnect (to us after a restart, or to another proxy)."""
         for tunnel in list(self._agents):

@@ -40,6 +40,7 @@ from teleport_py.pki import (
     server_tls_options,
 )
 from teleport_py.pinning import trusted_host_cas
+from teleport_py.proxy.discovery import Hangup, ProxyDiscovery, proxy_resource
 from teleport_py.proxy.kube import KubeRouter
 from teleport_py.limits import LimitedTLSFactory, limit_http
 from teleport_py.proxy.listener import ProxyConnectionCreator, Route, dispatch
@@ -67,22 +68,16 @@ def identity_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "proxy")
 
 
-class _Hangup(Protocol):
-    """An announce stream carries only metadata: accept it, then close it."""
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()
-
-
 class AgentTunnels:
     """Serves agents' reverse tunnels (``Route.TUNNEL``): registers them and
     answers the streams they open."""
 
-    def __init__(self, reactor, registry: AgentRegistry, host_ca, auth_endpoint):
+    def __init__(self, reactor, registry: AgentRegistry, host_ca, auth_endpoint, discovery: ProxyDiscovery):
         self._reactor = reactor
         self._registry = registry
         self._host_ca = host_ca
         self._auth_endpoint = auth_endpoint
+        self._discovery = discovery
 
     def connection(self, tls_transport) -> TunnelProtocol | None:
         try:
@@ -106,7 +101,9 @@ class AgentTunnels:
                 self._registry.announce(tunnel, parse_announcement(metadata))
             except AnnounceError as e:
                 raise StreamRejected(f"invalid announce: {e}") from None
-            return _Hangup()
+            # The agent learns every proxy of the cluster (after this stream is answered).
+            self._reactor.callLater(0, self._discovery.send, tunnel)
+            return Hangup()
         if kind == "auth":
             return self._relay_to_auth()
         raise StreamRejected(f"unknown stream kind {kind!r}")
@@ -172,8 +169,12 @@ class ProxyService(RoleService):
             self.reactor, identity, request=lambda public_key: self.auth_client.renew_host_certificate(public_key),
             save=self._save_identity, on_renewed=lambda renewed: self._use_identity(renewed, creator, policy, pool))
         kube = KubeRouter(self.registry, identity.user_cas[0])
-        tunnels = AgentTunnels(self.reactor, self.registry, identity.host_cas[0], auth_endpoint)
         public_addr = str(self._public_addr())
+        discovery = ProxyDiscovery(
+            self.reactor, self.auth_client,
+            proxy_resource(host.host_id, self.config.nodename, str(self._tunnel_addr()), public_addr),
+            self.registry.all_tunnels)
+        tunnels = AgentTunnels(self.reactor, self.registry, identity.host_cas[0], auth_endpoint, discovery)
         api = WebAPI(self.auth_client, cluster_name=host.teleport_cluster, public_addr=public_addr,
                      user_ca=identity.user_cas[0])
         ui = WebUI(self.reactor, self.auth_client, self.web_sessions, await Assets.load(self.reactor),
@@ -193,6 +194,8 @@ class ProxyService(RoleService):
             self._routes[tls_transport] = (route, protocol)
             return protocol
 
+        # In the list before agents can reach us, so none drops its tunnel to us as unknown.
+        await self.start_child(Step("proxy heartbeat", start=discovery.start, stop=discovery.stop))
         listen = self.config.proxy.web_listen_addr
         self.listener = await self.start_child(Listener(
             self.reactor, serverFromString(self.reactor, listen.server_endpoint()),
@@ -260,6 +263,19 @@ class ProxyService(RoleService):
             return self.config.proxy.public_addr[0]
         listen = self.config.proxy.web_listen_addr
         return Address(listen.connect_host(), listen.port)
+
+    def _tunnel_addr(self) -> Address:
+        """Where agents dial us for a tunnel: the public address (a load
+        balancer in front of every proxy is fine: agents check which proxy
+        they reached), else the address we listen on, else our nodename."""
+        if self.config.proxy.public_addr:
+            return self.config.proxy.public_addr[0]
+        listen = self.config.proxy.web_listen_addr
+        try:
+            unspecified = ipaddress.ip_address(listen.host).is_unspecified
+        except ValueError:
+            unspecified = not listen.host
+        return Address(self.config.nodename if unspecified else listen.host, listen.port)
 
     def _server_names(self) -> tuple[list[str], list]:
         """Names and IPs for the host certificate: kubectl's SNI name plus every name we are reached by."""

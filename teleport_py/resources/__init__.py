@@ -1,8 +1,9 @@
-"""Teleport resources (``role`` v7/v8, ``user``, ``token``, ``kube_server``):
+"""Teleport resources (``role`` v7/v8, ``user``, ``token``, ``kube_server``, ``proxy``):
 YAML and dicts in, validated frozen value objects out, and back."""
 from teleport_py.resources.builtin import BUILTIN_ROLES
 from teleport_py.resources.duration import format_duration, parse_duration
 from teleport_py.resources.kube_server import KubeServer
+from teleport_py.resources.proxy_server import ProxyServer
 from teleport_py.resources.parse import (
     Resource,
     ValidationError,
@@ -28,6 +29,7 @@ __all__ = [
     "KUBE_VERBS",
     "KubeServer",
     "KubernetesResource",
+    "ProxyServer",
     "Resource",
     "Role",
     "RoleConditions",

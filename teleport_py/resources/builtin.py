@@ -11,7 +11,7 @@ from __future__ import annotations
 from teleport_py.resources.parse import resource_from_dict
 from teleport_py.resources.role import Role
 
-_EDITOR_RESOURCES = ["role", "user", "token", "kube_server", "event", "session", "lock", "access_request"]
+_EDITOR_RESOURCES = ["role", "user", "token", "kube_server", "proxy", "event", "session", "lock", "access_request"]
 _EDITOR_VERBS = ["create", "read", "list", "update", "delete"]
 
 _PRESETS = [

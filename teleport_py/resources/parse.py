@@ -26,6 +26,7 @@ from teleport_py.resources.access_request import (
 )
 from teleport_py.resources.duration import format_duration, parse_duration
 from teleport_py.resources.kube_server import KubeServer
+from teleport_py.resources.proxy_server import ProxyServer
 from teleport_py.resources.lock import Lock
 from teleport_py.resources.role import (
     CORE_RESOURCES,
@@ -47,7 +48,7 @@ from teleport_py.resources.token import JOIN_METHODS, TOKEN_ROLES, Token
 from teleport_py.resources.traits import parse_template
 from teleport_py.resources.user import User
 
-Resource = Union[Role, User, Token, KubeServer, AccessRequest, Lock]
+Resource = Union[Role, User, Token, KubeServer, ProxyServer, AccessRequest, Lock]
 
 __all__ = ["Resource", "ValidationError", "parse_yaml", "resource_from_dict", "resource_to_dict", "to_yaml"]
 
@@ -897,6 +898,35 @@ def _lock_to_dict(lock: Lock) -> dict:
     return {"kind": "lock", "version": "v2", "metadata": _metadata_to_dict(lock.name, expires=expires), "spec": spec}
 
 
+# -- proxy ----------------------------------------------------------------------
+
+
+def _proxy_from_dict(document: dict, version: str) -> ProxyServer:
+    metadata = _metadata(document, ("name", "namespace", "expires"))
+    spec = _fields(document.get("spec"), "spec", ("hostname", "tunnel_addr", "public_addr", "version"),
+                   required=("tunnel_addr", "public_addr"))
+    expires = metadata.get("expires")
+    return ProxyServer(
+        name=_name(metadata["name"], "metadata.name"),
+        hostname=_string(spec.get("hostname"), "spec.hostname", default=""),
+        tunnel_addr=_string(spec["tunnel_addr"], "spec.tunnel_addr"),
+        public_addr=_string(spec["public_addr"], "spec.public_addr"),
+        version=_string(spec.get("version"), "spec.version", default=""),
+        expires=None if expires is None else _timestamp(expires, "metadata.expires"),
+    )
+
+
+def _proxy_to_dict(proxy: ProxyServer) -> dict:
+    expires = None if proxy.expires is None else _format_timestamp(proxy.expires)
+    return {
+        "kind": "proxy",
+        "version": "v2",
+        "metadata": _metadata_to_dict(proxy.name, expires=expires),
+        "spec": {"hostname": proxy.hostname, "tunnel_addr": proxy.tunnel_addr, "public_addr": proxy.public_addr,
+                 "version": proxy.version},
+    }
+
+
 # -- dispatch -------------------------------------------------------------------
 
 _PARSERS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], Resource]]] = {
@@ -904,6 +934,7 @@ _PARSERS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], Resource]]] = {
     "user": (("v2",), _user_from_dict),
     "token": (("v2",), _token_from_dict),
     "kube_server": (("v3",), _kube_server_from_dict),
+    "proxy": (("v2",), _proxy_from_dict),
     "access_request": (("v3",), _access_request_from_dict),
     "lock": (("v2",), _lock_from_dict),
 }
@@ -912,6 +943,7 @@ _DUMPERS: dict[type, Callable[[Any], dict]] = {
     User: _user_to_dict,
     Token: _token_to_dict,
     KubeServer: _kube_server_to_dict,
+    ProxyServer: _proxy_to_dict,
     AccessRequest: _access_request_to_dict,
     Lock: _lock_to_dict,
 }

@@ -30,6 +30,7 @@ KIND_ALIASES = {
     "token": "token", "tokens": "token",
     "kube_server": "kube_server", "kube_servers": "kube_server",
     "lock": "lock", "locks": "lock",
+    "proxy": "proxy", "proxies": "proxy",
 }
 
 
@@ -195,7 +196,7 @@ class Tctl:
         kind, _, name = ref.partition("/")
         canonical = KIND_ALIASES.get(kind.lower())
         if canonical is None:
-            raise CLIError(f"unsupported resource kind {kind!r} (supported: role, user, token, kube_server, lock)")
+            raise CLIError(f"unsupported resource kind {kind!r} (supported: role, user, token, kube_server, lock, proxy)")
         if need_name and not name:
             raise CLIError(f"expected KIND/NAME, e.g. {canonical}/example")
         return canonical, name or None

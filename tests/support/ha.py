@@ -5,6 +5,9 @@
 ``twistd -n teleport-kube`` agents serving one cluster of the real
 kube-apiserver (tests/support/kubeenv.py). Every process can be killed and
 started again by index, with the same ports, data dir and configuration.
+``agent_proxy_server`` (the first proxy by default) is what agents are given;
+``proxy_public_addr`` (none by default) is every proxy's public address (a
+load balancer in front of them: ``RoundRobinBalancer``).
 
 It is a ``tests.e2e.Deployment`` whose ``config`` is the first auth
 server's (``tctl``) and whose ``proxy`` is the first proxy; ``env(i)`` is
@@ -14,6 +17,9 @@ from __future__ import annotations
 
 import os
 import re
+
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.protocols import portforward
 
 from teleport_py.backend.etcd_gateway import Gateway
 from tests.e2e import AGENT_RBAC, VIEWERS_RBAC, Deployment, tool
@@ -46,6 +52,10 @@ class HADeployment(Deployment):
         for home in self.homes:
             os.makedirs(home, exist_ok=True)
         self.pin = ""
+        #: What agents are given as teleport.proxy_server (they learn the other proxies from it).
+        self.agent_proxy_server = self.proxies_addr[0]
+        #: Every proxy's proxy_service.public_addr, if any.
+        self.proxy_public_addr: str | None = None
 
     # -- configuration -----------------------------------------------------------
 
@@ -84,7 +94,9 @@ class HADeployment(Deployment):
             f"  ca_pin: {self.pin}\n"
             f"  join_params: {{token_name: {token}}}\n"
             "auth_service: {enabled: false}\n"
-            f"proxy_service: {{web_listen_addr: '127.0.0.1:{self.proxy_ports[i]}'}}\n"
+            "proxy_service:\n"
+            f"  web_listen_addr: '127.0.0.1:{self.proxy_ports[i]}'\n"
+            + (f"  public_addr: '{self.proxy_public_addr}'\n" if self.proxy_public_addr else "")
         ))
 
     def _write_agent_config(self, i: int, token: str) -> None:
@@ -93,7 +105,7 @@ class HADeployment(Deployment):
             "teleport:\n"
             f"  nodename: kube-agent-{i}\n"
             f"  data_dir: {self.path(f'agent{i}-data')}\n"
-            f"  proxy_server: {self.proxies_addr[0]}\n"
+            f"  proxy_server: {self.agent_proxy_server}\n"
             f"  join_params: {{token_name: {token}}}\n"
             f"  ca_pin: {self.pin}\n"
             "auth_service: {enabled: false}\n"
@@ -179,3 +191,60 @@ class HADeployment(Deployment):
             return await gateway.call(path, body)
         finally:
             await gateway.close()
+
+
+# -- a load balancer --------------------------------------------------------------
+
+
+class _BackendClientFactory(portforward.ProxyClientFactory):
+    noisy = False
+
+    def __init__(self, balancer: "RoundRobinBalancer", tried: int) -> None:
+        self.balancer = balancer
+        self.tried = tried
+
+    def clientConnectionFailed(self, connector, reason):
+        if self.tried + 1 >= len(self.balancer.backends):
+            self.server.transport.loseConnection()
+            return
+        self.balancer.connect(self.server, self.tried + 1)
+
+
+class _Front(portforward.ProxyServer):
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # nothing is read before a backend is there
+        self.factory.balancer.connect(self, 0)
+
+
+class RoundRobinBalancer:
+    """A TLS-passthrough TCP load balancer, written the way Twisted's
+    ``protocols.portforward`` is (each side the other's producer): each
+    connection goes to the next backend and, when that one does not accept,
+    to the one after (what a real balancer's health check does).
+    ``RoundRobinBalancer(backends).listen()``, ``.port``, ``.stop()``."""
+
+    def __init__(self, reactor, backends: list[tuple[str, int]]) -> None:
+        self.reactor = reactor
+        self.backends = backends
+        self._next = 0
+        self.port = free_port()
+        self._listening = None
+
+    def connect(self, front: _Front, tried: int) -> None:
+        host, port = self.backends[self._next % len(self.backends)]
+        self._next += 1
+        client = _BackendClientFactory(self, tried)
+        client.setServer(front)
+        self.reactor.connectTCP(host, port, client, timeout=5)
+
+    async def listen(self) -> "RoundRobinBalancer":
+        factory = portforward.ProxyFactory("", 0)
+        factory.protocol = _Front
+        factory.balancer = self
+        factory.noisy = False
+        endpoint = TCP4ServerEndpoint(self.reactor, self.port, interface="127.0.0.1")
+        self._listening = await endpoint.listen(factory)
+        return self
+
+    def stop(self):
+        return self._listening.stopListening()

@@ -1,7 +1,7 @@
 """The generic resource calls ``tctl`` makes (``create -f``, ``get``, ``rm``)
 for every kind: validated in full, authorized per kind and verb, audited.
 Where a kind has rules of its own (a role still assigned cannot go, a
-user's password goes with it, kube_servers only come from heartbeats), its
+user's password goes with it, kube_servers and proxies only come from heartbeats), its
 service supplies them."""
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from teleport_py import events
 from teleport_py.auth.audit import AuditLog
 from teleport_py.auth.authorizer import Authorizer
 from teleport_py.auth.errors import AlreadyExists, BadParameter, NotFound
-from teleport_py.auth.services import join_tokens, kube_servers, locks, roles, users
+from teleport_py.auth.services import join_tokens, kube_servers, locks, proxies, roles, users
 from teleport_py.auth.services.common import Identity, to_json, validated
 from teleport_py.auth.services.join_tokens import token_hint
 from teleport_py.auth.services.kube_servers import KubeServers
 from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.users import Users
-from teleport_py.resources import KubeServer, Role, Token, User, resource_to_dict
+from teleport_py.resources import KubeServer, ProxyServer, Role, Token, User, resource_to_dict
 
 #: Each kind's key prefix in the backend, as its service keeps it.
 PREFIXES = {
@@ -29,12 +29,13 @@ PREFIXES = {
     "token": join_tokens.PREFIX,
     "kube_server": kube_servers.PREFIX,
     "lock": locks.PREFIX,
+    "proxy": proxies.PREFIX,
 }
 KINDS = tuple(PREFIXES)
 
 
 def _kind_of(resource) -> str:
-    kind = {Role: "role", User: "user", Token: "token", KubeServer: "kube_server"}.get(type(resource))
+    kind = {Role: "role", User: "user", Token: "token", KubeServer: "kube_server", ProxyServer: "proxy"}.get(type(resource))
     if kind is None:
         raise BadParameter(f"{type(resource).__name__} resources cannot be created with tctl create "
                            "(locks: tctl lock; access requests: tsh request create)")
@@ -78,6 +79,8 @@ class Resources:
         kind = _kind_of(resource)
         if kind == "kube_server":
             raise BadParameter("kube_server resources are created by Kubernetes service heartbeats")
+        if kind == "proxy":
+            raise BadParameter("proxy resources are created by proxy heartbeats")
         await self._authorizer.check(caller, kind, "create")
         if force:
             await self._authorizer.check(caller, kind, "update")

@@ -1,0 +1,281 @@
+"""The agent pool: one reverse tunnel to each proxy of the cluster
+(Teleport's agent pool), so kubectl through any proxy reaches this agent.
+
+The agent is given one proxy address (``teleport.proxy_server``, perhaps a
+load balancer). The proxy it reaches sends it the cluster's proxies (a
+``discovery`` stream: every proxy whose heartbeat Auth holds, each with the
+address agents dial for a tunnel); the pool then keeps one tunnel per proxy
+in that list: one slot (a ``TunnelClient``, which redials with jittered
+backoff) per proxy. A slot dials the address of a proxy no tunnel holds yet
+(as that proxy's heartbeat gives it), or the given address when there is
+none, or after two dials in a row did not connect.
+
+Which proxy a tunnel reached is read from the proxy's verified host
+certificate, never from what was dialled: behind a load balancer a slot may
+land on a proxy another slot already holds; that tunnel is closed and the
+slot dials again with backoff, until every proxy is held. A proxy that left
+the list (its heartbeat expired) loses its slot; a tunnel never closes
+because of a list while it is the last one.
+"""
+from __future__ import annotations
+
+import random as _random
+from typing import Callable, Sequence
+
+from twisted.internet.defer import DeferredList
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from teleport_py.config import Address, ConfigError, parse_address
+from teleport_py.identityfile import IdentityFile
+from teleport_py.kube.tunnel_client import AuthOverTunnel, MetadataOnly, TunnelClient, proxy_endpoint
+from teleport_py.pki import HostIdentity, IdentityError, identity_from_certificate, peer_certificate
+from teleport_py.tunnel import StreamRejected
+
+log = Logger()
+
+DISCOVERY_KIND = "discovery"
+#: More proxies than this in one discovery list is refused (the metadata is bounded at 64 KiB anyway).
+MAX_PROXIES = 256
+
+
+class DiscoveryError(ValueError):
+    """A discovery stream's metadata is not ``{"proxies": [{"name", "addr"}]}``."""
+
+
+def parse_discovery(metadata: dict) -> dict[str, Address]:
+    """Proxy host id -> the address to dial for a tunnel to it."""
+    proxies = metadata.get("proxies")
+    if not isinstance(proxies, list) or len(proxies) > MAX_PROXIES:
+        raise DiscoveryError(f"proxies: must be a list of at most {MAX_PROXIES}")
+    parsed = {}
+    for i, entry in enumerate(proxies):
+        if not isinstance(entry, dict) or set(entry) != {"name", "addr"}:
+            raise DiscoveryError(f"proxies[{i}]: must be an object with name and addr")
+        name = entry["name"]
+        if not isinstance(name, str) or not name or len(name) > 253:
+            raise DiscoveryError(f"proxies[{i}].name: must be a non-empty string")
+        try:
+            parsed[name] = parse_address(entry["addr"], f"proxies[{i}].addr", 3080)
+        except ConfigError as e:
+            raise DiscoveryError(str(e)) from None
+    return parsed
+
+
+class _SlotEndpoint:
+    """A slot's endpoint: which address it dials is decided at each dial."""
+
+    def __init__(self, pool: "AgentPool") -> None:
+        self._pool = pool
+        #: The proxy this slot is trying to reach (None: the given address).
+        self.target: str | None = None
+        #: Dials in a row that did not connect.
+        self.failures = 0
+
+    def connect(self, factory):
+        self.target, address = self._pool._choose(self)
+        d = self._pool._endpoint(address).connect(factory)
+
+        def failed(failure):
+            self.failures += 1
+            return failure
+
+        def connected(protocol):
+            self.failures = 0
+            return protocol
+
+        return d.addCallbacks(connected, failed)
+
+
+class _Slot:
+    def __init__(self, pool: "AgentPool") -> None:
+        self.endpoint = _SlotEndpoint(pool)
+        self.client = TunnelClient(
+            pool._reactor, self.endpoint, clusters=pool._clusters,
+            accept_stream=lambda kind, metadata: pool._accept(self, kind, metadata),
+            random=pool._random, on_up=pool._on_up,
+            identify=lambda tunnel: pool._identify(self, tunnel),
+            on_lost=lambda: pool._lost(self),
+        )
+        #: The proxy (host id) this slot's tunnel reached, once verified.
+        self.proxy: str | None = None
+
+
+class AgentPool:
+    """What the Kubernetes service sees of its tunnels: ``start``/``stop``/
+    ``abort``, ``announce`` to every proxy, ``up`` (a proxy accepted our
+    announce), ``tunnel`` (one that is up, for calls to Auth), ``tunnels``."""
+
+    def __init__(
+        self,
+        reactor,
+        address: Address,
+        identity: IdentityFile,
+        *,
+        clusters: Sequence[dict],
+        accept_stream: Callable[[str, dict], Protocol],
+        on_up: Callable[[], object] = lambda: None,
+        random: Callable[[], float] = _random.random,
+        endpoint_for=proxy_endpoint,
+        proxy_of: Callable[[object], str | None] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._address = address
+        self._identity = identity
+        self._clusters = [dict(c) for c in clusters]
+        self._accept_stream = accept_stream
+        self._on_up = on_up
+        self._random = random
+        self._endpoint_for = endpoint_for
+        self._proxy_of = proxy_of or self._verified_proxy
+        self._endpoints: dict[Address, object] = {}
+        self._slots: list[_Slot] = []
+        #: The latest discovery list from each proxy we hold (sender host id -> its list).
+        self._lists: dict[str, dict[str, Address]] = {}
+        self._stopped = True
+
+    # -- what the Kubernetes service uses --------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return any(slot.client.up for slot in self._slots)
+
+    @property
+    def tunnel(self):
+        """A tunnel that is up (for streams to Auth), or None."""
+        for slot in self._slots:
+            if slot.client.up and slot.client.tunnel is not None:
+                return slot.client.tunnel
+        return None
+
+    @property
+    def tunnels(self) -> list:
+        return [slot.client.tunnel for slot in self._slots if slot.client.tunnel is not None]
+
+    @property
+    def proxies(self) -> dict[str, bool]:
+        """The proxies we want a tunnel to -> whether one is up (diagnostics and tests)."""
+        held = {slot.proxy for slot in self._slots if slot.client.up}
+        return {name: name in held for name in sorted(self._wanted())}
+
+    def start(self) -> None:
+        self._stopped = False
+        self._reconcile()
+
+    def stop(self):
+        """GOAWAY on every tunnel; fires when all are closed."""
+        self._stopped = True
+        return DeferredList([slot.client.stop() for slot in self._slots])
+
+    def abort(self) -> None:
+        self._stopped = True
+        for slot in self._slots:
+            slot.client.abort()
+
+    def announce(self, clusters: Sequence[dict]) -> None:
+        self._clusters = [dict(c) for c in clusters]
+        for slot in self._slots:
+            slot.client.announce(self._clusters)
+
+    def use(self, identity: IdentityFile) -> None:
+        """A renewed identity, presented from the next connection on."""
+        self._identity = identity
+        for endpoint in self._endpoints.values():
+            endpoint.use(identity)
+
+    def auth_endpoint_factory(self, identity: IdentityFile) -> AuthOverTunnel:
+        return AuthOverTunnel(self, identity)
+
+    # -- slots -----------------------------------------------------------------
+
+    def _endpoint(self, address: Address):
+        if address not in self._endpoints:
+            self._endpoints[address] = self._endpoint_for(
+                self._reactor, address.connect_host(), address.port, self._identity)
+        return self._endpoints[address]
+
+    def _wanted(self) -> dict[str, Address]:
+        wanted: dict[str, Address] = {}
+        for listed in self._lists.values():
+            wanted.update(listed)
+        return wanted
+
+    def _choose(self, endpoint: _SlotEndpoint) -> tuple[str | None, Address]:
+        """A proxy no slot holds or is dialling for; the given address when
+        there is none, and after two listed-address dials in a row failed (a
+        listed address may not be reachable from here)."""
+        wanted = self._wanted()
+        busy = {slot.proxy for slot in self._slots} | {
+            slot.endpoint.target for slot in self._slots if slot.endpoint is not endpoint and slot.proxy is None}
+        missing = sorted(name for name in wanted if name not in busy)
+        if not missing or endpoint.failures % 3 == 2:
+            return None, self._address
+        return missing[0], wanted[missing[0]]
+
+    def _identify(self, slot: _Slot, tunnel) -> bool:
+        name = self._proxy_of(tunnel)
+        if name is None:
+            log.warn("closing a tunnel to a peer that is not a proxy of our cluster")
+            return False
+        if any(other is not slot and other.proxy == name for other in self._slots):
+            log.info("reached proxy {proxy} again (a load balancer?); dialling again", proxy=name)
+            return False
+        slot.proxy = name
+        slot.endpoint.target = None
+        log.info("reverse tunnel to proxy {proxy}", proxy=name)
+        return True
+
+    def _verified_proxy(self, tunnel) -> str | None:
+        """The proxy's host id from its certificate, which TLS verified against our host CA."""
+        cert = peer_certificate(tunnel.transport)
+        if cert is None:
+            return None
+        try:
+            identity = identity_from_certificate(cert, user_ca=None, host_ca=self._identity.host_cas[0])
+        except IdentityError:
+            return None
+        if isinstance(identity, HostIdentity) and identity.system_role == "proxy":
+            return identity.host_id
+        return None
+
+    def _accept(self, slot: _Slot, kind: str, metadata: dict):
+        if kind != DISCOVERY_KIND:
+            return self._accept_stream(kind, metadata)
+        if slot.proxy is None:
+            raise StreamRejected("discovery before the proxy was identified")
+        try:
+            self._lists[slot.proxy] = parse_discovery(metadata)
+        except DiscoveryError as e:
+            raise StreamRejected(f"invalid discovery: {e}") from None
+        self._reactor.callLater(0, self._reconcile)
+        return MetadataOnly()
+
+    def _lost(self, slot: _Slot) -> None:
+        if slot.proxy is not None and len(self._lists) > 1:
+            self._lists.pop(slot.proxy, None)  # its list is no fresher than the others'
+        slot.proxy = None
+        if not self._stopped:
+            self._reactor.callLater(0, self._reconcile)
+
+    def _reconcile(self) -> None:
+        """One slot per listed proxy (at least one); the slots of proxies
+        that left the list go."""
+        if self._stopped:
+            return
+        wanted = self._wanted()
+        if wanted:
+            for slot in list(self._slots):
+                if slot.proxy is not None and slot.proxy not in wanted and len(self._slots) > 1:
+                    log.info("proxy {proxy} left the cluster's list; closing its tunnel", proxy=slot.proxy)
+                    self._remove(slot)
+        desired = max(1, len(wanted))
+        while len(self._slots) < desired:
+            slot = _Slot(self)
+            self._slots.append(slot)
+            slot.client.start()
+        for slot in [s for s in self._slots if s.proxy is None][: max(0, len(self._slots) - desired)]:
+            self._remove(slot)
+
+    def _remove(self, slot: _Slot) -> None:
+        self._slots.remove(slot)
+        slot.client.stop()

@@ -1,0 +1,109 @@
+"""The proxy's heartbeat and what it tells agents about the other proxies
+(Teleport's proxy heartbeat and discovery requests).
+
+Every ``interval`` the proxy heartbeats itself to Auth (a ``proxy``
+resource: its host id, the address agents dial for a tunnel, its public
+address) and reads back every proxy whose heartbeat is live. Each agent
+tunnel gets that list in a ``discovery`` stream when the agent announces
+itself, and again whenever the list changes, so an agent that reached one
+proxy (perhaps through a load balancer) learns all of them and keeps a
+tunnel to each (``kube.agent_pool``). The list rides the tunnel whose proxy
+the agent verified, and comes from Auth over mutual TLS.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from teleport_py.tunnel import StreamRejected, TunnelClosed
+
+log = Logger()
+
+HEARTBEAT_INTERVAL = 10.0
+DISCOVERY_KIND = "discovery"
+
+
+class Hangup(Protocol):
+    """A stream that carries only its metadata (announce, discovery): closed at once."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+def proxy_resource(host_id: str, hostname: str, tunnel_addr: str, public_addr: str) -> dict:
+    return {
+        "kind": "proxy",
+        "version": "v2",
+        "metadata": {"name": host_id},
+        "spec": {"hostname": hostname, "tunnel_addr": tunnel_addr, "public_addr": public_addr,
+                 "version": "teleport_py"},
+    }
+
+
+class ProxyDiscovery:
+    def __init__(self, reactor, auth_client, resource: dict, tunnels: Callable[[], Iterable],
+                 interval: float = HEARTBEAT_INTERVAL) -> None:
+        self._reactor = reactor
+        self._auth = auth_client
+        self._resource = resource
+        self._tunnels = tunnels
+        self._interval = interval
+        self._loop = LoopingCall(self._beat)
+        self._loop.clock = reactor
+        self._beating: Deferred | None = None
+        #: The last list read from Auth (``{"proxies": [{"name", "addr"}]}``), None before the first.
+        self.metadata: dict | None = None
+
+    def start(self) -> None:
+        self._loop.start(self._interval, now=True).addErrback(
+            lambda f: log.failure("proxy heartbeat loop stopped", f))
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        if self._beating is not None:
+            self._beating.cancel()
+
+    def send(self, tunnel) -> None:
+        """Tell one agent tunnel the proxies we know (nothing before the first answer from Auth)."""
+        if self.metadata is None:
+            return
+        opened = tunnel.open_stream(DISCOVERY_KIND, self.metadata, Hangup())
+        opened.addErrback(self._not_sent)
+
+    @staticmethod
+    def _not_sent(failure) -> None:
+        # An agent older than the pool refuses the stream; a closing tunnel cannot take it.
+        failure.trap(StreamRejected, TunnelClosed)
+        log.debug("discovery not delivered: {reason}", reason=failure.getErrorMessage())
+
+    def _beat(self) -> Deferred:
+        self._beating = Deferred.fromCoroutine(self._beat_and_list())
+        self._beating.addBoth(self._beaten)
+        return self._beating
+
+    def _beaten(self, result):
+        self._beating = None
+        return result
+
+    async def _beat_and_list(self) -> None:
+        try:
+            await self._auth.heartbeat_proxy(self._resource)
+            items = await self._auth.list_proxies()
+        except CancelledError:
+            return
+        except Exception as e:
+            log.warn("proxy heartbeat failed: {error}", error=e)
+            return
+        metadata = {"proxies": sorted(
+            ({"name": item["metadata"]["name"], "addr": item["spec"]["tunnel_addr"]} for item in items
+             if isinstance(item, dict)), key=lambda p: p["name"])}
+        if metadata != self.metadata:
+            self.metadata = metadata
+            log.info("proxies in the cluster: {names}", names=[p["name"] for p in metadata["proxies"]])
+            for tunnel in list(self._tunnels()):
+                self.send(tunnel)

@@ -1,0 +1,251 @@
+"""The agent pool on in-memory tunnels and a fake clock: it learns every
+proxy from the one it reaches, keeps one tunnel to each, finds the proxies
+behind a load balancer by which one answered, drops proxies that left the
+list, and redials with jittered backoff."""
+from __future__ import annotations
+
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from teleport_py.config import Address
+from teleport_py.kube.agent_pool import AgentPool, DiscoveryError, parse_discovery
+from teleport_py.tunnel import StreamRejected, TunnelProtocol
+
+
+class FakeProxy:
+    """One proxy: accepts tunnels (while up), records announces, can send a discovery list."""
+
+    def __init__(self, network: "Network", name: str, addr: str) -> None:
+        self.network = network
+        self.name = name
+        self.addr = addr
+        self.up = True
+        self.tunnels: list[TunnelProtocol] = []
+        self.announces: list[dict] = []
+
+    def accept(self, kind, metadata):
+        if kind != "announce":
+            raise StreamRejected("unexpected")
+        self.announces.append(metadata)
+        return Protocol()
+
+    def connect(self, factory):
+        self.network.dials.append((self.network.clock.seconds(), self.name))
+        if not self.up:
+            return fail(ConnectionRefusedError())
+        client = factory.buildProtocol(None)
+        server = TunnelProtocol(self.network.clock, initiator=False, accept_stream=self.accept)
+        self.network.pumps.append(
+            iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client)))
+        self.tunnels.append(server)
+        server.closed.addCallback(lambda _: self.tunnels.remove(server))
+        self.network.reached[client] = self.name
+        return succeed(client)
+
+    def live(self) -> list[TunnelProtocol]:
+        return [t for t in self.tunnels if t.transport is not None and not t.transport.disconnected]
+
+    def discover(self, *proxies: "FakeProxy") -> None:
+        metadata = {"proxies": [{"name": p.name, "addr": p.addr} for p in proxies]}
+        for tunnel in self.live():
+            tunnel.open_stream("discovery", metadata, Protocol())
+
+    def crash(self) -> None:
+        self.up = False
+        for tunnel in list(self.tunnels):
+            tunnel.transport.loseConnection()
+
+
+class Balancer:
+    """A load balancer in front of proxies: the next one in ``order`` per connection."""
+
+    def __init__(self, order: list[FakeProxy]) -> None:
+        self.order = order
+        self.count = 0
+
+    def connect(self, factory):
+        proxy = self.order[self.count % len(self.order)]
+        self.count += 1
+        return proxy.connect(factory)
+
+
+class _Endpoint:
+    def __init__(self, target) -> None:
+        self.target = target
+
+    def connect(self, factory):
+        return self.target.connect(factory)
+
+    def use(self, identity) -> None:
+        pass
+
+
+class Network:
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.pumps: list = []
+        self.dials: list[tuple[float, str]] = []
+        #: The agent side of each tunnel -> the proxy it reached (what the certificate says in real life).
+        self.reached: dict = {}
+        self.addresses: dict[tuple[str, int], object] = {}
+
+    def proxy(self, name: str, addr: str) -> FakeProxy:
+        proxy = FakeProxy(self, name, addr)
+        host, port = addr.split(":")
+        self.addresses.setdefault((host, int(port)), proxy)
+        return proxy
+
+    def endpoint_for(self, reactor, host, port, identity):
+        return _Endpoint(self.addresses[(host, port)])
+
+    def settle(self, rounds: int = 20) -> None:
+        for _ in range(rounds):
+            for pump in self.pumps:
+                pump.flush()
+            self.clock.advance(0)
+
+    def pool(self, address: str, clusters=({"name": "c1", "labels": {}},)) -> AgentPool:
+        host, port = address.split(":")
+        pool = AgentPool(
+            self.clock, Address(host, int(port)), identity=None, clusters=list(clusters),
+            accept_stream=lambda kind, metadata: Protocol(), random=lambda: 0.0,
+            endpoint_for=self.endpoint_for, proxy_of=self.reached.get,
+        )
+        return pool
+
+
+class PoolTests(SynchronousTestCase):
+    def setUp(self):
+        self.net = Network()
+
+    def start(self, address: str) -> AgentPool:
+        pool = self.net.pool(address)
+        pool.start()
+        self.addCleanup(self._stop, pool)
+        self.net.settle()
+        return pool
+
+    def _stop(self, pool):
+        pool.stop()
+        self.net.settle()
+
+    def test_learns_every_proxy_from_the_first_and_holds_one_tunnel_each(self):
+        a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "b:3080")
+        pool = self.start("a:3080")
+        self.assertEqual((len(a.live()), pool.proxies), (1, {}))
+        # The first announce carries no clusters (it only tells us who answered); the second does.
+        self.assertEqual([m["clusters"] for m in a.announces], [[], [{"name": "c1", "labels": {}}]])
+        a.discover(a, b)
+        self.net.settle()
+        self.assertEqual(pool.proxies, {"proxy-a": True, "proxy-b": True})
+        self.assertEqual((len(a.live()), len(b.live())), (1, 1))
+        self.assertEqual(b.announces[-1], {"clusters": [{"name": "c1", "labels": {}}]})
+        self.assertEqual(len(pool.tunnels), 2)
+        # Announcing again reaches both proxies.
+        pool.announce([])
+        self.net.settle()
+        self.assertEqual((a.announces[-1], b.announces[-1]), ({"clusters": []}, {"clusters": []}))
+
+    def test_behind_a_load_balancer_a_second_tunnel_to_the_same_proxy_is_closed_and_dialled_again(self):
+        a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "b:3080")
+        lb = Balancer([a, a, a, b])
+        self.net.addresses[("lb", 3080)] = lb
+        pool = self.start("lb:3080")
+        a.discover(_Listed("proxy-a", "lb:3080"), _Listed("proxy-b", "lb:3080"))
+        self.net.settle()
+        # The second dial landed on proxy-a again: that tunnel was closed, one kept.
+        self.assertEqual((len(a.live()), len(b.live())), (1, 0))
+        self.assertEqual(pool.proxies, {"proxy-a": True, "proxy-b": False})
+        # Backoff: the next dial 1 s later (lands on a again), then 2 s after that (b).
+        self.net.clock.advance(1)
+        self.net.settle()
+        self.assertEqual((len(a.live()), len(b.live())), (1, 0))
+        self.net.clock.advance(2)
+        self.net.settle()
+        self.assertEqual((len(a.live()), len(b.live())), (1, 1))
+        self.assertEqual(pool.proxies, {"proxy-a": True, "proxy-b": True})
+        self.assertEqual([t for t, _ in self.net.dials], [0, 0, 1, 3])
+        # Once every proxy is held, nothing more is dialled.
+        self.net.clock.advance(60)
+        self.net.settle()
+        self.assertEqual(len(self.net.dials), 4)
+
+    def test_a_proxy_that_left_the_list_loses_its_tunnel(self):
+        a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "b:3080")
+        pool = self.start("a:3080")
+        a.discover(a, b)
+        self.net.settle()
+        self.assertEqual(len(b.live()), 1)
+        # proxy-b's heartbeat expired: every proxy's list now leaves it out.
+        a.discover(a)
+        b.discover(a)
+        self.net.settle()
+        self.assertEqual(pool.proxies, {"proxy-a": True})
+        self.assertEqual((len(a.live()), len(b.live())), (1, 0))
+        self.net.clock.advance(60)
+        self.net.settle()
+        self.assertEqual(len(b.live()), 0)
+
+    def test_a_restarted_proxy_is_dialled_again_with_backoff(self):
+        a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "b:3080")
+        pool = self.start("a:3080")
+        a.discover(a, b)
+        self.net.settle()
+        dials = len(self.net.dials)
+        b.crash()
+        self.net.settle()
+        self.assertEqual(pool.proxies, {"proxy-a": True, "proxy-b": False})
+        # Redials: b's address (refused) twice, then the given address once
+        # (proxy-a, already held: closed), then b again...
+        for _ in range(60):
+            self.net.clock.advance(0.5)
+            self.net.settle(3)
+        redials = self.net.dials[dials:]
+        gaps = [round(t2 - t1, 2) for (t1, _), (t2, _) in zip(redials, redials[1:])]
+        self.assertEqual(gaps[:4], [2.0, 4.0, 8.0, 8.0])
+        self.assertEqual([name for _, name in redials[:4]], ["proxy-b", "proxy-b", "proxy-a", "proxy-b"])
+        b.up = True
+        for _ in range(32):  # two dials at the cap at most
+            self.net.clock.advance(0.5)
+            self.net.settle(3)
+        self.assertEqual(pool.proxies, {"proxy-a": True, "proxy-b": True})
+        # The tunnel to proxy-a was never dropped.
+        self.assertEqual(len(a.live()), 1)
+
+    def test_stop_closes_every_tunnel_and_dials_no_more(self):
+        a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "b:3080")
+        pool = self.net.pool("a:3080")
+        pool.start()
+        self.net.settle()
+        a.discover(a, b)
+        self.net.settle()
+        stopped = pool.stop()
+        self.net.settle()
+        self.assertEqual((len(a.live()), len(b.live())), (0, 0))
+        self.assertTrue(stopped.called)
+        dials = len(self.net.dials)
+        self.net.clock.advance(100)
+        self.net.settle()
+        self.assertEqual(len(self.net.dials), dials)
+
+
+class _Listed:
+    def __init__(self, name, addr):
+        self.name, self.addr = name, addr
+
+
+class DiscoveryParsingTests(SynchronousTestCase):
+    def test_valid(self):
+        parsed = parse_discovery({"proxies": [{"name": "p1", "addr": "h:3080"}, {"name": "p2", "addr": "[::1]:4"}]})
+        self.assertEqual(parsed, {"p1": Address("h", 3080), "p2": Address("::1", 4)})
+
+    def test_invalid(self):
+        for metadata in ({}, {"proxies": {}}, {"proxies": [{"name": "p"}]}, {"proxies": [{"name": "", "addr": "h:1"}]},
+                         {"proxies": [{"name": "p", "addr": 5}]}, {"proxies": [{"name": "p", "addr": "h:1", "x": 1}]},
+                         {"proxies": [{"name": f"p{i}", "addr": "h:1"} for i in range(300)]}):
+            with self.assertRaises(DiscoveryError, msg=repr(metadata)):
+                parse_discovery(metadata)
