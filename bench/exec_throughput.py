@@ -280,21 +280,22 @@ async def main(reactor, args):
             runs = []
             for _ in range(args.runs):
                 await _recordings_uploaded(reactor, d)
-                with _Profiled(reactor, args.profile, f"{name}-exec", processes):
+                with _Profiled(reactor, args.profile, f"{name}-exec", processes, blocking=args.profile_blocking):
                     runs.append(await _exec_throughput(reactor, binary, env, "bench-pod", size))
                     await _recordings_uploaded(reactor, d)  # the recording's upload is part of its cost
             results[name, "exec MiB/s"] = max(runs)
             runs = []
             for _ in range(args.runs):
                 await _recordings_uploaded(reactor, d)
-                with _Profiled(reactor, args.profile, f"{name}-port-forward", processes):
+                with _Profiled(reactor, args.profile, f"{name}-port-forward", processes, blocking=args.profile_blocking):
                     runs.append(await _port_forward_throughput(
                         reactor, binary, env, "bench-pod", echo.getHost().port, size // 2))
                     await _recordings_uploaded(reactor, d)
             results[name, "port-forward MiB/s"] = max(runs)
             for concurrency in args.concurrency if args.sessions else ():
                 await _recordings_uploaded(reactor, d)
-                with _Profiled(reactor, args.profile, f"{name}-sessions-x{concurrency}", processes):
+                with _Profiled(reactor, args.profile, f"{name}-sessions-x{concurrency}", processes,
+                               blocking=args.profile_blocking):
                     results[name, f"sessions/s x{concurrency}"] = await _sessions_per_second(
                         reactor, endpoints[name], "bench-pod", args.sessions, concurrency)
 
@@ -319,6 +320,9 @@ if __name__ == "__main__":
     parser.add_argument("--no-record-output", dest="record_output", action="store_false",
                         help="the agent does not record non-interactive exec output")
     parser.add_argument("--profile", metavar="DIR", help="py-spy stacks and CPU seconds per process and phase")
+    parser.add_argument("--profile-blocking", action="store_true",
+                        help="sample in py-spy's blocking mode: a truer CPU breakdown (nonblocking over-weights "
+                             "system calls), at the price of slower processes while sampled")
     parser.add_argument("--concurrency", type=lambda v: [int(n) for n in v.split(",")], default=[1, 8],
                         help="sessions at once, comma-separated (default 1,8)")
     parser.add_argument("--only", choices=("direct", "teleport_py"), help="measure one path")

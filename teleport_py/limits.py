@@ -25,13 +25,13 @@ from twisted.internet.interfaces import IHandshakeListener, IProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
 from teleport_py.config import ConnectionLimits
 from teleport_py.tcp import no_delay
+from teleport_py.tls_transport import FewerCallsTLSFactory
 
 log = Logger()
 
@@ -115,7 +115,7 @@ class _AfterHandshakeFactory(Factory):
         return AfterHandshake(self._reactor, self._timeout, self._build)
 
 
-class LimitedTLSFactory(TLSMemoryBIOFactory):
+class LimitedTLSFactory(FewerCallsTLSFactory):
     """TLS on a listening port, within ``limits``: a source already holding
     ``max_connections`` connections has the next one closed at accept (as
     Teleport's connection limiter does, by client address), and every

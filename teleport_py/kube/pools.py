@@ -9,12 +9,13 @@ connection.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 
 from teleport_py.alpn import H2_ALPN, HTTP11_ALPN
 from teleport_py.kube.context import KubeCluster
 from teleport_py.kube.upstream import UpstreamPool
 from teleport_py.kube.upstream_h2 import H2Pool
+from teleport_py.tls_transport import TLSClientEndpoint
 
 
 class ClusterConnections:
@@ -45,7 +46,7 @@ class ClusterConnections:
     def _endpoint(self, cluster: KubeCluster, **tls):
         creds = cluster.credentials
         options = creds.tls_options(**tls)
-        return lambda: wrapClientTLS(options, HostnameEndpoint(self._reactor, creds.host, creds.port))
+        return lambda: TLSClientEndpoint(options, HostnameEndpoint(self._reactor, creds.host, creds.port))
 
     def close(self) -> Deferred:
         """Close every pool; fires when their connections are closed."""

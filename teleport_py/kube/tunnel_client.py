@@ -20,6 +20,7 @@ from teleport_py.backoff import backoff_delay
 from teleport_py.identityfile import IdentityFile
 from teleport_py.pki import AUTH_SERVER_NAME, client_tls_options
 from teleport_py.quiet import factory_for
+from teleport_py.tls_transport import TLSClientEndpoint
 from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol
 
 log = Logger()
@@ -50,7 +51,7 @@ class ProxyEndpoint:
         )
 
     def connect(self, factory):
-        return wrapClientTLS(self._tls, self._tcp).connect(factory)
+        return TLSClientEndpoint(self._tls, self._tcp).connect(factory)
 
 
 def proxy_endpoint(reactor, host: str, port: int, identity: IdentityFile) -> ProxyEndpoint:

@@ -8,10 +8,12 @@ serving TLS). Clients check the host name in their own verify callback:
 Twisted's lets a certificate without any subjectAltName through (it logs the
 error and keeps OpenSSL's verdict), and that must fail closed.
 
-Every context runs with ``SSL_MODE_RELEASE_BUFFERS``: OpenSSL otherwise keeps
-a read and a write buffer of about 17 KiB each for the life of a connection,
-and most of our connections (watches, idle keep-alive and tunnel
-connections) sit idle most of the time.
+Every context runs with ``SSL_MODE_RELEASE_BUFFERS``: OpenSSL otherwise
+keeps a read and a write buffer of about 17 KiB each for the life of a
+connection, and most of our connections (watches, idle keep-alive and tunnel
+connections) sit idle most of the time. And without
+``SSL_MODE_ENABLE_PARTIAL_WRITE``, so that one ``SSL_write`` seals a whole
+write (``tls_transport``).
 """
 
 from __future__ import annotations
@@ -35,10 +37,19 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from teleport_py.pki.keys import certificate_pem, private_key_pem
+from teleport_py.tls_transport import SSL_MODE_ENABLE_PARTIAL_WRITE
 
 log = Logger()
 
 _MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+def _bulk_writes(context: SSL.Context) -> None:
+    """Release idle buffers, and let one ``SSL_write`` seal every record of
+    a write (``tls_transport.FewerCallsTLS`` hands OpenSSL up to 256 KiB at
+    once; pyOpenSSL's partial-write mode would return after one record)."""
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    context.clear_mode(SSL_MODE_ENABLE_PARTIAL_WRITE)
 
 
 def _twisted_certificate(cert: x509.Certificate) -> ssl.Certificate:
@@ -112,7 +123,7 @@ def server_tls_options(
         acceptableProtocols=alpn,
     )
     # The options build their one context here and reuse it for every connection.
-    options.getContext().set_mode(SSL.MODE_RELEASE_BUFFERS)
+    _bulk_writes(options.getContext())
     return options
 
 
@@ -144,7 +155,7 @@ def client_tls_options(
         raiseMinimumTo=_MINIMUM_VERSION,
         **own,
     ).getContext()
-    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    _bulk_writes(context)
     if server_name is None and not _is_ip_address(hostname):
         server_name = hostname  # SNI carries DNS names only (RFC 6066)
     return _HostnameChecking(context, hostname, None if server_name is None else server_name.encode("idna"),
