@@ -2,8 +2,8 @@
 client certificates), started at the same moment: they end up with one CA;
 a user invited through one signs up through the other; proxies joined with a
 token from one talk to the other; a login through either proxy works, a
-lockout earned through both holds through both, and a proxy given both
-(``teleport.auth_servers``) keeps logging users in when the first is killed."""
+lockout earned through both holds through both, and a proxy (or tctl) given
+both (``teleport.auth_servers``) keeps working when the first is killed."""
 from __future__ import annotations
 
 import json
@@ -151,3 +151,12 @@ class AuthServersOnEtcdTests(TestCase):
         await auths[0].kill9()
         code, answer = await self.login(through_either, "bob", PASSWORD)
         self.assertEqual(code, 200, answer)
+
+        # tctl given both (the first dead) answers through the second.
+        either = self.write("tctl-either.yaml", (
+            "version: v3\n"
+            f"teleport: {{data_dir: {self.dir}/auth1, auth_servers: ['127.0.0.1:{ports[0]}', '127.0.0.1:{ports[1]}']}}\n"
+            "auth_service: {enabled: false}\n"
+            "proxy_service: {enabled: false}\n"
+        ))
+        self.assertIn("sha256:", await self.tctl(either, "status"))

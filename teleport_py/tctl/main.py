@@ -16,11 +16,13 @@ from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.internet.task import react
 
-from teleport_py.auth.client import AuthClient
+from teleport_py.auth.client import AuthClient, ClusterTLSPolicy
 from teleport_py.auth.errors import AuthError
 from teleport_py.cli_errors import exit_unexpected
 from teleport_py.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_address
+from teleport_py.failover import FailoverEndpoint
 from teleport_py.identityfile import IdentityFile
+from teleport_py.quiet import QuietHTTPConnectionPool
 from teleport_py.password_prompt import PasswordInputError, read_password
 from teleport_py.resources import ValidationError, parse_duration, parse_yaml, resource_from_dict, resource_to_dict, to_yaml
 
@@ -142,19 +144,23 @@ class Tctl:
             identity = IdentityFile.load(identity_dir)
         except (OSError, ValueError) as e:
             raise CLIError(f"cannot read identity in {identity_dir}: {e}") from None
-        if self.args.auth_server:
-            address = parse_address(self.args.auth_server, "--auth-server", 3025)
-        elif self.config and self.config.auth:
-            listen = self.config.auth.listen_addr
-            address = type(listen)(listen.connect_host(), listen.port)
-        elif self.config and self.config.auth_servers:
-            address = self.config.auth_servers[0]
-        else:
-            address = parse_address("127.0.0.1:3025", "--auth-server", 3025)
-        return AuthClient.direct(
-            self.reactor, str(address), trusted_cas=identity.host_cas,
-            certificate=identity.certificate, private_key=identity.private_key,
+        return AuthClient.failover(
+            self.reactor, FailoverEndpoint(self.reactor, [(a.connect_host(), a.port) for a in self._auth_addresses()]),
+            ClusterTLSPolicy(identity.host_cas, identity.certificate, identity.private_key),
+            QuietHTTPConnectionPool(self.reactor, persistent=False),
         )
+
+    def _auth_addresses(self) -> list:
+        """--auth-server; else this host's own auth service, then every one of
+        teleport.auth_servers: each call goes to the first that connects."""
+        if self.args.auth_server:
+            return [parse_address(self.args.auth_server, "--auth-server", 3025)]
+        addresses = []
+        if self.config and self.config.auth:
+            addresses.append(self.config.auth.listen_addr)
+        if self.config:
+            addresses.extend(a for a in self.config.auth_servers if a not in addresses)
+        return addresses or [parse_address("127.0.0.1:3025", "--auth-server", 3025)]
 
     def print(self, text: str = "") -> None:
         self.out.write(text + "\n")
