@@ -15,31 +15,14 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import PASSWORD, Deployment, coroutine_test
+from tests.support.request_roles import REVIEWER_ROLE, requester_role
 from tests.support.seed import KUBE_ACCESS_ROLE
 
 #: How long approved access lasts: long enough for a few kubectl calls on a
 #: busy machine, short enough to watch it end.
 ACCESS_SECONDS = 45
 
-REQUESTER_ROLE = f"""\
-kind: role
-version: v7
-metadata: {{name: requester}}
-spec:
-  allow:
-    request:
-      roles: [kube-access]
-      max_duration: {ACCESS_SECONDS}s
-"""
-REVIEWER_ROLE = """\
-kind: role
-version: v7
-metadata: {name: reviewer}
-spec:
-  allow:
-    review_requests:
-      roles: [kube-access]
-"""
+REQUESTER_ROLE = requester_role(f"{ACCESS_SECONDS}s")
 
 
 class AccessRequestFlowTests(TestCase):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime, timedelta, timezone
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
@@ -36,6 +37,10 @@ fetch(path, {method, headers, body: JSON.stringify(body), credentials: 'same-ori
 """
 
 
+def rfc3339(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
 class WebAccessRequestBrowserTests(TestCase):
     timeout = 600
 
@@ -48,6 +53,7 @@ class WebAccessRequestBrowserTests(TestCase):
             await d.tctl("create", "-f", d.write(f"{name}.yaml", text))
         await d.add_user("alice", "requester")
         await d.add_user("bob", "reviewer")
+        await d.add_user("erin", "editor")
         await d.login("alice")
         refused = await d.tsh("kube", "login", "my-cluster", expect=1)
         self.assertIn("not found", refused.err)
@@ -92,6 +98,36 @@ class WebAccessRequestBrowserTests(TestCase):
         [review] = [e for e in events if e.get("id") == request_id]
         self.assertEqual((review["user"], review["reason"], review["state"]), ("bob", APPROVAL, "APPROVED"))
 
+        # erin pages through the audit log up to now, 5 events a page (paged in
+        # Auth by cursor): every event of tctl events once, in order; Previous
+        # returns to exactly the page before.
+        until = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=1)
+        since = until - timedelta(hours=1)
+        pages = await threads.deferToThread(self.audit_pages, browser, f"https://{d.proxy}", since, until)
+        logged = json.loads((await d.tctl("events", "--format=json", f"--from={rfc3339(since)}",
+                                          f"--to={rfc3339(until)}")).out)
+        self.assertGreater(len(pages), 2, pages)
+        self.assertEqual([uid for page in pages for uid in page], [e["uid"] for e in logged])
+
+    def audit_pages(self, browser, base, since, until):
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        wait = WebDriverWait(browser, 30)
+        shown = "return [...document.querySelectorAll('#events tbody tr')].map((r) => r.dataset.uid)"
+        browser.find_element(By.ID, "logout").click()
+        wait.until(lambda b: b.find_elements(By.ID, "login"))
+        self.sign_in(browser, base, "erin")
+        browser.get(f"{base}/web/audit?from={rfc3339(since)}&to={rfc3339(until)}&page_size=5")
+        pages = [wait.until(lambda b: b.execute_script(shown))]
+        while browser.find_elements(By.ID, "next-page"):
+            browser.find_element(By.ID, "next-page").click()
+            pages.append(wait.until(lambda b: (rows := b.execute_script(shown)) and rows != pages[-1] and rows))
+            self.assertLess(len(pages), 200)
+        browser.find_element(By.ID, "previous-page").click()
+        wait.until(lambda b: b.execute_script(shown) == pages[-2])
+        return pages
+
     async def sleep(self, seconds: float) -> None:
         from twisted.internet import reactor
         from twisted.internet.task import deferLater
@@ -99,6 +135,18 @@ class WebAccessRequestBrowserTests(TestCase):
         await deferLater(reactor, seconds, lambda: None)
 
     # -- the browser part: selenium blocks, so it runs on a thread -------------------
+
+    def sign_in(self, browser, base, user):
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        wait = WebDriverWait(browser, 30)
+        browser.get(f"{base}/web/login")
+        wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#login input[name=user]"))).send_keys(user)
+        browser.find_element(By.CSS_SELECTOR, "#login input[name=password]").send_keys(PASSWORD)
+        browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "main h1"), "Kubernetes clusters"))
 
     def in_browser(self, browser, base, request_id, shots):
         from selenium.webdriver.common.by import By
@@ -113,11 +161,7 @@ class WebAccessRequestBrowserTests(TestCase):
             return wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, selector)))
 
         def sign_in(user):
-            browser.get(f"{base}/web/login")
-            find("#login input[name=user]").send_keys(user)
-            find("#login input[name=password]").send_keys(PASSWORD)
-            find("#login button[type=submit]").click()
-            wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "main h1"), "Kubernetes clusters"))
+            self.sign_in(browser, base, user)
 
         def shot(name):
             browser.save_screenshot(os.path.join(shots, f"web-ui-{name}.png"))

@@ -195,10 +195,14 @@ class WebUITests(TestCase):
         self.assertEqual(code, 200, body)
         self.assertEqual([e["command"] for e in body["items"]], ["cmd 1", "cmd 3"])
         self.assertTrue(body["has_more"])
-        code, body = await erin.json("GET", "/web/api/events?type=exec&user=alice&page_size=2&page=1")
-        self.assertEqual(([e["command"] for e in body["items"]], body["has_more"]), (["cmd 5"], False))
+        code, body = await erin.json("GET", "/web/api/events?type=exec&user=alice&page_size=2&after=" + body["next"])
+        self.assertEqual(([e["command"] for e in body["items"]], body["has_more"], body["next"]), (["cmd 5"], False, ""))
         code, body = await erin.json("GET", "/web/api/events?page_size=0")
         self.assertEqual(code, 400, body)
+        code, body = await erin.json("GET", "/web/api/events?after=nonsense")
+        self.assertEqual((code, body["error"]["kind"]), (400, "bad_parameter"), body)
+        code, body = await alice.json("GET", "/web/api/events?after=nonsense")
+        self.assertEqual(code, 403, body)  # the rule first, for every page
 
     async def _recording(self):
         recordings = Recordings(self.auth, os.path.join(self.running.data_dir, "session_recordings"))

@@ -472,8 +472,10 @@ class AuthAPI(resource.Resource):
             raise BadParameter("limit: must be an integer") from None
         types = [t for v in args.get("type", []) for t in v.split(",") if t]
         user = args.get("user", [""])[0]
-        items = await self.auth.events.search(self._authenticated(caller), start, end, types, limit, user)
-        return {"items": items}
+        after = args.get("after", [""])[0]
+        items, following = await self.auth.events.search_page(
+            self._authenticated(caller), start, end, types, limit, user, after)
+        return {"items": items, "next": following}
 
     async def list_recordings(self, caller, request, body):
         return {"items": await self.recordings.list(self._authenticated(caller))}

@@ -30,7 +30,7 @@ JOIN_FIELDS = ("token", "role", "public_key", "host_id", "nodename", "dns_names"
 REISSUE_FIELDS = ("public_key", "kube_cluster", "ttl", "access_requests")
 ACCESS_REQUEST_FIELDS = ("roles", "reason")
 REVIEW_FIELDS = ("state", "reason")
-EVENT_PARAMS = ("from", "to", "limit", "type", "user")
+EVENT_PARAMS = ("from", "to", "limit", "type", "user", "after")
 
 
 class Unavailable(AuthError):

@@ -44,8 +44,8 @@ log = Logger()
 
 COOKIE = b"__Host-session"
 CSRF_HEADER = b"x-csrf-token"
-#: Events per page of the audit log, and the most events one search reads.
-PAGE_SIZE, MAX_PAGE_SIZE, MAX_EVENTS = 50, 500, 10000
+#: Events per page of the audit log, and the most one page may hold.
+PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 #: Pages of a recording one asciicast download reads at most (512 KiB each).
 MAX_RECORDING_PAGES = 4096
 _COOKIE_VALUE = re.compile(rb"^[A-Za-z0-9_-]{1,128}$")
@@ -264,18 +264,18 @@ class WebUI(resource.Resource):
         return {"items": items}
 
     async def events(self, request, session):
-        """One page of the audit log, oldest first, with Auth's filters."""
-        page = _int_arg(request, "page", 0, 0, MAX_EVENTS)
+        """One page of the audit log, oldest first, with Auth's filters:
+        paged in Auth (``after``: the cursor Auth gave with the page before),
+        so the proxy holds one page, never the log up to it."""
         size = _int_arg(request, "page_size", PAGE_SIZE, 1, MAX_PAGE_SIZE)
-        wanted = min(MAX_EVENTS, (page + 1) * size + 1)
-        params = {"limit": str(wanted)}
-        for name in ("from", "to", "type", "user"):
+        params = {"limit": str(size)}
+        for name in ("from", "to", "type", "user", "after"):
             value = _arg(request, name)
             if value:
                 params[name] = value
-        items = (await self._as(request, session).call("GET", "events", params=params))["items"]
-        return {"items": items[page * size:(page + 1) * size], "page": page, "page_size": size,
-                "has_more": len(items) > (page + 1) * size}
+        result = await self._as(request, session).call("GET", "events", params=params)
+        following = result.get("next") or ""
+        return {"items": result["items"], "page_size": size, "next": following, "has_more": bool(following)}
 
     async def recordings(self, request, session):
         return await self._as(request, session).call("GET", "recordings")

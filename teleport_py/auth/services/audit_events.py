@@ -7,7 +7,7 @@ from typing import Any
 
 import attr
 
-from teleport_py.auth.audit import AuditLog
+from teleport_py.auth.audit import AuditLog, InvalidCursor
 from teleport_py.auth.authorizer import Authorizer
 from teleport_py.auth.errors import BadParameter
 from teleport_py.auth.services.common import Identity
@@ -32,5 +32,16 @@ class AuditEvents:
     async def search(
         self, caller: Identity, start: datetime, end: datetime, types: list[str], limit: int, user: str = ""
     ) -> list[dict[str, Any]]:
+        return (await self.search_page(caller, start, end, types, limit, user))[0]
+
+    async def search_page(
+        self, caller: Identity, start: datetime, end: datetime, types: list[str], limit: int, user: str = "",
+        after: str = "",
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One page and the next page's cursor (``""``: none), by the
+        caller's ``event`` ``list`` rule, checked for every page."""
         await self._authorizer.check(caller, "event", "list")
-        return await self._audit.search(start, end, types, limit, user)
+        try:
+            return await self._audit.search_page(start, end, types, limit, user, after)
+        except InvalidCursor as e:
+            raise BadParameter(str(e)) from None

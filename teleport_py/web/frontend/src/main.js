@@ -146,7 +146,10 @@ async function auditPage() {
   const now = new Date();
   const from = params.get("from") || toInput(new Date(now.getTime() - 24 * 3600 * 1000));
   const to = params.get("to") || toInput(new Date(now.getTime() + 60 * 1000));
-  const page = Number(params.get("page") || 0);
+  // Pages are cursors Auth hands out: "after" is this page's, each "back" one
+  // of the pages before it (the first page's is empty), so Previous is exact.
+  const after = params.get("after") || "";
+  const back = params.getAll("back");
   const form = el("form", { id: "audit-filters", class: "filters" },
     el("label", {}, "From", el("input", { type: "datetime-local", name: "from", value: from })),
     el("label", {}, "To", el("input", { type: "datetime-local", name: "to", value: to })),
@@ -159,27 +162,31 @@ async function auditPage() {
     for (const name of ["from", "to", "type", "user"]) if (form[name].value) next.set(name, form[name].value);
     go(`/web/audit?${next}`);
   });
-  const query = new URLSearchParams({ page: String(page), page_size: "25" });
+  const query = new URLSearchParams({ page_size: params.get("page_size") || "25" });
+  if (after) query.set("after", after);
   query.set("from", new Date(from).toISOString());
   query.set("to", new Date(to).toISOString());
   for (const name of ["type", "user"]) if (params.get(name)) query.set(name, params.get(name).replace(/\s+/g, ""));
   const result = await api("GET", `events?${query}`);
   const detail = el("pre", { id: "event-detail", class: "detail", hidden: true });
   const rows = result.items.map((event) => el("tr", {
-    class: event.success === false ? "failed" : "", tabindex: "0", dataset: { event: event.event, user: event.user || "" },
+    class: event.success === false ? "failed" : "", tabindex: "0", dataset: { event: event.event, user: event.user || "", uid: event.uid || "", time: event.time || "" },
     onclick: () => { detail.hidden = false; detail.textContent = JSON.stringify(event, null, 2); },
   }, el("td", {}, formatTime(event.time)), el("td", {}, event.event), el("td", {}, event.user || ""),
   el("td", {}, event.success === false ? "failed" : "ok"), el("td", {}, summary(event))));
-  const pageLink = (n, label) => {
+  const pageLink = (cursor, cursors, label, id) => {
     const next = new URLSearchParams(params);
-    next.set("page", String(n));
-    return el("a", { href: `/web/audit?${next}`, class: "pager", onclick: (e) => { e.preventDefault(); go(`/web/audit?${next}`); } }, label);
+    next.delete("after");
+    next.delete("back");
+    if (cursor) next.set("after", cursor);
+    for (const c of cursors) next.append("back", c);
+    return el("a", { href: `/web/audit?${next}`, class: "pager", id, onclick: (e) => { e.preventDefault(); go(`/web/audit?${next}`); } }, label);
   };
   show(el("h1", {}, "Audit log"), form,
     result.items.length ? table(["Time", "Event", "User", "Result", "Details"], rows,
       { id: "events", "data-type-filter": params.get("type") || "", "data-user-filter": params.get("user") || "" }) : el("p", { id: "no-events" }, "No events match."),
-    el("p", { class: "pages" }, page > 0 ? pageLink(page - 1, "← Previous page") : null, ` Page ${page + 1} `,
-      result.has_more ? pageLink(page + 1, "Next page →") : null),
+    el("p", { class: "pages" }, back.length ? pageLink(back[back.length - 1], back.slice(0, -1), "← Previous page", "previous-page") : null,
+      ` Page ${back.length + 1} `, result.has_more ? pageLink(result.next, [...back, after], "Next page →", "next-page") : null),
     detail);
 }
 
