@@ -42,8 +42,10 @@ RECORDING = (
 class Browser:
     """What a browser keeps between calls: the cookie and the CSRF token."""
 
-    def __init__(self, running: InProcessProxy) -> None:
+    def __init__(self, running: InProcessProxy, port: int | None = None) -> None:
         self.running = running
+        #: The proxy it talks to (the first one by default).
+        self.port = port
         self.cookie: bytes | None = None
         self.csrf = ""
 
@@ -59,7 +61,8 @@ class Browser:
         if origin:
             headers.addRawHeader(b"origin", origin.encode())
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        response = await self.running.http().request(method, self.running.url(path), data=data, headers=headers,
+        response = await self.running.http().request(method, self.running.url(path, self.port), data=data,
+                                                        headers=headers,
                                                         allow_redirects=False)
         raw = await readBody(response)
         return response, raw
@@ -96,7 +99,7 @@ class WebUITests(TestCase):
         max_age = int(re.search(r"Max-Age=(\d+)", cookie).group(1))
         self.assertTrue(11 * 3600 < max_age <= 12 * 3600, max_age)  # the certificate's 12 h
         self.assertEqual(body["user"], "alice")
-        session = self.running.proxy.web_sessions.get(browser.cookie.split(b"=", 1)[1].decode())
+        session = await self.running.proxy.web_sessions.get(browser.cookie.split(b"=", 1)[1].decode())
         self.assertIn(b"BEGIN CERTIFICATE", session.certificate_pem)
         code, me = await browser.json("GET", "/web/api/session")
         self.assertEqual((code, me["user"], me["csrf_token"]), (200, "alice", browser.csrf))
@@ -113,8 +116,24 @@ class WebUITests(TestCase):
                 return clock.seconds() + 12 * 3600 + 1
         sessions._clock = Later()
         self.addCleanup(setattr, sessions, "_clock", clock)
-        self.assertIsNone(sessions.get(sid))
+        self.assertIsNone(await sessions.get(sid))
         code, body = await browser.json("GET", "/web/api/session")
+        self.assertEqual((code, body["error"]["kind"]), (401, "unauthenticated"))
+
+    async def test_a_session_from_one_proxy_works_on_another_and_ends_on_both(self):
+        """Sessions live in Auth's backend: proxy B honours proxy A's cookie
+        and CSRF token; signing out on B ends it on A too."""
+        on_a = Browser(self.running)
+        await on_a.sign_in("alice")
+        on_b = Browser(self.running, await self.running.another_proxy(self))
+        on_b.cookie, on_b.csrf = on_a.cookie, on_a.csrf
+        code, me = await on_b.json("GET", "/web/api/session")
+        self.assertEqual((code, me["user"], me["csrf_token"]), (200, "alice", on_a.csrf))
+        code, body = await on_b.json("POST", "/web/api/logout", {}, csrf="wrong")
+        self.assertEqual(code, 403, body)
+        code, _ = await on_b.json("POST", "/web/api/logout", {})
+        self.assertEqual(code, 200)
+        code, body = await on_a.json("GET", "/web/api/session")
         self.assertEqual((code, body["error"]["kind"]), (401, "unauthenticated"))
 
     async def test_wrong_password_and_throttling_shared_with_tsh_login(self):

@@ -162,6 +162,9 @@ class AuthAPI(resource.Resource):
             Route(b"POST", "heartbeats/kube/goodbye", self.goodbye, frozenset({"kube"})),
             Route(b"POST", "heartbeats/proxy", self.heartbeat_proxy, frozenset({"proxy"})),
             Route(b"GET", "proxies", self.list_proxies, frozenset({"proxy"})),
+            Route(b"POST", "web_sessions", self.create_web_session, frozenset({"proxy"})),
+            Route(b"GET", "web_sessions/*", self.get_web_session, frozenset({"proxy"})),
+            Route(b"DELETE", "web_sessions/*", self.delete_web_session, frozenset({"proxy"})),
             Route(b"GET", "kube_clusters", self.kube_clusters, ADMINISTRATORS),
             Route(b"POST", "events", self.append_events, frozenset({"kube"})),
             Route(b"GET", "events", self.search_events, ADMINISTRATORS),
@@ -451,6 +454,16 @@ class AuthAPI(resource.Resource):
 
     async def list_proxies(self, caller, request, body):
         return {"items": await self.auth.proxies.list(self._authenticated(caller))}
+
+    async def create_web_session(self, caller, request, body):
+        return await self.auth.web_sessions.create(self._authenticated(caller), body.get("id_hash"), body.get("cert"))
+
+    async def get_web_session(self, caller, request, body, id_hash):
+        return await self.auth.web_sessions.get(self._authenticated(caller), id_hash)
+
+    async def delete_web_session(self, caller, request, body, id_hash):
+        await self.auth.web_sessions.delete(self._authenticated(caller), id_hash)
+        return {}
 
     async def kube_clusters(self, caller, request, body):
         return {"items": await self.auth.kube_servers.list_for(self._authenticated(caller))}

@@ -237,6 +237,16 @@ class AuthClient:
         """The proxies whose heartbeat is live (a proxy's call)."""
         return (await self.call("GET", "proxies"))["items"]
 
+    def create_web_session(self, id_hash: str, certificate_pem: str):
+        """A web UI session (a proxy's call): Auth keeps it under the hash of its id."""
+        return self.call("POST", "web_sessions", {"id_hash": id_hash, "cert": certificate_pem})
+
+    def get_web_session(self, id_hash: str):
+        return self.call("GET", f"web_sessions/{id_hash}")
+
+    def delete_web_session(self, id_hash: str):
+        return self.call("DELETE", f"web_sessions/{id_hash}")
+
     async def kube_clusters(self) -> list[dict]:
         return (await self.call("GET", "kube_clusters"))["items"]
 

@@ -16,6 +16,7 @@ Backend layout (values are JSON unless noted), by the service that keeps it::
     /tokens/<token>                join token resource (expires)        services.join_tokens
     /kube_servers/<cluster>/<host> heartbeat (expires with its TTL)     services.kube_servers
     /proxies/<host id>             proxy heartbeat (expires with its TTL) services.proxies
+    /web_sessions/<sha256 of id>   web UI session (expires with its cert) services.web_sessions
     /access_requests/<id>          access_request resource              services.access_requests
     /locks/<id>                    lock resource (expires with it)      services.locks
     /events/...                    audit log                            audit (AuditLog)
@@ -40,6 +41,7 @@ from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.signup_tokens import SignupTokens
 from teleport_py.auth.services.user_certificates import UserCertificates
 from teleport_py.auth.services.users import Users
+from teleport_py.auth.services.web_sessions import WebSessionStore
 from teleport_py.auth.shared_ratelimit import SharedLoginLimiter
 
 
@@ -58,6 +60,7 @@ class AuthServer:
         self.users = Users(reactor, backend, self.authorizer, self.roles, SignupTokens(backend, reactor), self.audit)
         self.kube_servers = KubeServers(reactor, backend, self.authorizer, self.roles, self.users)
         self.proxies = Proxies(reactor, backend, self.authorizer)
+        self.web_sessions = WebSessionStore(reactor, backend, self.authorizer, authorities)
         limiter = SharedLoginLimiter(reactor, backend) if shared_backend else LoginLimiter(reactor)
         self.locks = Locks(reactor, backend, self.authorizer, self.audit)
         self.access_requests = AccessRequests(

@@ -139,8 +139,8 @@ class ProxyService(RoleService):
         self.registry = AgentRegistry()
         self.listener: Listener | None = None
         self.auth_client: AuthClient | None = None
-        #: Browsers' sessions of the web UI (they end when the proxy stops).
-        self.web_sessions = WebSessions(reactor)
+        #: Browsers' sessions of the web UI (kept by Auth: any proxy honours them).
+        self.web_sessions: WebSessions | None = None
         self.identity: IdentityFile | None = None
         self.renewal: HostCertRenewal | None = None
         #: Each routed connection (the TLS protocol) -> (route, its protocol).
@@ -177,6 +177,7 @@ class ProxyService(RoleService):
         tunnels = AgentTunnels(self.reactor, self.registry, identity.host_cas[0], auth_endpoint, discovery)
         api = WebAPI(self.auth_client, cluster_name=host.teleport_cluster, public_addr=public_addr,
                      user_ca=identity.user_cas[0])
+        self.web_sessions = WebSessions(self.reactor, self.auth_client)
         ui = WebUI(self.reactor, self.auth_client, self.web_sessions, await Assets.load(self.reactor),
                    user_ca=identity.user_cas[0], cluster_name=host.teleport_cluster, public_addr=public_addr)
         site = WebSite(WebRoot(api, ui), reactor=self.reactor)

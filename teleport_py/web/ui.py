@@ -38,7 +38,7 @@ from teleport_py.proxy.webapi import REVIEW_FIELDS, Unavailable, client_address,
 from teleport_py.recording.asciicast import MEDIA_TYPE, AsciicastWriter
 from teleport_py.recording.format import SESSION_ID, RecordingReader
 from teleport_py.web.assets import Assets
-from teleport_py.web.sessions import TooManySessions, WebSessions
+from teleport_py.web.sessions import WebSessions
 
 log = Logger()
 
@@ -166,7 +166,7 @@ class WebUI(resource.Resource):
             self._check_origin(request)
             session = None
             if route.signed_in:
-                session_id, session = self._signed_in(request)
+                session = await self._signed_in(request)
                 if request.method != b"GET" and not session.csrf_matches(
                         (request.getHeader(CSRF_HEADER) or b"").decode("utf-8", "replace")):
                     raise AccessDenied("missing or wrong CSRF token (X-CSRF-Token); reload the page")
@@ -193,12 +193,11 @@ class WebUI(resource.Resource):
         if origin is not None and (host is None or origin != b"https://" + host):
             raise AccessDenied("cross-origin request refused")
 
-    def _signed_in(self, request):
-        session_id = session_cookie(request)
-        session = self._sessions.get(session_id)
+    async def _signed_in(self, request):
+        session = await self._sessions.get(session_cookie(request))
         if session is None:
             raise Unauthenticated("you are not signed in, or your session has ended; sign in again")
-        return session_id, session
+        return session
 
     def _as(self, request, session):
         """Auth as this session's user: their certificate, as the proxy forwards tsh's."""
@@ -232,12 +231,8 @@ class WebUI(resource.Resource):
             raise AuthError("the auth server answered sign-in with an unusable certificate") from None
         if not isinstance(identity, UserIdentity) or identity.username != user:
             raise AuthError("the auth server answered sign-in with another user's certificate")
-        expires = identity.expires.timestamp()
-        try:
-            session_id, session = self._sessions.create(user, result["cert"].encode("ascii"), expires)
-        except TooManySessions:
-            raise Unavailable("the proxy holds too many web sessions; try again later") from None
-        self._set_cookie(request, session_id, max(0, int(expires - self._reactor.seconds())))
+        session_id, session = await self._sessions.create(result["cert"].encode("ascii"))
+        self._set_cookie(request, session_id, max(0, int(session.expires - self._reactor.seconds())))
         log.debug("web sign-in user={user}", user=user)
         return self._describe(session)
 
@@ -247,7 +242,7 @@ class WebUI(resource.Resource):
                 "cluster_name": self._cluster_name, "proxy_public_addr": self._public_addr}
 
     async def logout(self, request, session):
-        self._sessions.end(session_cookie(request))
+        await self._sessions.end(session_cookie(request))
         self._set_cookie(request, "", 0)
         return {}
 

@@ -73,11 +73,26 @@ class InProcessProxy:
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         return self
 
+    async def another_proxy(self, testcase) -> int:
+        """A second proxy of the same cluster (same Auth), started; its port."""
+        port = free_port()
+        config = parse_config(
+            "version: v3\n"
+            f"teleport: {{nodename: proxy-test-2, data_dir: {self.data_dir}}}\n"
+            f"auth_service: {{listen_addr: '127.0.0.1:{self.auth_port}', cluster_name: example}}\n"
+            f"proxy_service: {{web_listen_addr: '127.0.0.1:{port}'}}\n"
+        )
+        proxy = ProxyService(reactor, config, local_auth=self.auth_service)
+        proxy.startService()
+        testcase.addCleanup(proxy.stopService)
+        await proxy.ready
+        return port
+
     def http(self, cert=None, key=None) -> HTTPClient:
         return HTTPClient(Agent(reactor, contextFactory=ProxyTLS(self.host_ca, cert, key), pool=self.pool))
 
-    def url(self, path):
-        return f"https://127.0.0.1:{self.proxy_port}{path}"
+    def url(self, path, port=None):
+        return f"https://127.0.0.1:{port or self.proxy_port}{path}"
 
     async def request_json(self, method, path, body=None, cert=None, key=None):
         data = None if body is None else json.dumps(body).encode()
