@@ -15,9 +15,11 @@ from teleport_py import events
 from teleport_py.auth.errors import AccessDenied, BadParameter, NotFound
 from teleport_py.auth.server import AuthServer
 from teleport_py.backend import MemoryBackend
-from teleport_py.pki import UserIdentity, identity_from_certificate, load_certificate_pem
+from cryptography import x509
+
+from teleport_py.pki import HostIdentity, UserIdentity, identity_from_certificate, load_certificate_pem
 from teleport_py.resources import ValidationError, parse_yaml, resource_from_dict, resource_to_dict
-from teleport_py.resources.access_request import parse_resource_id
+from teleport_py.resources.resource_id import parse_resource_id
 from tests.support.auth_callers import ADMIN, public_pem
 from tests.support.clocks import ShiftedClock
 from tests.support.seed import KUBE_ACCESS_ROLE
@@ -274,3 +276,248 @@ class AccessRequestTests(TestCase):
         doc["spec"]["state"] = "APPROVED"
         with self.assertRaises(BadParameter):
             await self.auth.resources.upsert(ADMIN, doc)
+
+
+POD_SEARCH_ROLE = """\
+kind: role
+version: v7
+metadata: {name: pod-search}
+spec:
+  allow:
+    kubernetes_labels: {'*': '*'}
+    kubernetes_groups: [viewers]
+    kubernetes_resources:
+      - {kind: pod, namespace: default, name: '*', verbs: [get, list, exec]}
+  deny:
+    kubernetes_resources:
+      - {kind: pod, namespace: default, name: 'secret-*', verbs: ['*']}
+"""
+RESOURCE_REQUESTER_ROLE = """\
+kind: role
+version: v7
+metadata: {name: resource-requester}
+spec:
+  allow:
+    request:
+      search_as_roles: [pod-search]
+      max_duration: 30m
+"""
+NO_SEARCH_ROLE = """\
+kind: role
+version: v7
+metadata: {name: no-search}
+spec:
+  deny:
+    request:
+      search_as_roles: [pod-search]
+"""
+
+
+class ResourceRequestTests(TestCase):
+    """Resource access requests: only through search_as_roles, pruned to the
+    roles that grant the resources, and the certificate restricted to them."""
+
+    async def setUp(self):
+        self.clock = ShiftedClock(reactor)
+        self.backend = MemoryBackend(self.clock)
+        self.addCleanup(self.backend.close)
+        self.auth = await AuthServer.initialize(self.clock, self.backend, "example")
+        for text in (KUBE_ACCESS_ROLE, POD_SEARCH_ROLE, RESOURCE_REQUESTER_ROLE, NO_SEARCH_ROLE, REVIEWER_ROLE,
+                     REQUESTER_ROLE):
+            await self.auth.resources.upsert(ADMIN, role_doc(text))
+        # A reviewer of requests for pod-search.
+        await self.auth.resources.upsert(ADMIN, role_doc(REVIEWER_ROLE.replace("reviewer", "pod-reviewer")
+                                                         .replace("'kube-*'", "pod-search")))
+        for name, roles in (("alice", ["resource-requester"]), ("bob", ["pod-reviewer"]),
+                            ("eve", ["resource-requester", "no-search"]), ("dave", ["requester"])):
+            await self.auth.users.create(ADMIN, parse_yaml(
+                f"kind: user\nversion: v2\nmetadata: {{name: {name}}}\nspec: {{roles: [{', '.join(roles)}]}}\n")[0])
+        kube = HostIdentity(host_id="agent-1", nodename="n", system_role="kube", teleport_cluster="example")
+        for cluster in ("c1", "c2"):
+            await self.auth.kube_servers.heartbeat(kube, {
+                "kind": "kube_server", "version": "v3", "metadata": {"name": cluster},
+                "spec": {"host_id": "agent-1", "hostname": "n", "version": "teleport_py",
+                         "cluster": {"kind": "kube_cluster", "version": "v3",
+                                     "metadata": {"name": cluster, "labels": {"env": "dev"}}, "spec": {}}},
+            })
+
+    def identity(self, name, roles, requests=(), allowed=()):
+        now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        return UserIdentity(username=name, roles=tuple(roles), teleport_cluster="example", access_requests=requests,
+                            allowed_resources=allowed, expires=(now + timedelta(hours=8)).replace(microsecond=0))
+
+    async def test_pod_request_approved_gives_a_restricted_certificate(self):
+        alice = self.identity("alice", ["resource-requester"])
+        pod = "/example/pod/c1/default/web-0"
+        created = await self.auth.access_requests.create(alice, [], "debug web-0", [pod])
+        request_id = created["metadata"]["name"]
+        self.assertEqual(created["spec"]["roles"], ["pod-search"])
+        self.assertEqual(created["spec"]["requested_resource_ids"],
+                         [{"cluster": "example", "kind": "pod", "name": "c1", "sub_resource": "default/web-0"}])
+        # max_duration of the role that allowed searching as pod-search.
+        expires = datetime.fromisoformat(created["spec"]["expires"].replace("Z", "+00:00"))
+        now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        self.assertLessEqual(abs((expires - now).total_seconds() - 1800), 2)
+        await self.auth.access_requests.review(self.identity("bob", ["pod-reviewer"]), request_id, "APPROVED", "ok")
+        result = await self.auth.user_certificates.reissue(alice, public_pem(), "", None, (request_id,))
+        ident = identity_from_certificate(load_certificate_pem(result["cert"].encode()),
+                                          user_ca=self.auth.user_ca.certificate, host_ca=None)
+        self.assertEqual(ident.roles, ("resource-requester", "pod-search"))
+        self.assertEqual(ident.access_requests, (request_id,))
+        self.assertEqual(ident.allowed_resources, (parse_resource_id(pod),))
+        self.assertEqual(result["allowed_resources"], [pod])
+        # tsh kube ls with it: only the cluster the pod is in.
+        elevated = self.identity("alice", ident.roles, (request_id,), ident.allowed_resources)
+        self.assertEqual([c["name"] for c in await self.auth.kube_servers.list_for(elevated)], ["c1"])
+        # A kube certificate for c1 keeps the restriction; none for c2.
+        kube = await self.auth.user_certificates.reissue(elevated, public_pem(), "c1", None)
+        self.assertEqual(kube["allowed_resources"], [pod])
+        with self.assertRaises(NotFound):
+            await self.auth.user_certificates.reissue(elevated, public_pem(), "c2", None)
+        # Search as roles: both clusters are requestable.
+        found = await self.auth.kube_servers.list_for(alice, search_as_roles=True)
+        self.assertEqual([c["name"] for c in found], ["c1", "c2"])
+        self.assertEqual(await self.auth.kube_servers.list_for(alice), [])
+        [event] = await self.events_of(events.ACCESS_REQUEST_CREATE)
+        self.assertEqual(event["resource_ids"], [pod])
+        [cert_event] = [e for e in await self.events_of(events.CERT_CREATE) if e.get("kube_cluster") == "c1"]
+        self.assertEqual(cert_event["allowed_resources"], [pod])
+
+    async def events_of(self, event_type):
+        now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        return await self.auth.audit.search(now - timedelta(days=1), now + timedelta(days=1), [event_type], 100)
+
+    async def test_only_resources_a_search_role_grants(self):
+        alice = self.identity("alice", ["resource-requester"])
+        refused = {
+            "/example/pod/c1/kube-system/dns": AccessDenied,       # namespace not in pod-search
+            "/example/pod/c1/default/secret-1": AccessDenied,      # pod-search denies it
+            "/example/pod/nowhere/default/web-0": AccessDenied,    # no such cluster: same answer
+            "/other/pod/c1/default/web-0": BadParameter,           # another Teleport cluster
+            "/example/secret/c1/default/s": BadParameter,          # not a requestable kind
+            "example/pod/c1/default/web-0": BadParameter,
+        }
+        for resource, error in refused.items():
+            with self.assertRaises(error, msg=resource):
+                await self.auth.access_requests.create(alice, [], "", [resource])
+        # Requestable kinds: a namespace pod-search reaches, a whole cluster.
+        for resource in ("/example/namespace/c1/default", "/example/kube_cluster/c2"):
+            created = await self.auth.access_requests.create(alice, [], "", [resource])
+            self.assertEqual(created["spec"]["roles"], ["pod-search"], resource)
+        # deny.request.search_as_roles wins; a user without search_as_roles cannot ask for resources.
+        for user, roles in (("eve", ["resource-requester", "no-search"]), ("dave", ["requester"])):
+            with self.assertRaises(AccessDenied, msg=user):
+                await self.auth.access_requests.create(self.identity(user, roles), [], "", ["/example/pod/c1/default/web-0"])
+
+    async def test_role_reviewers_cannot_review_resource_requests_for_other_roles(self):
+        alice = self.identity("alice", ["resource-requester"])
+        request_id = (await self.auth.access_requests.create(
+            alice, [], "", ["/example/pod/c1/default/web-0"]))["metadata"]["name"]
+        with self.assertRaises(AccessDenied):
+            await self.auth.access_requests.review(self.identity("carol", ["reviewer"]), request_id, "APPROVED", "")
+
+
+class RestrictedCheckerTests(TestCase):
+    """The agent's checker for a certificate with allowed resources: exactly
+    the named pod (with the verbs the roles grant it), nothing else."""
+
+    def setUp(self):
+        from teleport_py.rbac import AccessChecker
+        role = parse_yaml(POD_SEARCH_ROLE)[0]
+        self.labels = {"env": "dev"}
+        self.make = lambda ids, tc="example": AccessChecker(
+            "alice", [role], {}, allowed_resources=[parse_resource_id(i) for i in ids], teleport_cluster=tc)
+
+    def info(self, method, path):
+        from teleport_py.rbac import classify
+        return classify(method, path, {})
+
+    def allowed(self, checker, method, path, cluster="c1"):
+        from teleport_py.rbac import AccessDenied as RBACDenied
+        try:
+            checker.check_request(self.info(method, path), self.labels, cluster_name=cluster)
+        except RBACDenied:
+            return False
+        return True
+
+    def test_one_pod(self):
+        checker = self.make(["/example/pod/c1/default/web-0"])
+        checker.check_cluster("c1", self.labels)
+        for method, path in (("GET", "/api/v1/namespaces/default/pods/web-0"),
+                             ("GET", "/api/v1/namespaces/default/pods/web-0/log"),
+                             ("POST", "/api/v1/namespaces/default/pods/web-0/exec"),
+                             ("GET", "/api/v1/namespaces/default/pods"),
+                             ("GET", "/api/v1/pods"),
+                             ("GET", "/api/v1/namespaces/default")):
+            self.assertTrue(self.allowed(checker, method, path), (method, path))
+        for method, path in (("GET", "/api/v1/namespaces/default/pods/web-1"),
+                             ("DELETE", "/api/v1/namespaces/default/pods/web-0"),      # pod-search has no delete
+                             ("POST", "/api/v1/namespaces/default/pods/web-1/exec"),
+                             ("GET", "/api/v1/namespaces/kube-system/pods"),
+                             ("GET", "/api/v1/namespaces/default/secrets"),
+                             ("GET", "/api/v1/namespaces/default/configmaps/web-0"),
+                             ("DELETE", "/api/v1/namespaces/default/pods")):
+            self.assertFalse(self.allowed(checker, method, path), (method, path))
+        # Another kube cluster, or the ids of another Teleport cluster: nothing.
+        self.assertFalse(self.allowed(checker, "GET", "/api/v1/namespaces/default/pods/web-0", cluster="c2"))
+        self.assertFalse(self.allowed(self.make(["/example/pod/c1/default/web-0"], tc="other"),
+                                      "GET", "/api/v1/namespaces/default/pods/web-0"))
+        from teleport_py.rbac import AccessDenied as RBACDenied
+        with self.assertRaises(RBACDenied):
+            checker.check_cluster("c2", self.labels)
+        # Listing pods shows only web-0 (Teleport filters the list).
+        listing = self.info("GET", "/api/v1/namespaces/default/pods")
+        self.assertTrue(checker.needs_filtering(listing, self.labels, cluster_name="c1"))
+        keep = checker.item_filter(listing, self.labels, cluster_name="c1")
+        self.assertEqual([n for n in ("web-0", "web-1", "secret-1") if keep("default", n)], ["web-0"])
+
+    def test_denied_pod_stays_denied(self):
+        checker = self.make(["/example/pod/c1/default/secret-1"])
+        self.assertFalse(self.allowed(checker, "GET", "/api/v1/namespaces/default/pods/secret-1"))
+
+    def test_namespace_and_cluster_ids(self):
+        namespace = self.make(["/example/namespace/c1/default"])
+        self.assertTrue(self.allowed(namespace, "GET", "/api/v1/namespaces/default/pods/web-1"))
+        self.assertFalse(self.allowed(namespace, "GET", "/api/v1/namespaces/default/pods/secret-1"))
+        self.assertFalse(self.allowed(namespace, "GET", "/api/v1/namespaces/other/pods/web-1"))
+        whole = self.make(["/example/kube_cluster/c1"])
+        self.assertTrue(self.allowed(whole, "GET", "/api/v1/namespaces/default/pods/web-1"))
+        self.assertFalse(self.allowed(whole, "GET", "/api/v1/namespaces/default/pods/web-1", cluster="c2"))
+
+    def test_no_cluster_name_allows_nothing(self):
+        checker = self.make(["/example/kube_cluster/c1"])
+        self.assertFalse(self.allowed(checker, "GET", "/api/v1/namespaces/default/pods/web-1", cluster=""))
+
+
+class AllowedResourcesCertificateTests(TestCase):
+    """The certificate field: round trip, and fail closed on what cannot be read."""
+
+    def test_round_trip_and_malformed_ids_refuse_the_certificate(self):
+        from unittest import mock
+
+        from teleport_py.pki import CertAuthority, IdentityError, generate_private_key
+        from teleport_py.pki import ca as ca_module
+        from teleport_py.pki.identity import ALLOWED_RESOURCES_OID, user_subject
+
+        now = datetime.now(timezone.utc)
+        ca = CertAuthority.generate("user", "example", now)
+        ident = UserIdentity(username="alice", roles=("a",), teleport_cluster="example",
+                             allowed_resources=("/example/pod/c1/default/web-0", "/example/kube_cluster/c2"),
+                             expires=(now + timedelta(hours=1)).replace(microsecond=0))
+        cert = ca.issue_user_certificate(generate_private_key().public_key(), ident, now)
+        back = identity_from_certificate(cert, user_ca=ca.certificate, host_ca=None)
+        self.assertEqual(back, ident)
+        self.assertEqual([str(r) for r in back.allowed_resources],
+                         ["/example/pod/c1/default/web-0", "/example/kube_cluster/c2"])
+        # A resource id the reader cannot parse, in a certificate our CA
+        # signed: the whole certificate is refused, never read as "no restriction".
+        for bad in ("/example/pod/c1/default", "/example/secret/c1/ns/x", "*", "/example/pod/c1/default/web-*"):
+            def subject(identity, bad=bad):
+                name = user_subject(identity)
+                return x509.Name(list(name.rdns) + [x509.RelativeDistinguishedName(
+                    [x509.NameAttribute(ALLOWED_RESOURCES_OID, bad)])])
+            with mock.patch.object(ca_module, "user_subject", subject):
+                forged = ca.issue_user_certificate(generate_private_key().public_key(),
+                                                   UserIdentity(username="alice", roles=("a",), expires=ident.expires), now)
+            with self.assertRaises(IdentityError, msg=bad):
+                identity_from_certificate(forged, user_ca=ca.certificate, host_ca=None)

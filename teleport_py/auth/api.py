@@ -349,7 +349,8 @@ class AuthAPI(resource.Resource):
 
     async def create_access_request(self, caller, request, body):
         return await self.auth.access_requests.create(
-            self._authenticated(caller), self._strings(body, "roles"), self._reason(body))
+            self._authenticated(caller), self._strings(body, "roles"), self._reason(body),
+            self._strings(body, "resources"))
 
     async def list_access_requests(self, caller, request, body):
         return await self.auth.access_requests.listing(self._authenticated(caller))
@@ -466,7 +467,8 @@ class AuthAPI(resource.Resource):
         return {}
 
     async def kube_clusters(self, caller, request, body):
-        return {"items": await self.auth.kube_servers.list_for(self._authenticated(caller))}
+        search = request.args.get(b"search_as_roles") == [b"true"]
+        return {"items": await self.auth.kube_servers.list_for(self._authenticated(caller), search_as_roles=search)}
 
     async def append_events(self, caller, request, body):
         batch = body.get("events")

@@ -181,8 +181,8 @@ class AuthClient:
             body["ttl"] = ttl
         return self.call("POST", "certs/user", body)
 
-    def create_access_request(self, roles: list[str], reason: str = ""):
-        return self.call("POST", "access_requests", {"roles": roles, "reason": reason})
+    def create_access_request(self, roles: list[str], reason: str = "", resources: list[str] = ()):
+        return self.call("POST", "access_requests", {"roles": roles, "reason": reason, "resources": list(resources)})
 
     async def list_access_requests(self) -> list[dict]:
         return (await self.call("GET", "access_requests"))["items"]

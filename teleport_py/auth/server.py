@@ -58,13 +58,15 @@ class AuthServer:
         self.roles = Roles(backend)
         self.authorizer = Authorizer(self.roles)
         self.users = Users(reactor, backend, self.authorizer, self.roles, SignupTokens(backend, reactor), self.audit)
-        self.kube_servers = KubeServers(reactor, backend, self.authorizer, self.roles, self.users)
+        self.kube_servers = KubeServers(reactor, backend, self.authorizer, self.roles, self.users,
+                                        authorities.cluster_name)
         self.proxies = Proxies(reactor, backend, self.authorizer)
         self.web_sessions = WebSessionStore(reactor, backend, self.authorizer, authorities)
         limiter = SharedLoginLimiter(reactor, backend) if shared_backend else LoginLimiter(reactor)
         self.locks = Locks(reactor, backend, self.authorizer, self.audit)
         self.access_requests = AccessRequests(
-            reactor, backend, self.authorizer, self.roles, self.users, self.locks, self.audit)
+            reactor, backend, self.authorizer, self.roles, self.users, self.locks, self.audit, self.kube_servers,
+            authorities.cluster_name)
         self.user_certificates = UserCertificates(
             reactor, self.authorizer, authorities, self.users, self.roles, self.kube_servers, self.access_requests,
             self.locks, self.audit, limiter)

@@ -90,13 +90,18 @@ class CheckerCache:
         self._max_entries = max_entries
         self._entries: dict[tuple, tuple[list[Role], AccessChecker]] = {}
 
-    def checker(self, identity: UserIdentity, roles: list[Role]) -> AccessChecker:
-        key = (identity.username, identity.traits, tuple(map(id, roles)))
+    def checker(self, identity: UserIdentity, roles: list[Role], teleport_cluster: str = "") -> AccessChecker:
+        """``teleport_cluster`` is the cluster whose resource ids apply (the
+        certificate's when not given)."""
+        teleport_cluster = teleport_cluster or identity.teleport_cluster
+        key = (identity.username, identity.traits, tuple(map(id, roles)), identity.allowed_resources, teleport_cluster)
         entry = self._entries.get(key)
         if entry is None:
             if len(self._entries) >= self._max_entries:
                 del self._entries[next(iter(self._entries))]
-            entry = self._entries[key] = (roles, AccessChecker(identity.username, roles, dict(identity.traits)))
+            entry = self._entries[key] = (roles, AccessChecker(
+                identity.username, roles, dict(identity.traits),
+                allowed_resources=identity.allowed_resources, teleport_cluster=teleport_cluster))
         return entry[1]
 
 
@@ -363,14 +368,14 @@ class KubeCaller:
         except Exception as e:
             log.warn("role lookup failed user={user} error={error}", user=identity.username, error=e)
             raise AccessDenied("access denied: roles could not be loaded", "role lookup failed") from None
-        checker = services.checkers.checker(identity, roles)
+        checker = services.checkers.checker(identity, roles, services.teleport_cluster)
         checker.check_cluster(cluster.name, cluster.labels)
         user, groups = checker.impersonation(cluster.labels, requested_user, requested_groups)
         namespace_scoped = await services.discovery.namespace_scoped(cluster, info)
-        checker.check_request(info, cluster.labels, namespace_scoped=namespace_scoped)
+        checker.check_request(info, cluster.labels, namespace_scoped=namespace_scoped, cluster_name=cluster.name)
         item_filter = None
-        if checker.needs_filtering(info, cluster.labels, namespace_scoped=namespace_scoped):
-            item_filter = checker.item_filter(info, cluster.labels)
+        if checker.needs_filtering(info, cluster.labels, namespace_scoped=namespace_scoped, cluster_name=cluster.name):
+            item_filter = checker.item_filter(info, cluster.labels, cluster_name=cluster.name)
         return Decision(user, groups, info, item_filter)
 
     def _audit(self, request: CanonicalRequest, info, code: int, *, reason: str) -> None:

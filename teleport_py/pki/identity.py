@@ -22,6 +22,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from teleport_py.resources.resource_id import ResourceID, resource_ids
+
 SYSTEM_ROLES = ("auth", "proxy", "kube", "admin")
 
 #: The name every client verifies the auth server's certificate against.
@@ -46,6 +48,10 @@ NODENAME_OID = ObjectIdentifier("1.3.9999.100.2")
 # Ours: the approved access requests a certificate's extra roles come from
 # (one attribute per request id; Teleport keeps them in its own encoding).
 ACCESS_REQUESTS_OID = ObjectIdentifier("1.3.9999.100.3")
+# Ours: the resources an approved resource access request allows, one
+# attribute per Teleport resource id (Teleport: AllowedResourceIDs). Present,
+# they are all the certificate reaches, whatever its roles allow elsewhere.
+ALLOWED_RESOURCES_OID = ObjectIdentifier("1.3.9999.100.4")
 
 # X.509 (and cryptography) cap commonName at 64 bytes of UTF-8.
 _MAX_COMMON_NAME = 64
@@ -137,6 +143,9 @@ class UserIdentity:
     kube_groups: tuple[str, ...] = field(default=(), converter=_strings, validator=_each_non_empty_string)
     #: Ids of the approved access requests whose roles this certificate carries.
     access_requests: tuple[str, ...] = field(default=(), converter=_strings, validator=_each_non_empty_string)
+    #: Resource ids (kube_cluster, namespace, pod) this certificate is
+    #: restricted to; empty: no restriction beyond the roles.
+    allowed_resources: tuple[ResourceID, ...] = field(default=(), converter=resource_ids)
     expires: datetime = field(kw_only=True, converter=_utc_seconds)
 
 
@@ -169,6 +178,7 @@ def user_subject(identity: UserIdentity) -> x509.Name:
     if identity.teleport_cluster:
         pairs.append((TELEPORT_CLUSTER_OID, identity.teleport_cluster))
     pairs += [(ACCESS_REQUESTS_OID, request_id) for request_id in identity.access_requests]
+    pairs += [(ALLOWED_RESOURCES_OID, str(resource)) for resource in identity.allowed_resources]
     if identity.traits:
         pairs.append((TRAITS_OID, json.dumps(identity.traits, ensure_ascii=False, separators=(",", ":"))))
     return _name(pairs)
@@ -269,6 +279,8 @@ def _user_identity(attributes: dict[ObjectIdentifier, list[str]], expires: datet
         kube_users=attributes.pop(KUBE_USERS_OID, []),
         kube_groups=attributes.pop(KUBE_GROUPS_OID, []),
         access_requests=attributes.pop(ACCESS_REQUESTS_OID, []),
+        # A resource id we cannot read refuses the whole certificate (ValueError).
+        allowed_resources=attributes.pop(ALLOWED_RESOURCES_OID, []),
         expires=expires,
     )
     _no_leftovers(attributes)

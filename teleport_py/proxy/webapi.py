@@ -28,7 +28,7 @@ MAX_BODY = 1 << 20
 LOGIN_FIELDS = ("user", "password", "public_key", "ttl", "kube_cluster")
 JOIN_FIELDS = ("token", "role", "public_key", "host_id", "nodename", "dns_names")
 REISSUE_FIELDS = ("public_key", "kube_cluster", "ttl", "access_requests")
-ACCESS_REQUEST_FIELDS = ("roles", "reason")
+ACCESS_REQUEST_FIELDS = ("roles", "reason", "resources")
 REVIEW_FIELDS = ("state", "reason")
 EVENT_PARAMS = ("from", "to", "limit", "type", "user", "after")
 

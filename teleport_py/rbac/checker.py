@@ -12,6 +12,7 @@ import attrs
 
 from teleport_py.rbac.match import WILDCARD, InvalidPattern, match_labels, match_value
 from teleport_py.rbac.request import RequestInfo
+from teleport_py.resources.resource_id import KUBE_CLUSTER, NAMESPACE, POD, ResourceID
 from teleport_py.resources.role import KUBE_VERBS, V7_CLUSTER_WIDE_KINDS, V7_KINDS, KubernetesResource, Role, RoleConditions
 from teleport_py.resources.traits import expand
 
@@ -182,12 +183,25 @@ def _namespace_scope(rule: KubernetesResource) -> str:
 
 
 class AccessChecker:
-    """One user's roles, applied to Kubernetes clusters and requests."""
+    """One user's roles, applied to Kubernetes clusters and requests.
 
-    def __init__(self, username: str, roles: Sequence[Role], traits: Mapping[str, Sequence[str]]) -> None:
+    With ``allowed_resources`` (a certificate from an approved resource
+    access request) the user reaches only the kube clusters those ids name in
+    ``teleport_cluster``, and in each only what the ids name: a pod id grants
+    that pod with the verbs the roles' rules matching it grant, a namespace
+    id everything in the namespace the roles grant, a kube_cluster id what
+    the roles grant there (Teleport's ``GetKubeResources``). Deny rules apply
+    as always. The per-cluster methods then need ``cluster_name``; without
+    it nothing is allowed.
+    """
+
+    def __init__(self, username: str, roles: Sequence[Role], traits: Mapping[str, Sequence[str]], *,
+                 allowed_resources: Sequence[ResourceID] = (), teleport_cluster: str = "") -> None:
         self.username = username
         self.roles = tuple(as_v8(role) for role in roles)
         self.traits = traits
+        self.allowed_resources = tuple(allowed_resources)
+        self.teleport_cluster = teleport_cluster
         #: Rules and principals by cluster labels: the checker's inputs never
         #: change, and every request of a connection asks about one cluster.
         self._by_labels: dict[tuple[str, frozenset], object] = {}
@@ -213,9 +227,16 @@ class AccessChecker:
     def _allow_roles(self, cluster_labels: Mapping[str, str]) -> list[Role]:
         return [role for role in self.roles if self._labels_match(role.allow.kubernetes_labels, cluster_labels)[0]]
 
-    def _cluster_denial(self, cluster_labels: Mapping[str, str]) -> str | None:
+    def _cluster_denial(self, cluster_labels: Mapping[str, str], cluster_name: str = "") -> str | None:
         """Why the cluster is out of reach, or ``None`` if it is not."""
-        return self._per_labels("denial", cluster_labels, self._compute_cluster_denial)
+        denial = self._per_labels("denial", cluster_labels, self._compute_cluster_denial)
+        if denial is None and self.allowed_resources and not self._ids_for(cluster_name):
+            return "the certificate's allowed resources (a resource access request) do not name this cluster"
+        return denial
+
+    def _ids_for(self, cluster_name: str) -> list[ResourceID]:
+        """The allowed resource ids in this kube cluster."""
+        return [r for r in self.allowed_resources if r.cluster == self.teleport_cluster and r.name == cluster_name]
 
     def _compute_cluster_denial(self, cluster_labels: Mapping[str, str]) -> str | None:
         for role in self.roles:
@@ -231,7 +252,7 @@ class AccessChecker:
 
     def check_cluster(self, cluster_name: str, cluster_labels: Mapping[str, str]) -> None:
         """Refuse unless some role's ``kubernetes_labels`` select the cluster and no deny does."""
-        denial = self._cluster_denial(cluster_labels)
+        denial = self._cluster_denial(cluster_labels, cluster_name)
         if denial is not None:
             raise AccessDenied(f'access to kubernetes cluster "{cluster_name}" denied', denial)
 
@@ -287,10 +308,44 @@ class AccessChecker:
 
     # -- resources ----------------------------------------------------------
 
-    def _resources(self, cluster_labels: Mapping[str, str]) -> tuple[_Rules, _Rules]:
+    def _resources(self, cluster_labels: Mapping[str, str], cluster_name: str = "") -> tuple[_Rules, _Rules]:
         """(role name, rule) pairs: allow rules of roles selecting the cluster,
-        deny rules of every role (deny is greedy, as in Teleport)."""
-        return self._per_labels("resources", cluster_labels, self._compute_resources)
+        deny rules of every role (deny is greedy, as in Teleport); with
+        allowed resources, the allow rules narrowed to them."""
+        roles_rules = self._per_labels("resources", cluster_labels, self._compute_resources)
+        if not self.allowed_resources:
+            return roles_rules
+        return self._per_labels(("resources", cluster_name), cluster_labels,
+                                lambda labels: self._restricted(roles_rules, cluster_name))
+
+    def _restricted(self, rules: tuple[_Rules, _Rules], cluster_name: str) -> tuple[_Rules, _Rules]:
+        allowed, denied = rules
+        ids = self._ids_for(cluster_name)
+        if any(r.kind == KUBE_CLUSTER for r in ids):
+            return allowed, denied
+        narrowed = tuple((str(rid), narrow) for rid in ids for _, rule in allowed for narrow in _narrow(rule, rid))
+        return narrowed, denied
+
+    def requestable(self, resource: ResourceID, cluster_labels: Mapping[str, str]) -> bool:
+        """Whether these roles would grant anything on ``resource`` (a kube
+        cluster they reach; a pod or namespace some allow rule covers, a pod
+        no deny rule refuses ``get`` on): what a resource request may name."""
+        if self.allowed_resources:
+            raise ValueError("requestable() is asked of roles, not of a restricted certificate")
+        if self._cluster_denial(cluster_labels) is not None:
+            return False
+        allowed, denied = self._resources(cluster_labels)
+        if resource.kind == KUBE_CLUSTER:
+            return bool(allowed)
+        if not any(_narrow(rule, resource) for _, rule in allowed):
+            return False
+        if resource.kind == POD:
+            target = _Target("pods", "", resource.namespace, resource.pod, "get")
+            try:
+                return not any(_matches(rule, target, allow=False) for _, rule in denied)
+            except InvalidPattern:
+                return False
+        return True
 
     def _compute_resources(self, cluster_labels: Mapping[str, str]) -> tuple[_Rules, _Rules]:
         allowed = tuple((role.name, rule) for role in self._allow_roles(cluster_labels)
@@ -309,7 +364,8 @@ class AccessChecker:
         ]
 
     def check_request(
-        self, info: RequestInfo, cluster_labels: Mapping[str, str], *, namespace_scoped: bool | None = None
+        self, info: RequestInfo, cluster_labels: Mapping[str, str], *, namespace_scoped: bool | None = None,
+        cluster_name: str = "",
     ) -> None:
         """Refuse a request ``kubernetes_resources`` do not allow.
 
@@ -320,13 +376,13 @@ class AccessChecker:
         ``namespace_scoped`` comes from API discovery when the caller knows
         it; otherwise well-known resources and the path decide.
         """
-        denial = self._cluster_denial(cluster_labels)
+        denial = self._cluster_denial(cluster_labels, cluster_name)
         if denial is not None:
             raise AccessDenied(self._forbidden(info, "no access to this kubernetes cluster"), denial)
         if not info.is_resource_request:
             return
         try:
-            allowed, denied = self._resources(cluster_labels)
+            allowed, denied = self._resources(cluster_labels, cluster_name)
             if not info.resource or info.verb not in KUBE_VERBS:
                 raise AccessDenied(self._forbidden(info, "request not understood"),
                                    f"unclassified request verb={info.verb!r} path={info.path!r}")
@@ -366,18 +422,20 @@ class AccessChecker:
             raise AccessDenied(self._forbidden(info, "no teleport role allows any of it"),
                                "no allow kubernetes_resources could match")
 
-    def allows_item(self, info: RequestInfo, namespace: str, name: str, cluster_labels: Mapping[str, str]) -> bool:
+    def allows_item(self, info: RequestInfo, namespace: str, name: str, cluster_labels: Mapping[str, str], *,
+                    cluster_name: str = "") -> bool:
         """Whether one item of a list/watch response may be shown."""
-        return self.item_filter(info, cluster_labels)(namespace, name)
+        return self.item_filter(info, cluster_labels, cluster_name=cluster_name)(namespace, name)
 
-    def item_filter(self, info: RequestInfo, cluster_labels: Mapping[str, str]) -> Callable[[str, str], bool]:
+    def item_filter(self, info: RequestInfo, cluster_labels: Mapping[str, str], *,
+                    cluster_name: str = "") -> Callable[[str, str], bool]:
         """``allows_item`` for one response, as ``(namespace, name) -> bool``.
 
         Roles and trait templates are expanded once here rather than once per
         item: a list can hold thousands of items.
         """
         try:
-            allowed, denied = self._resources(cluster_labels)
+            allowed, denied = self._resources(cluster_labels, cluster_name)
         except AccessDenied:
             return lambda namespace, name: False
         allow_rules = [rule for _, rule in allowed]
@@ -396,7 +454,8 @@ class AccessChecker:
         return allow
 
     def needs_filtering(
-        self, info: RequestInfo, cluster_labels: Mapping[str, str], *, namespace_scoped: bool | None = None
+        self, info: RequestInfo, cluster_labels: Mapping[str, str], *, namespace_scoped: bool | None = None,
+        cluster_name: str = "",
     ) -> bool:
         """Whether a list/watch response must be filtered item by item.
 
@@ -408,7 +467,7 @@ class AccessChecker:
         cluster_scoped = self._cluster_scoped(info, namespace_scoped)
         target = _Target(info.resource, info.api_group, "" if cluster_scoped else info.namespace, "", info.verb)
         try:
-            allowed, denied = self._resources(cluster_labels)
+            allowed, denied = self._resources(cluster_labels, cluster_name)
             partial = any(_could_match(rule, target, cluster_scoped, allow=True) for _, rule in denied)
             return partial or not any(_covers(rule, target, cluster_scoped) for _, rule in allowed)
         except (InvalidPattern, AccessDenied):
@@ -434,6 +493,31 @@ class AccessChecker:
                  if info.namespace and info.resource != "namespaces" else "at the cluster scope")
         return (f'{subject} is forbidden: User "{self.username}" cannot {info.verb or "access"} '
                 f'resource "{resource}" in API group "{info.api_group}" {scope}: {why}')
+
+
+def _narrow(rule: KubernetesResource, resource: ResourceID) -> list[KubernetesResource]:
+    """What of one v8 allow rule a resource id lets through (Teleport's
+    ``GetKubeResources``): for a pod, that pod with the rule's verbs if the
+    rule covers it whatever the verb; for a namespace, the rule confined to
+    that namespace. Resource ids hold no pattern characters, so their names
+    match only themselves. A rule with a broken pattern lets nothing through."""
+    try:
+        if resource.kind == POD:
+            target = _Target("pods", "", resource.namespace, resource.pod, "get")
+            if _matches(attrs.evolve(rule, verbs=(WILDCARD,)), target, allow=True):
+                return [KubernetesResource(kind="pods", api_group="", namespace=resource.namespace,
+                                           name=resource.pod, verbs=rule.verbs)]
+            return []
+        if resource.kind == NAMESPACE:
+            namespace = resource.namespace
+            if rule.namespace and match_value(rule.namespace, namespace):
+                return [attrs.evolve(rule, namespace=namespace)]
+            if (not rule.namespace and rule.kind in ("namespaces", WILDCARD) and match_value(rule.api_group, "")
+                    and match_value(rule.name, namespace)):
+                return [KubernetesResource(kind="namespaces", api_group="", name=namespace, verbs=rule.verbs)]
+    except InvalidPattern:
+        pass
+    return []
 
 
 def _covers(rule: KubernetesResource, target: _Target, cluster_scoped: bool) -> bool:

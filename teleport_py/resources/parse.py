@@ -22,12 +22,12 @@ from teleport_py.resources.access_request import (
     STATES,
     AccessRequest,
     AccessReview,
-    parse_resource_id,
 )
 from teleport_py.resources.duration import format_duration, parse_duration
 from teleport_py.resources.kube_server import KubeServer
 from teleport_py.resources.proxy_server import ProxyServer
 from teleport_py.resources.lock import Lock
+from teleport_py.resources.resource_id import parse_resource_id
 from teleport_py.resources.role import (
     CORE_RESOURCES,
     DEFAULT_MAX_SESSION_TTL,
@@ -461,6 +461,13 @@ def _role_pattern(value: str, path: str) -> str:
     return value
 
 
+def _search_as_role(value: Any, path: str) -> str:
+    """A role name, as Teleport reads ``search_as_roles``: no globs, no regular expressions."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or len(value) > _MAX_NAME:
+        raise ValidationError(path, "must be a role name (search_as_roles takes no globs or regular expressions)")
+    return value
+
+
 def _count(value: Any, path: str) -> int:
     if value is None:
         return 1
@@ -488,7 +495,7 @@ def _request_conditions(value: Any, path: str, allow: bool) -> AccessRequestCond
         raise ValidationError(_join(path, "max_duration"), "must be at most 336h (14 days)")
     return AccessRequestConditions(
         roles=_strings(fields.get("roles"), _join(path, "roles"), _role_pattern),
-        search_as_roles=_strings(fields.get("search_as_roles"), _join(path, "search_as_roles"), _role_pattern),
+        search_as_roles=_strings(fields.get("search_as_roles"), _join(path, "search_as_roles"), _search_as_role),
         thresholds=tuple(
             _threshold(item, _index(thresholds_path, i))
             for i, item in enumerate(_list(fields.get("thresholds"), thresholds_path))

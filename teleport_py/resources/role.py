@@ -7,7 +7,7 @@ the backend), so anything holding a ``Role`` may assume it is well-formed.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import attrs
 
@@ -133,7 +133,8 @@ class AccessRequestConditions:
     resources to ask for (``search_as_roles``), and, under ``allow`` only,
     how many reviews settle a request and how long the granted access may
     last (seconds; 0 = until the requester's certificate expires).
-    Role names may be globs (``*``) or ``^regex$``."""
+    ``roles`` may be globs (``*``) or ``^regex$``; ``search_as_roles`` are
+    role names, as in Teleport."""
 
     roles: tuple[str, ...] = ()
     search_as_roles: tuple[str, ...] = ()
@@ -185,3 +186,13 @@ class Role:
     options: RoleOptions = RoleOptions()
     description: str = ""
     labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+
+def allowed_search_as_roles(roles: Iterable[Role]) -> list[str]:
+    """The roles a user with ``roles`` may search as and request resources
+    through: every ``allow.request.search_as_roles`` no role's
+    ``deny.request.search_as_roles`` names (Teleport's GetAllowedSearchAsRoles)."""
+    roles = list(roles)
+    denied = {name for role in roles for name in role.deny.request.search_as_roles}
+    allowed = (name for role in roles for name in role.allow.request.search_as_roles)
+    return [name for name in dict.fromkeys(allowed) if name not in denied]

@@ -46,11 +46,26 @@ def parser() -> argparse.ArgumentParser:
     request = sub.add_parser("request", help="just-in-time access requests").add_subparsers(
         dest="request_command", required=True)
     request_create = request.add_parser(
-        "create", help="request roles, wait for the decision, then use them until the request expires")
-    request_create.add_argument("--roles", required=True, help="comma-separated roles to request")
+        "create", help="request roles or resources, wait for the decision, then use them until the request expires")
+    request_create.add_argument("--roles", default="", help="comma-separated roles to request")
+    request_create.add_argument(
+        "--resource", action="append", default=[], metavar="ID",
+        help="resource id to request, e.g. /<teleport-cluster>/pod/<kube-cluster>/<namespace>/<pod> "
+             "(repeatable; 'tsh request search' prints them)")
     request_create.add_argument("--reason", default="", help="why you need them (reviewers see it)")
     request_create.add_argument("--nowait", action="store_true", help="create the request and return at once")
     request.add_parser("ls", help="list your requests and those you may review")
+    request_search = request.add_parser(
+        "search", help="list resources you may request access to (through your roles' search_as_roles)")
+    request_search.add_argument("--kind", required=True, choices=("kube_cluster", "namespace", "pod"),
+                                help="the kind of resource to search for")
+    request_search.add_argument("--kube-cluster", default="",
+                                help="the kubernetes cluster to search (namespace and pod; default: the selected one)")
+    request_search.add_argument("--kube-namespace", "--namespace", dest="kube_namespace", default="default",
+                                help="the namespace to search for pods (default: default)")
+    request_search.add_argument("--all-kube-namespaces", action="store_true", help="search pods in every namespace")
+    request_search.add_argument("--search", default="",
+                                help="comma-separated keywords a resource's name, namespace or labels must all contain")
     request_show = request.add_parser("show", help="show one request with its reviews")
     request_show.add_argument("request_id", metavar="ID")
     request_review = request.add_parser("review", help="approve or deny someone else's request")

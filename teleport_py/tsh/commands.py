@@ -39,6 +39,7 @@ from teleport_py.pki import (
 from teleport_py.recording.asciicast import AsciicastWriter
 from teleport_py.recording.format import RecordingFormatError, RecordingReader
 from teleport_py.resources import parse_duration
+from teleport_py.resources.resource_id import parse_resource_id
 from teleport_py.tsh import kubeconfig
 from teleport_py.tsh.credentials import exec_credential, signed_user_identity, usable_kube_certificate
 from teleport_py.tsh.localproxy import KubeLocalProxyFactory, LocalCA, listener_tls_options, local_kubeconfig
@@ -229,8 +230,9 @@ class Tsh:
             )
             roles = ", ".join(user.roles)
             requests = ", ".join(user.access_requests)
+            resources = ", ".join(map(str, user.allowed_resources))
         except WebError:
-            roles, requests = "(unreadable certificate)", ""
+            roles, requests, resources = "(unreadable certificate)", "", ""
         left = identity.expires - self.now()
         validity = "[valid for %s]" % format_duration(left) if left.total_seconds() > 0 else "[EXPIRED]"
         rows = [
@@ -242,6 +244,8 @@ class Tsh:
         ]
         if requests:
             rows.insert(4, ("Active requests:", requests))
+        if resources:
+            rows.insert(5, ("Allowed resources:", resources))
         if profile.kube_cluster:
             rows.append(("Kubernetes cluster:", '"%s"' % profile.kube_cluster))
         rows.append(("Valid until:", "%s %s" % (identity.expires.strftime("%Y-%m-%d %H:%M:%S %z"), validity)))
@@ -433,11 +437,19 @@ class Tsh:
     async def cmd_request_create(self) -> None:
         a = self.args
         roles = [r.strip() for r in a.roles.split(",") if r.strip()]
-        if not roles:
-            raise CLIError("--roles: name at least one role, e.g. --roles=kube-access")
+        resources = list(dict.fromkeys(r.strip() for r in a.resource if r.strip()))
+        if not roles and not resources:
+            raise CLIError("name at least one role (--roles=kube-access) or resource "
+                           "(--resource=/<teleport-cluster>/pod/<kube-cluster>/<namespace>/<pod>; "
+                           "'tsh request search' lists them)")
+        for resource in resources:
+            try:
+                parse_resource_id(resource)
+            except ValueError as e:
+                raise CLIError("--resource: %s" % e) from None
         profile, identity = self._logged_in()
         client = self._client(profile, identity)
-        created = await client.create_access_request(roles, a.reason)
+        created = await client.create_access_request(roles, a.reason, resources)
         request_id = str(created.get("metadata", {}).get("name", ""))
         self.print("Request ID: %s" % request_id)
         if a.nowait:
@@ -469,9 +481,10 @@ class Tsh:
         for item in items:
             spec = item.get("spec", {})
             rows.append([str(item.get("metadata", {}).get("name", "")), str(spec.get("user", "")),
-                         ",".join(map(str, spec.get("roles") or [])), str(spec.get("created", ""))[:19],
-                         str(spec.get("state", "")), str(spec.get("request_reason", ""))])
-        self._table(["ID", "User", "Roles", "Created (UTC)", "Status", "Reason"], rows)
+                         ",".join(map(str, spec.get("roles") or [])), ",".join(_requested_resources(spec)),
+                         str(spec.get("created", ""))[:19], str(spec.get("state", "")),
+                         str(spec.get("request_reason", ""))])
+        self._table(["ID", "User", "Roles", "Resources", "Created (UTC)", "Status", "Reason"], rows)
 
     async def cmd_request_show(self) -> None:
         profile, identity = self._logged_in()
@@ -484,6 +497,7 @@ class Tsh:
             ("Request ID:", str(item.get("metadata", {}).get("name", ""))),
             ("User:", str(spec.get("user", ""))),
             ("Roles:", ", ".join(map(str, spec.get("roles") or []))),
+            ("Resources:", ", ".join(_requested_resources(spec))),
             ("Reason:", str(spec.get("request_reason", ""))),
             ("Status:", str(spec.get("state", ""))),
             ("Access expires:", str(spec.get("expires", ""))),
@@ -512,6 +526,17 @@ class Tsh:
         self.print(" ".join("-" * w for w in widths))
         for row in rows:
             self.print(" ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _requested_resources(spec: dict) -> list[str]:
+    """A request's resource ids as text (``spec.requested_resource_ids``)."""
+    ids = []
+    for item in spec.get("requested_resource_ids") or []:
+        if isinstance(item, dict):
+            parts = [str(item.get(k, "")) for k in ("cluster", "kind", "name")]
+            text = "/" + "/".join(parts)
+            ids.append("%s/%s" % (text, item["sub_resource"]) if item.get("sub_resource") else text)
+    return ids
 
 
 def run(args) -> None:

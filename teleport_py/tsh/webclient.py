@@ -173,8 +173,9 @@ class WebClient:
             body["access_requests"] = list(access_requests)
         return self._call("POST", "/webapi/certs/reissue", body)
 
-    def create_access_request(self, roles: list[str], reason: str):
-        return self._call("POST", "/webapi/access_requests", {"roles": roles, "reason": reason})
+    def create_access_request(self, roles: list[str], reason: str, resources: list[str] = ()):
+        return self._call("POST", "/webapi/access_requests",
+                          {"roles": roles, "reason": reason, "resources": list(resources)})
 
     async def access_requests(self) -> list[dict]:
         items = (await self._call("GET", "/webapi/access_requests")).get("items")

@@ -30,10 +30,12 @@ from teleport_py.auth.audit import AuditLog
 from teleport_py.auth.authorizer import Authorizer
 from teleport_py.auth.errors import AccessDenied, BadParameter, NotFound
 from teleport_py.auth.services.common import Identity, to_json, utc_now
+from teleport_py.auth.services.kube_servers import KubeServers
 from teleport_py.auth.services.locks import Locks
 from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.users import Users
 from teleport_py.pki import UserIdentity
+from teleport_py.rbac import AccessChecker
 from teleport_py.rbac.match import InvalidPattern, match_any
 from teleport_py.resources import Role, resource_from_dict, resource_to_dict
 from teleport_py.resources.access_request import (
@@ -45,7 +47,8 @@ from teleport_py.resources.access_request import (
     AccessRequest,
     AccessReview,
 )
-from teleport_py.resources.role import RequestThreshold
+from teleport_py.resources.resource_id import ResourceID, resource_ids
+from teleport_py.resources.role import RequestThreshold, allowed_search_as_roles
 
 PREFIX = "/access_requests/"
 #: Seconds a request stays readable after its access (or its wait) ended.
@@ -53,6 +56,7 @@ RETAIN = 3600.0
 #: How long a request may wait for its reviews at most (Teleport: one week).
 MAX_PENDING = 7 * 24 * 3600.0
 MAX_REQUESTED_ROLES = 32
+MAX_REQUESTED_RESOURCES = 32
 #: How often the Auth service writes down requests that time has expired.
 EXPIRY_INTERVAL = 2.0
 
@@ -99,6 +103,9 @@ class AccessRequests:
     _users: Users
     _locks: Locks
     _audit: AuditLog
+    _kube_servers: KubeServers
+    #: This Teleport cluster's name: the only one resource ids may name.
+    _cluster_name: str
 
     # -- storage ------------------------------------------------------------
 
@@ -144,14 +151,26 @@ class AccessRequests:
 
     # -- callers ---------------------------------------------------------------
 
-    async def create(self, caller: Identity, roles: list[str], reason: str) -> dict[str, Any]:
-        """``tsh request create``: a PENDING request for ``roles``."""
+    async def create(self, caller: Identity, roles: list[str], reason: str,
+                     resources: list[str] | tuple = ()) -> dict[str, Any]:
+        """``tsh request create``: a PENDING request for ``roles`` (each one
+        the caller's ``allow.request.roles`` name) and/or for ``resources``
+        (Teleport resource ids, each one a role the caller may search as,
+        ``allow.request.search_as_roles``, would grant; those roles become the
+        request's roles, and the certificate it gives reaches only those
+        resources)."""
         if not isinstance(caller, UserIdentity):
             raise AccessDenied("only users can request access")
-        if not roles:
-            raise BadParameter("roles: name at least one role to request")
+        if not roles and not resources:
+            raise BadParameter("name at least one role (--roles) or resource (--resource) to request")
         if len(roles) > MAX_REQUESTED_ROLES:
             raise BadParameter(f"roles: at most {MAX_REQUESTED_ROLES} roles in one request")
+        if len(resources) > MAX_REQUESTED_RESOURCES:
+            raise BadParameter(f"resources: at most {MAX_REQUESTED_RESOURCES} resources in one request")
+        try:
+            wanted_resources = resource_ids(resources)
+        except (ValueError, TypeError) as e:
+            raise BadParameter(f"resources: {e}") from None
         user = await self._users.get(caller.username)
         await self._locks.check(user.name, (*user.roles, *caller.roles))
         held = await self._roles.get_many(user.roles)
@@ -162,7 +181,10 @@ class AccessRequests:
             if not _allows(held, "request", name):
                 raise AccessDenied(f'your roles do not allow requesting role "{name}"')
         await self._roles.require_exist(wanted)
-        granting = [r for r in held if any(_matches(r.allow.request.roles, name) for name in wanted)]
+        search_roles = await self._search_roles_for(user, held, wanted_resources)
+        granting = [r for r in held
+                    if any(_matches(r.allow.request.roles, name) for name in wanted)
+                    or any(name in r.allow.request.search_as_roles for name in search_roles)]
         thresholds = tuple(t for r in granting for t in r.allow.request.thresholds) or (RequestThreshold(),)
         now = utc_now(self._reactor)
         durations = [r.allow.request.max_duration for r in granting if r.allow.request.max_duration]
@@ -175,16 +197,45 @@ class AccessRequests:
             created=now.replace(microsecond=0),
             expires=min(access_expires, caller.expires, now + timedelta(seconds=MAX_PENDING)),
             access_expires=access_expires,
-            roles=tuple(wanted),
+            roles=tuple(wanted + [name for name in search_roles if name not in wanted]),
+            resource_ids=wanted_resources,
             request_reason=reason,
             thresholds=thresholds,
         )
         await self._store(request, None)
         await self._audit.emit(
-            events.ACCESS_REQUEST_CREATE, user=caller.username, id=request.name, roles=list(wanted),
+            events.ACCESS_REQUEST_CREATE, user=caller.username, id=request.name, roles=list(request.roles),
+            resource_ids=[str(r) for r in wanted_resources] or None,
             reason=reason or None, state=PENDING, expires=request.access_expires.isoformat(),
         )
         return self._view(request)
+
+    async def _search_roles_for(self, user, held: list[Role], wanted: tuple[ResourceID, ...]) -> list[str]:
+        """The roles the user may search as that grant something on each
+        wanted resource (Teleport prunes a resource request's roles the
+        same way); refused when some resource no such role grants."""
+        if not wanted:
+            return []
+        names = allowed_search_as_roles(held)
+        if not names:
+            raise AccessDenied("your roles allow no resource requests (no allow.request.search_as_roles)")
+        search_roles = await self._roles.get_many(names)
+        clusters = await self._kube_servers.clusters()
+        granting: set[str] = set()
+        for resource in wanted:
+            if resource.cluster != self._cluster_name:
+                raise BadParameter(f'resource "{resource}": this is Teleport cluster "{self._cluster_name}", '
+                                   f'not "{resource.cluster}"')
+            labels = clusters.get(resource.name)
+            found = [] if labels is None else [
+                role.name for role in search_roles
+                if AccessChecker(user.name, [role], user.traits).requestable(resource, labels)]
+            if not found:
+                # The same answer for a missing cluster or pod: reveal nothing.
+                raise AccessDenied(f'your roles do not allow requesting resource "{resource}" '
+                                   "(see 'tsh request search')")
+            granting.update(found)
+        return sorted(granting)
 
     async def _may_review(self, caller: Identity, request: AccessRequest) -> bool:
         if not isinstance(caller, UserIdentity) or caller.username == request.user:

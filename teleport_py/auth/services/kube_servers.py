@@ -18,6 +18,7 @@ from teleport_py.auth.services.users import Users
 from teleport_py.pki import HostIdentity
 from teleport_py.rbac import AccessChecker, AccessDenied as RBACDenied
 from teleport_py.resources import KubeServer, User, resource_from_dict, resource_to_dict
+from teleport_py.resources.role import allowed_search_as_roles
 
 PREFIX = "/kube_servers/"
 KUBE_SERVER_TTL = 90.0
@@ -30,6 +31,8 @@ class KubeServers:
     _authorizer: Authorizer
     _roles: Roles
     _users: Users
+    #: This Teleport cluster's name: resource ids name clusters in it.
+    _cluster_name: str = ""
 
     async def heartbeat(self, caller: Identity, doc: dict[str, Any]) -> None:
         host = self._authorizer.require_system_role(caller, "kube")
@@ -62,13 +65,16 @@ class KubeServers:
             clusters.setdefault(server.cluster_name, dict(server.cluster_labels))
         return clusters
 
-    async def _checker(self, user: User) -> AccessChecker:
-        return AccessChecker(user.name, await self._roles.get_many(user.roles), user.traits)
+    async def _checker(self, user: User, allowed_resources=(), extra_roles=()) -> AccessChecker:
+        roles = await self._roles.get_many(dict.fromkeys((*user.roles, *extra_roles)))
+        return AccessChecker(user.name, roles, user.traits, allowed_resources=allowed_resources,
+                             teleport_cluster=self._cluster_name)
 
-    async def check_access(self, user: User, cluster: str) -> dict[str, str]:
-        """The cluster's labels if the user's roles reach it."""
+    async def check_access(self, user: User, cluster: str, *, allowed_resources=()) -> dict[str, str]:
+        """The cluster's labels if the user's roles reach it (and, for a
+        certificate restricted to resources, one of them is in it)."""
         clusters = await self.clusters()
-        checker = await self._checker(user)
+        checker = await self._checker(user, allowed_resources)
         labels = clusters.get(cluster)
         if labels is not None:
             try:
@@ -79,11 +85,14 @@ class KubeServers:
         # Same answer for "missing" and "not allowed": do not reveal clusters.
         raise NotFound(f'kubernetes cluster "{cluster}" not found')
 
-    async def list_for(self, caller: Identity) -> list[dict[str, Any]]:
+    async def list_for(self, caller: Identity, *, search_as_roles: bool = False) -> list[dict[str, Any]]:
         """What ``tsh kube ls`` shows: clusters the caller's roles can reach
         (an admin sees them all); for a user also the Kubernetes users and
         groups their requests there are impersonated as (the web UI shows them),
-        by the roles the caller's certificate carries."""
+        by the roles the caller's certificate carries and within its allowed
+        resources. ``search_as_roles`` (``tsh request search --kind=kube_cluster``):
+        the clusters those roles and the ones the user may search as reach,
+        whatever the certificate is restricted to."""
         clusters = await self.clusters()
         if isinstance(caller, HostIdentity):
             self._authorizer.require_system_role(caller)
@@ -91,7 +100,12 @@ class KubeServers:
         # The certificate's roles, as the agent authorizes by them: an
         # elevated certificate (approved access requests) reaches more.
         user = await self._users.get(caller.username)
-        checker = await self._checker(attr.evolve(user, roles=tuple(caller.roles)))
+        user = attr.evolve(user, roles=tuple(caller.roles))
+        if search_as_roles:
+            extra = allowed_search_as_roles(await self._roles.get_many(user.roles))
+            checker = await self._checker(user, extra_roles=extra)
+        else:
+            checker = await self._checker(user, caller.allowed_resources)
         visible = []
         for name, labels in sorted(clusters.items()):
             try:

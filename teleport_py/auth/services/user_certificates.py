@@ -121,17 +121,21 @@ class UserCertificates:
         not_after = min([caller.expires, *(r.access_expires for r in requests)])
         extra = tuple(role for r in requests for role in r.roles if role not in user.roles)
         roles = tuple(dict.fromkeys(user.roles + extra))
+        # Resource requests restrict the whole certificate to their resources
+        # (Teleport's AllowedResourceIDs): their union when several.
+        allowed_resources = tuple(dict.fromkeys(rid for r in requests for rid in r.resource_ids))
         await self._locks.check(user.name, roles)
         if kube_cluster:
-            await self._kube_servers.check_access(attr.evolve(user, roles=roles), kube_cluster)
+            await self._kube_servers.check_access(attr.evolve(user, roles=roles), kube_cluster,
+                                                  allowed_resources=allowed_resources)
         return await self._issue(
             user, public_key_pem, ttl, kube_cluster, not_after=not_after, roles=roles,
-            request_ids=tuple(r.name for r in requests),
+            request_ids=tuple(r.name for r in requests), allowed_resources=allowed_resources,
         )
 
     async def _issue(
         self, user: User, public_key_pem: str, ttl: float | None, kube_cluster: str, not_after: datetime | None = None,
-        roles: tuple[str, ...] | None = None, request_ids: tuple[str, ...] = (),
+        roles: tuple[str, ...] | None = None, request_ids: tuple[str, ...] = (), allowed_resources: tuple = (),
     ) -> dict[str, Any]:
         role_names = tuple(user.roles) if roles is None else roles
         roles = await self._roles.get_many(role_names)
@@ -148,6 +152,7 @@ class UserCertificates:
             username=user.name,
             roles=role_names,
             access_requests=request_ids,
+            allowed_resources=allowed_resources,
             traits=tuple(sorted((k, tuple(v)) for k, v in user.traits.items())),
             kube_cluster=kube_cluster,
             teleport_cluster=authorities.cluster_name,
@@ -157,6 +162,7 @@ class UserCertificates:
         await self._audit.emit(
             events.CERT_CREATE, user=user.name, cert_type="user", kube_cluster=kube_cluster or None,
             expires=identity.expires.isoformat(), access_requests=list(request_ids) or None,
+            allowed_resources=[str(r) for r in allowed_resources] or None,
         )
         return {
             "cert": certificate_pem(cert).decode(),
@@ -165,5 +171,6 @@ class UserCertificates:
             "username": user.name,
             "roles": list(role_names),
             "access_requests": list(request_ids),
+            "allowed_resources": [str(r) for r in allowed_resources],
             "expires": identity.expires.isoformat(),
         }
