@@ -31,12 +31,16 @@ class SeveralProxiesTests(TestCase):
         await d.start()
         await d.tctl("create", "-f", d.write("kube-access.yaml", KUBE_ACCESS_ROLE))
         await d.add_user("alice", "access,kube-access")
-        await self.until(lambda: self.proxies_listed(d), 60, "both proxies in tctl get proxies", d)
+        await self.until(lambda: self.proxies_are(d, ["proxy0", "proxy1"]), 60, "both proxies in tctl get proxies", d)
         return d
 
-    async def proxies_listed(self, d: HADeployment) -> bool:
+    async def proxies(self, d: HADeployment) -> dict[str, str]:
+        """``tctl get proxies``: nodename -> host id."""
         listed = json.loads((await d.tctl("get", "proxies", "--format=json")).out)
-        return sorted(p["spec"]["hostname"] for p in listed) == ["proxy0", "proxy1"]
+        return {p["spec"]["hostname"]: p["metadata"]["name"] for p in listed}
+
+    async def proxies_are(self, d: HADeployment, names: list[str]) -> bool:
+        return sorted(await self.proxies(d)) == names
 
     def home(self, d: HADeployment, name: str) -> dict:
         """A user's home of its own (tsh profile and kubeconfig)."""
@@ -114,3 +118,12 @@ class SeveralProxiesTests(TestCase):
         again = self.home(d, "lb-again")
         await self.login(d, lb, again)
         self.assertTrue(await self.kubectl_works(d, again))
+
+        # proxy1's heartbeat expires (30 s): it leaves the list, and the agent stops dialling for it.
+        await self.until(lambda: self.proxies_are(d, ["proxy0"]), 60, "proxy1 gone from tctl get proxies", d)
+        only = (await self.proxies(d))["proxy0"]
+        await d.agents[0].wait_for_output(rf"proxies of the cluster: \['{only}'\]", timeout=30)
+        redials = d.agents[0].output().count(b"again (a load balancer?)")
+        await deferLater(reactor, 20, lambda: None)  # > twice the backoff cap
+        self.assertEqual(d.agents[0].output().count(b"again (a load balancer?)"), redials)
+        self.assertTrue(await self.kubectl_works(d, through_lb))

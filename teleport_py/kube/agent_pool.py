@@ -133,6 +133,7 @@ class AgentPool:
         #: The latest discovery list from each proxy we hold (sender host id -> its list).
         self._lists: dict[str, dict[str, Address]] = {}
         self._stopped = True
+        self._listed: list[str] = []
 
     # -- what the Kubernetes service uses --------------------------------------
 
@@ -263,6 +264,9 @@ class AgentPool:
         if self._stopped:
             return
         wanted = self._wanted()
+        if sorted(wanted) != self._listed:
+            self._listed = sorted(wanted)
+            log.info("proxies of the cluster: {proxies}", proxies=self._listed)
         if wanted:
             for slot in list(self._slots):
                 if slot.proxy is not None and slot.proxy not in wanted and len(self._slots) > 1:
@@ -275,6 +279,10 @@ class AgentPool:
             slot.client.start()
         for slot in [s for s in self._slots if s.proxy is None][: max(0, len(self._slots) - desired)]:
             self._remove(slot)
+        # Endpoints only for addresses still dialled (lists change over time).
+        keep = {self._address, *wanted.values()}
+        for address in [a for a in self._endpoints if a not in keep]:
+            del self._endpoints[address]
 
     def _remove(self, slot: _Slot) -> None:
         self._slots.remove(slot)
