@@ -4,6 +4,7 @@ behind a load balancer by which one answered, drops proxies that left the
 list, and redials with jittered backoff."""
 from __future__ import annotations
 
+from hypothesis import given, strategies as st
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
@@ -249,3 +250,40 @@ class DiscoveryParsingTests(SynchronousTestCase):
                          {"proxies": [{"name": f"p{i}", "addr": "h:1"} for i in range(300)]}):
             with self.assertRaises(DiscoveryError, msg=repr(metadata)):
                 parse_discovery(metadata)
+
+
+class NotAProxyTests(SynchronousTestCase):
+    def test_a_peer_that_is_not_a_proxy_of_the_cluster_is_closed_and_dialled_again(self):
+        net = Network()
+        a = net.proxy("proxy-a", "a:3080")
+        pool = AgentPool(net.clock, Address("a", 3080), identity=None, clusters=[{"name": "c1", "labels": {}}],
+                         accept_stream=lambda kind, metadata: Protocol(), random=lambda: 0.0,
+                         endpoint_for=net.endpoint_for, proxy_of=lambda tunnel: None)
+        pool.start()
+        net.settle()
+        # Only the identifying announce (no clusters) reached it, and the tunnel is closed.
+        self.assertEqual(a.announces, [{"clusters": []}])
+        self.assertEqual((len(a.live()), pool.up), (0, False))
+        net.clock.advance(1)
+        net.settle()
+        self.assertEqual(len(net.dials), 2)
+        pool.stop()
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+_entry = st.fixed_dictionaries({"name": st.text(max_size=30) | _json, "addr": st.text(max_size=30) | _json})
+
+
+class DiscoveryFuzzTests(SynchronousTestCase):
+    @given(st.dictionaries(st.sampled_from(["proxies", "other"]), st.lists(_entry | _json, max_size=5) | _json))
+    def test_any_metadata_parses_or_is_refused_with_discovery_error(self, metadata):
+        try:
+            parsed = parse_discovery(metadata)
+        except DiscoveryError:
+            return
+        self.assertTrue(all(isinstance(name, str) and name and isinstance(addr, Address)
+                            for name, addr in parsed.items()))
