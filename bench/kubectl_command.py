@@ -92,10 +92,11 @@ def in_turns(commands: dict[str, tuple[list[str], dict[str, str]]], runs: int, w
             for name, (walls, cpus) in samples.items()}
 
 
-def certificate_kubeconfig(d: Deployment, path: str) -> str:
-    """The ``tsh kube login`` kubeconfig with alice's kube certificate and key in place of the exec plugin."""
-    keys = glob.glob(d.path("home", ".tsh", "keys", "*", "alice"))[0]
-    with open(d.kubeconfig) as f:
+def certificate_kubeconfig(home: str, kubeconfig: str, path: str) -> str:
+    """The kubeconfig ``tsh kube login`` wrote in ``home`` (``kubeconfig``)
+    with alice's kube certificate and key in place of the exec plugin."""
+    keys = glob.glob(os.path.join(home, ".tsh", "keys", "*", "alice"))[0]
+    with open(kubeconfig) as f:
         config = yaml.safe_load(f)
     with open(os.path.join(keys, "kube", KUBE_CLUSTER, "cert.pem"), "rb") as cert, \
             open(os.path.join(keys, "key.pem"), "rb") as key:
@@ -139,7 +140,7 @@ async def measure(reactor, options) -> dict:
         await d.wait_for_clusters({KUBE_CLUSTER})
         await d.tsh("kube", "login", KUBE_CLUSTER)
         env = d.env()
-        with_cert = certificate_kubeconfig(d, d.path("certificate.kubeconfig"))
+        with_cert = certificate_kubeconfig(d.home, d.kubeconfig, d.path("certificate.kubeconfig"))
         printed = d.path("exec-credential.json")
         with open(os.open(printed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(subprocess.run(exec_plugin(d), env=env, capture_output=True, check=True).stdout)

@@ -34,8 +34,12 @@ class FailoverEndpoint:
     async def _connect(self, factory):
         failures = []
         count = len(self._endpoints)
+        # Read once: a concurrent connection may change the preference
+        # meanwhile, and reading it again would skip an address and try
+        # a failed one twice.
+        first = self._preferred
         for step in range(count):
-            index = (self._preferred + step) % count
+            index = (first + step) % count
             name, endpoint = self._endpoints[index]
             try:
                 protocol = await endpoint.connect(factory)
