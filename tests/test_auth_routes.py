@@ -6,6 +6,7 @@ without a row in the documented table fails here.
 """
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta, timezone
 
@@ -22,7 +23,7 @@ from teleport_py.auth.client import AuthClient, ClusterTLSPolicy
 from teleport_py.auth.errors import AccessDenied, AuthError
 from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
-from teleport_py.backend import MemoryBackend
+from teleport_py.backend import BackendUnavailableError, MemoryBackend
 from teleport_py.pki import AUTH_SERVER_NAME, UserIdentity, generate_private_key, server_tls_options
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "docs", "auth-api.md")
@@ -144,3 +145,27 @@ class RouteTableTests(TestCase):
         kube = HostIdentity(host_id="agent-1", nodename="n", system_role="kube", teleport_cluster="example")
         with self.assertRaises(AccessDenied):
             await auth.status.read(kube)
+
+
+class StorageUnavailableTests(TestCase):
+    async def test_a_backend_that_cannot_answer_is_503_try_again(self):
+        """etcd without a leader (BackendUnavailableError) is a 503 saying
+        to try again, which tsh prints as one line; not a 500 'internal error'."""
+        backend = MemoryBackend(reactor)
+        self.addCleanup(backend.close)
+        auth = await AuthServer.initialize(reactor, backend, "example")
+        api = AuthAPI(auth, Recordings(auth, self.mktemp()))
+
+        def unavailable(*args, **kwargs):
+            raise BackendUnavailableError("etcd: etcdserver: leader changed (code 14)")
+
+        self.patch(backend, "get", unavailable)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(api, requestFactory=BoundedRequest))
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        response = await HTTPClient(Agent(reactor, pool=pool)).post(
+            f"http://127.0.0.1:{port.getHost().port}/v1/join",
+            json={"token": "t" * 32, "role": "kube", "public_key": "x", "host_id": "h", "nodename": "n"})
+        body = json.loads(await response.content())
+        self.assertEqual((response.code, body["error"]["kind"]), (503, "unavailable"))
+        self.assertEqual(body["error"]["message"], "the auth server's storage is unavailable, try again later")

@@ -13,14 +13,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
-from teleport_py.backend import DELETE, PUT
+from teleport_py.backend import DELETE, PUT, BackendUnavailableError
 from teleport_py.backend.etcd import WATCH_LAG_LIMIT, EnvelopeError, EtcdBackend, decode_value, encode_value
-from teleport_py.backend.etcd_gateway import EtcdError, EtcdUnavailable, Gateway
+from teleport_py.backend.etcd_gateway import READ_RETRY_DELAYS, EtcdError, EtcdUnavailable, Gateway
 from teleport_py.backend.etcd_watch import WatchDecoder, WatchStreamError
 from tests.support.backend import ClockedReactor, async_test
 from tests.support.etcd import EtcdServer, shared_etcd, unique_prefix
@@ -196,6 +199,58 @@ class TLSTests(TestCase):
 
     def test_https_without_certificates_is_a_configuration_error(self):
         self.assertRaises(ValueError, Gateway, reactor, [self.server.url])
+
+
+class _FlakyEtcd(Resource):
+    """Answers etcd's "leader changed" (code 14) ``failures`` times, then an empty range."""
+
+    isLeaf = True
+
+    def __init__(self, failures: int):
+        super().__init__()
+        self.failures = failures
+        self.calls = 0
+
+    def render_POST(self, request):
+        self.calls += 1
+        if self.calls <= self.failures:
+            request.setResponseCode(503)
+            return json.dumps({"error": "etcdserver: leader changed", "code": 14,
+                               "message": "etcdserver: leader changed"}).encode()
+        return json.dumps({"header": {"revision": "7"}}).encode()
+
+
+class UnavailableTests(TestCase):
+    """etcd's "unavailable" during an election: a read is tried again until
+    a leader answers; a write is not (it may have applied), and the error is
+    a BackendUnavailableError, which Auth answers with 503 "try again"."""
+
+    async def gateway(self, failures: int) -> tuple[Gateway, _FlakyEtcd]:
+        etcd = _FlakyEtcd(failures)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(etcd))
+        self.addCleanup(port.stopListening)
+        gateway = Gateway(reactor, [f"http://127.0.0.1:{port.getHost().port}"])
+        self.addCleanup(gateway.close)
+        return gateway, etcd
+
+    async def test_a_read_is_retried_through_an_election(self):
+        gateway, etcd = await self.gateway(failures=3)
+        answer = await gateway.call("kv/range", {"key": "a2V5"}, read=True)
+        self.assertEqual(answer["header"]["revision"], "7")
+        self.assertEqual(etcd.calls, 4)
+
+    async def test_a_read_gives_up_after_the_retries(self):
+        gateway, etcd = await self.gateway(failures=100)
+        with self.assertRaises(BackendUnavailableError) as caught:
+            await gateway.call("kv/range", {"key": "a2V5"}, read=True)
+        self.assertIn("leader changed (code 14)", str(caught.exception))
+        self.assertEqual(etcd.calls, len(READ_RETRY_DELAYS) + 1)
+
+    async def test_a_write_is_not_retried(self):
+        gateway, etcd = await self.gateway(failures=1)
+        with self.assertRaises(EtcdUnavailable):
+            await gateway.call("kv/txn", {"compare": [], "success": []})
+        self.assertEqual(etcd.calls, 1)
 
 
 def _line(result: dict) -> bytes:

@@ -2,16 +2,22 @@
 cluster with TLS client certificates, two auth servers on it, two proxies,
 two agents serving one cluster of a real kube-apiserver (tests/support/ha.py).
 
-While a loop of kubectl GETs, a ``kubectl get -w`` and a loop of ``tsh
-login`` run, one member of each kind is killed with SIGKILL, in turn: the
-etcd leader, an auth server, an agent. For each kill the loop's failure
-window (from the kill to the end of the last GET that failed) must stay
-within what the design allows for that kind (``BOUNDS``); the loop must
-recover while the member is still down; the killed member is then started
-again as it was and must rejoin with no operator step. Afterwards every GET
-the API server answered has its ``kube.request`` event, every ``tsh login``
-worked, and the exec sessions that ran across the etcd and auth kills play
-back whole with ``tsh play``.
+kubectl works through each proxy. While two loops of kubectl GETs, a
+``kubectl get -w`` and a loop of ``tsh login`` run, one member of each kind
+is killed with SIGKILL, in turn: the etcd leader, an auth server, the agent
+carrying an exec session, the proxy the agents were given (the loops then
+go through the other one, as a load balancer would send them). For each
+kill the loops' failure window (from the kill to the end of the last GET,
+or login, that failed) must stay within what the design allows for that
+kind (``BOUNDS``); the GET loop must recover while the member is still
+down; the killed member is then started again as it was and must rejoin
+with no operator step (etcd: serves a write made while it was down from its
+own copy; auth: answers tctl; agent: an exec runs through it; proxy:
+kubectl through it works again). Afterwards every GET the API server
+answered has its ``kube.request`` event, no more than kubectl sent; a
+failed login was one line saying to try again; the exec sessions across
+the etcd, auth and proxy kills ran to their end and play back whole with
+``tsh play``, the one whose agent died plays what it printed.
 
 The failure windows are printed; bench/ha_failover.py measures them with
 repeats (docs/benchmarks.md).
@@ -52,13 +58,19 @@ ETCD_ELECTION_TIMEOUT = 1.0
 #:   fails over to the other one within failover.CONNECT_TIMEOUT;
 #: - a killed agent's tunnel closes with its process (the kernel resets its
 #:   sockets), so the proxy routes new streams to the other agent at once:
-#:   only GETs in flight on it may fail.
+#:   only GETs in flight on it may fail;
+#: - a killed proxy: kubectl goes through the other one (as a load balancer
+#:   would send it), where both agents' tunnels are up (the agent pool).
 #: Each bound adds one REQUEST_TIMEOUT: a GET that was in flight at the
 #: end of the outage may hang that long before it fails.
 BOUNDS = {
     "etcd leader": 2 * ETCD_ELECTION_TIMEOUT + REQUEST_TIMEOUT,
     "auth server": CONNECT_TIMEOUT + REQUEST_TIMEOUT,
     "agent": REQUEST_TIMEOUT,
+    # The loop goes through the other proxy, whose tunnels from both agents
+    # are up already; an agent's call to Auth in flight through the killed
+    # proxy's tunnel may fail its request.
+    "proxy": REQUEST_TIMEOUT,
 }
 #: GETs started after a kill that must succeed in a row before the killed
 #: member is started again: the deployment works without it.
@@ -176,6 +188,18 @@ class HighAvailabilityTests(TestCase):
                 return
         self.fail(f"20 exec sessions and none through the restarted agent {agent}")
 
+    async def until_kubectl_works(self, proxy: int, binary: str) -> None:
+        """kubectl through proxy ``proxy`` lists the test's pod (a restarted
+        proxy: once the agents tunnel to it again)."""
+        deadline = self.reactor.seconds() + PATIENCE
+        while True:
+            result = await self.d.kubectl("get", "pods", "-n", "default", "--request-timeout=10s", binary=binary,
+                                          env=self.d.env(proxy), expect=None)
+            if result.code == 0 and self.pod in result.out:
+                return
+            self.assertLess(self.reactor.seconds(), deadline, f"kubectl through proxy {proxy}: {result.err}")
+            await self.sleep(0.5)
+
     async def played(self, said: str, whole: bool) -> None:
         """Some recording plays (``tsh play``) with the session's first line,
         and its last if the session ran to its end."""
@@ -250,8 +274,8 @@ class HighAvailabilityTests(TestCase):
         self.sessions_said: list[tuple[str, bool]] = []
         d = await self.deploy()
         binary = kubectl_binaries()[-1]
-        out = (await d.kubectl("get", "pods", "-n", "default", binary=binary, env=d.env(0))).out
-        self.assertIn(self.pod, out)
+        for i in range(len(d.proxies_addr)):  # kubectl through each proxy (the agents keep a tunnel to each)
+            await self.until_kubectl_works(i, binary)
 
         watch = d.spawn("watch", [binary, "get", "pods", "-n", "default", "-w"], env=d.env(0))
         await watch.wait_for_output(self.pod, timeout=60)
@@ -312,6 +336,21 @@ class HighAvailabilityTests(TestCase):
         await self.served_by(victim, binary)
         # The watch went through one of the two agents; if it was the killed
         # one it ended with it (tests.test_e2e_faults), else it still runs.
+
+        # 4. The proxy the agents were given (they learned the other from it):
+        # kubectl through the other proxy keeps working, the agents go on
+        # reaching Auth through it, and they tunnel to the restarted one.
+        self.via = 1
+        await self.recovered(self.reactor.seconds(), "through the second proxy")
+        watch = d.spawn("watch", [binary, "get", "pods", "-n", "default", "-w"], env=d.env(1))
+        await watch.wait_for_output(self.pod, timeout=60)
+        session, said = await self.exec_across(binary, "proxy")
+        killed = await kill("proxy", d.proxy_procs[0])
+        await self.recovered(killed, "without proxy 0")
+        await self.exec_finished(session, said)
+        await d.start_proxy(0)
+        await self.until_kubectl_works(0, binary)
+        self.assertTrue(watch.running, f"the watch through the other proxy ended:\n{watch.log_tail()}")
 
         await stop_loops()
         result = {"gets": len(self.gets), "logins": len(self.logins), "kills": {}}

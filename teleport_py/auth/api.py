@@ -21,9 +21,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from teleport_py.auth.errors import AccessDenied, AuthError, BadParameter
+from teleport_py.auth.errors import AccessDenied, AuthError, BadParameter, StorageUnavailable
 from teleport_py.auth.recordings import Recordings
 from teleport_py.auth.server import AuthServer
+from teleport_py.backend import BackendUnavailableError
 from teleport_py.auth.services.common import load_public_key, validated
 from teleport_py.pki import HostIdentity, IdentityError, UserIdentity, certificate_pem, identity_from_certificate
 
@@ -211,6 +212,9 @@ class AuthAPI(resource.Resource):
             status, payload = e.status, e.to_json()
             if isinstance(e, AccessDenied):
                 self.log.info("denied {method} {path}: {message}", method=request.method, path=request.path, message=e.message)
+        except BackendUnavailableError as e:
+            self.log.warn("storage unavailable on {path}: {error}", path=request.path, error=str(e))
+            status, payload = 503, StorageUnavailable("the auth server's storage is unavailable, try again later").to_json()
         except Exception:
             self.log.failure("auth API error on {path}", path=request.path)
             status, payload = 500, AuthError("internal error").to_json()

@@ -56,3 +56,11 @@ def error_from_json(status: int, body: dict) -> AuthError:
     cls = ERRORS_BY_KIND.get(err.get("kind"), AuthError)
     details = {k: v for k, v in err.items() if k not in ("kind", "message")}
     return cls(str(err.get("message", "")), **details)
+
+
+class StorageUnavailable(AuthError):
+    """The backend cannot answer now (etcd without a reachable member or
+    leader): the caller may try again in a moment."""
+
+    status = 503
+    kind = "unavailable"

@@ -1,6 +1,17 @@
 """Key/value storage for the Auth service; see docs/backend.md."""
 
-from .interface import DELETE, MAX_PUT_ALL, PUT, BackendClosedError, BackendInUseError, Event, IBackend, Item, IWatcher
+from .interface import (
+    DELETE,
+    MAX_PUT_ALL,
+    PUT,
+    BackendClosedError,
+    BackendInUseError,
+    BackendUnavailableError,
+    Event,
+    IBackend,
+    Item,
+    IWatcher,
+)
 from .memory import MemoryBackend
 from .sqlite import SQLiteBackend
 
@@ -10,6 +21,7 @@ __all__ = [
     "PUT",
     "BackendClosedError",
     "BackendInUseError",
+    "BackendUnavailableError",
     "Event",
     "IBackend",
     "IWatcher",

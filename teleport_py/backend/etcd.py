@@ -201,14 +201,14 @@ class _EtcdStore:
         start, end = self._range_of(prefix, first)
         request = {"key": start, "range_end": end}
         if limit is None:
-            answer = await self._gateway.call("kv/range", request)
+            answer = await self._gateway.call("kv/range", request, read=True)
             return answer.get("kvs") or [], _int(answer["header"].get("revision"))
         kvs: list[dict] = []
         revision = 0
         live = 0
         while True:
             page = dict(request, limit=str(limit + min(limit, RANGE_PAGE)), **({"revision": str(revision)} if revision else {}))
-            answer = await self._gateway.call("kv/range", page)
+            answer = await self._gateway.call("kv/range", page, read=True)
             revision = revision or _int(answer["header"].get("revision"))
             batch = answer.get("kvs") or []
             kvs.extend(batch)
@@ -218,7 +218,7 @@ class _EtcdStore:
             request["key"] = _b64(_unb64(batch[-1]["key"]) + b"\x00")
 
     async def _one(self, key: str) -> _Stored:
-        answer = await self._gateway.call("kv/range", {"key": _b64(self._key(key))})
+        answer = await self._gateway.call("kv/range", {"key": _b64(self._key(key))}, read=True)
         kvs = answer.get("kvs") or []
         return self._stored(kvs[0]) if kvs else _Stored(None, 0)
 

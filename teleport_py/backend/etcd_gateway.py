@@ -4,7 +4,11 @@ stream, to a list of peers, optionally with a TLS client certificate.
 Keys and values travel base64-encoded and 64-bit integers as strings; this
 module only moves JSON objects, ``etcd.py`` gives them meaning. A call that
 could not connect to one peer is tried on the next (nothing was sent, so
-nothing can apply twice); any other failure is the caller's to see.
+nothing can apply twice). A read (``call(..., read=True)``) that got no
+answer, or etcd's "unavailable" (code 14: leader changed, no leader), is
+tried again on the next peer after a short wait, for longer than an etcd
+election takes; any other failure, and any failure of a write (it may have
+applied), is the caller's to see.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ from urllib.parse import urlsplit
 import attrs
 import treq
 from cryptography import x509
+from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import error as internet_error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.web.client import Agent, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from teleport_py.backend.interface import BackendUnavailableError
 from teleport_py.pki import client_tls_options
 from teleport_py.quiet import QuietHTTPConnectionPool
 
@@ -32,6 +39,13 @@ DEFAULT_TIMEOUT = 30.0
 #: A unary answer larger than this is refused (a get_range of a huge prefix
 #: is the only thing that could come near).
 MAX_RESPONSE = 256 << 20
+
+#: etcd's (gRPC's) code for "unavailable": no leader, or the leader changed
+#: while the request was proposed.
+UNAVAILABLE = 14
+#: Waits before each retry of a read: together (3.85 s) longer than an etcd
+#: election (at most two election timeouts, 2 s with etcd's defaults).
+READ_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 _NOT_CONNECTED = (
     internet_error.ConnectError,
@@ -49,8 +63,14 @@ class EtcdError(Exception):
         self.message = message
 
 
-class EtcdUnavailable(Exception):
-    """No peer could be reached."""
+class EtcdUnavailable(BackendUnavailableError):
+    """etcd cannot answer now: no peer could be reached, a peer gave no
+    answer, or it has no leader (code 14). ``retryable`` is false for a
+    refused TLS handshake: trying again cannot help."""
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @attrs.frozen
@@ -114,6 +134,7 @@ class Gateway:
                  timeout: float = DEFAULT_TIMEOUT, max_response: int = MAX_RESPONSE):
         if not peers:
             raise ValueError("etcd needs at least one peer")
+        self._reactor = reactor
         self._peers = [check_peer(peer, tls) for peer in peers]
         self._pool = QuietHTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 4
@@ -135,11 +156,25 @@ class Gateway:
                 # Maybe applied, so not tried elsewhere; a refused TLS
                 # handshake ends here too, and says so.
                 reasons = "; ".join(str(reason.value) for reason in failure.reasons)
-                raise EtcdUnavailable(f"etcd peer {peer} gave no answer: {reasons[:300]}") from None
+                refused = any(reason.check(SSL.Error) for reason in failure.reasons)
+                raise EtcdUnavailable(f"etcd peer {peer} gave no answer: {reasons[:300]}", retryable=not refused) from None
         raise EtcdUnavailable(f"no etcd peer reachable ({last})")
 
-    async def call(self, path: str, body: dict) -> dict:
-        """POST ``body`` to ``/v3/<path>``; the answer as a dict, or EtcdError."""
+    async def call(self, path: str, body: dict, *, read: bool = False) -> dict:
+        """POST ``body`` to ``/v3/<path>``; the answer as a dict, or
+        EtcdError (EtcdUnavailable). ``read``: the call changes nothing, so
+        one that etcd could not answer is tried again (READ_RETRY_DELAYS)."""
+        for delay in (*READ_RETRY_DELAYS, None) if read else (None,):
+            try:
+                return await self._call_once(path, body)
+            except EtcdUnavailable as failure:
+                if delay is None or not failure.retryable:
+                    raise
+                self._peers.append(self._peers.pop(0))
+                await deferLater(self._reactor, delay)
+        raise AssertionError("unreachable")
+
+    async def _call_once(self, path: str, body: dict) -> dict:
         response = await self._post("/v3/" + path, body, timeout=self._timeout)
         collected = _BoundedBody(self._max_response)
         await treq.collect(response, collected)
@@ -173,6 +208,8 @@ def _answer(status: int, body: bytes) -> dict:
     if status != 200 or "error" in answer:
         code = answer.get("code")
         message = answer.get("message") or answer.get("error")
+        if code == UNAVAILABLE:
+            raise EtcdUnavailable(f"etcd: {str(message)[:500]} (code {code})")
         raise EtcdError(code if isinstance(code, int) else 2, str(message)[:500])
     return answer
 

@@ -100,6 +100,12 @@ class BackendClosedError(Exception):
     """The backend was used after ``close()``."""
 
 
+class BackendUnavailableError(Exception):
+    """The store cannot answer now (a distributed store without a reachable
+    member or leader); the operation may or may not have applied, and may
+    be tried again later."""
+
+
 class BackendInUseError(Exception):
     """Another process (or another open in this one) already has the backend's file."""
 
