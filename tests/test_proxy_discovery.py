@@ -61,7 +61,7 @@ class ProxyDiscoveryTests(SynchronousTestCase):
         self.assertEqual([t.sent for t in self.tunnels], [[first], [first]])
         self.clock.advance(10)  # same list: a heartbeat, nothing sent
         self.assertEqual((len(self.auth.beats), len(self.tunnels[0].sent)), (2, 1))
-        self.auth.proxies.append(_listed("p0", "p0:3080"))
+        self.auth.proxies += [_listed("p0", "p0:3080"), {"kind": "proxy"}, None]  # the malformed are skipped
         self.clock.advance(10)
         self.assertEqual(self.tunnels[0].sent[-1], ("discovery", {"proxies": [
             {"name": "p0", "addr": "p0:3080"}, {"name": "p1", "addr": "p1:3080"}]}))

@@ -44,6 +44,15 @@ def proxy_resource(host_id: str, hostname: str, tunnel_addr: str, public_addr: s
     }
 
 
+def _listed(item) -> dict | None:
+    """``{"name", "addr"}`` of one proxy resource from Auth; None for anything else (skipped)."""
+    try:
+        name, addr = item["metadata"]["name"], item["spec"]["tunnel_addr"]
+    except (KeyError, TypeError):
+        return None
+    return {"name": name, "addr": addr} if isinstance(name, str) and isinstance(addr, str) else None
+
+
 class ProxyDiscovery:
     def __init__(self, reactor, auth_client, resource: dict, tunnels: Callable[[], Iterable],
                  interval: float = HEARTBEAT_INTERVAL) -> None:
@@ -99,9 +108,7 @@ class ProxyDiscovery:
         except Exception as e:
             log.warn("proxy heartbeat failed: {error}", error=e)
             return
-        metadata = {"proxies": sorted(
-            ({"name": item["metadata"]["name"], "addr": item["spec"]["tunnel_addr"]} for item in items
-             if isinstance(item, dict)), key=lambda p: p["name"])}
+        metadata = {"proxies": sorted(filter(None, map(_listed, items)), key=lambda p: p["name"])}
         if metadata != self.metadata:
             self.metadata = metadata
             log.info("proxies in the cluster: {names}", names=[p["name"] for p in metadata["proxies"]])
