@@ -27,7 +27,7 @@ from __future__ import annotations
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -41,6 +41,8 @@ WRITE_PIECE = 256 * 1024
 #: Bytes the TCP transport reads at once (Twisted: 64 KiB), and its unsent
 #: bytes before it pauses a producer.
 READ_SIZE = 256 * 1024
+#: Writes this big skip the small-write aggregator.
+AGGREGATE_BELOW = 16 * 1024
 #: One TLS record's plaintext at most.
 _RECORD = 2**14
 
@@ -53,8 +55,26 @@ def sealed_size(plaintext: int) -> int:
 
 
 class FewerCallsTLS(BufferingTLSTransport):
-    """``BufferingTLSTransport`` (small writes still wait for the end of the
-    reactor turn) with the write, send and receive paths above."""
+    """``BufferingTLSTransport`` with the write, send and receive paths
+    above. Small writes still wait for the end of the reactor turn, to leave
+    in one record; a write of ``AGGREGATE_BELOW`` or more is sealed at once
+    (after what waits), rather than copied into the aggregator first."""
+
+    def __init__(self, factory, wrappedProtocol, _connectWrapped=True):
+        super().__init__(factory, wrappedProtocol, _connectWrapped)
+        # BufferingTLSTransport binds ``write`` to its aggregator the same way
+        # (and to a null one at connectionLost, which still applies).
+        self.write = self._write_or_aggregate
+
+    def _write_or_aggregate(self, data) -> None:
+        if len(data) < AGGREGATE_BELOW:
+            self._aggregator.write(data)
+        else:
+            self._aggregator.flush()
+            TLSMemoryBIOProtocol.write(self, data)
+
+    def writeSequence(self, sequence) -> None:
+        self.write(b"".join(sequence))
 
     def makeConnection(self, transport):
         if hasattr(transport, "bufferSize") and hasattr(transport, "socket"):

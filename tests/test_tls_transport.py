@@ -7,6 +7,7 @@ right after a large write, and the sizes it works with.
 """
 from __future__ import annotations
 
+import itertools
 import os
 
 from twisted.internet import reactor
@@ -81,8 +82,8 @@ class Sender(Protocol):
     """Writes PAYLOAD in pieces of ``piece`` bytes as a streaming producer
     (pausing when TLS says so), then closes."""
 
-    def __init__(self, piece: int):
-        self.piece = piece
+    def __init__(self, piece: int | tuple[int, ...]):
+        self.pieces = itertools.cycle(piece if isinstance(piece, tuple) else (piece,))
         self.offset = 0
         self.paused = False
         self.pauses = 0
@@ -99,8 +100,9 @@ class Sender(Protocol):
     def resumeProducing(self):
         self.paused = False
         while not self.paused and self.offset < len(PAYLOAD):
-            self.transport.write(PAYLOAD[self.offset : self.offset + self.piece])
-            self.offset += self.piece
+            piece = next(self.pieces)
+            self.transport.write(PAYLOAD[self.offset : self.offset + piece])
+            self.offset += piece
         if self.offset >= len(PAYLOAD) and self.transport is not None:
             self.transport.unregisterProducer()
             self.transport.loseConnection()
@@ -155,6 +157,13 @@ class BulkTests(TestCase):
     async def test_small_writes(self):
         sink, _ = await self.transfer(fewer_calls_server=True, fewer_calls_client=True, piece=1000,
                                       server_sends=False)
+        self.assertEqual(b"".join(sink.chunks), PAYLOAD)
+
+    async def test_small_and_large_writes_keep_their_order(self):
+        """Small writes wait for the end of the reactor turn, large ones go
+        at once: those waiting go first."""
+        sink, _ = await self.transfer(fewer_calls_server=True, fewer_calls_client=True,
+                                      piece=(1000, 70000, 10, 300000, 16383, 16384), server_sends=True)
         self.assertEqual(b"".join(sink.chunks), PAYLOAD)
 
     async def test_interoperates_with_twisted_tls(self):

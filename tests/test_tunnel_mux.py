@@ -60,7 +60,7 @@ class HandshakeTests(SynchronousTestCase):
     def test_hello_first(self):
         m = Multiplexer(initiator=True)
         self.assertEqual(
-            sent_frames(m), [frames.Hello(1, 1, 1024 * 1024, 32 * 1024)]
+            sent_frames(m), [frames.Hello(1, 1, 1024 * 1024, 256 * 1024)]
         )
 
     def test_frame_before_hello_is_a_protocol_error(self):

@@ -26,6 +26,13 @@ from teleport_py.tunnel.frames import TunnelProtocolError
 #: channels allow 2 MiB).
 DEFAULT_WINDOW = 1024 * 1024
 
+#: The largest DATA payload we accept (HELLO tells the peer). Every frame is
+#: an event, a dispatch and a write down the line in Python at both ends, so
+#: a bulk transfer's cost follows the number of frames: 256 KiB frames are a
+#: quarter of a stream's window and what one TLS read delivers
+#: (``tls_transport.READ_SIZE``). The decoder holds at most one frame.
+DEFAULT_MAX_FRAME_PAYLOAD = 256 * 1024
+
 
 class StreamRejected(Exception):
     """The peer refused to open a stream; args[0] is its reason."""
@@ -165,7 +172,7 @@ class Multiplexer:
         *,
         initiator: bool,
         initial_window: int = DEFAULT_WINDOW,
-        max_frame_payload: int = 32 * 1024,
+        max_frame_payload: int = DEFAULT_MAX_FRAME_PAYLOAD,
     ) -> None:
         if not 0 < initial_window <= frames.MAX_WINDOW:
             raise ValueError("initial_window out of range")

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from teleport_py.tcp import no_delay
 from teleport_py.tunnel import mux
 from teleport_py.tunnel.frames import TunnelProtocolError
-from teleport_py.tunnel.mux import DEFAULT_WINDOW, StreamRejected, TunnelClosed
+from teleport_py.tunnel.mux import DEFAULT_MAX_FRAME_PAYLOAD, DEFAULT_WINDOW, StreamRejected, TunnelClosed
 
 log = Logger()
 
@@ -301,7 +301,7 @@ class TunnelProtocol(Protocol):
         keepalive_interval: float = 15.0,
         dead_peer_timeout: float = 45.0,
         initial_window: int = DEFAULT_WINDOW,
-        max_frame_payload: int = 32 * 1024,
+        max_frame_payload: int = DEFAULT_MAX_FRAME_PAYLOAD,
     ) -> None:
         self._reactor = reactor
         self._accept_stream = accept_stream
