@@ -222,6 +222,19 @@ class BoundedHTTPChannel(HTTPChannel):
             self._linger.cancel()
         super().connectionLost(reason)
 
+    def take_over(self, protocol) -> None:
+        """After an upgrade answered on this connection (a 101 already
+        written): ``protocol`` gets every byte from now on and the
+        connection's end; this channel's idle timeout, head deadline and
+        producer registration are dropped (``protocol`` bounds its own).
+        What Twisted's own WebSocket resource does, here for our relay."""
+        self.setTimeout(None)
+        self._cancel_head_deadline()
+        self._networkProducer.unregisterProducer()
+        self.dataReceived = protocol.dataReceived
+        self.connectionLost = protocol.connectionLost
+        protocol.makeConnection(self.transport)
+
     def _start_head_deadline(self) -> None:
         self._head_deadline = self.callLater(self._limits.read_header_timeout, self._head_too_slow)
 

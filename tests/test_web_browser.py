@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 from tests.e2e import PASSWORD, coroutine_test
 from tests.support.clients import Collect
 from tests.support.procs import free_port
-from tests.support.browser import browser_binaries, start_browser
+from tests.support.browser import FLUSH_PLAYER as FLUSH_TERMINAL, browser_binaries, start_browser
 from tests.support.kubeenv import kubectl_binaries
 from tests.support.sessions import SessionsMixin
 
@@ -37,12 +37,6 @@ SPEED = 4
 #: Seconds between the two outputs of alice's session.
 GAP = 3.0
 
-FLUSH_TERMINAL = """
-const done = arguments[arguments.length - 1];
-const terminal = window.teleportPlayer.terminal;
-terminal.write('', () => requestAnimationFrame(() => requestAnimationFrame(
-  () => done(document.querySelector('.xterm-rows').innerText))));
-"""
 FETCH = """
 const [method, path, headers, done] = arguments;
 fetch(path, {method, headers, credentials: 'same-origin'})

@@ -50,6 +50,7 @@ from teleport_py.proxy.registry import AgentRegistry, AnnounceError, parse_annou
 from teleport_py.proxy.webapi import WebAPI, WebSite
 from teleport_py.tunnel import Splice, StreamRejected, TunnelProtocol
 from teleport_py.web.assets import Assets
+from teleport_py.web.kube_client import WebKube
 from teleport_py.web.sessions import WebSessions
 from teleport_py.web.site import WebRoot
 from teleport_py.web.ui import WebUI
@@ -179,7 +180,8 @@ class ProxyService(RoleService):
                      user_ca=identity.user_cas[0])
         self.web_sessions = WebSessions(self.reactor, self.auth_client)
         ui = WebUI(self.reactor, self.auth_client, self.web_sessions, await Assets.load(self.reactor),
-                   user_ca=identity.user_cas[0], cluster_name=host.teleport_cluster, public_addr=public_addr)
+                   user_ca=identity.user_cas[0], cluster_name=host.teleport_cluster, public_addr=public_addr,
+                   kube=WebKube(self.reactor, self.registry, identity.user_cas[0]))
         site = WebSite(WebRoot(api, ui), reactor=self.reactor)
         site.displayTracebacks = False
         limits = self.config.connection_limits

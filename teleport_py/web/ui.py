@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shlex
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
@@ -37,8 +38,14 @@ from teleport_py.pki import IdentityError, UserIdentity, generate_private_key, i
 from teleport_py.proxy.webapi import REVIEW_FIELDS, Unavailable, client_address, json_body, json_response
 from teleport_py.recording.asciicast import MEDIA_TYPE, AsciicastWriter
 from teleport_py.recording.format import SESSION_ID, RecordingReader
+from teleport_py.quiet import factory_for
 from teleport_py.web.assets import Assets
+from teleport_py.web.kube_client import WebKube
 from teleport_py.web.sessions import WebSessions
+from teleport_py.web.terminal_protocol import (
+    ExecTarget, Refused, TerminalProtocolError, browser_upgrade_key, switching_protocols,
+)
+from teleport_py.web.terminal_relay import AgentExec, BrowserTerminal
 
 log = Logger()
 
@@ -126,7 +133,7 @@ class WebUI(resource.Resource):
     isLeaf = True
 
     def __init__(self, reactor, auth_client, sessions: WebSessions, assets: Assets, *, user_ca,
-                 cluster_name: str, public_addr: str) -> None:
+                 cluster_name: str, public_addr: str, kube: WebKube | None = None) -> None:
         super().__init__()
         self._reactor = reactor
         self._auth = auth_client
@@ -135,6 +142,7 @@ class WebUI(resource.Resource):
         self._user_ca = user_ca
         self._cluster_name = cluster_name
         self._public_addr = public_addr
+        self._kube = kube
         self._routes = (
             _Route(b"POST", "api/login", self.login, signed_in=False),
             _Route(b"POST", "api/logout", self.logout),
@@ -147,6 +155,8 @@ class WebUI(resource.Resource):
             _Route(b"GET", "api/recordings/*/asciicast", self.asciicast),
             _Route(b"GET", "api/access_requests", self.access_requests),
             _Route(b"POST", "api/access_requests/*/reviews", self.review_access_request),
+            _Route(b"GET", "api/kube/*/namespaces", self.namespaces),
+            _Route(b"GET", "api/kube/*/namespaces/*/pods", self.pods),
         )
 
     def render(self, request):
@@ -154,6 +164,8 @@ class WebUI(resource.Resource):
         if not path or path[0] != "api":
             return self._assets.render(request, "/".join(path))
         request.setHeader(b"cache-control", b"no-store")
+        if request.method == b"GET" and len(path) == 4 and path[:2] == ["api", "kube"] and path[3] == "exec":
+            return self.terminal(request, path[2])
         for route in self._routes:
             args = route.match(request.method, path)
             if args is not None:
@@ -209,6 +221,19 @@ class WebUI(resource.Resource):
     def _set_cookie(self, request, value: str, max_age: int) -> None:
         request.setHeader(b"set-cookie", b"%s=%s; Path=/; Max-Age=%d; Secure; HttpOnly; SameSite=Strict" % (
             COOKIE, value.encode("ascii"), max_age))
+
+    async def _signed_in_same_origin(self, request):
+        """For the terminal's WebSocket, which a browser opens with no custom
+        header: an ``Origin`` that is ours (browsers always send one with a
+        WebSocket), the cookie's session and its CSRF token in the URL
+        (``csrf``)."""
+        origin, host = request.getHeader(b"origin"), request.getHeader(b"host")
+        if origin is None or host is None or origin != b"https://" + host:
+            raise AccessDenied("cross-origin request refused")
+        session = await self._signed_in(request)
+        if not session.csrf_matches(_arg(request, "csrf") or None):
+            raise AccessDenied("missing or wrong CSRF token (csrf); reload the page")
+        return session
 
     # -- sign-in ----------------------------------------------------------------
 
@@ -274,6 +299,90 @@ class WebUI(resource.Resource):
 
     async def recordings(self, request, session):
         return await self._as(request, session).call("GET", "recordings")
+
+    # -- Kubernetes, through the agents (web.kube_client) -------------------------
+
+    async def _kube_get(self, request, session, cluster: str, path: str):
+        if self._kube is None:
+            raise Unavailable("this proxy does not reach Kubernetes clusters")
+        certificate = await self._kube.certificate(self._as(request, session), session, cluster)
+        return await self._kube.get(cluster, certificate, client_address(request), path)
+
+    async def namespaces(self, request, session, cluster):
+        """The namespaces the user may list there (the agent filters by role)."""
+        answer = await self._kube_get(request, session, cluster, "/api/v1/namespaces")
+        return {"items": sorted(i["metadata"]["name"] for i in answer.get("items", []))}
+
+    async def pods(self, request, session, cluster, namespace):
+        """A namespace's pods the user may list, with their containers."""
+        if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", namespace):
+            raise BadParameter("namespace: must be a Kubernetes name")
+        answer = await self._kube_get(request, session, cluster, f"/api/v1/namespaces/{namespace}/pods")
+        items = []
+        for pod in answer.get("items", []):
+            items.append({"name": pod["metadata"]["name"], "phase": pod.get("status", {}).get("phase", ""),
+                          "containers": [c["name"] for c in pod.get("spec", {}).get("containers", [])]})
+        return {"items": sorted(items, key=lambda p: p["name"])}
+
+    def terminal(self, request, cluster: str):
+        """``GET /web/api/kube/<cluster>/exec?namespace&pod&container&command&csrf``
+        upgraded to a WebSocket: a terminal on the pod (web.terminal_relay)."""
+        Deferred.fromCoroutine(self._open_terminal(request, cluster)).addErrback(self._unexpected, request)
+        return server.NOT_DONE_YET
+
+    async def _open_terminal(self, request, cluster: str) -> None:
+        try:
+            if self._kube is None:
+                raise Unavailable("this proxy does not reach Kubernetes clusters")
+            key = browser_upgrade_key(request.getHeader)
+            try:
+                command = tuple(shlex.split(_arg(request, "command") or "sh"))
+            except ValueError as e:
+                raise BadParameter(f"command: {e}") from None
+            target = ExecTarget(_arg(request, "namespace"), _arg(request, "pod"), _arg(request, "container"), command)
+            session = await self._signed_in_same_origin(request)
+            if not hasattr(request.channel, "take_over"):
+                raise BadParameter("the terminal needs HTTP/1.1")
+        except TerminalProtocolError as e:
+            json_response(request, 400, BadParameter(str(e)).to_json(), finish_now=True)
+            return
+        except AuthError as e:
+            json_response(request, e.status, e.to_json(), finish_now=True)
+            return
+        if request.channel is None:
+            return  # the browser left while we asked Auth
+        session_id = session_cookie(request)
+
+        async def still_signed_in() -> bool:
+            return await self._sessions.get(session_id) is not None
+
+        terminal = BrowserTerminal(
+            self._reactor, lambda t: Deferred.fromCoroutine(self._start_exec(request, session, cluster, target, t)),
+            expires=session.expires, still_signed_in=still_signed_in,
+            describe=f"user={session.user} cluster={cluster} pod={target.namespace}/{target.pod}")
+        request.channel.transport.write(switching_protocols(key))
+        request.channel.take_over(terminal)
+
+    async def _start_exec(self, request, session, cluster: str, target: ExecTarget, terminal: BrowserTerminal):
+        """The proxy's exec for the terminal, as the session's user; the browser is told why if it does not start."""
+        try:
+            certificate = await self._kube.certificate(self._as(request, session), session, cluster)
+            endpoint = self._kube.endpoint(cluster, certificate, client_address(request))
+            decided = Deferred()
+            agent = AgentExec.for_target(target, decided.callback)
+            await endpoint.connect(factory_for(agent))
+            answer = await decided
+        except AuthError as e:
+            terminal.end(e.message, e.status)
+            return
+        except Exception as e:
+            log.warn("web terminal: the exec could not start error={error}", error=type(e).__name__)
+            terminal.end("the Kubernetes service could not be reached, try again", 503)
+            return
+        if isinstance(answer, Refused):
+            terminal.end(answer.message, answer.status)
+            return
+        terminal.joined(agent)
 
     @staticmethod
     def _session_id(session_id: str) -> str:

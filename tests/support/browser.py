@@ -14,6 +14,15 @@ import tempfile
 
 from twisted.trial.unittest import SkipTest
 
+#: An async script: the player's terminal text once xterm.js has drawn
+#: everything written so far (two animation frames after its write callback).
+FLUSH_PLAYER = """
+const done = arguments[arguments.length - 1];
+const terminal = window.teleportPlayer.terminal;
+terminal.write('', () => requestAnimationFrame(() => requestAnimationFrame(
+  () => done(document.querySelector('.xterm-rows').innerText))));
+"""
+
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

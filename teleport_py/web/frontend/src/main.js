@@ -7,6 +7,7 @@ import "@xterm/xterm/css/xterm.css";
 import "./app.css";
 import { Player, parseAsciicast } from "./player.js";
 import { requestsPage } from "./requests.js";
+import { terminalPage } from "./terminal.js";
 
 const main = () => document.getElementById("main");
 let session = null; // {user, csrf_token, expires, cluster_name, proxy_public_addr}
@@ -288,6 +289,7 @@ async function route() {
     else if (section === "recordings" && path.split("/")[3]) await playerPage(path.split("/")[3]);
     else if (section === "recordings") await recordingsPage();
     else if (section === "requests") await requestsPage({ api, el, show, table, formatTime, session });
+    else if (section === "terminal") await terminalPage({ api, el, show, session });
     else throw new ApiError(404, `There is no page ${location.pathname}.`);
   } catch (e) {
     if (e instanceof ApiError) problem(e);
