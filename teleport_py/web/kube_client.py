@@ -144,12 +144,18 @@ class WebKube:
         requested = agent.request(b"GET", b"http://kubernetes" + path.encode("ascii"),
                                   Headers({b"accept": [b"application/json"],
                                            b"user-agent": [b"teleport_py-web-terminal"]}))
-        timeout = self._reactor.callLater(LIST_TIMEOUT, requested.cancel)
+        body = _Bounded(MAX_LIST_BODY)
+        # One deadline for the answer and its body: then the stream is cut.
+        timeout = self._reactor.callLater(LIST_TIMEOUT, lambda: (
+            body.transport.stopProducing() if body.transport is not None else requested.cancel()))
         try:
             response = await requested
-            body = _Bounded(MAX_LIST_BODY)
             response.deliverBody(body)
             content = await body.done
+        except Exception:
+            if not timeout.active():
+                raise KubeAnswer(504, f"the Kubernetes service did not answer within {LIST_TIMEOUT:g} s") from None
+            raise
         finally:
             if timeout.active():
                 timeout.cancel()
