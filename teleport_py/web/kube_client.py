@@ -92,6 +92,8 @@ class WebKube:
         self._registry = registry
         self._user_ca = user_ca
         self._max = max_certificates
+        #: Not persistent: each call is its own tunnel stream, closed after it.
+        self._pool = HTTPConnectionPool(reactor, persistent=False)
         #: (user, session certificate, cluster) -> (certificate PEM, expiry)
         self._certificates: dict[tuple[str, bytes, str], tuple[str, float]] = {}
 
@@ -140,7 +142,7 @@ class WebKube:
         """GET ``path`` from the cluster's API server, as the user; the JSON answer."""
         agent = Agent.usingEndpointFactory(
             self._reactor, _StreamEndpoints(self.endpoint(cluster, certificate_pem, client_addr)),
-            pool=HTTPConnectionPool(self._reactor, persistent=False))
+            pool=self._pool)
         requested = agent.request(b"GET", b"http://kubernetes" + path.encode("ascii"),
                                   Headers({b"accept": [b"application/json"],
                                            b"user-agent": [b"teleport_py-web-terminal"]}))
