@@ -73,6 +73,29 @@ class LockTests(TestCase):
         [deleted] = await self.events_of(events.LOCK_DELETED)
         self.assertEqual(deleted["name"], doc["metadata"]["name"])
 
+    async def test_lock_from_a_file(self):
+        """``tctl create -f lock.yaml`` (Teleport's lock v2): in force at
+        once, its metadata.expires lifts it, audited with the caller as author."""
+        now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        [lock] = parse_yaml(
+            "kind: lock\nversion: v2\nmetadata:\n  name: incident-8\n"
+            f"  expires: {(now + timedelta(seconds=60)).strftime('%Y-%m-%dT%H:%M:%SZ')}\n"
+            "spec:\n  target: {user: alice}\n  message: from a file\n  created_by: someone-else\n")
+        result = await self.auth.resources.upsert(ADMIN, resource_to_dict(lock))
+        self.assertEqual((result["kind"], result["name"], result["created"]), ("lock", "incident-8", True))
+        with self.assertRaises(AccessDenied) as caught:
+            await self.auth.user_certificates.login(PROXY, "alice", PASSWORD, public_pem())
+        self.assertEqual(caught.exception.message, 'lock targeting user "alice" is in force: from a file')
+        [listed] = await self.auth.locks.list(KUBE)
+        self.assertEqual((listed["metadata"]["name"], listed["spec"]["created_by"]), ("incident-8", "admin:admin-test"))
+        [created] = await self.events_of(events.LOCK_CREATED)
+        self.assertEqual((created["name"], created["target_user"], created["message"]),
+                         ("incident-8", "alice", "from a file"))
+        with self.assertRaises(AccessDenied):
+            await self.auth.resources.upsert(self.alice(), resource_to_dict(lock))
+        self.clock.offset = 61
+        await self.auth.user_certificates.login(PROXY, "alice", PASSWORD, public_pem())
+
     async def test_who_may_lock(self):
         with self.assertRaises(AccessDenied):
             await self.auth.locks.create(self.alice(), user="bob")

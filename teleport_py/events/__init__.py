@@ -39,6 +39,7 @@ ACCESS_REQUEST_CREATE = "access_request.create"
 ACCESS_REQUEST_UPDATE = "access_request.update"
 ACCESS_REQUEST_REVIEW = "access_request.review"
 ACCESS_REQUEST_EXPIRE = "access_request.expire"
+ACCESS_REQUEST_SEARCH = "access_request.search"
 LOCK_CREATED = "lock.created"
 LOCK_DELETED = "lock.deleted"
 
@@ -72,6 +73,7 @@ CODES = {
     (ACCESS_REQUEST_UPDATE, True): "T5001I",
     (ACCESS_REQUEST_REVIEW, True): "T5002I",
     (ACCESS_REQUEST_EXPIRE, True): "T5005I",
+    (ACCESS_REQUEST_SEARCH, True): "T5004I",
     (LOCK_CREATED, True): "TLK00I",
     (LOCK_DELETED, True): "TLK01I",
 }

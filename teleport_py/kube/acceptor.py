@@ -29,6 +29,7 @@ from teleport_py.kube.http2 import KubeHTTP2Connection
 from teleport_py.kube.locks import LockWatch
 from teleport_py.kube.memory_budget import MemoryBudget
 from teleport_py.kube.pools import ClusterConnections
+from teleport_py.kube.resource_search import ResourceSearch, SearchRefused, SearchStream, parse_query
 from teleport_py.kube.sessions import SessionRecorder
 from teleport_py.pki import IdentityError, UserIdentity, identity_from_certificate
 from teleport_py.tunnel import StreamRejected
@@ -73,6 +74,7 @@ class StreamAcceptor:
             connections=self.connections, emit=emit, teleport_cluster=teleport_cluster, sessions=sessions,
             locks=locks,
         )
+        self._search = ResourceSearch(self.services)
         #: Live watched streams and their users: a new lock ends the locked ones.
         self._live: WeakKeyDictionary[WatchedStream, UserIdentity] = WeakKeyDictionary()
         if locks is not None:
@@ -110,6 +112,21 @@ class StreamAcceptor:
                                 ended=lambda reason: self._disconnected(stream, reason))
         self._live[watched] = identity
         return watched
+
+    def accept_search(self, metadata: Mapping) -> Protocol:
+        """A ``kube_search`` stream (kube/resource_search.py): for a user
+        certificate our user CA signed that is valid now (it need not name
+        the cluster: searching is for what the user cannot reach yet), on a
+        cluster we serve."""
+        identity = self._verified_user(metadata.get("user_cert"))
+        cluster = self.clusters.get(metadata.get("kube_cluster"))
+        if cluster is None:
+            raise StreamRejected("kubernetes cluster not served here")
+        try:
+            query = parse_query(metadata)
+        except SearchRefused as e:
+            raise StreamRejected(e.message) from None
+        return SearchStream(self._search, identity, cluster, query)
 
     def _end_locked(self) -> None:
         """The locks changed: end every live stream of a user a lock now targets."""

@@ -22,17 +22,15 @@ from __future__ import annotations
 import json
 import weakref
 from typing import Awaitable, Callable, Sequence
-from urllib.parse import quote
 
 import attrs
 from twisted.logger import Logger
-from twisted.web.client import Agent, readBody
-from twisted.web.http_headers import Headers
 
+from teleport_py.kube.api_get import APIGetError, api_get, api_path
 from teleport_py.kube.canonical import BadRequestTarget, CanonicalRequest, canonical_request
 from teleport_py.kube.context import Decision, KubeCluster, RequestContext, StreamContext
 from teleport_py.kube.create_body import CreateBodyError, object_meta
-from teleport_py.kube.credentials import ClusterCredentials, ClusterTLSPolicy, CredentialsError
+from teleport_py.kube.credentials import ClusterCredentials, CredentialsError
 from teleport_py.kube.interfaces import Downstream
 from teleport_py.kube.locks import LockWatch
 from teleport_py.kube.memory_budget import Claim, OverBudget, TooLarge
@@ -51,6 +49,8 @@ log = Logger()
 #: Largest ``create`` body read to learn the new object's name (the API
 #: server's own limit for a request body is 3 MiB).
 MAX_CREATE_BODY = 3 * 1024 * 1024
+#: Largest APIResourceList read from discovery (the largest built-in group's is ~10 KiB).
+MAX_DISCOVERY_BODY = 8 * 1024 * 1024
 
 
 class RoleCache:
@@ -112,17 +112,13 @@ class DiscoveryError(Exception):
 async def fetch_api_resources(reactor, credentials: ClusterCredentials, group: str, version: str) -> dict[str, bool]:
     """``{resource: namespaced}`` from ``/apis/GROUP/VERSION``, asked with the
     agent's own credentials (discovery is open to every authenticated user)."""
-    host = f"[{credentials.host}]" if ":" in credentials.host else credentials.host
-    path = f"/apis/{quote(group, safe='')}/{quote(version, safe='')}" if group else f"/api/{quote(version, safe='')}"
-    headers = Headers({b"accept": [b"application/json"]})
-    token = credentials.bearer_token()
-    if token:
-        headers.addRawHeader(b"authorization", b"Bearer " + token.encode("ascii"))
-    agent = Agent(reactor, contextFactory=ClusterTLSPolicy(credentials))
-    response = await agent.request(b"GET", f"https://{host}:{credentials.port}{path}".encode("ascii"), headers)
-    body = await readBody(response)
-    if response.code != 200:
-        raise DiscoveryError(f"GET {path} answered {response.code}")
+    path = api_path(api_group=group, version=version)
+    try:
+        code, body = await api_get(reactor, credentials, path, max_body=MAX_DISCOVERY_BODY)
+    except APIGetError as e:
+        raise DiscoveryError(str(e)) from None
+    if code != 200:
+        raise DiscoveryError(f"GET {path} answered {code}")
     try:
         resources = json.loads(body)["resources"]
         return {r["name"]: r["namespaced"] is True for r in resources}

@@ -86,6 +86,7 @@ class StreamContext:
             kubernetes_groups=list(decision.groups) if decision else [],
             addr_remote=self.client_addr,
             access_requests=list(self.identity.access_requests) or None,
+            allowed_resources=[str(r) for r in self.identity.allowed_resources] or None,
             reason=reason,
         ))
 

@@ -96,10 +96,12 @@ class Serving(Drainable):
         self.tunnel = tunnel
 
     def accept_stream(self, kind: str, metadata: dict):
-        if kind != "kube":
+        if kind not in ("kube", "kube_search"):
             raise StreamRejected(f"unsupported stream kind {kind!r}")
         if not self.running:
             raise StreamRejected("the kubernetes service is stopping")
+        if kind == "kube_search":
+            return self.streams.accept_search(metadata)
         return self.streams.accept_stream(metadata)
 
     def stop_by(self, deadline: float) -> Deferred:

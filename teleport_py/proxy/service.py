@@ -46,6 +46,7 @@ from teleport_py.limits import LimitedTLSFactory, limit_http
 from teleport_py.proxy.listener import ProxyConnectionCreator, Route, dispatch
 from teleport_py.quiet import QuietHTTPConnectionPool, factory_for
 from teleport_py.renewal import HostCertRenewal
+from teleport_py.proxy.kube_search import KubeResourceSearch
 from teleport_py.proxy.registry import AgentRegistry, AnnounceError, parse_announcement
 from teleport_py.proxy.webapi import WebAPI, WebSite
 from teleport_py.tunnel import Splice, StreamRejected, TunnelProtocol
@@ -177,7 +178,7 @@ class ProxyService(RoleService):
             self.registry.all_tunnels)
         tunnels = AgentTunnels(self.reactor, self.registry, identity.host_cas[0], auth_endpoint, discovery)
         api = WebAPI(self.auth_client, cluster_name=host.teleport_cluster, public_addr=public_addr,
-                     user_ca=identity.user_cas[0])
+                     user_ca=identity.user_cas[0], kube_search=KubeResourceSearch(self.reactor, self.registry))
         self.web_sessions = WebSessions(self.reactor, self.auth_client)
         ui = WebUI(self.reactor, self.auth_client, self.web_sessions, await Assets.load(self.reactor),
                    user_ca=identity.user_cas[0], cluster_name=host.teleport_cluster, public_addr=public_addr,

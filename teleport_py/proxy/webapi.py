@@ -86,9 +86,11 @@ def _only(body: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
 class WebAPI(resource.Resource):
     isLeaf = True
 
-    def __init__(self, auth_client, *, cluster_name: str, public_addr: str, user_ca):
+    def __init__(self, auth_client, *, cluster_name: str, public_addr: str, user_ca, kube_search=None):
         super().__init__()
         self._auth = auth_client
+        #: proxy.kube_search.KubeResourceSearch: pods and namespaces, asked of an agent.
+        self._kube_search = kube_search
         self._cluster_name = cluster_name
         self._public_addr = public_addr
         self._user_ca = user_ca
@@ -99,6 +101,7 @@ class WebAPI(resource.Resource):
             (b"POST", "webapi/signup"): self.signup,
             (b"POST", "webapi/join"): self.join,
             (b"GET", "webapi/kube/clusters"): self.kube_clusters,
+            (b"GET", "webapi/kube/resources"): self.kube_resources,
             (b"POST", "webapi/certs/reissue"): self.reissue,
             (b"GET", "webapi/whoami"): self.whoami,
             (b"GET", "webapi/events"): self.events,
@@ -142,6 +145,11 @@ class WebAPI(resource.Resource):
 
     def _as_user(self, request):
         """The calling user's certificate, verified by our TLS, forwarded for Auth to verify again."""
+        cert = self._user_certificate(request)
+        return self._relay(request).with_headers({USER_CERT_HEADER: [base64.b64encode(certificate_pem(cert))]})
+
+    def _user_certificate(self, request):
+        """The calling user's certificate, as our TLS verified it."""
         cert = peer_certificate(request.channel.transport)
         if cert is None:
             raise AccessDenied("this call needs your user certificate; run 'tsh login' first")
@@ -151,7 +159,7 @@ class WebAPI(resource.Resource):
             raise AccessDenied("the client certificate is not a user certificate of this cluster") from None
         if not isinstance(identity, UserIdentity):
             raise AccessDenied("the client certificate is not a user certificate of this cluster")
-        return self._relay(request).with_headers({USER_CERT_HEADER: [base64.b64encode(certificate_pem(cert))]})
+        return cert
 
     # -- endpoints -----------------------------------------------------------
 
@@ -173,7 +181,24 @@ class WebAPI(resource.Resource):
         return await self._relay(request).call("POST", "join", _only(json_body(request), JOIN_FIELDS))
 
     async def kube_clusters(self, request):
-        return await self._as_user(request).call("GET", "kube_clusters")
+        """``?search_as_roles=true``: the clusters ``tsh request search --kind=kube_cluster`` lists."""
+        params = {"search_as_roles": "true"} if request.args.get(b"search_as_roles") == [b"true"] else None
+        return await self._as_user(request).call("GET", "kube_clusters", params=params)
+
+    async def kube_resources(self, request):
+        """``?kind=pod|namespace&kube_cluster=X[&namespace=N]``: ``tsh request search``, answered by an agent."""
+        cert = self._user_certificate(request)
+        if self._kube_search is None:
+            raise BadParameter("this proxy does not search kubernetes resources")
+
+        def arg(name: str) -> str:
+            return request.args.get(name.encode(), [b""])[0].decode("utf-8", "replace")
+
+        cluster = arg("kube_cluster")
+        if not cluster:
+            raise BadParameter("kube_cluster: name the kubernetes cluster to search")
+        return await self._kube_search.search(
+            certificate_pem(cert).decode("ascii"), client_address(request), cluster, arg("kind"), arg("namespace"))
 
     async def reissue(self, request):
         return await self._as_user(request).call("POST", "certs/user", _only(json_body(request), REISSUE_FIELDS))

@@ -39,7 +39,7 @@ from teleport_py.pki import (
 from teleport_py.recording.asciicast import AsciicastWriter
 from teleport_py.recording.format import RecordingFormatError, RecordingReader
 from teleport_py.resources import parse_duration
-from teleport_py.resources.resource_id import parse_resource_id
+from teleport_py.resources.resource_id import KUBE_CLUSTER, NAMESPACE, ResourceID, parse_resource_id
 from teleport_py.tsh import kubeconfig
 from teleport_py.tsh.credentials import exec_credential, signed_user_identity, usable_kube_certificate
 from teleport_py.tsh.localproxy import KubeLocalProxyFactory, LocalCA, listener_tls_options, local_kubeconfig
@@ -485,6 +485,51 @@ class Tsh:
                          str(spec.get("created", ""))[:19], str(spec.get("state", "")),
                          str(spec.get("request_reason", ""))])
         self._table(["ID", "User", "Roles", "Resources", "Created (UTC)", "Status", "Reason"], rows)
+
+    async def cmd_request_search(self) -> None:
+        """Teleport's ``tsh request search``: resources your roles and those
+        you may search as reach, each with the id to pass to
+        ``tsh request create --resource``."""
+        a = self.args
+        profile, identity = self._logged_in()
+        client = self._client(profile, identity)
+        keywords = [k.strip().lower() for k in a.search.split(",") if k.strip()]
+        if a.kind == KUBE_CLUSTER:
+            clusters = await client.kube_clusters(search_as_roles=True)
+            found = [{"name": str(c["name"]), "namespace": "", "labels": c.get("labels") or {},
+                      "id": str(ResourceID(profile.cluster, KUBE_CLUSTER, str(c["name"])))} for c in clusters]
+        else:
+            kube_cluster = a.kube_cluster or profile.kube_cluster
+            if not kube_cluster:
+                raise CLIError("--kube-cluster: name the kubernetes cluster to search "
+                               "('tsh request search --kind=kube_cluster' lists them)")
+            check_kube_cluster_name(kube_cluster)
+            namespace = "" if a.all_kube_namespaces or a.kind == NAMESPACE else a.kube_namespace
+            answer = await client.kube_resources(a.kind, kube_cluster, namespace)
+            found = answer["items"]
+            if answer.get("truncated"):
+                self.print("(only the first %d resources: narrow the search with --kube-namespace)" % len(found))
+        rows, ids = [], []
+        for item in found:
+            labels = item.get("labels") or {}
+            label_text = ",".join("%s=%s" % (k, v) for k, v in sorted(labels.items()))
+            text = " ".join([str(item.get("name", "")), str(item.get("namespace", "")), label_text]).lower()
+            if not all(k in text for k in keywords):
+                continue
+            ids.append(str(item["id"]))
+            if a.kind == KUBE_CLUSTER:
+                rows.append([str(item["name"]), label_text, ids[-1]])
+            else:
+                rows.append([str(item.get("name", "")), str(item.get("namespace", "")), label_text, ids[-1]])
+        headers = (["Name", "Labels", "Resource ID"] if a.kind == KUBE_CLUSTER
+                   else ["Name", "Namespace", "Labels", "Resource ID"])
+        self._table(headers, rows)
+        if ids:
+            self.print()
+            self.print("To request access to these resources, run")
+            self.print("> tsh request create --resource %s \\" % " --resource ".join(ids))
+            self.print("    --reason <request reason>")
+            self.print()
 
     async def cmd_request_show(self) -> None:
         profile, identity = self._logged_in()

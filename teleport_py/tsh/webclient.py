@@ -13,7 +13,7 @@ import ipaddress
 import json
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import treq
 from attrs import frozen
@@ -159,8 +159,10 @@ class WebClient:
     def signup(self, token: str, password: str):
         return self._call("POST", "/webapi/signup", {"token": token, "password": password})
 
-    async def kube_clusters(self) -> list[dict]:
-        items = (await self._call("GET", "/webapi/kube/clusters")).get("items")
+    async def kube_clusters(self, search_as_roles: bool = False) -> list[dict]:
+        """``search_as_roles``: those the roles you may search as reach too (``tsh request search``)."""
+        path = "/webapi/kube/clusters" + ("?search_as_roles=true" if search_as_roles else "")
+        items = (await self._call("GET", path)).get("items")
         if not isinstance(items, list) or not all(isinstance(i, dict) and "name" in i for i in items):
             raise WebError("the proxy's cluster list is malformed")
         return items
@@ -172,6 +174,15 @@ class WebClient:
         if access_requests is not None:
             body["access_requests"] = list(access_requests)
         return self._call("POST", "/webapi/certs/reissue", body)
+
+    async def kube_resources(self, kind: str, kube_cluster: str, namespace: str = "") -> dict:
+        """Pods or namespaces of ``kube_cluster`` you may request (``tsh request search``)."""
+        query = urlencode({"kind": kind, "kube_cluster": kube_cluster, "namespace": namespace})
+        answer = await self._call("GET", "/webapi/kube/resources?" + query)
+        items = answer.get("items") if isinstance(answer, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, dict) and "id" in i for i in items):
+            raise WebError("the proxy's resource list is malformed")
+        return answer
 
     def create_access_request(self, roles: list[str], reason: str, resources: list[str] = ()):
         return self._call("POST", "/webapi/access_requests",

@@ -2,12 +2,15 @@
 ``/access_requests/<id>``.
 
 A user asks for roles their roles' ``allow.request.roles`` name (and no
-``deny.request.roles`` names); users whose ``allow.review_requests.roles``
+``deny.request.roles`` names), or for Kubernetes resources (Teleport
+resource ids) a role they may search as (``allow.request.search_as_roles``)
+grants, which become the request's roles; users whose ``allow.review_requests.roles``
 cover every requested role review it, never the requester; enough
 approvals (the requester's roles' ``thresholds``, one by default) approve
 it, enough denials deny it. ``tctl requests approve|deny`` sets the state
 outright. An approved request lets its user reissue certificates carrying
-its roles (``user_certificates``) until ``access_expires``.
+its roles, and its resource ids as the only resources they reach
+(``user_certificates``), until ``access_expires``.
 
 Time decides two states on its own: a request nobody settled lapses at
 ``expires``, approved access ends at ``access_expires``. Both read as
@@ -350,7 +353,7 @@ class AccessRequests:
                 expired += 1
                 await self._audit.emit(
                     events.ACCESS_REQUEST_EXPIRE, user=request.user, id=request.name, roles=list(request.roles),
-                    previous_state=request.state,
+                    resource_ids=[str(r) for r in request.resource_ids] or None, previous_state=request.state,
                 )
         return expired
 

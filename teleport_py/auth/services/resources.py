@@ -21,6 +21,7 @@ from teleport_py.auth.services.kube_servers import KubeServers
 from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.users import Users
 from teleport_py.resources import KubeServer, ProxyServer, Role, Token, User, resource_to_dict
+from teleport_py.resources.lock import Lock
 
 #: Each kind's key prefix in the backend, as its service keeps it.
 PREFIXES = {
@@ -35,10 +36,11 @@ KINDS = tuple(PREFIXES)
 
 
 def _kind_of(resource) -> str:
-    kind = {Role: "role", User: "user", Token: "token", KubeServer: "kube_server", ProxyServer: "proxy"}.get(type(resource))
+    kind = {Role: "role", User: "user", Token: "token", KubeServer: "kube_server", ProxyServer: "proxy",
+            Lock: "lock"}.get(type(resource))
     if kind is None:
         raise BadParameter(f"{type(resource).__name__} resources cannot be created with tctl create "
-                           "(locks: tctl lock; access requests: tsh request create)")
+                           "(access requests: tsh request create)")
     return kind
 
 
@@ -86,9 +88,13 @@ class Resources:
             await self._authorizer.check(caller, kind, "update")
         if kind == "user":
             await self._roles.require_exist(resource.roles)
+        actor = self._authorizer.actor(caller)
+        if kind == "lock":
+            # Who created it is the caller, whatever the file says.
+            resource = attr.evolve(resource, created_by=actor)
         key = _key(kind, resource.name)
         value = to_json(resource_to_dict(resource))
-        expires = resource.expires.timestamp() if kind == "token" else None
+        expires = resource.expires.timestamp() if kind == "token" or (kind == "lock" and resource.expires) else None
         if force:
             existing = await self._backend.get(key)
             await self._backend.put(key, value, expires=expires)
@@ -97,13 +103,17 @@ class Resources:
             created = await self._backend.create(key, value, expires=expires) is not None
             if not created:
                 raise AlreadyExists(f'{kind} "{resource.name}" already exists; use --force to overwrite it')
-        actor = self._authorizer.actor(caller)
         if kind == "role":
             await self._audit.emit(events.ROLE_CREATED, user=actor, name=resource.name)
         elif kind == "user":
             await self._audit.emit(events.USER_CREATE if created else events.USER_UPDATE, user=actor, name=resource.name)
         elif kind == "token":
             await self._audit.emit(events.JOIN_TOKEN_CREATE, user=actor, name=token_hint(resource.name))
+        elif kind == "lock":
+            await self._audit.emit(events.LOCK_CREATED, user=actor, name=resource.name,
+                                   target_user=resource.user or None, target_role=resource.role or None,
+                                   message=resource.message or None,
+                                   expires=resource.expires.isoformat() if resource.expires is not None else None)
         return {"kind": kind, "name": resource.name, "created": created}
 
     async def delete(self, caller: Identity, kind: str, name: str) -> None:
