@@ -13,8 +13,10 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from teleport_py.config import Address
-from teleport_py.kube.agent_pool import AgentPool, DiscoveryError, parse_discovery
-from teleport_py.tunnel import StreamRejected, TunnelProtocol
+from teleport_py.identityfile import IdentityFile
+from teleport_py.kube.agent_pool import AgentPool, AuthOverTunnels, DiscoveryError, parse_discovery
+from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol
+from tests.support.pki import HOST_CA, USER_CA, host_pair
 
 
 class FakeProxy:
@@ -287,3 +289,49 @@ class DiscoveryFuzzTests(SynchronousTestCase):
             return
         self.assertTrue(all(isinstance(name, str) and name and isinstance(addr, Address)
                             for name, addr in parsed.items()))
+
+
+class _AuthTunnel:
+    """A tunnel whose `auth` streams open, or are refused."""
+
+    def __init__(self, name: str, refuse: bool = False) -> None:
+        self.name, self.refuse, self.opened = name, refuse, 0
+
+    def endpoint(self, kind, metadata):
+        tunnel = self
+
+        class _Endpoint:
+            def connect(self, factory):
+                tunnel.opened += 1
+                if tunnel.refuse:
+                    return fail(StreamRejected("tunnel is going away"))
+                return succeed(tunnel.name)
+
+        return _Endpoint()
+
+
+class _UpTunnels:
+    """What AuthOverTunnels sees of the pool."""
+
+    up_tunnels: list = []
+
+
+class AuthOverTunnelsTests(SynchronousTestCase):
+    def setUp(self):
+        cert, key = host_pair("agent-1", "kube")
+        self.pool = _UpTunnels()
+        self.auth = AuthOverTunnels(self.pool, IdentityFile(cert, key, (USER_CA.certificate,), (HOST_CA.certificate,)))
+
+    def connect(self):
+        return self.successResultOf(self.auth.connect(None))
+
+    def test_connections_take_the_up_tunnels_in_turn_and_skip_one_that_refuses(self):
+        a, b, c = _AuthTunnel("a"), _AuthTunnel("b", refuse=True), _AuthTunnel("c")
+        self.pool.up_tunnels = [a, b, c]
+        self.assertEqual([self.connect() for _ in range(4)], ["a", "c", "c", "a"])
+
+    def test_no_tunnel_or_none_taking_the_stream_fails_the_connection(self):
+        self.pool.up_tunnels = []
+        self.failureResultOf(self.auth.connect(None), TunnelClosed)
+        self.pool.up_tunnels = [_AuthTunnel("a", refuse=True)]
+        self.failureResultOf(self.auth.connect(None), TunnelClosed)

@@ -22,15 +22,25 @@ from __future__ import annotations
 import random as _random
 from typing import Callable, Sequence
 
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from teleport_py.config import Address, ConfigError, parse_address
 from teleport_py.identityfile import IdentityFile
-from teleport_py.kube.tunnel_client import AuthOverTunnel, MetadataOnly, TunnelClient, proxy_endpoint
-from teleport_py.pki import HostIdentity, IdentityError, identity_from_certificate, peer_certificate
-from teleport_py.tunnel import StreamRejected
+from teleport_py.kube.tunnel_client import MetadataOnly, TunnelClient, proxy_endpoint
+from teleport_py.pki import (
+    AUTH_SERVER_NAME,
+    HostIdentity,
+    IdentityError,
+    client_tls_options,
+    identity_from_certificate,
+    peer_certificate,
+)
+from teleport_py.tunnel import StreamRejected, TunnelClosed
 
 log = Logger()
 
@@ -104,7 +114,7 @@ class _Slot:
 class AgentPool:
     """What the Kubernetes service sees of its tunnels: ``start``/``stop``/
     ``abort``, ``announce`` to every proxy, ``up`` (a proxy accepted our
-    announce), ``tunnel`` (one that is up, for calls to Auth), ``tunnels``."""
+    announce), ``up_tunnels`` (for calls to Auth), ``tunnels``."""
 
     def __init__(
         self,
@@ -142,12 +152,9 @@ class AgentPool:
         return any(slot.client.up for slot in self._slots)
 
     @property
-    def tunnel(self):
-        """A tunnel that is up (for streams to Auth), or None."""
-        for slot in self._slots:
-            if slot.client.up and slot.client.tunnel is not None:
-                return slot.client.tunnel
-        return None
+    def up_tunnels(self) -> list:
+        """The tunnels a proxy accepted our announce on (for streams to Auth)."""
+        return [slot.client.tunnel for slot in self._slots if slot.client.up and slot.client.tunnel is not None]
 
     @property
     def tunnels(self) -> list:
@@ -184,8 +191,9 @@ class AgentPool:
         for endpoint in self._endpoints.values():
             endpoint.use(identity)
 
-    def auth_endpoint_factory(self, identity: IdentityFile) -> AuthOverTunnel:
-        return AuthOverTunnel(self, identity)
+    def auth_endpoint_factory(self, identity: IdentityFile) -> "AuthOverTunnels":
+        """For ``AuthClient.over_endpoints``: TLS to Auth inside an `auth` stream."""
+        return AuthOverTunnels(self, identity)
 
     # -- slots -----------------------------------------------------------------
 
@@ -287,3 +295,45 @@ class AgentPool:
     def _remove(self, slot: _Slot) -> None:
         self._slots.remove(slot)
         slot.client.stop()
+
+
+@implementer(IStreamClientEndpoint)
+class AuthOverTunnels:
+    """Opens an `auth` stream on a tunnel that is up (each connection the
+    next in turn, so calls to Auth are spread over the proxies; when one
+    cannot take the stream, the others) and speaks TLS with our host
+    certificate through it, verifying Auth end to end."""
+
+    def __init__(self, pool: AgentPool, identity: IdentityFile) -> None:
+        self._pool = pool
+        self._next = 0
+        self.use(identity)
+
+    def use(self, identity: IdentityFile) -> None:
+        """Present this (renewed) identity on connections made from now on."""
+        self._tls = client_tls_options(
+            AUTH_SERVER_NAME,
+            trusted_cas=identity.host_cas,
+            certificate=identity.certificate,
+            private_key=identity.private_key,
+        )
+
+    def endpointForURI(self, uri) -> IStreamClientEndpoint:
+        return wrapClientTLS(self._tls, self)
+
+    def connect(self, factory):
+        return Deferred.fromCoroutine(self._connect(factory))
+
+    async def _connect(self, factory):
+        tunnels = self._pool.up_tunnels
+        if not tunnels:
+            raise TunnelClosed("no tunnel to a proxy")
+        start = self._next % len(tunnels)
+        self._next += 1
+        failure = None
+        for tunnel in tunnels[start:] + tunnels[:start]:
+            try:
+                return await tunnel.endpoint("auth", {}).connect(factory)
+            except (StreamRejected, TunnelClosed) as e:
+                failure = e
+        raise TunnelClosed(f"no proxy took the auth stream: {failure}")

@@ -1,15 +1,16 @@
 """The agent's reverse tunnel: dial out to the proxy and stay connected.
 
 The agent needs only outbound access: the proxy opens `kube` streams to us
-over this connection, and we open `auth` streams through it to reach Auth.
+over this connection, and we open `auth` streams through it to reach Auth
+(``agent_pool.AuthOverTunnels``, over whichever tunnels are up).
 """
 from __future__ import annotations
 
 import random as _random
 from typing import Callable, Sequence
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -18,7 +19,7 @@ from zope.interface import implementer
 from teleport_py.alpn import TUNNEL_ALPN
 from teleport_py.backoff import backoff_delay
 from teleport_py.identityfile import IdentityFile
-from teleport_py.pki import AUTH_SERVER_NAME, client_tls_options
+from teleport_py.pki import client_tls_options
 from teleport_py.quiet import factory_for
 from teleport_py.tls_transport import TLSClientEndpoint
 from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol
@@ -187,35 +188,3 @@ class TunnelClient:
         self._attempt += 1
         log.info("reconnecting to the proxy in {delay:.1f}s", delay=delay)
         self._retry_call = self._reactor.callLater(delay, self._dial)
-
-    def auth_endpoint_factory(self, identity: IdentityFile) -> "AuthOverTunnel":
-        """For ``AuthClient.over_endpoints``: TLS to Auth inside an `auth` stream."""
-        return AuthOverTunnel(self, identity)
-
-
-@implementer(IStreamClientEndpoint)
-class AuthOverTunnel:
-    """Opens an `auth` stream on whatever tunnel is current and speaks TLS
-    with our host certificate through it, verifying Auth end to end."""
-
-    def __init__(self, client: TunnelClient, identity: IdentityFile) -> None:
-        self._client = client
-        self.use(identity)
-
-    def use(self, identity: IdentityFile) -> None:
-        """Present this (renewed) identity on connections made from now on."""
-        self._tls = client_tls_options(
-            AUTH_SERVER_NAME,
-            trusted_cas=identity.host_cas,
-            certificate=identity.certificate,
-            private_key=identity.private_key,
-        )
-
-    def endpointForURI(self, uri) -> IStreamClientEndpoint:
-        return wrapClientTLS(self._tls, self)
-
-    def connect(self, factory):
-        tunnel = self._client.tunnel
-        if tunnel is None:
-            return fail(TunnelClosed("no tunnel to the proxy"))
-        return tunnel.endpoint("auth", {}).connect(factory)
