@@ -9,6 +9,7 @@ import h2.connection
 import h2.events
 from datetime import datetime, timedelta, timezone
 
+from cryptography import x509
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
@@ -236,6 +237,30 @@ class ProxyServiceTests(TestCase):
         self.assertEqual((stored["kind"], stored["metadata"]["name"], stored["spec"]["tunnel_addr"]),
                          ("proxy", host_id, f"127.0.0.1:{self.proxy_port}"))
         self.assertIn("expires", stored["metadata"])
+
+    async def test_behind_a_load_balancer_the_certificate_names_it_and_agents_are_told_to_dial_it(self):
+        """A proxy whose public_addr is a balancer: its host certificate
+        carries the balancer's name (tsh and browsers verify it there), and
+        its heartbeat gives agents the balancer as its tunnel address."""
+        lb = "teleport-lb.example.com:3080"
+        port = await self.running.another_proxy(self, public_addr=lb)
+        names = self.running.second.identity.certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        self.assertIn("teleport-lb.example.com", names)
+        # What tsh does after login: verify the web API against the host CA under the balancer's name.
+        options = client_tls_options("teleport-lb.example.com", trusted_cas=[self.host_ca])
+        tls = await wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", port)).connect(
+            Factory.forProtocol(Protocol))
+        while tls.transport.getPeerCertificate() is None:
+            await _tick()
+        tls.transport.loseConnection()
+        while True:
+            listed = {p["spec"]["hostname"]: p for p in await self.auth.resources.list(ADMIN, "proxy")}
+            if "proxy-test-2" in listed:
+                break
+            await _tick()
+        self.assertEqual((listed["proxy-test-2"]["spec"]["tunnel_addr"], listed["proxy-test-2"]["spec"]["public_addr"]),
+                         (lb, lb))
 
     async def test_several_agents_share_a_cluster_and_disconnect_removes_one(self):
         first = await FakeAgent(self.auth, "agent-1").connect(self.proxy_port)

@@ -73,19 +73,21 @@ class InProcessProxy:
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         return self
 
-    async def another_proxy(self, testcase) -> int:
-        """A second proxy of the same cluster (same Auth), started; its port."""
+    async def another_proxy(self, testcase, public_addr: str | None = None) -> int:
+        """A second proxy of the same cluster (same Auth), started; its port
+        (the service is ``self.second``)."""
         port = free_port()
+        public = f", public_addr: '{public_addr}'" if public_addr else ""
         config = parse_config(
             "version: v3\n"
             f"teleport: {{nodename: proxy-test-2, data_dir: {self.data_dir}}}\n"
             f"auth_service: {{listen_addr: '127.0.0.1:{self.auth_port}', cluster_name: example}}\n"
-            f"proxy_service: {{web_listen_addr: '127.0.0.1:{port}'}}\n"
+            f"proxy_service: {{web_listen_addr: '127.0.0.1:{port}'{public}}}\n"
         )
-        proxy = ProxyService(reactor, config, local_auth=self.auth_service)
-        proxy.startService()
-        testcase.addCleanup(proxy.stopService)
-        await proxy.ready
+        self.second = ProxyService(reactor, config, local_auth=self.auth_service)
+        self.second.startService()
+        testcase.addCleanup(self.second.stopService)
+        await self.second.ready
         return port
 
     def http(self, cert=None, key=None) -> HTTPClient:
