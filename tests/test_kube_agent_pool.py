@@ -63,6 +63,11 @@ class FakeProxy:
             tunnel.transport.loseConnection()
 
 
+class Unreachable:
+    def connect(self, factory):
+        return fail(ConnectionRefusedError())
+
+
 class Balancer:
     """A load balancer in front of proxies: the next one in ``order`` per connection."""
 
@@ -218,6 +223,23 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(pool.proxies, {"proxy-a": True, "proxy-b": True})
         # The tunnel to proxy-a was never dropped.
         self.assertEqual(len(a.live()), 1)
+
+    def test_with_no_tunnel_up_the_given_address_is_dialled_first(self):
+        """The only proxy heartbeats an address this agent cannot reach (a
+        wildcard listen address named by its nodename): after the proxy
+        restarts, the first redial goes to the given address, which worked."""
+        a = self.net.proxy("proxy-a", "a:3080")
+        self.net.addresses[("proxy-a-node", 3080)] = Unreachable()
+        pool = self.start("a:3080")
+        a.discover(_Listed("proxy-a", "proxy-a-node:3080"))
+        self.net.settle()
+        a.crash()
+        a.up = True
+        self.net.settle()
+        self.assertFalse(pool.up)
+        self.net.clock.advance(1)
+        self.net.settle()
+        self.assertEqual(pool.proxies, {"proxy-a": True})
 
     def test_stop_closes_every_tunnel_and_dials_no_more(self):
         a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "b:3080")

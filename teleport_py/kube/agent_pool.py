@@ -7,8 +7,9 @@ load balancer). The proxy it reaches sends it the cluster's proxies (a
 address agents dial for a tunnel); the pool then keeps one tunnel per proxy
 in that list: one slot (a ``TunnelClient``, which redials with jittered
 backoff) per proxy. A slot dials the address of a proxy no tunnel holds yet
-(as that proxy's heartbeat gives it), or the given address when there is
-none, or after two dials in a row did not connect.
+(as that proxy's heartbeat gives it), or the given address: when no proxy
+is missing, every other dial while no tunnel is up (starting with it), and
+after two dials in a row to listed addresses did not connect.
 
 Which proxy a tunnel reached is read from the proxy's verified host
 certificate, never from what was dialled: behind a load balancer a slot may
@@ -210,14 +211,23 @@ class AgentPool:
         return wanted
 
     def _choose(self, endpoint: _SlotEndpoint) -> tuple[str | None, Address]:
-        """A proxy no slot holds or is dialling for; the given address when
-        there is none, and after two listed-address dials in a row failed (a
-        listed address may not be reachable from here)."""
+        """A proxy no slot holds or is dialling for, at its listed address;
+        the given address (which worked before) when no proxy is missing;
+        while no tunnel is up, every other dial (after a restart of the only
+        proxy, the first redial goes where it went before, whatever address
+        that proxy heartbeats); else after two listed-address dials in a row
+        failed (a listed address may not be reachable from here)."""
         wanted = self._wanted()
         busy = {slot.proxy for slot in self._slots} | {
             slot.endpoint.target for slot in self._slots if slot.endpoint is not endpoint and slot.proxy is None}
         missing = sorted(name for name in wanted if name not in busy)
-        if not missing or endpoint.failures % 3 == 2:
+        if not missing:
+            given = True
+        elif self.up:
+            given = endpoint.failures % 3 == 2  # after two failed dials to listed addresses
+        else:
+            given = endpoint.failures % 2 == 0  # the given address first, then in turn
+        if given:
             return None, self._address
         return missing[0], wanted[missing[0]]
 
