@@ -142,9 +142,10 @@ class WebTerminalTests(SessionsMixin, TestCase):
             return browser.execute_script(
                 "return [...document.querySelectorAll(arguments[0])].map((o) => o.value)", f"#pick-{name} option")
 
-        find("a[data-nav=terminal]").click()
+        # From the clusters page: its Terminal link names the cluster.
+        find("#clusters tr[data-cluster='my-cluster'] a.terminal").click()
         wait.until(lambda b: "my-cluster" in options("cluster"))
-        Select(find("#pick-cluster")).select_by_value("my-cluster")
+        self.assertEqual(find("#pick-cluster").get_attribute("value"), "my-cluster")
         wait.until(lambda b: "default" in options("namespace"))
         Select(find("#pick-namespace")).select_by_value("default")
         wait.until(lambda b: self.pod in options("pod"))

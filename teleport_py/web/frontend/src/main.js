@@ -123,7 +123,8 @@ async function clustersPage() {
     el("td", {}, (c.kubernetes_users || []).join(", ")),
     el("td", {}, (c.kubernetes_groups || []).join(", ")),
     el("td", {}, el("code", {}, c.login_command),
-      el("button", { type: "button", class: "copy", onclick: () => navigator.clipboard && navigator.clipboard.writeText(c.login_command) }, "Copy"))));
+      el("button", { type: "button", class: "copy", onclick: () => navigator.clipboard && navigator.clipboard.writeText(c.login_command) }, "Copy"),
+      " ", el("a", { href: `/web/terminal?${new URLSearchParams({ cluster: c.name })}`, class: "terminal" }, "Terminal"))));
   show(el("h1", {}, "Kubernetes clusters"),
     items.length ? table(["Name", "Labels", "Kubernetes users", "Kubernetes groups", "Connect"], rows, { id: "clusters" })
       : el("p", {}, "No Kubernetes cluster your roles reach is online."));
