@@ -521,3 +521,69 @@ class AllowedResourcesCertificateTests(TestCase):
                                                    UserIdentity(username="alice", roles=("a",), expires=ident.expires), now)
             with self.assertRaises(IdentityError, msg=bad):
                 identity_from_certificate(forged, user_ca=ca.certificate, host_ca=None)
+
+
+_names = st.from_regex(r"[a-z0-9][a-z0-9.-]{0,20}", fullmatch=True)
+
+
+class RestrictedCheckerPropertyTests(TestCase):
+    """Whatever pod is named and whatever request is made: a certificate
+    restricted to one pod reaches that pod (as far as the roles allow it)
+    and nothing else by name."""
+
+    @given(namespace=_names, pod=_names, other_namespace=_names, other_pod=_names,
+           subresource=st.sampled_from(["", "log", "exec", "status"]),
+           method=st.sampled_from(["GET", "POST", "DELETE", "PATCH"]))
+    def test_only_the_named_pod(self, namespace, pod, other_namespace, other_pod, subresource, method):
+        from teleport_py.rbac import AccessChecker, classify
+        from teleport_py.rbac import AccessDenied as RBACDenied
+
+        role = parse_yaml(POD_SEARCH_ROLE.replace("namespace: default, name: '*', verbs: [get, list, exec]",
+                                                  "namespace: '*', name: '*', verbs: ['*']"))[0]
+        restricted = AccessChecker("alice", [role], {}, teleport_cluster="example",
+                                   allowed_resources=[f"/example/pod/c1/{namespace}/{pod}"])
+        unrestricted = AccessChecker("alice", [role], {})
+
+        def allowed(checker, ns, name, **kw):
+            path = f"/api/v1/namespaces/{ns}/pods/{name}" + (f"/{subresource}" if subresource else "")
+            try:
+                checker.check_request(classify(method, path, {}), {"env": "dev"}, **kw)
+            except RBACDenied:
+                return False
+            return True
+
+        self.assertEqual(allowed(restricted, namespace, pod, cluster_name="c1"), allowed(unrestricted, namespace, pod))
+        self.assertFalse(allowed(restricted, namespace, pod, cluster_name="c2"))
+        if (other_namespace, other_pod) != (namespace, pod):
+            self.assertFalse(allowed(restricted, other_namespace, other_pod, cluster_name="c1"))
+        keep = restricted.item_filter(classify("GET", "/api/v1/pods", {}), {"env": "dev"}, cluster_name="c1")
+        self.assertEqual(keep(other_namespace, other_pod), (other_namespace, other_pod) == (namespace, pod))
+
+
+class AllowedResourcesRoundTripTests(TestCase):
+    @given(st.lists(st.tuples(st.sampled_from(["pod", "namespace", "kube_cluster"]), _names, _names, _names),
+                    max_size=4))
+    def test_certificate_round_trip(self, parts):
+        from teleport_py.pki import CertAuthority, generate_private_key
+
+        ids = []
+        for kind, cluster, namespace, pod in parts:
+            sub = {"pod": f"{namespace}/{pod}", "namespace": namespace, "kube_cluster": ""}[kind]
+            ids.append(f"/example/{kind}/{cluster}" + (f"/{sub}" if sub else ""))
+        now = datetime.now(timezone.utc)
+        ident = UserIdentity(username="alice", roles=("a",), teleport_cluster="example", allowed_resources=ids,
+                             expires=(now + timedelta(hours=1)).replace(microsecond=0))
+        cert = _CA.issue_user_certificate(_KEY.public_key(), ident, now)
+        back = identity_from_certificate(cert, user_ca=_CA.certificate, host_ca=None)
+        self.assertEqual(back, ident)
+        self.assertEqual([str(r) for r in back.allowed_resources], list(dict.fromkeys(ids)))
+
+
+def _user_ca():
+    from teleport_py.pki import CertAuthority
+
+    return CertAuthority.generate("user", "example", datetime.now(timezone.utc))
+
+
+_CA = _user_ca()
+_KEY = __import__("teleport_py.pki", fromlist=["generate_private_key"]).generate_private_key()

@@ -12,7 +12,7 @@ import attrs
 
 from teleport_py.rbac.match import WILDCARD, InvalidPattern, match_labels, match_value
 from teleport_py.rbac.request import RequestInfo
-from teleport_py.resources.resource_id import KUBE_CLUSTER, NAMESPACE, POD, ResourceID
+from teleport_py.resources.resource_id import KUBE_CLUSTER, NAMESPACE, POD, ResourceID, resource_ids
 from teleport_py.resources.role import KUBE_VERBS, V7_CLUSTER_WIDE_KINDS, V7_KINDS, KubernetesResource, Role, RoleConditions
 from teleport_py.resources.traits import expand
 
@@ -196,11 +196,11 @@ class AccessChecker:
     """
 
     def __init__(self, username: str, roles: Sequence[Role], traits: Mapping[str, Sequence[str]], *,
-                 allowed_resources: Sequence[ResourceID] = (), teleport_cluster: str = "") -> None:
+                 allowed_resources: Sequence[ResourceID | str] = (), teleport_cluster: str = "") -> None:
         self.username = username
         self.roles = tuple(as_v8(role) for role in roles)
         self.traits = traits
-        self.allowed_resources = tuple(allowed_resources)
+        self.allowed_resources = resource_ids(allowed_resources)
         self.teleport_cluster = teleport_cluster
         #: Rules and principals by cluster labels: the checker's inputs never
         #: change, and every request of a connection asks about one cluster.
