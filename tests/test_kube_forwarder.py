@@ -391,8 +391,46 @@ class AcceptStreamTests(SynchronousTestCase):
             {"user_cert": user_cert_pem(kube_cluster="c2"), "kube_cluster": "c1"},
             {"user_cert": user_cert_pem(kube_cluster="c2"), "kube_cluster": "c2"},
             {"user_cert": certificate_pem(AGENT_CERT).decode(), "kube_cluster": "c1"},
+            {"user_cert": _forged_allowed_resource("/example/pod/c1/default/web-*"), "kube_cluster": "c1"},
+            {"user_cert": _forged_allowed_resource("/example/secret/c1/default/s"), "kube_cluster": "c1"},
         ):
             self.assertRaises(StreamRejected, self.acceptor.accept_stream, metadata)
+        # The same certificate with an id that parses is accepted, restricted to it.
+        accepted = self.acceptor.accept_stream(
+            {"user_cert": _forged_allowed_resource("/example/pod/c1/default/web-0"), "kube_cluster": "c1"})
+        self.assertEqual([str(r) for r in accepted.caller.identity.allowed_resources], ["/example/pod/c1/default/web-0"])
+        # A search stream verifies the same way; it needs no kube cluster in the certificate.
+        self.assertRaises(StreamRejected, self.acceptor.accept_search,
+                          {"user_cert": _forged_allowed_resource("nonsense"), "kube_cluster": "c1", "kind": "pod"})
+        self.assertRaises(StreamRejected, self.acceptor.accept_search,
+                          {"user_cert": user_cert_pem(kube_cluster=""), "kube_cluster": "c1", "kind": "secret"})
+        self.assertRaises(StreamRejected, self.acceptor.accept_search,
+                          {"user_cert": user_cert_pem(kube_cluster=""), "kube_cluster": "c9", "kind": "pod"})
+        self.assertIsNotNone(self.acceptor.accept_search(
+            {"user_cert": user_cert_pem(kube_cluster=""), "kube_cluster": "c1", "kind": "pod"}))
+
+
+def _forged_allowed_resource(text: str) -> str:
+    """A user certificate our user CA signed whose allowed-resources attribute
+    holds ``text``, which the reader must refuse (fail closed), not ignore."""
+    from unittest import mock
+
+    from cryptography import x509 as x509_
+
+    from teleport_py.pki import UserIdentity, generate_private_key
+    from teleport_py.pki import ca as ca_module
+    from teleport_py.pki.identity import ALLOWED_RESOURCES_OID, user_subject
+
+    def subject(identity):
+        name = user_subject(identity)
+        return x509_.Name(list(name.rdns) + [x509_.RelativeDistinguishedName(
+            [x509_.NameAttribute(ALLOWED_RESOURCES_OID, text)])])
+
+    identity = UserIdentity(username="alice", roles=("dev",), kube_cluster="c1", teleport_cluster="example",
+                            expires=NOW + timedelta(hours=1))
+    with mock.patch.object(ca_module, "user_subject", subject):
+        cert = USER_CA.issue_user_certificate(generate_private_key().public_key(), identity, NOW)
+    return certificate_pem(cert).decode()
 
 
 class UpstreamTLSOptionsTests(TestCase):
