@@ -198,7 +198,9 @@ class ProxyService(RoleService):
             self._routes[tls_transport] = (route, protocol)
             return protocol
 
-        # In the list before agents can reach us, so none drops its tunnel to us as unknown.
+        # The first heartbeat leaves before the port listens, so agents mostly find us already
+        # listed (an agent that gets a list without us closes our tunnel and dials us again once
+        # a list names us).
         await self.start_child(Step("proxy heartbeat", start=discovery.start, stop=discovery.stop))
         listen = self.config.proxy.web_listen_addr
         self.listener = await self.start_child(Listener(
