@@ -422,14 +422,16 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         second_factor = authn.get("second_factor", "off")
         if second_factor is False:
             second_factor = "off"
-        if second_factor != "off":
-            raise ConfigError("auth_service.authentication.second_factor", "only 'off' is supported")
+        if second_factor not in ("off", "otp"):
+            raise ConfigError("auth_service.authentication.second_factor",
+                              f"unsupported {second_factor!r}; use 'off' or 'otp' (TOTP, RFC 6238)")
         auth = AuthConfig(
             listen_addr=parse_address(a.get("listen_addr", "0.0.0.0:3025"), "auth_service.listen_addr", DEFAULT_AUTH_PORT),
             cluster_name=_string(a.get("cluster_name", ""), "auth_service.cluster_name"),
             client_idle_timeout=_idle_timeout(a.get("client_idle_timeout", "never"), "auth_service.client_idle_timeout"),
             disconnect_expired_cert=_flag(a, "disconnect_expired_cert", "auth_service", True),
             host_cert_ttl=_host_cert_ttl(a.get("host_cert_ttl", "8760h")),
+            second_factor=second_factor,
         )
 
     p = _mapping(doc.get("proxy_service"), "proxy_service")

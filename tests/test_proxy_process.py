@@ -75,7 +75,7 @@ class ProxyProcessTests(TestCase):
         await self.start("teleport", config, self.proxy_port)
         self.assertEqual(
             await self.ping(self.proxy_port),
-            {"cluster_name": "example", "proxy_public_addr": f"127.0.0.1:{self.proxy_port}"},
+            {"cluster_name": "example", "proxy_public_addr": f"127.0.0.1:{self.proxy_port}", "second_factor": "off"},
         )
 
         tctl = os.path.join(BIN, "tctl")

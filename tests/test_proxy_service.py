@@ -111,7 +111,7 @@ class ProxyServiceTests(TestCase):
 
     async def test_ping(self):
         code, body = await self.request_json("GET", "/webapi/ping")
-        self.assertEqual((code, body), (200, {"cluster_name": "example", "proxy_public_addr": f"127.0.0.1:{self.proxy_port}"}))
+        self.assertEqual((code, body), (200, {"cluster_name": "example", "proxy_public_addr": f"127.0.0.1:{self.proxy_port}", "second_factor": "off"}))
 
     async def test_signup_login_reissue_and_kube_clusters(self):
         token = await self.alice()

@@ -280,4 +280,5 @@ class ProxyKubeTests(TshTestCase):
         result = await run([kubectl, "--kubeconfig", path, "get", "--raw", "/webapi/ping"], env=self.env)
         self.assertEqual(result.code, 0, result.err + process.log_tail())
         self.assertEqual(json.loads(result.out)["cluster_name"], CLUSTER)
-        self.assertEqual([c.kube_cluster for c in self.api.ping_callers], ["my-cluster"])
+        # tsh login pinged too, without a certificate (is an OTP code wanted?).
+        self.assertEqual([c.kube_cluster for c in self.api.ping_callers if c is not None], ["my-cluster"])

@@ -309,7 +309,8 @@ class AuthAPI(resource.Resource):
     # -- handlers --------------------------------------------------------------
 
     async def ping(self, caller, request, body):
-        return {"cluster_name": self.auth.cluster_name, "server_version": "teleport_py", **self.session_defaults}
+        return {"cluster_name": self.auth.cluster_name, "server_version": "teleport_py",
+                "second_factor": self.auth.users.second_factor, **self.session_defaults}
 
     async def cas(self, caller, request, body):
         return self.auth.authorities.cas_pem()
@@ -326,14 +327,17 @@ class AuthAPI(resource.Resource):
             self._authenticated(caller), self._str(body, "user"), self._str(body, "password"),
             self._str(body, "public_key"), ttl=self._ttl(body),
             kube_cluster=self._str(body, "kube_cluster", required=False), client_addr=self._client(caller, request),
+            otp_code=self._str(body, "otp", required=False),
         )
 
     async def signup(self, caller, request, body):
-        user = await self.auth.users.complete_signup(self._authenticated(caller), self._str(body, "token"), self._str(body, "password"))
+        user = await self.auth.users.complete_signup(
+            self._authenticated(caller), self._str(body, "token"), self._str(body, "password"),
+            self._str(body, "otp", required=False))
         return {"user": user}
 
     async def signup_user(self, caller, request, body, token):
-        return {"user": await self.auth.users.signup_user(self._authenticated(caller), token)}
+        return await self.auth.users.signup_user(self._authenticated(caller), token)
 
     async def reissue(self, caller, request, body):
         return await self.auth.user_certificates.reissue(

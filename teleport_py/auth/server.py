@@ -12,6 +12,7 @@ Backend layout (values are JSON unless noted), by the service that keeps it::
     /roles/<name>                  role resource                        services.roles
     /users/<name>                  user resource                        services.users
     /passwords/<name>              scrypt hash (text)                   services.users
+    /otp_devices/<name>            OTP secret + last step taken         services.otp_devices
     /usertokens/<token>            sign-up token {user, expires}        services.signup_tokens
     /tokens/<token>                join token resource (expires)        services.join_tokens
     /kube_servers/<cluster>/<host> heartbeat (expires with its TTL)     services.kube_servers
@@ -35,6 +36,7 @@ from teleport_py.auth.services.cluster_status import ClusterStatus
 from teleport_py.auth.services.join_tokens import JoinTokens
 from teleport_py.auth.services.kube_servers import KubeServers
 from teleport_py.auth.services.locks import Locks
+from teleport_py.auth.services.otp_devices import OtpDevices
 from teleport_py.auth.services.proxies import Proxies
 from teleport_py.auth.services.resources import Resources
 from teleport_py.auth.services.roles import Roles
@@ -48,16 +50,19 @@ from teleport_py.auth.shared_ratelimit import SharedLoginLimiter
 class AuthServer:
     """Every service of one cluster's Auth, over one backend."""
 
-    def __init__(self, reactor, backend, authorities: CertificateAuthorities, *, shared_backend: bool = False):
+    def __init__(self, reactor, backend, authorities: CertificateAuthorities, *, shared_backend: bool = False,
+                 second_factor: str = "off"):
         """``shared_backend``: other Auth servers use ``backend`` too, so
-        login limits keep their state there (``SharedLoginLimiter``)."""
+        login limits keep their state there (``SharedLoginLimiter``).
+        ``second_factor``: "off" or "otp" (``auth_service.authentication``)."""
         self.reactor = reactor
         self.backend = backend
         self.authorities = authorities
         self.audit = AuditLog(backend, reactor, authorities.cluster_name)
         self.roles = Roles(backend)
         self.authorizer = Authorizer(self.roles)
-        self.users = Users(reactor, backend, self.authorizer, self.roles, SignupTokens(backend, reactor), self.audit)
+        self.users = Users(reactor, backend, self.authorizer, self.roles, SignupTokens(backend, reactor), self.audit,
+                           OtpDevices(backend, reactor), second_factor)
         self.kube_servers = KubeServers(reactor, backend, self.authorizer, self.roles, self.users,
                                         authorities.cluster_name)
         self.proxies = Proxies(reactor, backend, self.authorizer)
@@ -77,11 +82,11 @@ class AuthServer:
 
     @classmethod
     async def initialize(cls, reactor, backend, cluster_name: str, *, shared_backend: bool = False,
-                         host_cert_ttl: float = DEFAULT_HOST_CERT_TTL) -> "AuthServer":
+                         host_cert_ttl: float = DEFAULT_HOST_CERT_TTL, second_factor: str = "off") -> "AuthServer":
         """Load the cluster's CAs (creating them on first start) and write the
         built-in roles that are not there yet."""
         authorities = await CertificateAuthorities.load_or_create(reactor, backend, cluster_name, host_cert_ttl)
-        server = cls(reactor, backend, authorities, shared_backend=shared_backend)
+        server = cls(reactor, backend, authorities, shared_backend=shared_backend, second_factor=second_factor)
         await server.roles.install_builtin()
         return server
 

@@ -76,7 +76,7 @@ class AuthService(RoleService):
         await self.start_child(Step("backend", stop=backend.close))
         self.auth = await AuthServer.initialize(
             self.reactor, backend, self.config.cluster_name, shared_backend=self.config.storage.type == "etcd",
-            host_cert_ttl=self.config.auth.host_cert_ttl)
+            host_cert_ttl=self.config.auth.host_cert_ttl, second_factor=self.config.auth.second_factor)
         # tctl on the auth host finds this identity through the data dir (as
         # Teleport's tctl does); rewritten now and regularly so it never
         # expires while auth runs.

@@ -25,7 +25,8 @@ from teleport_py.pki import IdentityError, UserIdentity, certificate_pem, identi
 log = Logger()
 
 MAX_BODY = 1 << 20
-LOGIN_FIELDS = ("user", "password", "public_key", "ttl", "kube_cluster")
+LOGIN_FIELDS = ("user", "password", "public_key", "ttl", "kube_cluster", "otp")
+SIGNUP_FIELDS = ("token", "password", "otp")
 JOIN_FIELDS = ("token", "role", "public_key", "host_id", "nodename", "dns_names")
 REISSUE_FIELDS = ("public_key", "kube_cluster", "ttl", "access_requests")
 ACCESS_REQUEST_FIELDS = ("roles", "reason", "resources")
@@ -164,7 +165,11 @@ class WebAPI(resource.Resource):
     # -- endpoints -----------------------------------------------------------
 
     async def ping(self, request):
-        return {"cluster_name": self._cluster_name, "proxy_public_addr": self._public_addr}
+        """What tsh and the sign-in page need before a login: the cluster, this
+        proxy's address, and whether Auth wants an OTP code with the password."""
+        auth = await self._relay(request).call("GET", "ping")
+        return {"cluster_name": self._cluster_name, "proxy_public_addr": self._public_addr,
+                "second_factor": auth.get("second_factor", "off")}
 
     async def cas(self, request):
         """The cluster's CA certificates (public): a joining agent checks them
@@ -175,7 +180,7 @@ class WebAPI(resource.Resource):
         return await self._relay(request).call("POST", "login", _only(json_body(request), LOGIN_FIELDS))
 
     async def signup(self, request):
-        return await self._relay(request).call("POST", "signup", _only(json_body(request), ("token", "password")))
+        return await self._relay(request).call("POST", "signup", _only(json_body(request), SIGNUP_FIELDS))
 
     async def join(self, request):
         return await self._relay(request).call("POST", "join", _only(json_body(request), JOIN_FIELDS))
@@ -247,6 +252,8 @@ class WebAPI(resource.Resource):
     # -- invitation page --------------------------------------------------------
 
     async def _invite(self, request, token: str) -> None:
+        # The page may show an OTP secret: never kept by a browser's or proxy's cache.
+        request.setHeader(b"cache-control", b"no-store")
         if request.method == b"GET":
             try:
                 invited = await self._relay(request).call("GET", f"signup/{quote(token, safe='')}")
@@ -257,21 +264,30 @@ class WebAPI(resource.Resource):
                 finish(request, 502, "text/html; charset=utf-8", _message_page(
                     "Try again later", "The auth server is unavailable."))
                 return
-            finish(request, 200, "text/html; charset=utf-8", _invite_page(token, user=str(invited.get("user", ""))))
+            finish(request, 200, "text/html; charset=utf-8", _invite_page(token, invited=invited))
             return
         password = request.args.get(b"password", [b""])[0].decode("utf-8", "replace")
         confirm = request.args.get(b"password_confirm", [b""])[0].decode("utf-8", "replace")
-        if password != confirm:
-            finish(request, 400, "text/html; charset=utf-8", _invite_page(token, "The passwords do not match."))
-            return
+        otp = request.args.get(b"otp", [b""])[0].decode("utf-8", "replace")
         try:
-            result = await self._relay(request).call("POST", "signup", {"token": token, "password": password})
+            if password != confirm:
+                raise BadParameter("The passwords do not match.")
+            result = await self._relay(request).call("POST", "signup", {"token": token, "password": password, "otp": otp})
         except AuthError as e:
-            page = _invalid_invite_page(e) if e.status == 404 else _invite_page(token, e.message)
+            if e.status == 404:
+                page = _invalid_invite_page(e)
+            else:
+                # Shown again with the device to register, the token still unused.
+                try:
+                    page = _invite_page(token, e.message, await self._relay(request).call(
+                        "GET", f"signup/{quote(token, safe='')}"))
+                except AuthError as gone:
+                    page = _invalid_invite_page(gone)
             finish(request, e.status, "text/html; charset=utf-8", page)
             return
         except Exception:
-            finish(request, 502, "text/html; charset=utf-8", _invite_page(token, "The auth server is unavailable."))
+            finish(request, 502, "text/html; charset=utf-8", _message_page(
+                "Try again later", "The auth server is unavailable."))
             return
         user = html.escape(str(result.get("user", "")))
         page = f"<!doctype html><title>Welcome</title><p>User <b>{user}</b> is ready. Log in with <code>tsh login --user={user}</code>.</p>"
@@ -290,15 +306,33 @@ def _invalid_invite_page(error: AuthError) -> bytes:
         "(tctl users reset <user>)." if error.status == 404 else error.message)
 
 
-def _invite_page(token: str, error: str = "", user: str = "") -> bytes:
+def _invite_page(token: str, error: str = "", invited: dict | None = None) -> bytes:
+    """The sign-up form; with ``second_factor: otp`` also the OTP device to
+    register (its secret and otpauth:// URI for an authenticator app) and a
+    field for the first code it shows."""
+    invited = invited or {}
+    user = str(invited.get("user", ""))
     problem = f'<p role="alert">{html.escape(error)}</p>' if error else ""
     who = f"<p>For user <b>{html.escape(user)}</b>.</p>" if user else ""
+    device = ""
+    if isinstance(invited.get("otp_secret"), str):
+        secret = invited["otp_secret"]
+        grouped = " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
+        device = (
+            "<h2>Register an OTP device</h2><p>This cluster asks for a one-time code at every login. Add this "
+            "secret to an authenticator app (time-based, SHA-1, 6 digits, 30 s), then enter the code it shows.</p>"
+            f'<p>Secret: <code id="otp-secret">{html.escape(grouped)}</code></p>'
+            f'<p>Or open: <code id="otp-uri">{html.escape(str(invited.get("otp_uri", "")))}</code></p>'
+            '<label>OTP code <input name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" '
+            "required></label>"
+        )
     return (
         "<!doctype html><title>Set your password</title><h1>Set your password</h1>"
         f"{who}{problem}"
         f'<form method="post" action="/web/invite/{html.escape(token, quote=True)}">'
         '<label>Password <input type="password" name="password" autocomplete="new-password" required></label>'
         '<label>Confirm <input type="password" name="password_confirm" autocomplete="new-password" required></label>'
+        f"{device}"
         '<button type="submit">Sign up</button></form>'
     ).encode("utf-8")
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from attrs import evolve
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from twisted.internet import threads
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as ConnectTimeout
@@ -265,8 +266,16 @@ class Tsh:
             except ValueError as error:
                 raise CLIError("--ttl: %s" % error) from None
         client = WebClient(self.reactor, proxy, insecure=a.insecure)
+        otp = ""
+        if (await client.ping()).get("second_factor") == "otp":
+            # Asked on a thread: the reactor runs, and a person may take a while.
+            try:
+                otp = await threads.deferToThreadPool(
+                    self.reactor, self.reactor.getThreadPool(), read_password, "Enter an OTP code from a device: ")
+            except PasswordInputError as error:
+                raise CLIError("this cluster asks for an OTP code at login: %s" % error) from None
         private_key = generate_private_key()
-        result = await client.login(a.user, self.password, _public_key_pem(private_key), ttl)
+        result = await client.login(a.user, self.password, _public_key_pem(private_key), ttl, otp)
         user_cas, host_cas = _cas_from_response(result)
         certificate, identity = _certificate_from_response(result, private_key, user_cas)
         cluster = result.get("cluster_name") or identity.teleport_cluster

@@ -150,10 +150,12 @@ class WebClient:
     def ping(self):
         return self._call("GET", "/webapi/ping")
 
-    def login(self, user: str, password: str, public_key_pem: str, ttl: float | None = None):
+    def login(self, user: str, password: str, public_key_pem: str, ttl: float | None = None, otp: str = ""):
         body: dict[str, Any] = {"user": user, "password": password, "public_key": public_key_pem}
         if ttl:
             body["ttl"] = ttl
+        if otp:
+            body["otp"] = otp
         return self._call("POST", "/webapi/login", body)
 
     def signup(self, token: str, password: str):

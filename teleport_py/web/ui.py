@@ -241,14 +241,17 @@ class WebUI(resource.Resource):
         if (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower() != b"application/json":
             raise BadParameter("sign-in must be sent as application/json")
         body = json_body(request)
-        user, password = body.get("user"), body.get("password")
+        user, password, otp = body.get("user"), body.get("password"), body.get("otp", "")
         if not isinstance(user, str) or not user or not isinstance(password, str) or not password:
             raise BadParameter("user and password are required")
+        if not isinstance(otp, str):
+            raise BadParameter("otp: must be a string")
         key = generate_private_key()
         public_pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
         relay = self._auth.with_headers({CLIENT_ADDR_HEADER: [client_address(request).encode("ascii")]})
-        result = await relay.call("POST", "login", {"user": user, "password": password, "public_key": public_pem})
+        result = await relay.call("POST", "login", {"user": user, "password": password, "public_key": public_pem,
+                                                    **({"otp": otp} if otp else {})})
         try:
             cert = load_certificate_pem(result["cert"].encode("ascii"))
             identity = identity_from_certificate(cert, user_ca=self._user_ca, host_ca=None)

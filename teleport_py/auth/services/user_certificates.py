@@ -50,14 +50,19 @@ class UserCertificates:
 
     async def login(
         self, caller: Identity, username: str, password: str, public_key_pem: str, *,
-        ttl: float | None = None, kube_cluster: str = "", client_addr: str = "",
+        ttl: float | None = None, kube_cluster: str = "", client_addr: str = "", otp_code: str = "",
     ) -> dict[str, Any]:
-        """Password login on behalf of a user, relayed by the proxy.
+        """Password login on behalf of a user, relayed by the proxy; with
+        ``second_factor: otp`` also a code of the user's OTP device, each code
+        taken once.
 
-        Unknown user, wrong password and a locked account all answer the same
-        ``access denied`` after the same amount of work."""
+        Unknown user, wrong password, wrong or reused code and a locked
+        account all answer the same ``access denied`` after the same amount
+        of work, and each counts as a failed attempt."""
         self._authorizer.require_system_role(caller, "proxy")
-        denied = AccessDenied("invalid username or password")
+        otp = self._users.second_factor == "otp"
+        message = "invalid username, password or OTP code" if otp else "invalid username or password"
+        denied = AccessDenied(message)
         throttled = await maybeDeferred(self.limiter.attempt, username, client_addr)
         if throttled is not None:
             await self._audit_throttled(throttled, username, client_addr)
@@ -72,11 +77,13 @@ class UserCertificates:
                 user = await self._users.get(username)
             except NotFound:
                 ok = False
+        if ok and otp:
+            ok = await self._users.otp_devices.take(username, otp_code)
         if not ok:
             await maybeDeferred(self.limiter.failed, username)
             await self._audit.emit(
                 events.USER_LOGIN, success=False, user=username, method="local", addr_remote=client_addr,
-                error="invalid username or password",
+                error=message,
             )
             raise denied
         await maybeDeferred(self.limiter.succeeded, username)

@@ -10,11 +10,13 @@ import attr
 from twisted.internet import threads
 
 from teleport_py import events
+from teleport_py.auth import totp
 from teleport_py.auth.audit import AuditLog
 from teleport_py.auth.authorizer import Authorizer
 from teleport_py.auth.errors import AlreadyExists, BadParameter, NotFound
 from teleport_py.auth.password_hashing import WeakPassword, check_password_policy, hash_password
 from teleport_py.auth.services.common import Identity, to_json, validated
+from teleport_py.auth.services.otp_devices import OtpDevices
 from teleport_py.auth.services.roles import Roles
 from teleport_py.auth.services.signup_tokens import SignupTokens
 from teleport_py.resources import User, resource_from_dict, resource_to_dict
@@ -31,6 +33,9 @@ class Users:
     _roles: Roles
     _signup_tokens: SignupTokens
     _audit: AuditLog
+    otp_devices: OtpDevices
+    #: ``auth_service.authentication.second_factor``: "off" or "otp".
+    second_factor: str = "off"
 
     # -- for the other services ---------------------------------------------
 
@@ -66,7 +71,7 @@ class Users:
         await self._roles.require_exist(user.roles)
         if await self._backend.create(PREFIX + user.name, to_json(resource_to_dict(user))) is None:
             raise AlreadyExists(f'user "{user.name}" already exists')
-        token = await self._signup_tokens.create(user.name)
+        token = await self._signup_tokens.create(user.name, otp=self.second_factor == "otp")
         await self._audit.emit(events.USER_CREATE, user=self._authorizer.actor(caller), name=user.name,
                                roles=list(user.roles))
         return token
@@ -76,29 +81,47 @@ class Users:
         await self._authorizer.check(caller, "user", "update")
         await self.get(name)
         await self.forget_password(name)
-        return await self._signup_tokens.create(name)
+        await self.otp_devices.forget(name)
+        return await self._signup_tokens.create(name, otp=self.second_factor == "otp")
 
-    async def signup_user(self, caller: Identity, token: str) -> str:
-        """Whose sign-up token this is: what the invitation page shows, and
-        how it refuses a used or expired token before asking for a password."""
+    async def signup_user(self, caller: Identity, token: str) -> dict[str, Any]:
+        """Whose sign-up token this is, and the OTP device to register with
+        it: what the invitation page shows, and how it refuses a used or
+        expired token before asking for a password. Proxy only."""
         self._authorizer.require_system_role(caller, "proxy")
-        username = await self._signup_tokens.user_of(token)
-        if username is None:
+        found = await self._signup_tokens.details(token)
+        if found is None:
             raise NotFound("sign-up token not found or expired")
-        return username
+        answer = {"user": found["user"]}
+        if "otp_secret" in found:
+            answer["otp_secret"] = found["otp_secret"]
+            answer["otp_uri"] = totp.provisioning_uri(found["otp_secret"], found["user"], self._audit.cluster_name)
+        return answer
 
-    async def complete_signup(self, caller: Identity, token: str, password: str) -> str:
-        """Set a password with a sign-up token; the token is single-use."""
+    async def complete_signup(self, caller: Identity, token: str, password: str, otp_code: str = "") -> str:
+        """Set a password with a sign-up token (and register the token's OTP
+        device with its first code); the token is single-use."""
         self._authorizer.require_system_role(caller, "proxy")
-        username = await self._signup_tokens.user_of(token)
-        if username is None:
+        found = await self._signup_tokens.details(token)
+        if found is None:
             raise NotFound("sign-up token not found or expired")
+        username = found["user"]
         try:
             check_password_policy(password)
         except WeakPassword as e:
             raise BadParameter(str(e), field="password") from None
+        secret = found.get("otp_secret")
+        if secret is not None and not otp_code:
+            raise BadParameter("this cluster requires an OTP device: open the invitation link in a browser, add "
+                               "the secret it shows to an authenticator app and enter the code it shows", field="otp")
+        step = totp.match(secret, otp_code, self._reactor.seconds(), -1) if secret is not None else None
+        if secret is not None and step is None:
+            raise BadParameter("that OTP code is not the one your authenticator shows now; check the device's clock",
+                               field="otp")
         if not await self._signup_tokens.redeem(token):
             raise NotFound("sign-up token not found or expired")
+        if secret is not None:
+            await self.otp_devices.register(username, secret, step)
         encoded = await threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), hash_password, password)
         await self._backend.put(PASSWORDS + username, encoded.encode("ascii"))
         await self._audit.emit(events.USER_PASSWORD_CHANGE, user=username)

@@ -91,24 +91,33 @@ function go(path) {
 }
 
 // -- pages -----------------------------------------------------------------------
-function loginPage(message) {
+async function loginPage(message) {
   document.getElementById("top").hidden = true;
   document.title = "Sign in · teleport_py";
+  // Whether Auth asks for an OTP code with the password (second_factor: otp).
+  let secondFactor = "off";
+  try {
+    const ping = await fetch("/webapi/ping", { headers: { Accept: "application/json" } });
+    if (ping.ok) secondFactor = (await ping.json()).second_factor || "off";
+  } catch (e) { /* the sign-in answer will say what is wrong */ }
   const error = el("p", { role: "alert", id: "login-error" }, message || "");
-  const form = el("form", { id: "login", class: "card" },
+  const form = el("form", { id: "login", class: "card", dataset: { secondFactor } },
     el("h1", {}, "Sign in"),
     el("label", {}, "User", el("input", { name: "user", autocomplete: "username", required: true })),
     el("label", {}, "Password", el("input", { name: "password", type: "password", autocomplete: "current-password", required: true })),
+    secondFactor === "otp" ? el("label", {}, "OTP code", el("input", { name: "otp", inputmode: "numeric", autocomplete: "one-time-code", pattern: "[0-9]{6}", required: true })) : null,
     error,
     el("button", { type: "submit" }, "Sign in"));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     error.textContent = "";
     try {
-      session = await api("POST", "login", { user: form.user.value, password: form.password.value });
+      const body = { user: form.user.value, password: form.password.value };
+      if (form.otp) body.otp = form.otp.value;
+      session = await api("POST", "login", body);
       go("/web/clusters");
     } catch (e) {
-      error.textContent = e.status === 403 ? "Wrong user name or password." : e.message;
+      error.textContent = e.status === 403 ? (form.otp ? "Wrong user name, password or OTP code." : "Wrong user name or password.") : e.message;
     }
   });
   show(form);
