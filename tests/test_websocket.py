@@ -24,6 +24,7 @@ from teleport_py.websocket import (
     encode_frame,
     parse_close,
 )
+from teleport_py.websocket.frames import MASK_BLOCK
 
 masks = st.one_of(st.none(), st.binary(min_size=4, max_size=4))
 data_frames = st.tuples(st.sampled_from([OP_TEXT, OP_BINARY, OP_CONTINUATION]),
@@ -46,6 +47,14 @@ class FrameTests(SynchronousTestCase):
     @given(st.binary(min_size=4, max_size=4), st.binary(max_size=2000))
     def test_mask_is_a_byte_by_byte_xor_with_the_repeated_key(self, mask, payload):
         self.assertEqual(apply_mask(mask, payload), bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.binary(min_size=4, max_size=4), st.integers(0, 5 * MASK_BLOCK), st.binary(min_size=1, max_size=64))
+    def test_mask_of_payloads_across_blocks(self, mask, length, pattern):
+        """Payloads longer than one block are unmasked block by block: the key keeps its phase."""
+        payload = (pattern * (length // len(pattern) + 1))[:length]
+        self.assertEqual(apply_mask(mask, payload), bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        self.assertEqual(apply_mask(mask, memoryview(payload)), apply_mask(mask, payload))
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.one_of(data_frames, control_frames), max_size=6),

@@ -60,12 +60,28 @@ def _every_fourth_byte(words: int) -> int:
     return int.from_bytes(b"\x01\x00\x00\x00" * words, "little")
 
 
+#: Bytes unmasked as one integer: a multiple of 4, so every block starts on
+#: the key's first byte. Big-integer conversions and XOR cost more per byte
+#: as the integer outgrows the CPU's caches: a 32 KiB frame (kubectl's
+#: port-forward writes) took 4.7-5.4 ms per MiB as one integer and 1.9-2.1 in
+#: 4-8 KiB blocks (timeit, load 14-16).
+MASK_BLOCK = 8 * 1024
+
+
 def apply_mask(mask: bytes, payload: bytes) -> bytes:
     """XOR with the 4-byte key; masking and unmasking are the same.
 
-    As one big-integer XOR; the repeated key is the mask times a cached
-    0x..00000001_00000001, so no key bytes are built or converted per frame
-    (the relay unmasks every byte a client sends)."""
+    As big-integer XORs, ``MASK_BLOCK`` bytes at a time; the repeated key is
+    the mask times a cached 0x..00000001_00000001, so no key bytes are built
+    or converted per frame (the relay unmasks every byte a client sends)."""
+    if len(payload) <= MASK_BLOCK:
+        return _xor(mask, payload)
+    with memoryview(payload) as view:
+        return b"".join([_xor(mask, view[start : start + MASK_BLOCK])
+                         for start in range(0, len(payload), MASK_BLOCK)])
+
+
+def _xor(mask: bytes, payload) -> bytes:
     length = len(payload)
     words = (length + 3) // 4
     key = int.from_bytes(mask, "little") * _every_fourth_byte(words)
