@@ -194,6 +194,7 @@ async def main(reactor, options):
                 json.dump({"rounds": rounds, "loads": loads}, f, indent=1)
         if options.profile:
             await one_round(reactor, d, targets, envs, binary, echo_port, options, idle, options.profile)
+            await task.deferLater(reactor, 5, lambda: None)  # py-spy writes its stacks once stopped
             for name in sorted(os.listdir(options.profile)):
                 total, parts = summarize(os.path.join(options.profile, name))
                 print(f"{name}: {total} samples on CPU: " + ", ".join(

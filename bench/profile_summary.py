@@ -19,6 +19,9 @@ import sys
 
 #: Leaves that are a wait, not CPU.
 WAITING = ("Condition.wait", "EPollReactor.doPoll", "untilConcludes", "_write (teleport_py/disk.py")
+#: Leaves that are a socket system call (the kernel's copy, and on loopback
+#: the receiver's TCP work too): Twisted's ``recv`` and ``send`` sit in these.
+SOCKET_CALLS = ("Connection.doRead (twisted/internet/tcp.py", "Connection.writeSomeData (twisted/internet/tcp.py")
 PARTS = [
     ("h11", r"\(h11/"),
     ("TLS (pyOpenSSL, twisted's TLS protocol)", r"\(OpenSSL/|twisted/protocols/tls\.py"),
@@ -38,6 +41,9 @@ def summarize(path: str) -> tuple[int, collections.Counter]:
         stack, _, count = line.rstrip().rpartition(" ")
         frames = stack.split(";")
         if frames[-1].startswith(WAITING):
+            continue
+        if frames[-1].startswith(SOCKET_CALLS):
+            parts["socket reads and writes (system calls)"] += int(count)
             continue
         part = "reactor and the rest"
         for frame in reversed(frames):
