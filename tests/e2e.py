@@ -86,6 +86,8 @@ class Deployment:
         self.auth_settings = ""
         #: Lines added under proxy_service in teleport.yaml (e.g. "  https_keypairs: [...]\n").
         self.proxy_settings = ""
+        #: Lines added under teleport in agent.yaml (e.g. "  connection_limits: {idle_timeout: 4s}\n").
+        self.agent_teleport_settings = ""
         self.main = None
         self.agent = None
         self._spawned = 0
@@ -162,6 +164,7 @@ class Deployment:
             f"  proxy_server: {self.proxy}\n"
             f"  join_params: {{token_name: {token}}}\n"
             f"  ca_pin: {pin}\n"
+            f"{self.agent_teleport_settings}"
             "auth_service: {enabled: false}\n"
             "proxy_service: {enabled: false}\n"
             "kubernetes_service:\n"

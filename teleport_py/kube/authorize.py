@@ -258,6 +258,17 @@ class KubeCaller:
                  user=self.identity.username, client=self.client_addr, error=reason)
         self.stream.audit("", "", None, code, reason=reason)
 
+    def cut_short(self, code: int, reason: str, method: bytes = b"", target: bytes = b"") -> None:
+        """Audit a request kubectl began but did not finish sending before
+        the connection was ended (its head too slow, or a flood on its
+        connection): one refused ``kube.request`` event with ``reason`` and,
+        when read that far, the raw method and target, escaped and cut like
+        `refused_unparsed`'s. A connection that ends between requests is
+        not a request, and is not audited."""
+        log.info("request cut short user={user} client={client} code={code} reason={reason}",
+                 user=self.identity.username, client=self.client_addr, code=code, reason=reason)
+        self.stream.audit(printable(method), printable(target), None, code, reason=printable(reason))
+
     async def forward(self, downstream: Downstream, request: CanonicalRequest, held: HeldRequest | None) -> None:
         """Authorize ``request`` and start it upstream, or answer kubectl
         with the reason it cannot go (a Status, audited). Returns once the
@@ -387,12 +398,20 @@ MAX_UNPARSED_REASON = 160
 def unparsed_reason(error: str) -> str:
     """``error`` as one printable ASCII line of at most `MAX_UNPARSED_REASON`
     characters: control and non-ASCII characters escaped, the rest cut."""
-    escaped = error.encode("ascii", "backslashreplace").decode("ascii")
+    return printable(f"malformed request: {error}")
+
+
+def printable(text: str | bytes) -> str:
+    """``text`` (bytes read as latin-1) as one printable ASCII line of at
+    most `MAX_UNPARSED_REASON` characters: control and non-ASCII characters
+    escaped, the rest cut."""
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
     escaped = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in escaped)
-    reason = f"malformed request: {escaped}"
-    if len(reason) > MAX_UNPARSED_REASON:
-        reason = reason[:MAX_UNPARSED_REASON - 3] + "..."
-    return reason
+    if len(escaped) > MAX_UNPARSED_REASON:
+        escaped = escaped[:MAX_UNPARSED_REASON - 3] + "..."
+    return escaped
 
 
 def name_from_body(request: CanonicalRequest, body: bytes, info: RequestInfo) -> str:

@@ -18,6 +18,13 @@ upstream, and not while the API server connection is not taking more.
 HTTP/2 framing is h2's (sans-IO): a protocol error is a GOAWAY and the end
 of THIS tunnel stream only. Upgrades (exec, attach, port-forward) stay on
 HTTP/1.1: kubectl never sends them over h2.
+
+Within ``teleport.connection_limits``, as the HTTP/1.1 front: a connection
+with no request open is closed after ``idle_timeout`` (GOAWAY NO_ERROR); a
+header block must be whole within ``read_header_timeout`` of its HEADERS
+frame (else GOAWAY and the end of the connection, audited as a request cut
+short with 408). Floods of frames that carry no request are bounded by
+kube/h2_guard.py.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ from zope.interface import implementer
 
 from teleport_py.kube.authorize import HeldRequest, KubeCaller
 from teleport_py.kube.canonical import CanonicalRequest
+from teleport_py.kube.h2_guard import Flood, FrameGuard
 from teleport_py.kube.interfaces import Upstream
 from teleport_py.kube.upstream_h2 import CONNECTION_SPECIFIC_HEADERS
 from teleport_py.kube_status import KubeStatus
@@ -103,6 +111,12 @@ class KubeHTTP2Connection(Protocol):
         #: The tunnel stream takes no more for now.
         self.paused = False
         self.closed = False
+        #: What kubectl sends, frame by frame, before h2 reads it: floods and open header blocks.
+        self.guard = FrameGuard()
+        #: Runs while no request is open (``idle_timeout``), and while a
+        #: header block is open (``read_header_timeout``).
+        self._idle_timer = None
+        self._head_timer = None
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(_TunnelThrottle(self), True)
@@ -111,6 +125,11 @@ class KubeHTTP2Connection(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
+            return
+        try:
+            self.guard.receive(data, self.caller.stream.reactor.seconds())
+        except Flood as e:
+            self._refuse(429, ErrorCodes.ENHANCE_YOUR_CALM, f"HTTP/2: {e}")
             return
         try:
             events = self.h2.receive_data(data)
@@ -128,6 +147,7 @@ class KubeHTTP2Connection(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.closed = True
+        self._watch_time()
         streams, self.streams = list(self.streams.values()), {}
         for stream in streams:
             stream.lost()
@@ -165,6 +185,7 @@ class KubeHTTP2Connection(Protocol):
         """Send what h2 queued (its GOAWAY), cancel every request, close."""
         self.write_out()
         self.closed = True
+        self._watch_time()
         streams, self.streams = list(self.streams.values()), {}
         for stream in streams:
             stream.lost()
@@ -178,6 +199,54 @@ class KubeHTTP2Connection(Protocol):
         if self.draining and not self.streams and not self.closed:
             self.closed = True
             self.transport.loseConnection()
+        self._watch_time()
+
+    def _watch_time(self) -> None:
+        """Time what kubectl owes: a header block begun (its head deadline,
+        not moved by progress), or, with no request open, a next request
+        (the idle timeout, not moved by PINGs or other frames)."""
+        head_due = not self.closed and self.guard.header_block_open
+        idle_due = not self.closed and not head_due and not self.streams
+        limits, reactor = self.caller.stream.limits, self.caller.stream.reactor
+        if head_due and self._head_timer is None:
+            self._head_timer = reactor.callLater(limits.read_header_timeout, self._head_too_slow)
+        elif not head_due and self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if idle_due and self._idle_timer is None:
+            self._idle_timer = reactor.callLater(limits.idle_timeout, self._idle)
+        elif not idle_due and self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle(self) -> None:
+        """No request for ``idle_timeout``: GOAWAY NO_ERROR (kubectl opens a
+        new connection for its next request) and close. Not audited: no
+        request was cut."""
+        self._idle_timer = None
+        log.debug("idle HTTP/2 connection closed user={user}", user=self.caller.identity.username)
+        self._close_with(ErrorCodes.NO_ERROR)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        seconds = self.caller.stream.limits.read_header_timeout
+        self._refuse(408, ErrorCodes.PROTOCOL_ERROR,
+                     f"HTTP/2: the request head did not arrive within {seconds:g} s")
+
+    def _refuse(self, code: int, error_code: ErrorCodes, reason: str) -> None:
+        """End the connection for kubectl's fault: audited as a request cut
+        short (its method and path are in a header block h2 has not
+        decoded), then GOAWAY with ``error_code`` and ``reason``."""
+        self.caller.cut_short(code, reason)
+        self._close_with(error_code, reason.encode("ascii", "replace"))
+
+    def _close_with(self, error_code: ErrorCodes, debug: bytes = b"") -> None:
+        try:
+            self.h2.close_connection(error_code=error_code, additional_data=debug or None,
+                                     last_stream_id=self.last_stream_id)
+        except h2.exceptions.ProtocolError:
+            pass  # h2 has ended the connection already
+        self._hang_up()
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
