@@ -342,7 +342,7 @@ class HTTP2FrontTests(SynchronousTestCase):
         tunnel counts the kubectl connections (tunnel streams) still open."""
         clock = Clock()
         open_streams = lambda kind: sum(not k.transport.disconnecting for k in kubectls)
-        tunnel = SimpleNamespace(announced=None, tunnel=SimpleNamespace(streams_of_kind=open_streams))
+        tunnel = SimpleNamespace(announced=None, tunnels=[SimpleNamespace(streams_of_kind=open_streams)])
         tunnel.announce = lambda clusters: setattr(tunnel, "announced", clusters)
         serving = Serving(clock, self.acceptor, tunnel)
         serving.startService()
