@@ -3,13 +3,14 @@
 A ``twistd -n teleport-auth`` (SQLite) and a ``twistd -n teleport-proxy``
 joined to it run as real processes. Simulated agents live in a few worker
 processes (``--workers``), each a plain Twisted reactor running many
-``teleport_py.kube.tunnel_client.TunnelClient``s, the real agent's tunnel
-client: each joined with the real join (``kube.join.join``: CA pin, token,
-its own host certificate), each dialling mutual TLS with ALPN
-``teleport-reversetunnel`` to the proxy, the tunnel hello and the announce
-of its own cluster; when the tunnel drops, they retry on the real agent's
-schedule (``teleport_py.backoff``: 1, 2, 4, 8 s cap, each up to a quarter
-shorter at random). They do not heartbeat to Auth nor serve kube streams.
+``teleport_py.kube.agent_pool.AgentPool``s, the real agent's tunnels: each
+joined with the real join (``kube.join.join``: CA pin, token, its own host
+certificate), each dialling mutual TLS with ALPN ``teleport-reversetunnel``
+to the proxy, the tunnel hello, the identifying announce, the announce of
+its own cluster and the proxy's discovery stream; when the tunnel drops,
+they retry on the real agent's schedule (``teleport_py.backoff``: 1, 2, 4,
+8 s cap, each up to a quarter shorter at random). They do not heartbeat to
+Auth nor serve kube streams.
 
 Once all are up, the proxy is killed with SIGKILL and started again at
 once. Measured: from the proxy's port accepting again to each agent's
@@ -47,8 +48,8 @@ UP_LINE = re.compile(rb"^up (\d+) (\d+) ([0-9.]+)$", re.M)
 
 async def worker(reactor, options) -> None:
     from teleport_py.config import Address
+    from teleport_py.kube.agent_pool import AgentPool
     from teleport_py.kube.join import join
-    from teleport_py.kube.tunnel_client import TunnelClient, proxy_endpoint
     from teleport_py.tunnel import StreamRejected
 
     host, port = options.proxy.rsplit(":", 1)
@@ -68,16 +69,30 @@ async def worker(reactor, options) -> None:
         print(f"up {options.index} {n} {reactor.seconds():.6f}", flush=True)
 
     for n, identity in enumerate(identities):
-        client = TunnelClient(reactor, proxy_endpoint(reactor, host, int(port), identity),
-                              clusters=[{"name": f"sim-{options.index}-{n}", "labels": {}}],
-                              accept_stream=refuse, on_up=lambda n=n: up(n))
-        client.start()
+        pool = AgentPool(reactor, Address(host, int(port)), identity,
+                         clusters=[{"name": f"sim-{options.index}-{n}", "labels": {}}],
+                         accept_stream=refuse, on_up=lambda n=n: up(n))
+        pool.start()
         if n % 50 == 49:  # the first connections spread a little: not measured
             await task.deferLater(reactor, 0.2, lambda: None)
     await defer.Deferred()  # until killed
 
 
 # -- the parent -------------------------------------------------------------------------
+
+def listen_overflows() -> int:
+    """The host's TcpExt ListenOverflows: connections dropped because a
+    listening socket's accept queue (its backlog) was full."""
+    with open("/proc/net/netstat") as f:
+        lines = [line.split() for line in f if line.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1]))["ListenOverflows"])
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds the process has spent runnable but waiting for a CPU (/proc/PID/schedstat)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
 
 def up_times(workers) -> dict[tuple[int, int], list[float]]:
     """Every announce accepted, per simulated agent, from the workers' logs."""
@@ -146,6 +161,7 @@ async def measure(reactor, options) -> dict:
         await proxy.wait_for_port(proxy_port, 90)
         ready = reactor.seconds()
         samples: list[tuple[float, float]] = [(ready, cpu_seconds(proxy.pid))]
+        overflows, waited = listen_overflows(), run_queue_wait(proxy.pid)
         workers_cpu = sum(cpu_seconds(w.pid) for w in workers)
 
         def all_back() -> bool:
@@ -154,6 +170,7 @@ async def measure(reactor, options) -> dict:
 
         await wait_for(reactor, all_back, 300, "all agents back after the restart", interval=CPU_INTERVAL)
         done = reactor.seconds()
+        overflows, waited = listen_overflows() - overflows, run_queue_wait(proxy.pid) - waited
         workers_cpu = sum(cpu_seconds(w.pid) for w in workers) - workers_cpu
         await task.deferLater(reactor, 2, lambda: None)
         back = sorted(min(t for t in times if t > killed) - ready for times in up_times(workers).values())
@@ -181,6 +198,11 @@ async def measure(reactor, options) -> dict:
             # near the number of workers means they, not the proxy, set the pace.
             "workers_cpu_during_reconnect": round(workers_cpu / (done - ready), 3),
             "measured_until_s": round(done - ready, 2),
+            # Dropped SYNs (the whole host's count; the client retransmits
+            # after 1, 3, 7 s) and the proxy's time runnable but not running
+            # (the machine's other load), per second of the reconnects.
+            "listen_overflows": overflows,
+            "proxy_run_queue_wait": round(waited / (done - ready), 3),
             "load_average": os.getloadavg(),
         }
     finally:

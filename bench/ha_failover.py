@@ -4,9 +4,10 @@ Each repeat runs ``tests.test_e2e_ha`` (a fresh deployment of real
 processes: 3 etcd members, 2 auth servers, 2 proxies, 2 agents, one
 kube-apiserver; tests/support/ha.py) in its own trial process and reads the
 ``HA result:`` line it prints: per kill (the etcd leader, an auth server,
-an agent, ...) the failure window of the kubectl GET loop (from the kill to
-the end of the last GET that failed), the GETs that failed, and the same
-for the ``tsh login`` loop. The test also asserts its bounds; a repeat whose
+an agent, a proxy) the failure window of the kubectl GET loops (from the
+kill to the end of the last GET that failed), the GETs that failed, the
+longest time between two answered GETs from the kill on, and the failure
+window of the ``tsh login`` loop. The test also asserts its bounds; a repeat whose
 test failed is reported as such, its numbers still counted if it printed
 them.
 
@@ -56,8 +57,9 @@ def main() -> None:
     summary = {}
     for result, _ in runs:
         for kind, measured in (result or {}).get("kills", {}).items():
-            entry = summary.setdefault(kind, {"windows_s": [], "failed_gets": [], "login_windows_s": [],
-                                              "failed_logins": []})
+            entry = summary.setdefault(kind, {"windows_s": [], "failed_gets": [], "longest_gaps_s": [],
+                                              "login_windows_s": [], "failed_logins": []})
+            entry["longest_gaps_s"].append(measured.get("longest_gap_s"))
             entry["windows_s"].append(measured["window_s"])
             entry["failed_gets"].append(len(measured["failed_gets"]))
             entry["login_windows_s"].append(measured["login_window_s"])

@@ -67,12 +67,18 @@ async def measure(reactor, options) -> dict:
             env = d.env(i)
             kubeconfig = certificate_kubeconfig(env["HOME"], env["KUBECONFIG"], d.path(f"cert{i}.kubeconfig"))
             argv = [binary, f"--kubeconfig={kubeconfig}", "get", "namespace", "default", "-o", "name"]
-            try:
-                await threads.deferToThread(timed, argv, env)
-            except RuntimeError as e:
-                print(f"{label}: not measured, kubectl fails: {str(e)[-300:]}")
-                continue
-            commands[label] = (argv, env)
+            # The agents learn the second proxy from the first's discovery
+            # (its heartbeat every 10 s), then dial it: wait for that.
+            for attempt in range(120):
+                try:
+                    await threads.deferToThread(timed, argv, env)
+                    commands[label] = (argv, env)
+                    break
+                except RuntimeError as e:
+                    failure = str(e)[-300:]
+                    await task.deferLater(reactor, 0.5, lambda: None)
+            else:
+                print(f"{label}: not measured, kubectl fails after 60 s: {failure}")
         results = await threads.deferToThread(small_gets, options.runs, commands)
         if "one proxy" in results:
             base = results["one proxy"]["p50_ms"]

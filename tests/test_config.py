@@ -102,7 +102,8 @@ kubernetes_service:
         self.assertEqual(parse_address("https://h:443", "x", 1), Address("h", 443))
         with self.assertRaises(ConfigError):
             parse_address("h:99999", "x", 1)
-        self.assertEqual(Address("::", 3).server_endpoint(), r"tcp:3:interface=\:\:")
+        self.assertEqual(Address("::", 3).server_endpoint(), r"tcp:3:interface=\:\::backlog=4096")
+        self.assertEqual(Address("", 3).server_endpoint(), "tcp:3:backlog=4096")
         self.assertEqual(Address("0.0.0.0", 3).connect_host(), "127.0.0.1")
 
     def test_missing_file(self):

@@ -156,6 +156,16 @@ class HighAvailabilityTests(TestCase):
         failed = [(end, detail) for _, end, ok, detail in tries if not ok and killed <= end < until]
         return (max(end for end, _ in failed) - killed if failed else 0.0), [detail for _, detail in failed]
 
+    def longest_gap(self, killed: float, until: float) -> float:
+        """The longest time between two answered GETs ending, from the last
+        before the kill to the last before ``until`` (what a user of the loop
+        waits at most; reported, not asserted)."""
+        ends = sorted(end for _, end, ok, _ in self.gets if ok and end < until)
+        before = [end for end in ends if end <= killed][-1:]
+        after = [end for end in ends if end > killed]
+        points = before + after
+        return max((b - a for a, b in zip(points, points[1:])), default=0.0)
+
     # -- sessions ------------------------------------------------------------------------
 
     async def exec_across(self, binary: str, name: str):
@@ -359,6 +369,7 @@ class HighAvailabilityTests(TestCase):
             get_window, failed_gets = self.failures(self.gets, killed, until)
             login_window, failed_logins = self.failures(self.logins, killed, until)
             result["kills"][kind] = {"window_s": round(get_window, 2), "failed_gets": failed_gets,
+                                     "longest_gap_s": round(self.longest_gap(killed, until), 2),
                                      "login_window_s": round(login_window, 2), "failed_logins": failed_logins}
         print("HA result: " + json.dumps(result))  # bench/ha_failover.py reads this line
 
