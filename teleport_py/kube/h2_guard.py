@@ -94,25 +94,27 @@ class FrameGuard:
         self.lost_sync = False
 
     def receive(self, data: bytes, now: float) -> None:
-        view, at = memoryview(data), 0
-        while at < len(view) and not self.lost_sync:
-            if self._preface:
-                take = min(self._preface, len(view) - at)
-                start = len(PREFACE) - self._preface
-                if view[at:at + take] != PREFACE[start:start + take]:
-                    self.lost_sync = True
-                    return
-                self._preface -= take
-                at += take
-            elif self._remaining:
-                take = min(self._remaining, len(view) - at)
+        at, end = 0, len(data)
+        if self._preface and not self.lost_sync:
+            take = min(self._preface, end)
+            start = len(PREFACE) - self._preface
+            if data[:take] != PREFACE[start:start + take]:
+                self.lost_sync = True
+            self._preface -= take
+            at = take
+        while at < end and not self.lost_sync:
+            if self._remaining:
+                take = min(self._remaining, end - at)
                 self._remaining -= take
                 at += take
-                if not self._remaining:
+                if not self._remaining and self._ends_block:
                     self._frame_complete()
-            else:
-                take = min(FRAME_HEADER - len(self._header), len(view) - at)
-                self._header += view[at:at + take]
+            elif not self._header and end - at >= FRAME_HEADER:
+                self._frame_started(data[at:at + FRAME_HEADER], now)
+                at += FRAME_HEADER
+            else:  # a frame header split across reads
+                take = min(FRAME_HEADER - len(self._header), end - at)
+                self._header += data[at:at + take]
                 at += take
                 if len(self._header) == FRAME_HEADER:
                     header, self._header = bytes(self._header), bytearray()
