@@ -175,8 +175,8 @@ class EtcdPagingTests(PagingTestsMixin, TestCase):
         gateway = backend._store._gateway
         call = gateway.call
 
-        async def counted(path, body):
-            answer = await call(path, body)
+        async def counted(path, body, **options):
+            answer = await call(path, body, **options)
             if path == "kv/range":
                 self.kvs.append(len(answer.get("kvs") or []))
             return answer
