@@ -19,7 +19,7 @@ from cryptography import x509
 
 from teleport_py.pki import HostIdentity, UserIdentity, identity_from_certificate, load_certificate_pem
 from teleport_py.resources import ValidationError, parse_yaml, resource_from_dict, resource_to_dict
-from teleport_py.resources.resource_id import parse_resource_id
+from teleport_py.resource_ids import parse_resource_id
 from tests.support.auth_callers import ADMIN, public_pem
 from tests.support.clocks import ShiftedClock
 from tests.support.seed import KUBE_ACCESS_ROLE

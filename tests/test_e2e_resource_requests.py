@@ -174,6 +174,8 @@ class ResourceRequestFlowTests(TestCase):
         await d.tsh("request", "review", "--approve", request_id, "--reason=go", env=bob)
         created = await waiting
         self.assertIn("Approved: go", created.out)
+        listed = (await d.tctl("requests", "ls")).out
+        self.assertRegex(listed, rf"{request_id}\s+alice\s+pod-access\s+{re.escape(resource)}\s+\S+\s+APPROVED")
         status = (await d.tsh("status")).out
         self.assertIn(request_id, status)
         self.assertIn(f"Allowed resources: {resource}", status)

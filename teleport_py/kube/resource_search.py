@@ -31,7 +31,7 @@ from teleport_py.kube.api_get import APIGetError, api_get, api_path
 from teleport_py.kube.context import KubeCluster
 from teleport_py.pki import UserIdentity
 from teleport_py.rbac import AccessChecker, AccessDenied
-from teleport_py.resources.resource_id import NAMESPACE, POD, ResourceID
+from teleport_py.resource_ids import NAMESPACE, POD, ResourceID
 from teleport_py.resources.role import allowed_search_as_roles
 
 log = Logger()

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from teleport_py.resources.resource_id import ResourceID, resource_ids
+from teleport_py.resource_ids import ResourceID, resource_ids
 
 SYSTEM_ROLES = ("auth", "proxy", "kube", "admin")
 

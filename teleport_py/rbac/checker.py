@@ -12,7 +12,7 @@ import attrs
 
 from teleport_py.rbac.match import WILDCARD, InvalidPattern, match_labels, match_value
 from teleport_py.rbac.request import RequestInfo
-from teleport_py.resources.resource_id import KUBE_CLUSTER, NAMESPACE, POD, ResourceID, resource_ids
+from teleport_py.resource_ids import KUBE_CLUSTER, NAMESPACE, POD, ResourceID, resource_ids
 from teleport_py.resources.role import KUBE_VERBS, V7_CLUSTER_WIDE_KINDS, V7_KINDS, KubernetesResource, Role, RoleConditions
 from teleport_py.resources.traits import expand
 

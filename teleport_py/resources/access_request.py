@@ -12,7 +12,7 @@ from datetime import datetime
 
 import attrs
 
-from teleport_py.resources.resource_id import ResourceID
+from teleport_py.resource_ids import ResourceID
 from teleport_py.resources.role import RequestThreshold
 
 PENDING = "PENDING"

@@ -27,7 +27,7 @@ from teleport_py.resources.duration import format_duration, parse_duration
 from teleport_py.resources.kube_server import KubeServer
 from teleport_py.resources.proxy_server import ProxyServer
 from teleport_py.resources.lock import Lock
-from teleport_py.resources.resource_id import parse_resource_id
+from teleport_py.resource_ids import parse_resource_id
 from teleport_py.resources.role import (
     CORE_RESOURCES,
     DEFAULT_MAX_SESSION_TTL,

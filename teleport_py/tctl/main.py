@@ -25,6 +25,7 @@ from teleport_py.identityfile import IdentityFile
 from teleport_py.quiet import QuietHTTPConnectionPool
 from teleport_py.password_prompt import PasswordInputError, read_password
 from teleport_py.resources import ValidationError, parse_duration, parse_yaml, resource_from_dict, resource_to_dict, to_yaml
+from teleport_py.resource_ids import requested_resources
 
 KIND_ALIASES = {
     "role": "role", "roles": "role",
@@ -361,8 +362,9 @@ class Tctl:
             for item in await self.client.list_access_requests():
                 spec = item["spec"]
                 rows.append([item["metadata"]["name"], spec["user"], ",".join(spec.get("roles") or []),
-                             spec["created"][:19], spec["state"], spec.get("request_reason", "")])
-            self._table(["ID", "User", "Roles", "Created (UTC)", "Status", "Reason"], rows)
+                             ",".join(requested_resources(spec)), spec["created"][:19], spec["state"],
+                             spec.get("request_reason", "")])
+            self._table(["ID", "User", "Roles", "Resources", "Created (UTC)", "Status", "Reason"], rows)
             return
         state = "APPROVED" if a.requests_command == "approve" else "DENIED"
         item = await self.client.resolve_access_request(a.request_id, state, a.reason)

@@ -40,7 +40,7 @@ from teleport_py.pki import (
 from teleport_py.recording.asciicast import AsciicastWriter
 from teleport_py.recording.format import RecordingFormatError, RecordingReader
 from teleport_py.resources import parse_duration
-from teleport_py.resources.resource_id import KUBE_CLUSTER, NAMESPACE, ResourceID, parse_resource_id
+from teleport_py.resource_ids import KUBE_CLUSTER, NAMESPACE, ResourceID, parse_resource_id, requested_resources
 from teleport_py.tsh import kubeconfig
 from teleport_py.tsh.credentials import exec_credential, signed_user_identity, usable_kube_certificate
 from teleport_py.tsh.localproxy import KubeLocalProxyFactory, LocalCA, listener_tls_options, local_kubeconfig
@@ -490,7 +490,7 @@ class Tsh:
         for item in items:
             spec = item.get("spec", {})
             rows.append([str(item.get("metadata", {}).get("name", "")), str(spec.get("user", "")),
-                         ",".join(map(str, spec.get("roles") or [])), ",".join(_requested_resources(spec)),
+                         ",".join(map(str, spec.get("roles") or [])), ",".join(requested_resources(spec)),
                          str(spec.get("created", ""))[:19], str(spec.get("state", "")),
                          str(spec.get("request_reason", ""))])
         self._table(["ID", "User", "Roles", "Resources", "Created (UTC)", "Status", "Reason"], rows)
@@ -551,7 +551,7 @@ class Tsh:
             ("Request ID:", str(item.get("metadata", {}).get("name", ""))),
             ("User:", str(spec.get("user", ""))),
             ("Roles:", ", ".join(map(str, spec.get("roles") or []))),
-            ("Resources:", ", ".join(_requested_resources(spec))),
+            ("Resources:", ", ".join(requested_resources(spec))),
             ("Reason:", str(spec.get("request_reason", ""))),
             ("Status:", str(spec.get("state", ""))),
             ("Access expires:", str(spec.get("expires", ""))),
@@ -580,17 +580,6 @@ class Tsh:
         self.print(" ".join("-" * w for w in widths))
         for row in rows:
             self.print(" ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-
-
-def _requested_resources(spec: dict) -> list[str]:
-    """A request's resource ids as text (``spec.requested_resource_ids``)."""
-    ids = []
-    for item in spec.get("requested_resource_ids") or []:
-        if isinstance(item, dict):
-            parts = [str(item.get(k, "")) for k in ("cluster", "kind", "name")]
-            text = "/" + "/".join(parts)
-            ids.append("%s/%s" % (text, item["sub_resource"]) if item.get("sub_resource") else text)
-    return ids
 
 
 def run(args) -> None:

@@ -50,7 +50,7 @@ from teleport_py.resources.access_request import (
     AccessRequest,
     AccessReview,
 )
-from teleport_py.resources.resource_id import ResourceID, resource_ids
+from teleport_py.resource_ids import ResourceID, resource_ids
 from teleport_py.resources.role import RequestThreshold, allowed_search_as_roles
 
 PREFIX = "/access_requests/"

@@ -71,3 +71,15 @@ def resource_ids(values) -> tuple[ResourceID, ...]:
         raise TypeError("expected a sequence of resource ids, not a single string")
     parsed = (v if isinstance(v, ResourceID) else parse_resource_id(v) for v in values)
     return tuple(dict.fromkeys(parsed))
+
+
+def requested_resources(spec: dict) -> list[str]:
+    """The resource ids of an ``access_request`` document's spec
+    (``requested_resource_ids``, Teleport's layout) as text, for listings;
+    anything that is not such an entry is skipped."""
+    ids = []
+    for item in spec.get("requested_resource_ids") or []:
+        if isinstance(item, dict):
+            text = "/" + "/".join(str(item.get(k, "")) for k in ("cluster", "kind", "name"))
+            ids.append(f"{text}/{item['sub_resource']}" if item.get("sub_resource") else text)
+    return ids
