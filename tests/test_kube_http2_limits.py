@@ -17,7 +17,8 @@ from teleport_py.config import ConnectionLimits
 from teleport_py.kube.acceptor import StreamAcceptor
 from teleport_py.kube.authorize import MAX_UNPARSED_REASON, RoleCache
 from teleport_py.kube.context import KubeCluster
-from teleport_py.kube.h2_guard import CONTROL_BURST, PREFACE, RESET_BURST, RESETS_PER_SECOND, Flood, FrameGuard
+from teleport_py.kube.h2_guard import (CONTROL_BURST, MAX_SETTINGS, PREFACE, RESET_BURST, RESETS_PER_SECOND, Flood,
+                                       FrameGuard)
 from tests.support.kube import FakeRoles, credentials, role
 from tests.support.kube_h2 import PODS, WATCH, FakePool, HTTP11OnlyAPIServer, Kubectl, json_response
 from tests.support.pki import NOW, USER_CA, user_cert_pem
@@ -260,6 +261,17 @@ class HTTP2LimitsTests(SynchronousTestCase):
             kubectl.front.dataReceived(kubectl.h2.data_to_send())
             self.assertTrue(kubectl.transport.disconnecting)
             self.assertEqual(self.goaway(kubectl).error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def test_a_settings_frame_of_many_parameters_ends_the_connection(self):
+        kubectl = self.kubectl()
+        def settings_frame(count: int) -> bytes:  # INITIAL_WINDOW_SIZE 65536, ``count`` times
+            return (6 * count).to_bytes(3, "big") + b"\4\0\0\0\0\0" + b"\0\4\0\1\0\0" * count
+        kubectl.front.dataReceived(settings_frame(MAX_SETTINGS))
+        self.assertFalse(kubectl.transport.disconnecting)
+        kubectl.front.dataReceived(settings_frame(MAX_SETTINGS + 1))
+        self.assertTrue(kubectl.transport.disconnecting)
+        self.assertEqual(self.goaway(kubectl).error_code, ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertIn("SETTINGS frame of more than 64", self.audit[-1]["reason"])
 
     def test_a_continuation_flood_is_refused_by_h2(self):
         kubectl = self.kubectl()
