@@ -5,7 +5,7 @@ kubelet stand-in.
 alice holds no kube access; her role lets her search as ``pod-access``. She
 finds the pods she could ask for (``tsh request search``, listed by the
 agent from the API server), requests one, bob approves, and her
-certificate reaches exactly that pod: ``get`` and ``exec`` yes;
+certificate reaches exactly that pod: ``get``, ``exec`` and ``logs`` yes;
 another pod, another namespace, secrets: a Kubernetes Status refusing it;
 listing pods shows that pod alone (Teleport filters lists). When the request
 ends, everything is refused again."""
@@ -188,11 +188,15 @@ class ResourceRequestFlowTests(TestCase):
             self.assertEqual(got.out.strip(), f"pod/{that}")
             ran = await d.kubectl("exec", that, "--", "echo", "inside", that, binary=binary)
             self.assertEqual(ran.out, f"inside {that}\n")
+            # Teleport lets logs of that pod through (the kubelet stand-in serves
+            # none, so the API server's own error comes back, never a refusal of ours).
+            logs = await d.kubectl("logs", that, binary=binary, expect=None)
+            self.assertNotIn("forbidden", logs.err)
             listed = await d.kubectl("get", "pods", "-n", "default", "-o", "name", binary=binary)
             self.assertEqual(listed.out.split(), [f"pod/{that}"])
             everywhere = await d.kubectl("get", "pods", "-A", "-o", "name", binary=binary)
             self.assertEqual(everywhere.out.split(), [f"pod/{that}"])
-            for args in (("get", "pod", other), ("exec", other, "--", "true"),
+            for args in (("get", "pod", other), ("exec", other, "--", "true"), ("logs", other),
                          ("get", "pods", "-n", self.namespace), ("get", "pod", elsewhere, "-n", self.namespace),
                          ("get", "secrets"), ("delete", "pod", that, "--wait=false"),
                          ("get", "configmaps", "-n", "default")):
