@@ -4,7 +4,8 @@ behind a load balancer by which one answered, drops proxies that left the
 list, and redials with jittered backoff."""
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
@@ -34,6 +35,8 @@ class FakeProxy:
         if kind != "announce":
             raise StreamRejected("unexpected")
         self.announces.append(metadata)
+        if self.network.listed is not None:  # as a real proxy: the list after every announce
+            self.network.clock.callLater(0, self.discover, *self.network.listed)
         return Protocol()
 
     def connect(self, factory):
@@ -100,6 +103,8 @@ class Network:
         #: The agent side of each tunnel -> the proxy it reached (what the certificate says in real life).
         self.reached: dict = {}
         self.addresses: dict[tuple[str, int], object] = {}
+        #: What Auth lists (proxies send it after each announce), None: nothing yet.
+        self.listed: list | None = None
 
     def proxy(self, name: str, addr: str) -> FakeProxy:
         proxy = FakeProxy(self, name, addr)
@@ -241,6 +246,25 @@ class PoolTests(SynchronousTestCase):
         self.net.settle()
         self.assertEqual(pool.proxies, {"proxy-a": True})
 
+    def test_when_every_listed_proxy_is_gone_a_new_one_at_the_given_address_is_kept(self):
+        old, new = self.net.proxy("proxy-old", "old:3080"), self.net.proxy("proxy-new", "new:3080")
+        lb = Balancer([old])
+        self.net.addresses[("lb", 3080)] = lb
+        pool = self.start("lb:3080")
+        old.discover(_Listed("proxy-old", "lb:3080"))
+        self.net.settle()
+        # The old proxy is replaced by a new one behind the balancer, which no list names yet.
+        old.crash()
+        lb.order = [new]
+        for _ in range(20):
+            self.net.clock.advance(0.5)
+            self.net.settle(3)
+        self.assertTrue(pool.up)
+        self.assertEqual(len(new.live()), 1)
+        new.discover(new)
+        self.net.settle()
+        self.assertEqual(pool.proxies, {"proxy-new": True})
+
     def test_stop_closes_every_tunnel_and_dials_no_more(self):
         a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "b:3080")
         pool = self.net.pool("a:3080")
@@ -357,3 +381,94 @@ class AuthOverTunnelsTests(SynchronousTestCase):
         self.failureResultOf(self.auth.connect(None), TunnelClosed)
         self.pool.up_tunnels = [_AuthTunnel("a", refuse=True)]
         self.failureResultOf(self.auth.connect(None), TunnelClosed)
+
+
+class PoolStateMachine(RuleBasedStateMachine):
+    """Any sequence of proxies crashing and restarting, lists changing and
+    time passing, directly or behind a load balancer: the pool never keeps
+    two tunnels to one proxy nor more slots than listed proxies, and once
+    things settle it holds exactly one tunnel to each listed live proxy."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = Network()
+        self.all = [self.net.proxy(f"proxy-{i}", f"p{i}:3080") for i in range(3)]
+        self.listed = list(self.all[:2])
+        self.pool = None
+
+    @initialize(balanced=st.booleans())
+    def start(self, balanced):
+        address = "p0:3080"
+        if balanced:
+            self.net.addresses[("lb", 3080)] = Balancer(self.all)
+            address = "lb:3080"
+            self.addr = {p.name: "lb:3080" for p in self.all}
+        else:
+            self.addr = {p.name: p.addr for p in self.all}
+        self.pool = self.net.pool(address)
+        self.pool.start()
+        self.net.settle()
+
+    def _discover(self):
+        listed = self.net.listed = [_Listed(p.name, self.addr[p.name]) for p in self.listed]
+        for proxy in self.all:
+            if proxy.up:
+                proxy.discover(*listed)
+        self.net.settle()
+
+    @rule(data=st.data())
+    def change_the_list(self, data):
+        self.listed = data.draw(st.lists(st.sampled_from(self.all), min_size=1, max_size=3, unique=True))
+        self._discover()
+
+    @rule(i=st.integers(0, 2))
+    def crash(self, i):
+        if sum(p.up for p in self.all) > 1:
+            self.all[i].crash()
+            self.net.settle()
+
+    @rule(i=st.integers(0, 2))
+    def restart(self, i):
+        self.all[i].up = True
+
+    @rule(seconds=st.sampled_from([0.5, 1, 3, 8]))
+    def wait(self, seconds):
+        self.net.clock.advance(seconds)
+        self.net.settle()
+
+    @invariant()
+    def never_two_tunnels_kept_to_one_proxy(self):
+        if self.pool is None:
+            return
+        held = [slot.proxy for slot in self.pool._slots if slot.client.up]
+        assert len(held) == len(set(held)), held
+        wanted = self.pool._wanted()
+        unlisted = [s for s in self.pool._slots if wanted and s.proxy is not None and s.proxy not in wanted]
+        assert len(self.pool._slots) <= max(1, len(wanted)) + len(unlisted), self.pool._slots
+
+    def teardown(self):
+        if self.pool is None:
+            return
+        # Settle: every proxy up, every proxy telling the same list, time for the backoff to run out.
+        for proxy in self.all:
+            proxy.up = True
+        self._discover()
+        for _ in range(120):
+            self.net.clock.advance(0.5)
+            self.net.settle(3)
+        self._discover()
+        for _ in range(40):
+            self.net.clock.advance(0.5)
+            self.net.settle(3)
+        expected = {p.name: True for p in self.listed}
+        assert self.pool.proxies == expected, (self.pool.proxies, expected)
+        for proxy in self.listed:
+            assert len(proxy.live()) == 1, (proxy.name, len(proxy.live()))
+        self.pool.stop()
+        self.net.settle()
+
+
+class PoolStateMachineTests(SynchronousTestCase):
+    def test_any_sequence(self):
+        run_state_machine_as_test(PoolStateMachine, settings=settings(
+            max_examples=40, stateful_step_count=15, deadline=None))

@@ -9,12 +9,13 @@ in that list: one slot (a ``TunnelClient``, which redials with jittered
 backoff) per proxy. A slot dials the address of a proxy no tunnel holds yet
 (as that proxy's heartbeat gives it), or the given address: when no proxy
 is missing, every other dial while no tunnel is up (starting with it), and
-after two dials in a row to listed addresses did not connect.
+after two dials in a row to listed addresses gave no tunnel to keep.
 
 Which proxy a tunnel reached is read from the proxy's verified host
 certificate, never from what was dialled: behind a load balancer a slot may
-land on a proxy another slot already holds; that tunnel is closed and the
-slot dials again with backoff, until every proxy is held. A proxy that left
+land on a proxy another slot already holds, or on one the list does not
+name (yet); that tunnel is closed and the slot dials again with backoff,
+until every listed proxy is held. A proxy that left
 the list (its heartbeat expired) loses its slot; a tunnel never closes
 because of a list while it is the last one.
 """
@@ -80,7 +81,7 @@ class _SlotEndpoint:
         self._pool = pool
         #: The proxy this slot is trying to reach (None: the given address).
         self.target: str | None = None
-        #: Dials in a row that did not connect.
+        #: Dials in a row that gave no tunnel to keep (not connected, or not a proxy we want).
         self.failures = 0
 
     def connect(self, factory):
@@ -91,11 +92,7 @@ class _SlotEndpoint:
             self.failures += 1
             return failure
 
-        def connected(protocol):
-            self.failures = 0
-            return protocol
-
-        return d.addCallbacks(connected, failed)
+        return d.addErrback(failed)
 
 
 class _Slot:
@@ -143,6 +140,8 @@ class AgentPool:
         self._slots: list[_Slot] = []
         #: The latest discovery list from each proxy we hold (sender host id -> its list).
         self._lists: dict[str, dict[str, Address]] = {}
+        #: The last list we had when the last proxy we held was lost (used while we hold none).
+        self._last_list: dict[str, Address] = {}
         self._stopped = True
         self._listed: list[str] = []
 
@@ -205,6 +204,9 @@ class AgentPool:
         return self._endpoints[address]
 
     def _wanted(self) -> dict[str, Address]:
+        """What the proxies we hold list (together), else the last list we had."""
+        if not self._lists:
+            return dict(self._last_list)
         wanted: dict[str, Address] = {}
         for listed in self._lists.values():
             wanted.update(listed)
@@ -215,8 +217,8 @@ class AgentPool:
         the given address (which worked before) when no proxy is missing;
         while no tunnel is up, every other dial (after a restart of the only
         proxy, the first redial goes where it went before, whatever address
-        that proxy heartbeats); else after two listed-address dials in a row
-        failed (a listed address may not be reachable from here)."""
+        that proxy heartbeats); else after two fruitless listed-address dials
+        in a row (a listed address may not be reachable from here)."""
         wanted = self._wanted()
         busy = {slot.proxy for slot in self._slots} | {
             slot.endpoint.target for slot in self._slots if slot.endpoint is not endpoint and slot.proxy is None}
@@ -224,7 +226,7 @@ class AgentPool:
         if not missing:
             given = True
         elif self.up:
-            given = endpoint.failures % 3 == 2  # after two failed dials to listed addresses
+            given = endpoint.failures % 3 == 2  # after two fruitless dials to listed addresses
         else:
             given = endpoint.failures % 2 == 0  # the given address first, then in turn
         if given:
@@ -232,12 +234,23 @@ class AgentPool:
         return missing[0], wanted[missing[0]]
 
     def _identify(self, slot: _Slot, tunnel) -> bool:
+        kept = self._keep(slot, tunnel)
+        slot.endpoint.failures = 0 if kept else slot.endpoint.failures + 1
+        return kept
+
+    def _keep(self, slot: _Slot, tunnel) -> bool:
         name = self._proxy_of(tunnel)
         if name is None:
             log.warn("closing a tunnel to a peer that is not a proxy of our cluster")
             return False
         if any(other is not slot and other.proxy == name for other in self._slots):
             log.info("reached proxy {proxy} again (a load balancer?); dialling again", proxy=name)
+            return False
+        fresh = {listed for lists in self._lists.values() for listed in lists}
+        if fresh and name not in fresh:
+            # Its heartbeat is not (or no longer) in Auth: dial again, with backoff, until it is.
+            # (With no list from a proxy we hold, any proxy is kept: the old ones may all be gone.)
+            log.info("reached proxy {proxy}, which the cluster's list does not name; dialling again", proxy=name)
             return False
         slot.proxy = name
         slot.endpoint.target = None
@@ -270,27 +283,32 @@ class AgentPool:
         return MetadataOnly()
 
     def _lost(self, slot: _Slot) -> None:
-        if slot.proxy is not None and len(self._lists) > 1:
-            self._lists.pop(slot.proxy, None)  # its list is no fresher than the others'
+        if slot.proxy is not None and slot.proxy in self._lists:
+            if len(self._lists) == 1:
+                self._last_list = self._wanted()
+            del self._lists[slot.proxy]  # nothing will refresh it now
         slot.proxy = None
         if not self._stopped:
             self._reactor.callLater(0, self._reconcile)
 
     def _reconcile(self) -> None:
-        """One slot per listed proxy (at least one); the slots of proxies
-        that left the list go."""
+        """One slot per listed proxy (at least one). A tunnel to a proxy the
+        list does not name (it left, or we reached it before any list) is
+        kept, besides those slots, only until a listed proxy's tunnel is up:
+        the agent is never left without a tunnel because of a list."""
         if self._stopped:
             return
         wanted = self._wanted()
         if sorted(wanted) != self._listed:
             self._listed = sorted(wanted)
             log.info("proxies of the cluster: {proxies}", proxies=self._listed)
-        if wanted:
-            for slot in list(self._slots):
-                if slot.proxy is not None and slot.proxy not in wanted and len(self._slots) > 1:
-                    log.info("proxy {proxy} left the cluster's list; closing its tunnel", proxy=slot.proxy)
-                    self._remove(slot)
-        desired = max(1, len(wanted))
+        unlisted = [s for s in self._slots if wanted and s.proxy is not None and s.proxy not in wanted]
+        if any(s.client.up and s.proxy in wanted for s in self._slots):
+            for slot in unlisted:
+                log.info("proxy {proxy} is not in the cluster's list; closing its tunnel", proxy=slot.proxy)
+                self._remove(slot)
+            unlisted = []
+        desired = max(1, len(wanted)) + len(unlisted)
         while len(self._slots) < desired:
             slot = _Slot(self)
             self._slots.append(slot)
