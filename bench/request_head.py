@@ -21,6 +21,8 @@ import h11
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from teleport_py.kube.http1_client import ClientConnection  # noqa: E402
+from teleport_py.kube.http1_server import ServerConnection  # noqa: E402
 from teleport_py.kube.request_head import parse_request_head  # noqa: E402
 
 KUBECTL_GET = (b"GET /api/v1/namespaces/default HTTP/1.1\r\nHost: 127.0.0.1:3026\r\n"
@@ -72,6 +74,34 @@ def h11_write_response() -> None:
     http.send(response.next_event())
 
 
+def ours_server_side() -> None:
+    """What replaced h11 on kubectl's side: read the request, write the response head."""
+    http = ServerConnection()
+    http.receive_data(KUBECTL_GET)
+    http.next_event()
+    http.next_event()
+    http.send(RESPONSE_EVENT)
+
+
+def ours_client_side() -> None:
+    """What replaced h11 on the API server's side: write the request, read the response head."""
+    http = ClientConnection()
+    http.send_request(b"GET", b"/api/v1/namespaces/default", FORWARDED)
+    http.send_end()
+    http.receive_data(RESPONSE)
+    http.next_event()
+
+
+def _response_event():
+    http = h11.Connection(h11.CLIENT)
+    http.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"x")]))
+    http.receive_data(RESPONSE)
+    return http.next_event()
+
+
+RESPONSE_EVENT = _response_event()
+
+
 def cpu_us(step, rounds: int) -> float:
     for _ in range(rounds // 10):
         step()
@@ -93,6 +123,10 @@ def main() -> None:
         ("h11: write the request upstream", cpu_us(h11_write_request, options.rounds)),
         ("h11: read the response head (incl. writing a request)", cpu_us(h11_read_response, options.rounds)),
         ("h11: write the response head (incl. reading a request, a response)", cpu_us(h11_write_response, options.rounds)),
+        ("ours (kube/http1_server.py): read the request, write the response head",
+         cpu_us(ours_server_side, options.rounds)),
+        ("ours (kube/http1_client.py): write the request, read the response head",
+         cpu_us(ours_client_side, options.rounds)),
     ]
     print(f"load average {os.getloadavg()[0]:.1f}; CPU us per step, {options.rounds} rounds")
     for name, us in rows:

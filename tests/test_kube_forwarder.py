@@ -23,6 +23,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from teleport_py.kube.acceptor import StreamAcceptor
 from teleport_py.kube.authorize import MAX_UNPARSED_REASON, CheckerCache, RoleCache
 from teleport_py.kube.context import Decision, KubeCluster
+from teleport_py.kube.http1_client import ClientConnection
+from teleport_py.kube.http1_server import IDLE
 from teleport_py.kube.upstream import UpstreamRequest
 from teleport_py.pki import CertAuthority, UserIdentity, certificate_pem
 from teleport_py.rbac import RequestInfo
@@ -474,7 +476,7 @@ class _LentConnection:
     """A pooled API server connection, as far as one exchange sees it."""
 
     def __init__(self):
-        self.http = h11.Connection(h11.CLIENT)
+        self.http = ClientConnection()
         self.transport = _CountingTransport()
         self.given_back = 0
         self.read_as_is = False
@@ -486,7 +488,7 @@ class _LentConnection:
         self.given_back += 1
 
     def next_cycle_read_as_is(self):
-        self.http = h11.Connection(h11.CLIENT)
+        self.http = ClientConnection()
         self.read_as_is = True
 
 
@@ -565,7 +567,7 @@ class ResponseRelayTests(SynchronousTestCase):
         return self.kubectl.transport.value().split(b"\r\n\r\n", 1)[1]
 
     def assert_next_request_accepted(self):
-        self.assertEqual((self.kubectl.http.our_state, self.kubectl.http.their_state), (h11.IDLE, h11.IDLE))
+        self.assertEqual((self.kubectl.http.our_state, self.kubectl.http.their_done), (IDLE, False))
         self.assertIsNone(self.kubectl.upstream)
 
     def test_an_unfiltered_chunked_body_goes_as_framed_in_any_pieces(self):

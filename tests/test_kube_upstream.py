@@ -25,10 +25,10 @@ class Exchange:
 
 
 def complete_exchange(connection):
-    """One GET and its whole response through the connection's h11 state."""
+    """One GET and its whole response through the connection's client state."""
     connection.lend(Exchange())
-    connection.http.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"api")]))
-    connection.http.send(h11.EndOfMessage())
+    connection.http.send_request(b"GET", b"/", [(b"host", b"api")])
+    connection.http.send_end()
     connection.http.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
     while not isinstance(connection.http.next_event(), h11.EndOfMessage):
         pass
@@ -62,7 +62,7 @@ class UpstreamPoolTests(SynchronousTestCase):
     def test_unfinished_exchange_closes_the_connection(self):
         connection = self.acquire()
         connection.lend(Exchange())
-        connection.http.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"api")]))
+        connection.http.send_request(b"GET", b"/", [(b"host", b"api")])
         connection.give_back()
         self.assertTrue(connection.transport.disconnecting)
         self.assertEqual(self.pool.idle, 0)
@@ -70,10 +70,10 @@ class UpstreamPoolTests(SynchronousTestCase):
     def test_exchange_read_as_is_starts_over_with_a_new_h11_state(self):
         connection = self.acquire()
         connection.lend(Exchange())
-        connection.http.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"api")]))
-        connection.http.send(h11.EndOfMessage())
+        connection.http.send_request(b"GET", b"/", [(b"host", b"api")])
+        connection.http.send_end()
         connection.http.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
-        connection.http.next_event()  # the head; the body is read without h11
+        connection.http.next_event()  # the head; the body is read without the client state
         connection.next_cycle_read_as_is()
         connection.give_back()
         self.assertIs(self.acquire(), connection)

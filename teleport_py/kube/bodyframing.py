@@ -51,13 +51,17 @@ class ChunkedBody:
         self._last = False  # the last chunk's line was read: one CRLF ends the body
         self._ended = False
 
-    def feed(self, data: bytes) -> tuple[int, bool]:
+    def feed(self, data: bytes, payload: list | None = None) -> tuple[int, bool]:
         """How many leading bytes of ``data`` belong to the body, and whether
-        it ended; raises FramingError on framing h11 would refuse."""
+        it ended; raises FramingError on framing h11 would refuse. With
+        ``payload``, the chunks' data found in ``data`` is appended to it
+        (decoding a request body, kube/http1_server.py)."""
         pos, end = 0, len(data)
         while pos < end and not self._ended:
             if self._in_chunk:
                 taken = min(self._in_chunk, end - pos)
+                if payload is not None:
+                    payload.append(data[pos:pos + taken])
                 pos += taken
                 self._in_chunk -= taken
                 if not self._in_chunk:
@@ -100,6 +104,20 @@ class ChunkedBody:
         else:
             raise FramingError("trailers after the last chunk are not relayed")
         return pos + 1
+
+
+def take_body(body: ContentLengthBody | ChunkedBody, buffer: bytearray) -> tuple[bytes, bool]:
+    """Decode the part of ``buffer`` that belongs to ``body``, removing it
+    from ``buffer``: the body's data in it, and whether the body ended."""
+    if body.chunked:
+        payload: list = []
+        taken, ended = body.feed(bytes(buffer), payload)
+        data = b"".join(payload)
+    else:
+        taken, ended = body.feed(buffer)
+        data = bytes(buffer[:taken])
+    del buffer[:taken]
+    return data, ended
 
 
 def body_framing(method: bytes, response: h11.Response) -> ContentLengthBody | ChunkedBody | None:

@@ -1,6 +1,7 @@
 """The agent's HTTP/1.1 front end: one kubectl connection per `kube` tunnel stream.
 
-Requests are parsed by h11 (sans-IO), so a malformed one is a 400 and never
+Requests are parsed sans-IO by kube/http1_server.py (a strict head parser,
+checked against h11), so a malformed or ambiguous one is a 400 and never
 an exception on the reactor; each is made canonical, decided and forwarded
 by the stream's `KubeCaller` (kube/authorize.py), one at a time. Responses are relayed event
 by event, never buffered whole, because ``watch`` and ``logs -f`` never end.
@@ -22,6 +23,8 @@ from zope.interface import implementer
 from teleport_py.kube.authorize import HeldRequest, KubeCaller
 from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody
 from teleport_py.kube.canonical import CanonicalRequest
+from teleport_py.kube.http1_server import DONE, END, IDLE, NEED_DATA, PAUSED, SEND_RESPONSE, ServerConnection
+from teleport_py.kube.request_head import ProtocolError
 from teleport_py.kube.interfaces import Upstream
 from teleport_py.kube.sessions import SessionRelay, session_info
 from teleport_py.kube.upstream import UpstreamRequest
@@ -61,11 +64,11 @@ class KubeConnection(Protocol):
 
     #: Body bytes the API server framed go to kubectl unchanged, HTTP/1.1 only.
     passes_framing = property(lambda self: self.http.their_http_version == b"1.1")
-    response_started = property(lambda self: self.http.our_state is not h11.SEND_RESPONSE)
+    response_started = property(lambda self: self.http.our_state is not SEND_RESPONSE)
 
     def __init__(self, caller: KubeCaller) -> None:
         self.caller = caller
-        self.http = h11.Connection(h11.SERVER)
+        self.http = ServerConnection()
         self.upstream: Upstream | None = None
         self._held: HeldRequest | None = None
         self._authorizing = False
@@ -74,6 +77,8 @@ class KubeConnection(Protocol):
         self._paused_while_authorizing = False
         self._relay: SessionRelay | None = None
         self.closed = False
+        #: kubectl sent what is not HTTP: nothing more is read.
+        self._refused = False
         #: Waiting for a request: ``"idle"`` until its first byte, then
         #: ``"head"`` until the whole head is in (``teleport.connection_limits``).
         self._timer = None
@@ -87,6 +92,8 @@ class KubeConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._relay is not None:
             self._relay.from_client(data)
+            return
+        if self._refused:
             return
         if self._timer_kind == "idle":
             self._wait("head")
@@ -114,27 +121,17 @@ class KubeConnection(Protocol):
         while not self._authorizing and not self.closed and self._relay is None:
             try:
                 event = self.http.next_event()
-            except h11.RemoteProtocolError as e:
+            except ProtocolError as e:
                 self._bad_request(e)
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
+            if event is NEED_DATA or event is PAUSED:
                 return
-            if isinstance(event, h11.Request):
-                self._wait(None)
-                request = self.caller.canonical(self, event.method, event.target, _host(event.headers),
-                                                event.headers)
-                if request is None:  # answered 400; its body, if any, is read and dropped
-                    continue
-                if request.names_object_in_body:
-                    self._held = self.caller.hold(request)
-                else:
-                    self._begin(request)
-            elif isinstance(event, h11.Data):
+            if type(event) is bytes:
                 if self._held is not None:
-                    self._held.add(event.data)
+                    self._held.add(event)
                 elif self.upstream is not None:
-                    self.upstream.request_data(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+                    self.upstream.request_data(event)
+            elif event is END:
                 if self._held is not None:
                     held, self._held = self._held, None
                     self._begin(held.request, held)
@@ -142,15 +139,22 @@ class KubeConnection(Protocol):
                 if self.upstream is not None:
                     self.upstream.request_done()
                 self._maybe_next_cycle()
-            elif isinstance(event, h11.ConnectionClosed):
-                self.transport.loseConnection()
-                return
+            else:  # a request head
+                self._wait(None)
+                request = self.caller.canonical(self, event.method, event.target, event.header(b"host") or b"",
+                                                event.headers)
+                if request is None:  # answered 400; its body, if any, is read and dropped
+                    continue
+                if request.names_object_in_body:
+                    self._held = self.caller.hold(request)
+                else:
+                    self._begin(request)
 
     def _maybe_next_cycle(self) -> None:
-        if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE:
+        if self.http.our_state is DONE and self.http.their_done:
             self.http.start_next_cycle()
             self._wait("idle")
-        elif self.http.our_state is h11.MUST_CLOSE:
+        elif self.http.must_close:
             self.transport.loseConnection()
 
     def _wait(self, kind: str | None) -> None:
@@ -209,17 +213,13 @@ class KubeConnection(Protocol):
 
     def send_framed(self, head: Sequence, body: bytes, framing: ChunkedBody | ContentLengthBody, end: bool) -> None:
         """``head`` events, then body bytes as the API server framed them, in
-        one write; h11 follows our response without encoding it again: a
-        Content-Length body passes through it as is (it only counts), a
-        chunked one already holds its last chunk, so h11's is not sent."""
+        one write, not framed again: our side of the connection only counts
+        a Content-Length body and takes a chunked one's end as the response's."""
         if self.closed:
             return
         out = [self.http.send(event) for event in head]
-        out.append(self.http.send(h11.Data(data=body)) if body and not framing.chunked else body)
-        if end:
-            eom = self.http.send(h11.EndOfMessage())
-            if not framing.chunked:
-                out.append(eom)
+        out.append(body)
+        self.http.framed_body(body, end)
         self.transport.write(b"".join(out))
 
     def respond_status(self, status: KubeStatus) -> None:
@@ -279,16 +279,17 @@ class KubeConnection(Protocol):
             return
         self.send(response)
         self._relay = upstream.session = relay
-        client_bytes, _ = self.http.trailing_data
+        client_bytes = self.http.trailing_data
         if client_bytes:
             relay.from_client(client_bytes)
         if pending:
             relay.from_server(pending)
 
     def _bad_request(self, error: Exception) -> None:
-        """What h11 cannot parse is a 400 (audited as refused) and the end of
+        """What we cannot parse is a 400 (audited as refused) and the end of
         the connection; if a response is already under way, only the end."""
-        if self.http.our_state in (h11.SEND_RESPONSE, h11.IDLE):
+        self._refused = True
+        if self.http.our_state in (SEND_RESPONSE, IDLE):
             self.caller.refused_unparsed(400, f"HTTP/1.1: {error}")
             self.transport.write(KubeStatus(400, "malformed HTTP request").http11())
         self.transport.loseConnection()
@@ -297,11 +298,6 @@ class KubeConnection(Protocol):
         log.failure("kube request failed user={user}", failure, user=self.caller.identity.username)
         if not self.closed:
             self.transport.abortConnection()
-
-
-def _host(headers) -> bytes:
-    """The Host header (HTTP/1.0 may have none)."""
-    return next((value for name, value in headers if name == b"host"), b"")
 
 
 def _close(transport) -> None:

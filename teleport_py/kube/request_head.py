@@ -21,6 +21,8 @@ import re
 
 import attrs
 
+from teleport_py.kube.bodyframing import FramingError
+
 #: As h11's default limit on an incomplete event.
 MAX_HEAD = 16 * 1024
 
@@ -36,6 +38,35 @@ _BARE_CR_OR_LF = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")
 
 class HeadError(Exception):
     """The request head is malformed or ambiguous: answer 400 and close."""
+
+
+class ProtocolError(Exception):
+    """The peer's bytes are not HTTP/1.1 we accept: the connection ends."""
+
+
+class LocalError(Exception):
+    """We were about to write what HTTP/1.1 does not allow (a bug, or a
+    value such as a user name that cannot be a header): nothing is written."""
+
+
+class PeerReader:
+    """What reads a peer's HTTP/1.1 (kube/http1_server.py, kube/http1_client.py):
+    ``next_event`` raises ProtocolError for malformed, ambiguous or
+    over-long input, and again on every later call."""
+
+    _failed: ProtocolError | None = None
+
+    def next_event(self):
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._next_event()
+        except (HeadError, FramingError) as e:
+            self._failed = ProtocolError(str(e))
+            raise self._failed from None
+
+    def _next_event(self):
+        raise NotImplementedError
 
 
 @attrs.frozen
@@ -60,29 +91,56 @@ def parse_request_head(buffer: bytes | bytearray, max_head: int = MAX_HEAD) -> t
     """The request head at the start of ``buffer`` and the bytes it took,
     or None while it is incomplete. Raises HeadError when it is malformed,
     ambiguous or longer than ``max_head`` (complete or not)."""
-    end = buffer.find(b"\r\n\r\n", 0, max_head + 4)
-    if end < 0:
-        if len(buffer) > max_head:
-            raise HeadError("request head too long")
-        if (buffer and buffer[0] < 0x21) or _BARE_CR_OR_LF.search(buffer):
-            raise HeadError("malformed request head")
+    end = find_head_end(buffer, max_head)
+    if end is None:
         return None
     lines = bytes(buffer[:end]).split(b"\r\n")
     request_line = _REQUEST_LINE.fullmatch(lines[0])
     if request_line is None:
-        raise HeadError("malformed request line")
+        raise HeadError("illegal request line")
     method, target, version = request_line.groups()
+    headers, content_length, chunked, hosts = parse_fields(lines[1:])
+    if hosts > 1:
+        raise HeadError("more than one Host header")
+    if version == b"1.1" and not hosts:
+        raise HeadError("no Host header")
+    head = RequestHead(method, target, version, headers, content_length or 0, chunked)
+    return head, end + 4
+
+
+def find_head_end(buffer: bytes | bytearray, max_head: int) -> int | None:
+    """Where the head at the start of ``buffer`` ends (its blank line), or
+    None while it is incomplete; HeadError when it is too long or an
+    incomplete head already has a bare CR or LF."""
+    end = buffer.find(b"\r\n\r\n", 0, max_head + 4)
+    if end >= 0:
+        return end
+    if len(buffer) > max_head:
+        raise HeadError("head too long")
+    if (buffer and buffer[0] < 0x21) or _BARE_CR_OR_LF.search(buffer):
+        raise HeadError("malformed head")
+    return None
+
+
+def parse_fields(lines: list[bytes], *, keep_case: bool = False
+                 ) -> tuple[tuple[tuple[bytes, bytes], ...], int | None, bool, int]:
+    """Header lines as h11 reads them (names lower case unless ``keep_case``, values stripped),
+    the body's declared length (None if none), whether it is chunked, and
+    how many Host headers there are. HeadError for anything malformed or
+    ambiguous: a bad name or value, more than one Content-Length,
+    Transfer-Encoding other than one ``chunked``, or both."""
     headers = []
     content_length: bytes | None = None
-    chunked = host = False
-    for line in lines[1:]:
+    chunked = False
+    hosts = 0
+    for line in lines:
         name, colon, value = line.partition(b":")
         if not colon or _FIELD_NAME.fullmatch(name) is None:
-            raise HeadError("malformed header line")
+            raise HeadError("illegal header line")
         value = value.strip(b" \t")
         if _FIELD_VALUE.fullmatch(value) is None:
             raise HeadError("malformed header value")
-        name = name.lower()
+        raw, name = name, name.lower()
         if name == b"content-length":
             if content_length is not None or _CONTENT_LENGTH.fullmatch(value) is None:
                 raise HeadError("ambiguous or malformed Content-Length")
@@ -92,13 +150,23 @@ def parse_request_head(buffer: bytes | bytearray, max_head: int = MAX_HEAD) -> t
                 raise HeadError("Transfer-Encoding other than one chunked")
             chunked, value = True, b"chunked"
         elif name == b"host":
-            if host:
-                raise HeadError("more than one Host header")
-            host = True
-        headers.append((name, value))
+            hosts += 1
+        headers.append((raw if keep_case else name, value))
     if chunked and content_length is not None:
         raise HeadError("both Content-Length and Transfer-Encoding")
-    if version == b"1.1" and not host:
-        raise HeadError("no Host header")
-    head = RequestHead(method, target, version, tuple(headers), int(content_length or 0), chunked)
-    return head, end + 4
+    return tuple(headers), None if content_length is None else int(content_length), chunked, hosts
+
+
+def is_valid_field(name: bytes, value: bytes) -> bool:
+    """A header we write is one h11 would write: a token name and a value
+    of visible bytes and inner blanks (no CR, LF or other control byte)."""
+    return _FIELD_NAME.fullmatch(name) is not None and _FIELD_VALUE.fullmatch(value) is not None
+
+
+def comma_values(headers, name: bytes) -> list[bytes]:
+    """The comma-separated values of every ``name`` header, lower case (as h11 reads them)."""
+    out = []
+    for header, value in headers:
+        if header == name:
+            out += [v for v in (part.strip() for part in value.lower().split(b",")) if v]
+    return out

@@ -3,8 +3,9 @@
 A TLS handshake with the API server costs more than the small request it
 carries, and the caller's identity travels in per-request ``Impersonate-*``
 headers, so one connection can serve any user's requests one after another.
-A connection is lent to one exchange at a time and comes back only when h11
-says both the request and the response ended cleanly; anything else (a
+A connection is lent to one exchange at a time and comes back only when its
+HTTP/1.1 client state (kube/http1_client.py) says both the request and the
+response ended cleanly; anything else (a
 broken-off response, a watch kubectl left, an upgrade to exec or
 port-forward) closes it or keeps it out of the pool for good.
 
@@ -16,7 +17,7 @@ kubectl sent) and relays the response to kubectl's side through the
 (kube/http1.py) and an HTTP/2 stream (kube/http2.py) both implement,
 filtering list and watch bodies by role when the decision says so. An unfiltered body goes to an HTTP/1.1 client
 as the API server framed it (kube/bodyframing.py); anything else is
-decoded by h11 and re-framed by the client's protocol.
+decoded (kube/http1_client.py) and re-framed by the client's protocol.
 """
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ from twisted.logger import Logger
 
 from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody, FramingError, body_framing
 from teleport_py.kube.context import RequestContext
+from teleport_py.kube.http1_client import ClientConnection
 from teleport_py.kube.interfaces import Downstream
-from teleport_py.kube.sessions import SessionRelay
 from teleport_py.kube.memory_budget import LIST_BYTE_COST, OverBudget, TooLarge
+from teleport_py.kube.request_head import ProtocolError
+from teleport_py.kube.sessions import SessionRelay
 from teleport_py.kube_status import KubeStatus
 from teleport_py.quiet import connect_protocol
 from teleport_py.rbac.filters import FilterError, filterable_accept, response_filter
@@ -92,7 +95,7 @@ class PooledConnection(APIServerConnection):
 
     def __init__(self, pool: "UpstreamPool") -> None:
         self.pool = pool
-        self.http = h11.Connection(h11.CLIENT)
+        self.http = ClientConnection()
         self.exchange: Exchange | None = None
         #: How many exchanges this connection has been lent to.
         self.uses = 0
@@ -118,7 +121,7 @@ class PooledConnection(APIServerConnection):
             return
         self.transport.resumeProducing()
         states = (self.http.our_state, self.http.their_state)
-        if states == (h11.DONE, h11.DONE):
+        if states == (h11.DONE, h11.DONE) and not self.http.trailing_data[0]:
             self.http.start_next_cycle()
             self.pool.take_back(self)
         elif states == (h11.IDLE, h11.IDLE):  # never used (the caller went away first), or read as is
@@ -128,9 +131,9 @@ class PooledConnection(APIServerConnection):
 
     def next_cycle_read_as_is(self) -> None:
         """The exchange's request ended and its response was read to its
-        exact end without h11 (relayed as framed, kube/bodyframing.py):
-        a new h11 state carries the next request."""
-        self.http = h11.Connection(h11.CLIENT)
+        exact end without the client state (relayed as framed,
+        kube/bodyframing.py): a new one carries the next request."""
+        self.http = ClientConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self.exchange is None:
@@ -208,7 +211,7 @@ class UpstreamPool:
 def _relayed_response(response: h11.Response) -> h11.Response:
     """The API server's response head as kubectl gets it: its own hop-by-hop
     headers are not kubectl's connection's (usually there are none, and
-    the head, already validated by h11, goes as it is)."""
+    the head, already validated, goes as it is)."""
     if not any(n in _DROPPED_RESPONSE_HEADERS for n, _ in response.headers):
         return response
     return h11.Response(status_code=response.status_code, reason=response.reason,
@@ -228,9 +231,9 @@ class UpstreamRequest:
         self.connection: PooledConnection | None = None
         self._pool: UpstreamPool | None = None
         self.transport = None
-        self.http: h11.Connection | None = None
-        #: Request events from kubectl not yet written upstream.
-        self._pending: list = []
+        self.http: ClientConnection | None = None
+        #: Request body bytes from kubectl not yet written upstream (None: its end).
+        self._pending: list[bytes | None] = []
         self._has_body = False
         self._request_ended = False
         self._received = False
@@ -286,27 +289,25 @@ class UpstreamRequest:
             return
         connection.lend(self)
         self.connection, self.transport, self.http = connection, connection.transport, connection.http
-        self.transport.write(self.http.send(h11.Request(
-            method=self.request.method, target=self.request.target, headers=headers,
-        )))
-        self.downstream.throttle(self.transport)
+        head = self.http.send_request(self.request.method, self.request.target, headers)
         pending, self._pending = self._pending, []
-        for event in pending:
-            self.transport.write(self.http.send(event))
+        out = [head] + [self.http.send_end() if data is None else self.http.send_data(data) for data in pending]
+        self.transport.write(b"".join(out))
+        self.downstream.throttle(self.transport)
 
     def request_data(self, data: bytes) -> None:
         self._has_body = True
-        self._send(h11.Data(data=data))
+        self._send(data)
 
     def request_done(self) -> None:
         self._request_ended = True
-        self._send(h11.EndOfMessage())
+        self._send(None)
 
-    def _send(self, event) -> None:
+    def _send(self, data: bytes | None) -> None:
         if self.transport is None:
-            self._pending.append(event)
+            self._pending.append(data)
         elif not self._finished:
-            self.transport.write(self.http.send(event))
+            self.transport.write(self.http.send_end() if data is None else self.http.send_data(data))
 
     def downstream_lost(self) -> None:
         if self._finished:  # our side of the API server connection is already closing
@@ -334,13 +335,13 @@ class UpstreamRequest:
         """Relay what the API server sent. Events that go straight to kubectl
         are sent together, in one write once this read is parsed (a small
         response is then one tunnel frame, not three); anything else first
-        sends what is collected, so order and h11's state stay exact."""
+        sends what is collected, so order and the client state stay exact."""
         downstream = self.downstream
         relayed: list = []
         while not self._finished:
             try:
                 event = self.http.next_event()
-            except h11.RemoteProtocolError as e:
+            except ProtocolError as e:
                 downstream.send(*relayed)
                 log.warn("malformed response from the API server: {error}", error=e)
                 self._fail()
@@ -446,7 +447,7 @@ class UpstreamRequest:
                          "your roles allow only part of this collection, so it is returned only as JSON",
                          f"unfilterable response {content}")
             return False
-        # The body changes length: h11 sends it chunked.
+        # The body changes length: the front end frames it anew (chunked for HTTP/1.1).
         response = h11.Response(status_code=response.status_code, reason=response.reason, headers=[
             (n, v) for n, v in response.headers if n not in (b"content-length", b"transfer-encoding")])
         if watch:
@@ -545,7 +546,7 @@ class UpstreamRequest:
 
     def _finish(self) -> None:
         """The exchange is complete: the connection goes back to the pool
-        (if h11 says it can carry another request) and kubectl's stream is
+        (if its state says it can carry another request) and kubectl's stream is
         read again if the API server connection had throttled it."""
         self._finished = True
         self.downstream.unthrottle()
@@ -604,7 +605,7 @@ class UpstreamRequest:
         self._retried = True
         self.downstream.unthrottle()
         self.connection = self.transport = self.http = None
-        self._pending = [h11.EndOfMessage()]
+        self._pending = [None]
         log.info("API server closed a pooled connection before answering; retrying cluster={cluster}",
                  cluster=self.context.cluster.name)
         d = Deferred.fromCoroutine(self.start(self._pool, fresh=True))

@@ -12,6 +12,7 @@ import h2.settings
 import hyperframe.frame
 from twisted.internet.testing import StringTransport
 
+from teleport_py.kube.http1_client import ClientConnection
 from teleport_py.kube.upstream_h2 import H2NotSupported
 
 PODS = b"/api/v1/namespaces/default/pods"
@@ -22,7 +23,7 @@ class FakeAPIConnection:
     """A pooled API server connection: what the exchange wrote, and a way to answer."""
 
     def __init__(self):
-        self.http = h11.Connection(h11.CLIENT)
+        self.http = ClientConnection()
         self.transport = StringTransport()
         self.exchange = None
         self.given_back = False
@@ -34,7 +35,7 @@ class FakeAPIConnection:
         self.given_back = True
 
     def next_cycle_read_as_is(self):
-        self.http = h11.Connection(h11.CLIENT)
+        self.http = ClientConnection()
 
     def request(self) -> tuple[h11.Request, bytes]:
         server = h11.Connection(h11.SERVER)
