@@ -56,3 +56,34 @@ class FileThreadTests(SynchronousTestCase):
         triggers[0][2]()
         self.assertEqual(flushed, [True])
         triggers[1][2]()  # stops the pool's thread
+
+    def test_work_runs_in_order_on_another_thread_and_errors_are_errbacks(self):
+        import threading
+
+        handed_back = []
+
+        class Reactor:
+            def addSystemEventTrigger(self, phase, event, f, *args):
+                self.stop = f
+
+            def callFromThread(self, f, *args, **kwargs):
+                handed_back.append((f, args))
+
+        reactor = Reactor()
+        run = disk.file_thread(reactor, "test-files")
+        threads, results = [], []
+        first = run(lambda: threads.append(threading.get_ident()) or "first")
+        failed = run(lambda: 1 / 0)
+        second = run(lambda: threads.append(threading.get_ident()) or "second")
+        for d in (first, failed, second):
+            d.addBoth(results.append)
+        reactor.stop()  # queued work is done before the thread ends
+        self.assertEqual(len(set(threads)), 1)
+        self.assertNotEqual(threads[0], threading.get_ident())
+        self.assertEqual(results, [])  # nothing fires on the worker thread
+        for f, args in handed_back:
+            f(*args)
+        self.assertEqual(results[0], "first")
+        self.assertTrue(results[1].check(ZeroDivisionError))
+        self.assertEqual(results[2], "second")
+        self.assertNoResult(run(lambda: None))  # after stop, nothing more runs
