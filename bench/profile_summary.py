@@ -24,12 +24,14 @@ WAITING = ("Condition.wait", "EPollReactor.doPoll", "untilConcludes", "_write (t
 SOCKET_CALLS = ("Connection.doRead (twisted/internet/tcp.py", "Connection.writeSomeData (twisted/internet/tcp.py")
 PARTS = [
     ("h11", r"\(h11/"),
+    ("HTTP/1.1 heads and framing (ours, replacing h11)",
+     r"kube/http1_server\.py|kube/http1_client\.py|kube/request_head\.py|kube/bodyframing"),
     ("TLS (pyOpenSSL, twisted's TLS protocol)", r"\(OpenSSL/|twisted/protocols/tls\.py"),
     ("audit (event, JSON, spool)", r"\.audit \(|event_spool|events/__init__|disk\.py|\(json/"),
     ("authorization (canonical request, roles)", r"kube/authorize\.py|/rbac/|kube/canonical\.py"),
     ("tunnel framing", r"teleport_py/tunnel/"),
     ("kube front end and upstream (the rest of ours)",
-     r"kube/http1\.py|kube/http2\.py|kube/upstream|kube/connection_watch|kube/bodyframing"),
+     r"kube/http1\.py|kube/http2\.py|kube/upstream|kube/connection_watch"),
     ("Deferreds and coroutines", r"twisted/internet/defer\.py"),
     ("proxy, auth, backend (ours)", r"teleport_py/(proxy|auth|backend|limits)"),
 ]
