@@ -18,7 +18,9 @@ import re
 import sys
 
 #: Leaves that are a wait, not CPU.
-WAITING = ("Condition.wait", "EPollReactor.doPoll", "untilConcludes", "_write (teleport_py/disk.py")
+WAITING = ("Condition.wait", "EPollReactor.doPoll", "untilConcludes", "_write (teleport_py/disk.py",
+           # disk.file_thread's worker waiting on its queue (a C call: no frame of its own)
+           "_FileThread._work (teleport_py/disk.py")
 #: Leaves that are a socket system call (the kernel's copy, and on loopback
 #: the receiver's TCP work too): Twisted's ``recv`` and ``send`` sit in these.
 SOCKET_CALLS = ("Connection.doRead (twisted/internet/tcp.py", "Connection.writeSomeData (twisted/internet/tcp.py")
