@@ -65,8 +65,8 @@ class ClientConnection(PeerReader):
         nothing written, for any name or value a header cannot carry."""
         if self.our_state is not IDLE:
             raise LocalError(f"cannot send a request in state {self.our_state!r}")
-        if _METHOD.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
-            raise LocalError("illegal method or request target")
+        if _METHOD.fullmatch(method) is None or _TARGET.fullmatch(target) is None or method == b"CONNECT":
+            raise LocalError("illegal method or request target (or CONNECT, never sent)")
         lengths, chunked, hosts = [], False, 0
         for name, value in headers:
             if not is_valid_field(name, value):
@@ -88,8 +88,6 @@ class ClientConnection(PeerReader):
         if b"close" in comma_values(headers, b"connection"):
             self._keep_alive = False
         self._switch_proposed = bool(comma_values(headers, b"upgrade"))
-        if method == b"CONNECT":
-            raise LocalError("CONNECT is not sent")
         self.our_state = SEND_BODY
         self.their_state = SEND_RESPONSE
         lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
