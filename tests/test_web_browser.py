@@ -182,6 +182,21 @@ class WebBrowserTests(SessionsMixin, TestCase):
             lambda b: b.find_elements(By.CSS_SELECTOR, "#events tbody tr"))}
         self.assertEqual(users, {"alice", "bob"})
 
+        # A page still loading when the user moves on does not draw over the
+        # page they moved to: the audit log's answer is held back 2 s and the
+        # user goes on to the clusters page meanwhile.
+        browser.execute_script("""
+            const original = window.fetch;
+            window.fetch = (url, options) => String(url).includes("/web/api/events")
+                ? new Promise((resolve) => setTimeout(resolve, 2000)).then(() => original(url, options))
+                : original(url, options);""")
+        find("a[data-nav=audit]").click()
+        find("a[data-nav=clusters]").click()
+        find("#clusters tr[data-cluster='my-cluster']")
+        time.sleep(3)
+        self.assertEqual(browser.find_element(By.CSS_SELECTOR, "#main h1").text, "Kubernetes clusters")
+        self.assertEqual(browser.find_elements(By.ID, "events"), [])
+
         # Session recordings, then alice's in the player.
         find("a[data-nav=recordings]").click()
         row = find(f"#recordings tr[data-session='{sid}']")

@@ -61,6 +61,28 @@ function show(...nodes) {
   main().replaceChildren(...nodes.filter((node) => node !== null && node !== undefined));
 }
 
+// Pages load asynchronously: one still loading when the user moves on must
+// not draw over the page they moved to. Every route() is a new navigation;
+// a page draws through its navigation's view(), which refuses (and so stops
+// the stale page's work) once a newer navigation has begun. What a page asked
+// to run when it is left (closing the terminal's socket, pausing a player)
+// runs as the next navigation begins.
+let navigation = 0;
+let leaving = [];
+
+class StalePage extends Error {}
+
+function viewFor(current) {
+  return (...nodes) => {
+    if (current !== navigation) throw new StalePage();
+    show(...nodes);
+  };
+}
+
+function onLeave(action) {
+  leaving.push(action);
+}
+
 function table(headers, rows, attrs = {}) {
   return el("table", attrs,
     el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
@@ -91,7 +113,7 @@ function go(path) {
 }
 
 // -- pages -----------------------------------------------------------------------
-async function loginPage(message) {
+async function loginPage(view, message) {
   document.getElementById("top").hidden = true;
   document.title = "Sign in · teleport_py";
   // Whether Auth asks for an OTP code with the password (second_factor: otp).
@@ -120,10 +142,10 @@ async function loginPage(message) {
       error.textContent = e.status === 403 ? (form.otp ? "Wrong user name, password or OTP code." : "Wrong user name or password.") : e.message;
     }
   });
-  show(form);
+  view(form);
 }
 
-async function clustersPage() {
+async function clustersPage(view) {
   document.title = "Kubernetes clusters · teleport_py";
   const { items } = await api("GET", "clusters");
   const rows = items.map((c) => el("tr", { dataset: { cluster: c.name } },
@@ -134,7 +156,7 @@ async function clustersPage() {
     el("td", {}, el("code", {}, c.login_command),
       el("button", { type: "button", class: "copy", onclick: () => navigator.clipboard && navigator.clipboard.writeText(c.login_command) }, "Copy"),
       " ", el("a", { href: `/web/terminal?${new URLSearchParams({ cluster: c.name })}`, class: "terminal" }, "Terminal"))));
-  show(el("h1", {}, "Kubernetes clusters"),
+  view(el("h1", {}, "Kubernetes clusters"),
     items.length ? table(["Name", "Labels", "Kubernetes users", "Kubernetes groups", "Connect"], rows, { id: "clusters" })
       : el("p", {}, "No Kubernetes cluster your roles reach is online."));
 }
@@ -151,7 +173,7 @@ function toInput(date) {
   return new Date(date.getTime() - date.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
 }
 
-async function auditPage() {
+async function auditPage(view) {
   document.title = "Audit log · teleport_py";
   const params = new URLSearchParams(location.search);
   const now = new Date();
@@ -193,7 +215,7 @@ async function auditPage() {
     for (const c of cursors) next.append("back", c);
     return el("a", { href: `/web/audit?${next}`, class: "pager", id, onclick: (e) => { e.preventDefault(); go(`/web/audit?${next}`); } }, label);
   };
-  show(el("h1", {}, "Audit log"), form,
+  view(el("h1", {}, "Audit log"), form,
     result.items.length ? table(["Time", "Event", "User", "Result", "Details"], rows,
       { id: "events", "data-type-filter": params.get("type") || "", "data-user-filter": params.get("user") || "" }) : el("p", { id: "no-events" }, "No events match."),
     el("p", { class: "pages" }, back.length ? pageLink(back[back.length - 1], back.slice(0, -1), "← Previous page", "previous-page") : null,
@@ -212,7 +234,7 @@ function kindOf(meta) {
   return meta.tty ? `${meta.kind || "exec"} (interactive)` : `${meta.kind || "exec"} (non-interactive)`;
 }
 
-async function recordingsPage() {
+async function recordingsPage(view) {
   document.title = "Session recordings · teleport_py";
   const { items } = await api("GET", "recordings");
   const rows = items.slice().reverse().map((m) => el("tr", { dataset: { session: m.session_id, user: m.user || "" } },
@@ -220,12 +242,12 @@ async function recordingsPage() {
     el("td", {}, m.container || ""), el("td", {}, formatTime(m.time)), el("td", {}, duration(m)), el("td", {}, kindOf(m)),
     el("td", {}, el("a", { href: `/web/recordings/${m.session_id}`, class: "play" }, "Play"), " ",
       el("a", { href: `/web/api/recordings/${m.session_id}/asciicast`, download: `${m.session_id}.cast` }, "asciicast"))));
-  show(el("h1", {}, "Session recordings"),
+  view(el("h1", {}, "Session recordings"),
     items.length ? table(["User", "Cluster", "Pod", "Container", "Started", "Duration", "Kind", ""], rows, { id: "recordings" })
       : el("p", {}, "No recordings you may view."));
 }
 
-async function playerPage(sessionId) {
+async function playerPage(view, sessionId) {
   document.title = "Recording · teleport_py";
   const meta = await api("GET", `recordings/${encodeURIComponent(sessionId)}`);
   const response = await fetch(`/web/api/recordings/${encodeURIComponent(sessionId)}/asciicast`, { credentials: "same-origin" });
@@ -242,7 +264,7 @@ async function playerPage(sessionId) {
     el("a", { href: `/web/api/recordings/${sessionId}/asciicast`, download: `${sessionId}.cast`, id: "download" }, "Download asciicast"));
   if (meta.kind === "portforward") {
     const rows = cast.events.filter((e) => e[1] === "m").map((e) => el("tr", {}, el("td", {}, `${e[0].toFixed(3)} s`), el("td", {}, e[2])));
-    show(heading, el("p", { id: "kind-note" }, "A port-forward session: connections are listed, there is no terminal."),
+    view(heading, el("p", { id: "kind-note" }, "A port-forward session: connections are listed, there is no terminal."),
       table(["At", "What happened"], rows, { id: "port-events" }));
     return;
   }
@@ -254,7 +276,7 @@ async function playerPage(sessionId) {
   const speed = el("select", { id: "speed" }, [0.5, 1, 2, 4, 8, 16].map((s) => el("option", { value: String(s), selected: s === 1 }, `${s}×`)));
   const size = el("span", { id: "size" }, "");
   const markers = el("ol", { id: "markers" });
-  show(heading, note, el("div", { class: "controls" }, play, seek, clock, el("label", {}, "Speed ", speed), size), screen, markers);
+  view(heading, note, el("div", { class: "controls" }, play, seek, clock, el("label", {}, "Speed ", speed), size), screen, markers);
   const terminal = new Terminal({ cols: cast.header.width, rows: cast.header.height, convertEol: !meta.tty, disableStdin: true, scrollback: 5000 });
   terminal.open(screen);
   const player = new Player(cast, terminal, {
@@ -272,38 +294,47 @@ async function playerPage(sessionId) {
   seek.addEventListener("input", () => { markers.replaceChildren(); player.seek(Number(seek.value) / 1000); });
   speed.addEventListener("change", () => player.setSpeed(Number(speed.value)));
   window.teleportPlayer = player; // what the browser tests read positions from
+  onLeave(() => { player.pause(); terminal.dispose(); });
   player.seek(0);
 }
 
 // -- routing -----------------------------------------------------------------------
 async function route() {
+  const current = ++navigation;
+  for (const action of leaving.splice(0)) action();
+  const view = viewFor(current);
   const path = location.pathname.replace(/\/+$/, "");
+  const failed = (e) => {
+    if (e instanceof StalePage || current !== navigation) return;
+    if (e instanceof ApiError) problem(e);
+    else problem(new ApiError(0, String(e && e.message ? e.message : e)));
+  };
   if (path === "/web/login") {
-    loginPage();
+    loginPage(view).catch(failed);
     return;
   }
   try {
     if (!session) session = await api("GET", "session");
   } catch (e) {
-    if (e.status === 401) { loginPage(); return; }
-    problem(e);
+    if (e.status === 401) { loginPage(view).catch(failed); return; }
+    failed(e);
     return;
   }
+  if (current !== navigation) return;
   document.getElementById("top").hidden = false;
   document.getElementById("who").textContent = session.user;
   const section = path.split("/")[2] || "clusters";
   for (const link of document.querySelectorAll("[data-nav]")) link.classList.toggle("active", link.dataset.nav === section);
   try {
-    if (section === "clusters") await clustersPage();
-    else if (section === "audit") await auditPage();
-    else if (section === "recordings" && path.split("/")[3]) await playerPage(path.split("/")[3]);
-    else if (section === "recordings") await recordingsPage();
-    else if (section === "requests") await requestsPage({ api, el, show, table, formatTime, session });
-    else if (section === "terminal") await terminalPage({ api, el, show, session });
+    if (section === "clusters") await clustersPage(view);
+    else if (section === "audit") await auditPage(view);
+    else if (section === "recordings" && path.split("/")[3]) await playerPage(view, path.split("/")[3]);
+    else if (section === "recordings") await recordingsPage(view);
+    else if (section === "requests") await requestsPage({ api, el, show: view, table, formatTime, session });
+    else if (section === "terminal") await terminalPage({ api, el, show: view, onLeave, session });
     else throw new ApiError(404, `There is no page ${location.pathname}.`);
   } catch (e) {
-    if (e instanceof ApiError) problem(e);
-    else problem(new ApiError(0, String(e && e.message ? e.message : e)));
+    failed(e);
   }
 }
 

@@ -25,7 +25,7 @@ export function describeStatus(status) {
   return { ok: false, text: status.message || "The terminal could not start." };
 }
 
-export async function terminalPage({ api, el, show, session }) {
+export async function terminalPage({ api, el, show, onLeave, session }) {
   document.title = "Terminal · teleport_py";
   const params = new URLSearchParams(location.search);
   const { items: clusters } = await api("GET", "clusters");
@@ -87,6 +87,10 @@ export async function terminalPage({ api, el, show, session }) {
 
   let socket = null;
   let terminal = null;
+  onLeave(() => {
+    if (socket) socket.close();
+    if (terminal) terminal.dispose();
+  });
   const setState = (name, text) => { state.dataset.state = name; state.textContent = text; };
   const send = (channel, bytes) => { if (socket && socket.readyState === WebSocket.OPEN) socket.send(message(channel, bytes)); };
   const sendSize = () => send(RESIZE, encoder.encode(JSON.stringify({ Width: terminal.cols, Height: terminal.rows })));
