@@ -1,7 +1,8 @@
-"""The agent's HTTP/2 limits end to end: raw h2 clients through the real
+"""The agent's HTTP/2 limits (and HTTP/1.1's head deadline) end to end: raw h2 clients through the real
 proxy, reverse tunnel and agent to a real kube-apiserver. A header block
 left unfinished ends its connection after the agent's
-``read_header_timeout`` (audited as a request cut short, 408), a rapid
+``read_header_timeout`` (audited as a request cut short, 408; an HTTP/1.1
+head too, with its method and target), a rapid
 reset flood ends its connection (GOAWAY ENHANCE_YOUR_CALM, audited 429), a
 connection with no request is closed after ``idle_timeout`` (not audited),
 and all the while another kubectl connection is served."""
@@ -85,6 +86,20 @@ class HTTP2LimitsEndToEndTests(TestCase):
         self.assertEqual(goaway.error_code, ErrorCodes.PROTOCOL_ERROR)
         self.assertIn(b"did not arrive within 2 s", goaway.additional_data)
 
+    def unfinished_http1_head(self, endpoint: Endpoint) -> None:
+        sock = endpoint.connect("http/1.1", timeout=30)
+        sock.sendall(b"GET " + PODS + b"?watch=1 HTTP/1.1\r\nhost: kube\r\n")  # no blank line, and nothing more
+        started, data = time.monotonic(), b""
+        sock.settimeout(60)
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (ssl.SSLError, ConnectionError):
+            pass
+        sock.close()
+        self.assertGreaterEqual(time.monotonic() - started, HEAD_SECONDS - 1)
+        self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data[:200])
+
     def rapid_reset(self, endpoint: Endpoint) -> None:
         sock, conn = _open(endpoint)
         for _ in range(RESETS):
@@ -121,6 +136,7 @@ class HTTP2LimitsEndToEndTests(TestCase):
         before = len(await d.events("kube.request"))
 
         await threads.deferToThread(self.unfinished_header_block, endpoint)
+        await threads.deferToThread(self.unfinished_http1_head, endpoint)
         await threads.deferToThread(self.rapid_reset, endpoint)
         await threads.deferToThread(self.idle, endpoint)
         await threads.deferToThread(self.served, endpoint)  # the agent serves on
@@ -130,12 +146,17 @@ class HTTP2LimitsEndToEndTests(TestCase):
 
         def refusals(events):
             return [e for e in events[before:] if e.get("response_code") in (408, 429)]
-        events = await d.wait_for_events("kube.request", until=lambda e: len(refusals(e)) >= 2)
-        cut = {e["response_code"]: e for e in refusals(events)}
-        self.assertEqual(cut[408]["reason"], f"HTTP/2: the request head did not arrive within {HEAD_SECONDS} s")
-        self.assertEqual((cut[408]["user"], cut[408]["success"], cut[408].get("request_path", "")),
-                         ("alice", False, ""))
-        self.assertIn("rapid reset", cut[429]["reason"])
-        # The idle connection left no event: only the two refusals, and the requests served.
-        self.assertEqual(len(refusals(events)), 2)
+        events = await d.wait_for_events("kube.request", until=lambda e: len(refusals(e)) >= 3)
+        cut = {e["reason"].partition(":")[0] + str(e["response_code"]): e for e in refusals(events)}
+        self.assertEqual(cut["HTTP/2408"]["reason"],
+                         f"HTTP/2: the request head did not arrive within {HEAD_SECONDS} s")
+        self.assertEqual((cut["HTTP/2408"]["user"], cut["HTTP/2408"]["success"],
+                          cut["HTTP/2408"].get("request_path", "")), ("alice", False, ""))
+        self.assertEqual(cut["HTTP/1.1408"]["reason"],
+                         f"HTTP/1.1: the request head did not arrive within {HEAD_SECONDS} s")
+        self.assertEqual((cut["HTTP/1.1408"]["http_method"], cut["HTTP/1.1408"]["request_path"]),
+                         ("GET", (PODS + b"?watch=1").decode()))
+        self.assertIn("rapid reset", cut["HTTP/2429"]["reason"])
+        # The idle connection left no event: only the three refusals, and the requests served.
+        self.assertEqual(len(refusals(events)), 3)
         self.assertEqual(sorted({e["response_code"] for e in events[before:]} - {200}), [408, 429])

@@ -26,10 +26,11 @@ LIMITS = ConnectionLimits(read_header_timeout=10.0, idle_timeout=60.0)
 class KeepAliveAndHeadDeadlineTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
+        self.audit = []
         self.clock.advance(NOW.timestamp())
         acceptor = StreamAcceptor(self.clock, clusters={"c1": KubeCluster("c1", {"env": "dev"}, credentials(1))},
                                   user_cas=[USER_CA.certificate], roles=RoleCache(self.clock, FakeRoles(role()).fetch),
-                                  emit=lambda event: None, limits=LIMITS)
+                                  emit=self.audit.append, limits=LIMITS)
 
         async def refused(*args, **kwargs):
             raise error.ConnectionRefusedError()
@@ -49,6 +50,7 @@ class KeepAliveAndHeadDeadlineTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.audit, [])  # no request was begun: nothing to audit
 
     def test_a_head_arriving_too_slowly_is_a_408(self):
         request = kubectl_request(b"GET", b"/api/v1/namespaces/default/pods")
@@ -62,6 +64,20 @@ class KeepAliveAndHeadDeadlineTests(SynchronousTestCase):
         self.assertTrue(head.startswith(b"HTTP/1.1 408 "))
         self.assertIn("did not arrive within 10 s", json.loads(body)["message"])
         self.assertTrue(self.transport.disconnecting)
+        # Audited as a request cut short, with what its request line held.
+        (event,) = self.audit
+        self.assertEqual((event["response_code"], event["success"], event["http_method"], event["request_path"]),
+                         (408, False, "GET", "/api/v1/namespaces/default/pods"))
+        self.assertEqual(event["reason"], "HTTP/1.1: the request head did not arrive within 10 s")
+
+    def test_a_stalled_target_is_audited_escaped_and_cut(self):
+        self.kubectl.dataReceived(b"GET /api/v1/\x1b[31m" + b"x" * 500)
+        self.clock.advance(10)
+        (event,) = self.audit
+        self.assertEqual(event["response_code"], 408)
+        self.assertTrue(event["request_path"].startswith("/api/v1/\\x1b[31mxxx"))
+        self.assertLessEqual(len(event["request_path"]), 160)
+        self.assertTrue(event["request_path"].endswith("..."))
 
     def test_after_a_response_the_connection_waits_idle_and_the_next_head_has_its_own_deadline(self):
         self.kubectl.dataReceived(kubectl_request(b"GET", b"/api/v1/namespaces/default/pods"))

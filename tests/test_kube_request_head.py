@@ -7,7 +7,7 @@ import h11
 from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from teleport_py.kube.request_head import MAX_HEAD, HeadError, RequestHead, parse_request_head
+from teleport_py.kube.request_head import MAX_HEAD, HeadError, RequestHead, parse_request_head, started_request_line
 
 KUBECTL_GET = (b"GET /api/v1/namespaces/default HTTP/1.1\r\nHost: 127.0.0.1:3026\r\n"
                b"User-Agent: kubectl/v1.32.0 (linux/amd64) kubernetes/abc\r\n"
@@ -138,3 +138,22 @@ class KubectlTests(SynchronousTestCase):
         long_head = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * MAX_HEAD
         self.assertRaises(HeadError, parse_request_head, long_head)
         self.assertRaises(HeadError, parse_request_head, long_head + b"\r\n\r\n")
+
+
+class StartedRequestLineTests(SynchronousTestCase):
+    """What a head that never finished held, for its audit event."""
+
+    def test_the_method_and_target_as_far_as_they_arrived(self):
+        self.assertEqual(started_request_line(b"GET /api/v1/pods?watch=1 HTTP/1.1\r\nhost: x\r\n"),
+                         (b"GET", b"/api/v1/pods?watch=1"))
+        self.assertEqual(started_request_line(b"GET /api/v1/po"), (b"GET", b"/api/v1/po"))
+        self.assertEqual(started_request_line(b"DELETE "), (b"DELETE", b""))
+        self.assertEqual(started_request_line(b"GE"), (b"", b""))
+        self.assertEqual(started_request_line(b""), (b"", b""))
+
+    @settings(suppress_health_check=[HealthCheck.too_slow])
+    @given(heads(), st.integers(min_value=0, max_value=400))
+    def test_any_prefix_of_a_head_gives_a_prefix_of_its_request_line(self, head, cut):
+        method, target = started_request_line(head[:cut])
+        line = head.split(b"\r\n", 1)[0]
+        self.assertTrue(line.startswith(method + b" " + target) if method else target == b"")

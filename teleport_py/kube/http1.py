@@ -24,7 +24,7 @@ from teleport_py.kube.authorize import HeldRequest, KubeCaller
 from teleport_py.kube.bodyframing import ChunkedBody, ContentLengthBody
 from teleport_py.kube.canonical import CanonicalRequest
 from teleport_py.kube.http1_server import DONE, END, IDLE, NEED_DATA, PAUSED, SEND_RESPONSE, ServerConnection
-from teleport_py.kube.request_head import ProtocolError
+from teleport_py.kube.request_head import ProtocolError, started_request_line
 from teleport_py.kube.interfaces import Upstream
 from teleport_py.kube.sessions import SessionRelay, session_info
 from teleport_py.kube.upstream import UpstreamRequest
@@ -179,9 +179,10 @@ class KubeConnection(Protocol):
     def _head_too_slow(self) -> None:
         self._timer = self._timer_kind = None
         seconds = self.caller.stream.limits.read_header_timeout
-        log.info("request head too slow client={client} seconds={seconds}", client=self.caller.client_addr,
-                 seconds=seconds)
-        self.transport.write(KubeStatus(408, f"the request head did not arrive within {seconds:g} s").http11())
+        message = f"the request head did not arrive within {seconds:g} s"
+        method, target = started_request_line(self.http.trailing_data)
+        self.caller.cut_short(408, f"HTTP/1.1: {message}", method, target)
+        self.transport.write(KubeStatus(408, message).http11())
         self.transport.loseConnection()
 
     def _begin(self, request: CanonicalRequest, held: HeldRequest | None = None) -> None:

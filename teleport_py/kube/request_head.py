@@ -108,6 +108,17 @@ def parse_request_head(buffer: bytes | bytearray, max_head: int = MAX_HEAD) -> t
     return head, end + 4
 
 
+def started_request_line(received: bytes | bytearray) -> tuple[bytes, bytes]:
+    """The method and target of a request head received only in part, as
+    far as they arrived (the target may be cut short), for the audit of a
+    head that never finished; ``(b"", b"")`` while the method has not ended."""
+    line = bytes(received[:MAX_HEAD]).partition(b"\r")[0]
+    method, space, rest = line.partition(b" ")
+    if not space or not method:
+        return b"", b""
+    return method, rest.partition(b" ")[0]
+
+
 def find_head_end(buffer: bytes | bytearray, max_head: int) -> int | None:
     """Where the head at the start of ``buffer`` ends (its blank line), or
     None while it is incomplete; HeadError when it is too long or an
