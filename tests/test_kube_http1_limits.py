@@ -5,6 +5,9 @@ kept-alive kubectl connection with nothing to do is closed after
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
+
+import h11
 
 from twisted.internet import error
 from twisted.internet.error import ConnectionDone
@@ -17,6 +20,7 @@ from teleport_py.config import ConnectionLimits
 from teleport_py.kube.acceptor import StreamAcceptor
 from teleport_py.kube.authorize import RoleCache
 from teleport_py.kube.context import KubeCluster
+from teleport_py.kube.http1 import MAX_PIPELINED, KubeConnection
 from tests.support.kube import FakeRoles, credentials, kubectl_request, role
 from tests.support.pki import NOW, USER_CA, user_cert_pem
 
@@ -99,3 +103,68 @@ class KeepAliveAndHeadDeadlineTests(SynchronousTestCase):
         self.kubectl.dataReceived(b"GET / HTTP/1.1\r\n")
         self.kubectl.connectionLost(Failure(ConnectionDone()))
         self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
+
+class _Streaming:
+    """An upstream whose response stays under way until the test ends it."""
+
+    def request_data(self, data):
+        pass
+
+    def request_done(self):
+        pass
+
+    def downstream_lost(self):
+        pass
+
+
+class _StreamingCaller:
+    """A KubeCaller whose every request is forwarded at once and answered
+    with a chunked response head (a watch, say) that stays open."""
+
+    def __init__(self, clock):
+        self.stream = SimpleNamespace(limits=LIMITS, reactor=clock)
+        self.identity = SimpleNamespace(username="alice")
+
+    def canonical(self, connection, method, target, host, headers):
+        return SimpleNamespace(names_object_in_body=False)
+
+    async def forward(self, connection, request, held):
+        connection.upstream = _Streaming()
+        connection.send(h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")]))
+
+    def cut_short(self, *args):
+        pass
+
+    def refused_unparsed(self, *args):
+        pass
+
+
+class PipelinedBytesTests(SynchronousTestCase):
+    """What kubectl sends behind a request whose response is under way is
+    not read without limit: past MAX_PIPELINED the stream stops being read
+    until the exchange ends, then the bytes are read as the next request."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.kubectl = KubeConnection(_StreamingCaller(self.clock))
+        self.transport = StringTransport()
+        self.kubectl.makeConnection(self.transport)
+        self.addCleanup(self.kubectl.connectionLost, Failure(ConnectionDone()))
+        self.kubectl.dataReceived(kubectl_request(b"GET", b"/api/v1/namespaces/default/pods?watch=1"))
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 "))
+
+    def test_reading_stops_past_the_bound_and_resumes_when_the_exchange_ends(self):
+        self.kubectl.dataReceived(b"x" * MAX_PIPELINED)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.kubectl.dataReceived(b"x")
+        self.assertEqual(self.transport.producerState, "paused")
+        # A throttle resuming the stream does not lift the bound: the next read pauses it again.
+        self.transport.resumeProducing()
+        self.kubectl.dataReceived(b"x")
+        self.assertEqual(self.transport.producerState, "paused")
+        # The watch ends: the stream is read again, and what waited is the next request (here: garbage, a 400).
+        self.kubectl.send(h11.EndOfMessage())
+        self.kubectl.upstream_finished()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertIn(b"HTTP/1.1 400 ", self.transport.value())

@@ -38,6 +38,10 @@ log = Logger()
 #: so that a kubectl that hangs up is noticed and its request never goes
 #: upstream (a paused transport reads no end of connection).
 MAX_READ_WHILE_AUTHORIZING = 64 * 1024
+#: What kubectl may send past a request whose response is under way
+#: (pipelining; or bytes before an upgrade's 101) before the connection
+#: stops being read until that exchange ends.
+MAX_PIPELINED = 64 * 1024
 
 
 @implementer(IPushProducer)
@@ -75,6 +79,8 @@ class KubeConnection(Protocol):
         #: Bytes read since authorizing began, and whether that paused reading.
         self._read_while_authorizing = 0
         self._paused_while_authorizing = False
+        #: Reading stopped because too much waits behind the current exchange.
+        self._paused_pipelined = False
         self._relay: SessionRelay | None = None
         self.closed = False
         #: kubectl sent what is not HTTP: nothing more is read.
@@ -105,6 +111,7 @@ class KubeConnection(Protocol):
                 self.transport.pauseProducing()
             return
         self._next_events()
+        self._bound_pipelined()
 
     def connectionLost(self, reason=None) -> None:
         self.closed = True
@@ -150,10 +157,24 @@ class KubeConnection(Protocol):
                 else:
                     self._begin(request)
 
+    def _bound_pipelined(self) -> None:
+        """What waits unread behind the current exchange is bounded: past
+        MAX_PIPELINED, stop reading (again, if a throttle resumed it)."""
+        if self.http.their_done and self.http.buffered > MAX_PIPELINED and not self.closed and self._relay is None:
+            self._paused_pipelined = True
+            self.transport.pauseProducing()
+
+    def _resume_pipelined(self) -> None:
+        if self._paused_pipelined:
+            self._paused_pipelined = False
+            if not self.closed:
+                self.transport.resumeProducing()
+
     def _maybe_next_cycle(self) -> None:
         if self.http.our_state is DONE and self.http.their_done:
             self.http.start_next_cycle()
             self._wait("idle")
+            self._resume_pipelined()
         elif self.http.must_close:
             self.transport.loseConnection()
 
@@ -281,6 +302,7 @@ class KubeConnection(Protocol):
         self.send(response)
         self._relay = upstream.session = relay
         client_bytes = self.http.trailing_data
+        self._resume_pipelined()
         if client_bytes:
             relay.from_client(client_bytes)
         if pending:

@@ -70,6 +70,12 @@ class ServerConnection(PeerReader):
         self._buffer += data
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet read: past a request whose response is
+        under way, what kubectl pipelined behind it."""
+        return len(self._buffer)
+
+    @property
     def trailing_data(self) -> bytes:
         """Bytes received and not (yet) read as HTTP: after a 101, the session's."""
         return bytes(self._buffer)
