@@ -137,8 +137,23 @@ class FewerCallsTLS(BufferingTLSTransport):
             ProtocolWrapper.dataReceived(self, records[0] if len(records) == 1 else b"".join(records))
 
 
+#: The parts of Twisted's ``TLSMemoryBIOProtocol`` that ``FewerCallsTLS``
+#: overrides or calls. They are not Twisted's public API (setup.cfg allows
+#: Twisted 24.10 to 26): should a release rename one, Twisted's own
+#: ``BufferingTLSTransport`` is used instead, correct and slower.
+#: tests/test_tls_transport.py fails when that happens, so it is noticed.
+TWISTED_INTERNALS = (
+    "_write", "_flushSendBIO", "_flushReceiveBIO", "_bufferedWrite", "_tlsShutdownFinished", "_shutdownTLS",
+    "_lostTLSConnection", "_aborted",
+)
+
+
+def twisted_internals_missing() -> list[str]:
+    return [name for name in TWISTED_INTERNALS if not hasattr(BufferingTLSTransport, name)]
+
+
 class FewerCallsTLSFactory(TLSMemoryBIOFactory):
-    protocol = FewerCallsTLS
+    protocol = BufferingTLSTransport if twisted_internals_missing() else FewerCallsTLS
 
 
 @implementer(IStreamClientEndpoint)

@@ -26,6 +26,7 @@ from teleport_py.tls_transport import (
     FewerCallsTLSFactory,
     TLSClientEndpoint,
     sealed_size,
+    twisted_internals_missing,
 )
 from tests.support.pki import HOST_CA, USER_CA
 from tests.test_tls import (
@@ -188,6 +189,13 @@ class _StockTLSFactory(FewerCallsTLSFactory):
 
 
 class SizesTests(SynchronousTestCase):
+    def test_the_installed_twisted_has_what_it_relies_on(self):
+        """FewerCallsTLS overrides Twisted internals; with a Twisted that
+        renamed one, the factory falls back to Twisted's own transport, and
+        this says so rather than the suite passing on the slow path."""
+        self.assertEqual(twisted_internals_missing(), [])
+        self.assertIs(FewerCallsTLSFactory.protocol, FewerCallsTLS)
+
     def test_contexts_seal_whole_writes(self):
         """pki's contexts clear partial writes, so one SSL_write seals every record of a piece."""
         contexts = [
