@@ -124,6 +124,27 @@ class Relay(TestCase):
         self.assertEqual([f.opcode for f in FrameParser(expect_masked=True).feed(agent_transport.value())], [OP_CLOSE])
         self.assert_ended_with(401, "web session has ended")
 
+    def test_a_session_auth_cannot_confirm_ends_after_a_while(self):
+        """Checks Auth does not answer keep the terminal for a while (an Auth
+        failing over), then end it: failing closed; an answer in between
+        starts the count again."""
+        self.join()
+
+        def typing_for(seconds):  # the user types: the terminal is not idle
+            for _ in range(seconds // 10):
+                self.clock.advance(10)
+                self.terminal.dataReceived(masked(OP_BINARY, b"\x00x"))
+
+        self.signed_in = None
+        typing_for(50)  # checks at 10..50 unanswered: 40 s since the first
+        self.signed_in = True
+        typing_for(10)  # answered at 60: the count starts again
+        self.signed_in = None
+        typing_for(60)  # unanswered at 70..120: 50 s since the first
+        self.assertFalse(self.browser_transport.disconnecting)
+        typing_for(10)  # 60 s
+        self.assert_ended_with(503, "could not confirm your web session")
+
     def test_bad_browser_bytes(self):
         _, agent_transport = self.join()
         self.terminal.dataReceived(masked(OP_BINARY, b"\x01pretending to be output"))

@@ -17,9 +17,11 @@ producer, as in ``tunnel.splice``). The terminal ends when either side
 closes, when nothing passed either way for ``idle_timeout``, when the web
 session ends (its certificate's expiry; a sign-out within
 ``session_check`` seconds: sessions are kept by Auth, so it is asked
-then, not per keystroke; an unanswered check keeps the terminal, which
-the certificate's expiry still bounds) and on a protocol error (that
-connection only). Each end tells the
+then, not per keystroke; a check Auth does not answer keeps the terminal
+for a while, so that an Auth server failing over does not cut live
+terminals, but not past ``session_unconfirmed`` seconds without an answer:
+then it ends, failing closed) and on a protocol error (that connection
+only). Each end tells the
 browser why, as a Status on the error channel, unless the exec's own exit
 status already did.
 """
@@ -47,6 +49,8 @@ log = Logger()
 IDLE_TIMEOUT = 600.0
 #: How often a terminal asks whether its web session still exists.
 SESSION_CHECK = 10.0
+#: How long a terminal stays open while Auth answers none of those checks.
+SESSION_UNCONFIRMED = 60.0
 
 
 class ExecRefused(Exception):
@@ -139,13 +143,17 @@ class BrowserTerminal(Protocol):
 
     def __init__(self, reactor, start: Callable[["BrowserTerminal"], None], *, expires: float,
                  still_signed_in: Callable[[], Awaitable[bool]], idle_timeout: float = IDLE_TIMEOUT,
-                 session_check: float = SESSION_CHECK, describe: str = "") -> None:
+                 session_check: float = SESSION_CHECK, session_unconfirmed: float = SESSION_UNCONFIRMED,
+                 describe: str = "") -> None:
         self._reactor = reactor
         self._start = start
         self._expires = expires
         self._still_signed_in = still_signed_in
         self._idle_timeout = idle_timeout
         self._session_check = session_check
+        self._session_unconfirmed = session_unconfirmed
+        #: When the first of the checks Auth has not answered since its last answer was asked.
+        self._unanswered_since: float | None = None
         self._describe = describe
         self._messages = BrowserMessages()
         self.agent: AgentExec | None = None
@@ -252,19 +260,33 @@ class BrowserTerminal(Protocol):
 
     def _check_session(self) -> None:
         self._check = None
-        Deferred.fromCoroutine(self._still_signed_in()).addCallbacks(self._checked, self._check_failed)
+        asked = self._reactor.seconds()
+        Deferred.fromCoroutine(self._still_signed_in()).addCallbacks(self._checked, self._check_failed,
+                                                                     errbackArgs=(asked,))
 
     def _checked(self, signed_in: bool) -> None:
         if self._ended:
             return
+        self._unanswered_since = None
         if not signed_in:
             self.end("your web session has ended; sign in again", 401)
         else:
-            self._check = self._reactor.callLater(self._session_check, self._check_session)
+            self._next_check()
 
-    def _check_failed(self, failure) -> None:
+    def _check_failed(self, failure, asked: float) -> None:
+        if self._ended:
+            return
         log.info("web terminal: the session check failed error={error}", error=failure.getErrorMessage())
-        self._checked(True)
+        if self._unanswered_since is None:
+            self._unanswered_since = asked
+        if self._reactor.seconds() - self._unanswered_since >= self._session_unconfirmed:
+            self.end(f"the proxy could not confirm your web session with Auth for {self._session_unconfirmed:g} s;"
+                     " sign in again", 503)
+        else:
+            self._next_check()
+
+    def _next_check(self) -> None:
+        self._check = self._reactor.callLater(self._session_check, self._check_session)
 
     def _idled(self) -> None:
         self._idle = None
