@@ -7,6 +7,7 @@ because a silently ignored setting in an access plane is a security bug
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import socket
 from typing import Any, Mapping
@@ -104,6 +105,27 @@ def parse_address(value: Any, path: str, default_port: int) -> Address:
     return Address(host, int(port_text))
 
 
+def _tunnel_public_addr(value: Any) -> Address | None:
+    """One address (Teleport also takes a list; here a list of one): agents
+    dial one address per proxy. Without a port, the proxy's port 3080: the
+    tunnel shares the proxy's one public port (no separate port 3024)."""
+    path = "proxy_service.tunnel_public_addr"
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ConfigError(path, "must be one address (agents dial one address per proxy)")
+        value = value[0]
+    address = parse_address(value, path, DEFAULT_PROXY_PORT)
+    try:
+        unspecified = ipaddress.ip_address(address.host).is_unspecified
+    except ValueError:
+        unspecified = not address.host
+    if unspecified:
+        raise ConfigError(path, f"{value!r} names no host agents can dial; give this proxy's name or IP")
+    return address
+
+
 @attrs.frozen
 class ConnectionLimits:
     """``teleport.connection_limits``: what every listener (the auth API, the
@@ -149,6 +171,8 @@ class AuthConfig:
 class ProxyConfig:
     web_listen_addr: Address = Address("0.0.0.0", DEFAULT_PROXY_PORT)
     public_addr: tuple[Address, ...] = ()
+    #: ``proxy_service.tunnel_public_addr``: where agents dial this proxy for a reverse tunnel.
+    tunnel_public_addr: Address | None = None
     https_keypairs: tuple[tuple[str, str], ...] = ()  # (key_file, cert_file)
 
 
@@ -445,7 +469,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
         )
 
     p = _mapping(doc.get("proxy_service"), "proxy_service")
-    _check_keys(p, "proxy_service", ("enabled", "web_listen_addr", "public_addr", "https_keypairs"))
+    _check_keys(p, "proxy_service", ("enabled", "web_listen_addr", "public_addr", "tunnel_public_addr", "https_keypairs"))
     if _enabled(p, "proxy_service", True):
         public = p.get("public_addr", [])
         if isinstance(public, str):
@@ -467,6 +491,7 @@ def parse_config(text: str | None, source: str = "<defaults>") -> Config:
             public_addr=tuple(
                 parse_address(v, f"proxy_service.public_addr[{i}]", DEFAULT_PROXY_PORT) for i, v in enumerate(public)
             ),
+            tunnel_public_addr=_tunnel_public_addr(p.get("tunnel_public_addr")),
             https_keypairs=tuple(keypairs),
         )
 

@@ -310,6 +310,24 @@ class AuthServerTests(TestCase):
 
         return d(go())
 
+    def test_a_proxy_stopping_cleanly_drops_its_own_record_only(self):
+        async def go():
+            auth = await self._setup()
+            proxies = [HostIdentity(host_id=f"proxy-{i}", nodename="n", system_role="proxy", teleport_cluster="example")
+                       for i in (1, 2)]
+            for proxy in proxies:
+                await auth.proxies.heartbeat(proxy, {
+                    "kind": "proxy", "version": "v2", "metadata": {"name": proxy.host_id},
+                    "spec": {"hostname": "n", "tunnel_addr": "t:3024", "public_addr": "lb:443"}})
+            await auth.proxies.goodbye(proxies[0])
+            self.assertEqual([p["metadata"]["name"] for p in await auth.proxies.list(proxies[1])], ["proxy-2"])
+            kube = HostIdentity(host_id="proxy-2", nodename="n", system_role="kube", teleport_cluster="example")
+            with self.assertRaises(AccessDenied):
+                await auth.proxies.goodbye(kube)  # an agent named like a proxy cannot drop it
+            self.assertEqual(len(await auth.proxies.list(proxies[1])), 1)
+
+        return d(go())
+
     def test_agents_append_audit_batches(self):
         async def go():
             auth = await self._setup()

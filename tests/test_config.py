@@ -106,6 +106,25 @@ kubernetes_service:
         self.assertEqual(Address("", 3).server_endpoint(), "tcp:3:backlog=4096")
         self.assertEqual(Address("0.0.0.0", 3).connect_host(), "127.0.0.1")
 
+    def test_tunnel_public_addr(self):
+        self.assertIsNone(parse_config(None).proxy.tunnel_public_addr)
+        for value, expected in [("tunnel.example.com:3024", Address("tunnel.example.com", 3024)),
+                                ("tunnel.example.com", Address("tunnel.example.com", 3080)),  # the one proxy port
+                                ("[tunnel.example.com:443]", Address("tunnel.example.com", 443)),
+                                ("'[::1]:4'", Address("::1", 4))]:
+            config = parse_config(f"proxy_service:\n  tunnel_public_addr: {value}\n")
+            self.assertEqual(config.proxy.tunnel_public_addr, expected, value)
+        for value, says in [("[a:1, b:2]", "must be one address"), ("[]", "must be one address"),
+                            ("0.0.0.0:3080", "names no host"), ("':3080'", "names no host"),
+                            ("h:70000", "invalid port"), ("{host: h}", "must be an address"), ("''", "must be an address")]:
+            with self.assertRaises(ConfigError, msg=value) as cm:
+                parse_config(f"proxy_service:\n  tunnel_public_addr: {value}\n")
+            self.assertEqual(cm.exception.path, "proxy_service.tunnel_public_addr", value)
+            self.assertIn(says, str(cm.exception), value)
+        with self.assertRaises(ConfigError) as cm:
+            parse_config("proxy_service:\n  tunnel_public_adr: h:1\n")
+        self.assertIn("tunnel_public_addr", str(cm.exception))  # the near miss is named
+
     def test_missing_file(self):
         with self.assertRaises(ConfigError) as cm:
             load_config("/nonexistent/teleport.yaml")

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from teleport_py.config import Address
 from teleport_py.identityfile import IdentityFile
-from teleport_py.kube.agent_pool import AgentPool, AuthOverTunnels, DiscoveryError, parse_discovery
+from teleport_py.kube.agent_pool import DEPARTED_FOR, AgentPool, AuthOverTunnels, DiscoveryError, parse_discovery
 from teleport_py.tunnel import StreamRejected, TunnelClosed, TunnelProtocol
 from tests.support.pki import HOST_CA, USER_CA, host_pair
 
@@ -202,6 +202,60 @@ class PoolTests(SynchronousTestCase):
         self.net.clock.advance(60)
         self.net.settle()
         self.assertEqual(len(b.live()), 0)
+
+    def test_a_proxy_saying_goodbye_is_dropped_at_once(self):
+        """A proxy stopping cleanly sends its list without itself: its tunnel
+        closes now, though another proxy's list (older than the goodbye)
+        still names it, and it is not dialled again until a later list names
+        it or DEPARTED_FOR passes."""
+        a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "b:3080")
+        pool = self.start("a:3080")
+        a.discover(a, b)
+        self.net.settle()
+        self.assertEqual(len(b.live()), 1)
+        b.discover(a)
+        b.up = False  # it stops accepting right after
+        self.net.settle()
+        self.assertEqual(pool.proxies, {"proxy-a": True})
+        self.assertEqual((len(a.live()), len(b.live())), (1, 0))
+        dials = len(self.net.dials)
+        self.net.clock.advance(DEPARTED_FOR - 1)
+        self.net.settle()
+        self.assertEqual(len(self.net.dials), dials)
+        # Restarted: proxy-a's next list names it again, and it is dialled at once.
+        b.up = True
+        a.discover(a, b)
+        self.net.settle()
+        self.assertEqual(pool.proxies, {"proxy-a": True, "proxy-b": True})
+        self.assertEqual(len(b.live()), 1)
+
+    def test_a_proxy_is_dialled_at_the_tunnel_address_its_heartbeat_gives(self):
+        """proxy_service.tunnel_public_addr: the list's address, not the given one, is dialled."""
+        a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "tunnel-b.example.com:3024")
+        asked = []
+        endpoint_for = self.net.endpoint_for
+        self.net.endpoint_for = lambda reactor, host, port, identity: (
+            asked.append((host, port)), endpoint_for(reactor, host, port, identity))[1]
+        pool = self.start("a:3080")
+        a.discover(a, b)
+        self.net.settle()
+        self.assertEqual(pool.proxies, {"proxy-a": True, "proxy-b": True})
+        self.assertEqual(asked, [("a", 3080), ("tunnel-b.example.com", 3024)])
+
+    def test_a_goodbye_is_forgotten_after_departed_for(self):
+        """A list that still names a proxy DEPARTED_FOR after its goodbye
+        comes from a live heartbeat: the proxy is dialled again."""
+        a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "b:3080")
+        pool = self.start("a:3080")
+        a.discover(a, b)
+        self.net.settle()
+        b.discover(a)
+        self.net.settle()
+        self.assertEqual(pool.proxies, {"proxy-a": True})
+        self.net.clock.advance(DEPARTED_FOR)
+        self.net.settle()
+        self.assertEqual(pool.proxies, {"proxy-a": True, "proxy-b": True})
+        self.assertEqual(len(b.live()), 1)
 
     def test_a_restarted_proxy_is_dialled_again_with_backoff(self):
         a, b = self.net.proxy("proxy-a", "a:3080"), self.net.proxy("proxy-b", "b:3080")

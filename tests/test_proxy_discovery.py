@@ -1,7 +1,9 @@
 """The proxy's heartbeat and discovery (teleport_py.proxy.discovery) on a
 fake clock: it heartbeats itself, reads the proxy list back, tells every
 tunnel when the list changes (only then), tells nothing while Auth cannot be
-reached, and stopping cancels a call in flight."""
+reached, and stopping cancels a call in flight. A goodbye drops our record
+from Auth and tells every tunnel the list without us, even with Auth down,
+and waits for neither longer than GOODBYE_TIMEOUT."""
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -9,7 +11,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from teleport_py.proxy.discovery import ProxyDiscovery, proxy_resource
+from teleport_py.proxy.discovery import GOODBYE_TIMEOUT, ProxyDiscovery, proxy_resource
 from teleport_py.tunnel import StreamRejected
 
 
@@ -23,6 +25,8 @@ class FakeAuth:
         self.proxies = [_listed("p1", "p1:3080")]
         self.down = False
         self.pending: Deferred | None = None
+        self.goodbyes = 0
+        self.goodbye_answer: Deferred | None = None
 
     def heartbeat_proxy(self, resource):
         if self.pending is not None:
@@ -31,6 +35,16 @@ class FakeAuth:
             return fail(ConnectionRefusedError())
         self.beats.append(resource)
         return succeed({})
+
+    async def proxy_goodbye(self):
+        # A coroutine, as AuthClient.call is.
+        if self.down:
+            raise ConnectionRefusedError()
+        self.goodbyes += 1
+        if self.goodbye_answer is not None:
+            await self.goodbye_answer
+        self.proxies = [p for p in self.proxies if p["metadata"]["name"] != "p1"]
+        return {}
 
     def list_proxies(self):
         return succeed(list(self.proxies))
@@ -93,3 +107,43 @@ class ProxyDiscoveryTests(SynchronousTestCase):
         self.assertTrue(self.auth.pending.called)  # cancelled
         self.clock.advance(60)
         self.assertEqual(self.auth.beats, [])
+
+    def _two_proxies_known(self):
+        self.auth.proxies.append(_listed("p0", "p0:3080"))
+        self.discovery.start()
+        self.assertEqual(self.tunnels[0].sent[-1][1]["proxies"], [
+            {"name": "p0", "addr": "p0:3080"}, {"name": "p1", "addr": "p1:3080"}])
+
+    def test_goodbye_drops_our_record_and_tells_every_tunnel_the_list_without_us(self):
+        self._two_proxies_known()
+        done = Deferred.fromCoroutine(self.discovery.goodbye())
+        self.assertEqual(self.auth.goodbyes, 1)
+        self.assertEqual([p["metadata"]["name"] for p in self.auth.proxies], ["p0"])
+        without_us = ("discovery", {"proxies": [{"name": "p0", "addr": "p0:3080"}]})
+        self.assertEqual([t.sent[-1] for t in self.tunnels], [without_us, without_us])
+        self.successResultOf(done)
+        # No heartbeat after the goodbye (it would put the record back).
+        beats = len(self.auth.beats)
+        self.clock.advance(60)
+        self.assertEqual(len(self.auth.beats), beats)
+        # An agent announcing during the drain is told the list without us too.
+        late = FakeTunnel()
+        self.discovery.send(late)
+        self.assertEqual(late.sent, [without_us])
+
+    def test_goodbye_with_auth_down_still_tells_the_agents(self):
+        self._two_proxies_known()
+        self.auth.down = True
+        self.successResultOf(Deferred.fromCoroutine(self.discovery.goodbye()))
+        self.assertEqual(self.tunnels[0].sent[-1][1], {"proxies": [{"name": "p0", "addr": "p0:3080"}]})
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_goodbye_waits_for_auth_at_most_goodbye_timeout(self):
+        self._two_proxies_known()
+        self.auth.goodbye_answer = Deferred()
+        done = Deferred.fromCoroutine(self.discovery.goodbye())
+        self.assertNoResult(done)
+        self.clock.advance(GOODBYE_TIMEOUT - 0.1)
+        self.assertNoResult(done)
+        self.clock.advance(0.2)
+        self.successResultOf(done)

@@ -262,6 +262,36 @@ class ProxyServiceTests(TestCase):
         self.assertEqual((listed["proxy-test-2"]["spec"]["tunnel_addr"], listed["proxy-test-2"]["spec"]["public_addr"]),
                          (lb, lb))
 
+    async def listed_proxies(self) -> dict[str, dict]:
+        """``tctl get proxies``: host id -> resource."""
+        return {p["metadata"]["name"]: p for p in await self.auth.resources.list(ADMIN, "proxy")}
+
+    async def test_tunnel_public_addr_is_what_agents_dial_and_a_clean_stop_says_goodbye(self):
+        """proxy_service.tunnel_public_addr goes into the heartbeat (and the
+        agents' list) as the tunnel address, public_addr stays what users
+        reach. Stopped cleanly, the proxy drops its own record from Auth at
+        once and tells its agents the list without it."""
+        port = await self.running.another_proxy(self, public_addr="teleport-lb.example.com:443",
+                                                tunnel_public_addr="tunnel.example.com:3024")
+        second = "proxy-proxy-test-2"
+        agent = await FakeAgent(self.auth, "agent-1").connect(port)
+        self.addCleanup(agent.disconnect)
+        while not agent.discoveries or second not in {p["name"] for p in agent.discoveries[-1]["proxies"]}:
+            await _tick()
+        told = {p["name"]: p["addr"] for p in agent.discoveries[-1]["proxies"]}
+        self.assertEqual(told[second], "tunnel.example.com:3024")
+        stored = (await self.listed_proxies())[second]["spec"]
+        self.assertEqual((stored["tunnel_addr"], stored["public_addr"]),
+                         ("tunnel.example.com:3024", "teleport-lb.example.com:443"))
+
+        await self.running.second.stopService()
+        # Gone from Auth now, not 30 s after its last heartbeat; the first proxy is still listed.
+        self.assertEqual(sorted(await self.listed_proxies()), ["proxy-proxy-test"])
+        while second in {p["name"] for p in agent.discoveries[-1]["proxies"]}:
+            await _tick()
+        self.assertEqual(agent.discoveries[-1],
+                         {"proxies": [{"name": "proxy-proxy-test", "addr": f"127.0.0.1:{self.proxy_port}"}]})
+
     async def test_several_agents_share_a_cluster_and_disconnect_removes_one(self):
         first = await FakeAgent(self.auth, "agent-1").connect(self.proxy_port)
         second = await FakeAgent(self.auth, "agent-2").connect(self.proxy_port, clusters=("k8s", "other"))

@@ -162,6 +162,7 @@ class AuthAPI(resource.Resource):
             Route(b"POST", "heartbeats/kube", self.heartbeat, frozenset({"kube"})),
             Route(b"POST", "heartbeats/kube/goodbye", self.goodbye, frozenset({"kube"})),
             Route(b"POST", "heartbeats/proxy", self.heartbeat_proxy, frozenset({"proxy"})),
+            Route(b"POST", "heartbeats/proxy/goodbye", self.proxy_goodbye, frozenset({"proxy"})),
             Route(b"GET", "proxies", self.list_proxies, frozenset({"proxy"})),
             Route(b"POST", "web_sessions", self.create_web_session, frozenset({"proxy"})),
             Route(b"GET", "web_sessions/*", self.get_web_session, frozenset({"proxy"})),
@@ -459,6 +460,10 @@ class AuthAPI(resource.Resource):
 
     async def heartbeat_proxy(self, caller, request, body):
         await self.auth.proxies.heartbeat(self._authenticated(caller), body.get("resource"))
+        return {}
+
+    async def proxy_goodbye(self, caller, request, body):
+        await self.auth.proxies.goodbye(self._authenticated(caller))
         return {}
 
     async def list_proxies(self, caller, request, body):

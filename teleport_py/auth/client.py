@@ -233,6 +233,10 @@ class AuthClient:
     def heartbeat_proxy(self, resource: dict):
         return self.call("POST", "heartbeats/proxy", {"resource": resource})
 
+    def proxy_goodbye(self):
+        """This proxy is stopping now: Auth forgets its heartbeat (a clean shutdown)."""
+        return self.call("POST", "heartbeats/proxy/goodbye", {})
+
     async def list_proxies(self) -> list[dict]:
         """The proxies whose heartbeat is live (a proxy's call)."""
         return (await self.call("GET", "proxies"))["items"]

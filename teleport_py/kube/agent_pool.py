@@ -18,6 +18,13 @@ name (yet); that tunnel is closed and the slot dials again with backoff,
 until every listed proxy is held. A proxy that left
 the list (its heartbeat expired) loses its slot; a tunnel never closes
 because of a list while it is the last one.
+
+A proxy stopping cleanly sends a list without itself (a live proxy's own
+list always names it): the pool drops that proxy at once, even from the
+other proxies' lists (which may predate its goodbye), until a list received
+later names it again or ``DEPARTED_FOR`` passes (by then a list naming it
+comes from a live heartbeat). Its tunnel closes like any unlisted one
+(GOAWAY: streams through it finish).
 """
 from __future__ import annotations
 
@@ -49,6 +56,8 @@ log = Logger()
 DISCOVERY_KIND = "discovery"
 #: More proxies than this in one discovery list is refused (the metadata is bounded at 64 KiB anyway).
 MAX_PROXIES = 256
+#: How long a proxy that said goodbye stays dropped unless a newer list names it (the heartbeat TTL).
+DEPARTED_FOR = 30.0
 
 
 class DiscoveryError(ValueError):
@@ -142,6 +151,9 @@ class AgentPool:
         self._lists: dict[str, dict[str, Address]] = {}
         #: The last list we had when the last proxy we held was lost (used while we hold none).
         self._last_list: dict[str, Address] = {}
+        #: Proxies that said goodbye (their own list left them out) -> when.
+        self._departed: dict[str, float] = {}
+        self._departed_expiry = None
         self._stopped = True
         self._listed: list[str] = []
 
@@ -168,15 +180,18 @@ class AgentPool:
 
     def start(self) -> None:
         self._stopped = False
+        self._expire_departed_later()
         self._reconcile()
 
     def stop(self):
         """GOAWAY on every tunnel; fires when all are closed."""
         self._stopped = True
+        self._cancel_departed_expiry()
         return DeferredList([slot.client.stop() for slot in self._slots])
 
     def abort(self) -> None:
         self._stopped = True
+        self._cancel_departed_expiry()
         for slot in self._slots:
             slot.client.abort()
 
@@ -204,12 +219,17 @@ class AgentPool:
         return self._endpoints[address]
 
     def _wanted(self) -> dict[str, Address]:
-        """What the proxies we hold list (together), else the last list we had."""
+        """What the proxies we hold list (together, less those that said
+        goodbye), else the last list we had."""
         if not self._lists:
             return dict(self._last_list)
+        now = self._reactor.seconds()
         wanted: dict[str, Address] = {}
         for listed in self._lists.values():
             wanted.update(listed)
+        for name, when in self._departed.items():
+            if now - when < DEPARTED_FOR:
+                wanted.pop(name, None)
         return wanted
 
     def _choose(self, endpoint: _SlotEndpoint) -> tuple[str | None, Address]:
@@ -246,7 +266,7 @@ class AgentPool:
         if any(other is not slot and other.proxy == name for other in self._slots):
             log.info("reached proxy {proxy} again (a load balancer?); dialling again", proxy=name)
             return False
-        fresh = {listed for lists in self._lists.values() for listed in lists}
+        fresh = self._wanted() if self._lists else {}
         if fresh and name not in fresh:
             # Its heartbeat is not (or no longer) in Auth: dial again, with backoff, until it is.
             # (With no list from a proxy we hold, any proxy is kept: the old ones may all be gone.)
@@ -276,11 +296,35 @@ class AgentPool:
         if slot.proxy is None:
             raise StreamRejected("discovery before the proxy was identified")
         try:
-            self._lists[slot.proxy] = parse_discovery(metadata)
+            listed = self._lists[slot.proxy] = parse_discovery(metadata)
         except DiscoveryError as e:
             raise StreamRejected(f"invalid discovery: {e}") from None
+        for name in listed:
+            self._departed.pop(name, None)  # back (a restart), or still there
+        if slot.proxy not in listed:
+            log.info("proxy {proxy} is stopping (its list leaves it out)", proxy=slot.proxy)
+            self._departed[slot.proxy] = self._reactor.seconds()
+            self._expire_departed_later()
         self._reactor.callLater(0, self._reconcile)
         return MetadataOnly()
+
+    def _expire_departed_later(self) -> None:
+        """A reconcile when the oldest goodbye has been kept for DEPARTED_FOR."""
+        if self._departed and (self._departed_expiry is None or not self._departed_expiry.active()):
+            due = min(self._departed.values()) + DEPARTED_FOR - self._reactor.seconds()
+            self._departed_expiry = self._reactor.callLater(max(0.0, due), self._departed_expired)
+
+    def _departed_expired(self) -> None:
+        self._departed_expiry = None
+        now = self._reactor.seconds()
+        self._departed = {name: when for name, when in self._departed.items() if now - when < DEPARTED_FOR}
+        self._expire_departed_later()
+        self._reconcile()
+
+    def _cancel_departed_expiry(self) -> None:
+        if self._departed_expiry is not None and self._departed_expiry.active():
+            self._departed_expiry.cancel()
+        self._departed_expiry = None
 
     def _lost(self, slot: _Slot) -> None:
         if slot.proxy is not None and slot.proxy in self._lists:

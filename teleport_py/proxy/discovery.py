@@ -9,12 +9,17 @@ itself, and again whenever the list changes, so an agent that reached one
 proxy (perhaps through a load balancer) learns all of them and keeps a
 tunnel to each (``kube.agent_pool``). The list rides the tunnel whose proxy
 the agent verified, and comes from Auth over mutual TLS.
+
+A proxy stopping cleanly says goodbye: Auth drops its record at once, and
+its agents get the last list without it, which agents read as this proxy
+leaving (a live proxy's own list always names it: it heartbeats before it
+reads). A crash still relies on the record's TTL.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, ensureDeferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -24,6 +29,8 @@ from teleport_py.tunnel import StreamRejected, TunnelClosed
 log = Logger()
 
 HEARTBEAT_INTERVAL = 10.0
+#: The goodbye's call to Auth gets this long; the drain that follows it needs the rest of the deadline.
+GOODBYE_TIMEOUT = 5.0
 DISCOVERY_KIND = "discovery"
 
 
@@ -77,12 +84,38 @@ class ProxyDiscovery:
         if self._beating is not None:
             self._beating.cancel()
 
-    def send(self, tunnel) -> None:
-        """Tell one agent tunnel the proxies we know (nothing before the first answer from Auth)."""
+    async def goodbye(self) -> None:
+        """Stop heartbeating; at the same time ask Auth to drop our record
+        now and tell every agent tunnel the last list without us (told even
+        when Auth cannot be reached: the record then expires with its TTL).
+        Waits, at most GOODBYE_TIMEOUT, until both are done, so agents have
+        the list before the port drains and their tunnels are cut."""
+        self.stop()
+        name = self._resource["metadata"]["name"]
+        calls = [ensureDeferred(self._auth.proxy_goodbye()).addErrback(self._goodbye_failed)]
+        if self.metadata is not None:
+            self.metadata = {"proxies": [p for p in self.metadata["proxies"] if p["name"] != name]}
+            calls += [self.send(tunnel) for tunnel in list(self._tunnels())]
+        try:
+            await DeferredList(calls, consumeErrors=True).addTimeout(GOODBYE_TIMEOUT, self._reactor)
+        except TimeoutError:
+            log.warn("proxy goodbye not finished within {timeout}s (Auth or agents slow to answer)",
+                     timeout=GOODBYE_TIMEOUT)
+        log.info("proxy {name} said goodbye to Auth and its agents", name=name)
+
+    @staticmethod
+    def _goodbye_failed(failure) -> None:
+        log.warn("proxy goodbye to Auth failed (the heartbeat expires instead): {error}",
+                 error=failure.getErrorMessage())
+
+    def send(self, tunnel) -> Deferred:
+        """Tell one agent tunnel the proxies we know (nothing before the
+        first answer from Auth); fires once the agent took the list or
+        could not."""
         if self.metadata is None:
-            return
+            return succeed(None)
         opened = tunnel.open_stream(DISCOVERY_KIND, self.metadata, Hangup())
-        opened.addErrback(self._not_sent)
+        return opened.addErrback(self._not_sent)
 
     @staticmethod
     def _not_sent(failure) -> None:

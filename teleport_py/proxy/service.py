@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from weakref import WeakKeyDictionary
 
 from cryptography.hazmat.primitives import serialization
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
@@ -128,7 +129,9 @@ class ProxyService(RoleService):
     """Its identity first, then (started in this order, stopped in reverse)
     its connections to Auth, agents' tunnels, the public port and the host
     certificate's renewal. Stopping
-    drains the port: no new connections, web API connections close once
+    first says goodbye (Auth drops our heartbeat, our agents get the proxy
+    list without us and close their tunnels to us once their streams through
+    them end), then drains the port: no new connections, web API connections close once
     their responses are out, kubectl connections are given until the
     deadline to end; only then are agents' tunnels dropped."""
 
@@ -209,6 +212,8 @@ class ProxyService(RoleService):
             setting="proxy_service.web_listen_addr", address=str(listen),
             finish=self._finish, waited_for=self._is_client,
         ))
+        # Stopped before the port drains: Auth drops our record and our agents drop us now.
+        await self.start_child(Step("proxy goodbye", stop=lambda: Deferred.fromCoroutine(discovery.goodbye())))
         self.renewal = await self.start_child(renewal)
         log.info(
             "proxy for cluster {cluster} listening on {address} host_id={host_id}",
@@ -271,9 +276,12 @@ class ProxyService(RoleService):
         return Address(listen.connect_host(), listen.port)
 
     def _tunnel_addr(self) -> Address:
-        """Where agents dial us for a tunnel: the public address (a load
-        balancer in front of every proxy is fine: agents check which proxy
-        they reached), else the address we listen on, else our nodename."""
+        """Where agents dial us for a tunnel: ``tunnel_public_addr``, else
+        the public address (a load balancer in front of every proxy is fine:
+        agents check which proxy they reached), else the address we listen
+        on, else our nodename."""
+        if self.config.proxy.tunnel_public_addr is not None:
+            return self.config.proxy.tunnel_public_addr
         if self.config.proxy.public_addr:
             return self.config.proxy.public_addr[0]
         listen = self.config.proxy.web_listen_addr

@@ -73,11 +73,14 @@ class InProcessProxy:
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         return self
 
-    async def another_proxy(self, testcase, public_addr: str | None = None) -> int:
+    async def another_proxy(self, testcase, public_addr: str | None = None,
+                            tunnel_public_addr: str | None = None) -> int:
         """A second proxy of the same cluster (same Auth), started; its port
         (the service is ``self.second``)."""
         port = free_port()
         public = f", public_addr: '{public_addr}'" if public_addr else ""
+        if tunnel_public_addr:
+            public += f", tunnel_public_addr: '{tunnel_public_addr}'"
         config = parse_config(
             "version: v3\n"
             f"teleport: {{nodename: proxy-test-2, data_dir: {self.data_dir}}}\n"

@@ -1,5 +1,6 @@
 """Proxies as they heartbeat themselves: ``/proxies/<host id>``, each
-expiring with its TTL (Teleport's proxy heartbeat). Agents learn the
+expiring with its TTL (Teleport's proxy heartbeat), or at once when the
+proxy stops cleanly (its goodbye). Agents learn the
 cluster's proxies from this list, through a proxy."""
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ class Proxies:
         expires = self._clock.seconds() + PROXY_TTL
         proxy = attrs.evolve(proxy, expires=datetime.fromtimestamp(int(expires), timezone.utc))
         await self._backend.put(f"{PREFIX}{proxy.name}", to_json(resource_to_dict(proxy)), expires=expires)
+
+    async def goodbye(self, caller: Identity) -> None:
+        """A proxy stopping cleanly: forget its own record now rather than
+        when the heartbeat's TTL runs out (the host id is its certificate's)."""
+        host = self._authorizer.require_system_role(caller, "proxy")
+        await self._backend.delete(f"{PREFIX}{host.host_id}")
 
     async def list(self, caller: Identity) -> list[dict[str, Any]]:
         """Every proxy whose heartbeat is live."""
