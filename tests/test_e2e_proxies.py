@@ -5,7 +5,8 @@ kubectl (tests/support/ha.py).
 
 kubectl through either proxy reaches the cluster; with one proxy killed
 (-9) kubectl through the other still does at once; a restarted proxy is
-picked up again by the agent with no operator; behind a TLS-passthrough TCP
+picked up again by the agent with no operator; one stopped cleanly
+(SIGTERM) leaves `tctl get proxies` at once and the agent drops it; behind a TLS-passthrough TCP
 load balancer in front of both proxies, tsh login and kubectl through the
 balancer keep working with one proxy dead."""
 from __future__ import annotations
@@ -85,6 +86,15 @@ class SeveralProxiesTests(TestCase):
         took = await self.until(lambda: self.kubectl_works(d, via[0]), 60, "kubectl through restarted proxy0", d)
         print(f"\nrestarted proxy0 served kubectl again after {took:.1f}s")
         self.assertTrue(await self.kubectl_works(d, via[1]))
+
+        # proxy1 stopped cleanly (SIGTERM): it deletes its heartbeat and tells the agent before it
+        # goes, so tctl no longer lists it right away (not 30 s later) and the agent drops it.
+        leaving = (await self.proxies(d))["proxy1"]
+        self.assertEqual(await d.proxy_procs[1].stop(grace=15), 0, d.proxy_procs[1].log_tail())
+        self.assertEqual(sorted(await self.proxies(d)), ["proxy0"])
+        await d.agents[0].wait_for(
+            lambda: f"proxy {leaving} is stopping".encode() in d.agents[0].output(), timeout=10)
+        self.assertTrue(await self.kubectl_works(d, via[0]), d.agents[0].log_tail())
 
     @coroutine_test
     async def test_behind_a_load_balancer(self):
