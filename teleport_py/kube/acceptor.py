@@ -56,8 +56,11 @@ class StreamAcceptor:
         cluster_defaults: Callable[[], Awaitable[ClusterDefaults]] | None = None,
         locks: LockWatch | None = None,
         durable: Callable[[], Deferred | None] | None = None,
+        emit_line: Callable[[bytes], None] | None = None,
     ) -> None:
         self.reactor = reactor
+        #: Where streams send their ``kube.request`` events encoded (EventSpool.emit_line).
+        self.emit_line = emit_line
         #: When the events ``emit`` took are on disk (EventSpool.durable):
         #: each stream's responses wait for it. ``None``: ``emit`` itself is durable.
         self.durable = durable
@@ -99,7 +102,7 @@ class StreamAcceptor:
         services = self.services
         stream = StreamContext(identity=identity, cluster=cluster, client_addr=str(metadata.get("client_addr", "")),
                                reactor=self.reactor, emit=services.emit, buffers=self.buffers, limits=self.limits,
-                               teleport_cluster=services.teleport_cluster)
+                               teleport_cluster=services.teleport_cluster, emit_line=self.emit_line)
         protocol = front(KubeCaller(services, stream))
         if isinstance(protocol, KubeHTTP2Connection):
             self._h2_fronts.add(protocol)

@@ -19,6 +19,7 @@ from teleport_py.kube.canonical import CanonicalRequest
 from teleport_py.config import ConnectionLimits
 from teleport_py.kube.credentials import ClusterCredentials
 from teleport_py.kube.memory_budget import MemoryBudget
+from teleport_py.kube.request_event import KubeRequestEvents
 from teleport_py.pki import UserIdentity
 from teleport_py.rbac import RequestInfo
 
@@ -62,10 +63,31 @@ class StreamContext:
     limits: ConnectionLimits = ConnectionLimits()
     #: This Teleport cluster's name (the certificate's, when not configured).
     teleport_cluster: str = ""
+    #: Where ``kube.request`` events go already encoded (EventSpool.emit_line);
+    #: ``None``: they go to ``emit`` as dicts (in-memory audit logs of tests).
+    emit_line: Callable[[bytes], None] | None = attrs.field(default=None, repr=False)
+    #: The stream's fixed fields, encoded once (kube/request_event.py).
+    request_events: KubeRequestEvents = attrs.field(init=False, repr=False, eq=False, default=attrs.Factory(
+        lambda self: KubeRequestEvents(
+            user=self.identity.username,
+            cluster_name=self.teleport_cluster or self.identity.teleport_cluster,
+            kube_cluster=self.cluster.name,
+            addr_remote=self.client_addr,
+            access_requests=self.identity.access_requests,
+            allowed_resources=self.identity.allowed_resources,
+        ), takes_self=True))
 
     def audit(self, method: str, path: str, info: RequestInfo | None, code: int, *,
               decision: Decision | None = None, reason: str | None = None) -> None:
         """One ``kube.request`` event; ``reason`` set means refused or failed."""
+        if self.emit_line is not None:
+            self.emit_line(self.request_events.line(
+                self.reactor.seconds(), method, path, info, code,
+                kubernetes_users=[decision.user] if decision else [],
+                kubernetes_groups=list(decision.groups) if decision else [],
+                reason=reason,
+            ))
+            return
         self.emit(events.make_event(
             events.KUBE_REQUEST,
             self.reactor.seconds(),

@@ -120,7 +120,11 @@ class EventSpool:
 
     def emit(self, event: dict) -> None:
         """Encoded here, so that an event that is not JSON fails its caller."""
-        self._pending.append(json.dumps(event, separators=(",", ":")).encode("utf-8") + b"\n")
+        self.emit_line(json.dumps(event, separators=(",", ":")).encode("utf-8") + b"\n")
+
+    def emit_line(self, line: bytes) -> None:
+        """An event already encoded: one JSON object and its newline."""
+        self._pending.append(line)
         self._emitted += 1
         if self._commit is None and self._writing is None:
             self._commit_after(self._commit_delay)

@@ -170,6 +170,7 @@ class KubeService(RoleService):
             user_cas=identity.user_cas,
             roles=RoleCache(self.reactor, self._fetch_role),
             emit=spool.emit,
+            emit_line=spool.emit_line,
             teleport_cluster=host.teleport_cluster,
             sessions=SessionRecorder(
                 self.reactor, spool.emit, recordings, record_output=self.config.kube.record_exec_output
