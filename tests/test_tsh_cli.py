@@ -262,6 +262,93 @@ class KubeTests(TshTestCase):
         self.assertEqual(self.api.reissues, 0)
 
 
+class RequestDropTests(TshTestCase):
+    def login_cert(self):
+        store = self.store()
+        identity = store.identity(store.profile())
+        return identity_from_certificate(identity.certificate, user_ca=self.api.user_ca.certificate, host_ca=None)
+
+    def kube_cert(self, kube_cluster="my-cluster"):
+        store = self.store()
+        return identity_from_certificate(store.kube_certificate(store.profile(), kube_cluster),
+                                         user_ca=self.api.user_ca.certificate, host_ca=None)
+
+    async def credentials(self):
+        result = await self.tsh("kube", "credentials", "--kube-cluster=my-cluster")
+        self.assertEqual(result.code, 0, result.err)
+        return result
+
+    async def test_drop_one_request_then_all(self):
+        await self.login("--request-id=req-1", "--request-id=req-2")
+        self.assertEqual(self.login_cert().access_requests, ("req-1", "req-2"))
+        await self.credentials()
+        self.assertEqual(self.kube_cert().access_requests, ("req-1", "req-2"))
+        key = self.store().identity(self.store().profile()).private_key
+        cache = self.store().key_dir(self.store().profile()) / "kube" / "my-cluster" / "credential.json"
+        self.assertTrue(cache.exists())
+
+        seen = len(self.api.requests)
+        dropped = await self.tsh("request", "drop", "req-1")
+        self.assertEqual(dropped.code, 0, dropped.err)
+        self.assertIn("Dropped access request req-1.", dropped.out)
+        self.assertRegex(dropped.out, r"Active requests: +req-2\n")
+        # No password asked (stdin is empty), same key, the elevated kube
+        # certificate and its cached credential are gone.
+        self.assertFalse(any(path == b"/webapi/login" for _, path, _ in self.api.requests[seen:]))
+        self.assertEqual(self.login_cert().access_requests, ("req-2",))
+        self.assertNotIn("role-req-1", self.login_cert().roles)
+        self.assertEqual(self.store().identity(self.store().profile()).private_key.private_numbers(),
+                         key.private_numbers())
+        self.assertFalse(cache.exists())
+        self.assertIsNone(self.store().kube_certificate(self.store().profile(), "my-cluster"))
+        await self.credentials()
+        self.assertEqual(self.kube_cert().access_requests, ("req-2",))
+
+        status = await self.tsh("status")
+        self.assertRegex(status.out, r"Active requests: +req-2\n")
+
+        dropped = await self.tsh("request", "drop")
+        self.assertEqual(dropped.code, 0, dropped.err)
+        self.assertNotIn("Active requests", dropped.out)
+        self.assertEqual(self.login_cert().access_requests, ())
+        self.assertEqual(self.login_cert().roles, ("access", "kube-access"))
+        again = await self.tsh("request", "drop", "*")
+        self.assertEqual(again.code, 0, again.err)
+        self.assertIn("No access requests to drop", again.out)
+
+    async def test_unknown_request_is_named_and_nothing_changes(self):
+        await self.login("--request-id=req-1")
+        before = self.api.reissues
+        result = await self.tsh("request", "drop", "req-1", "nope")
+        self.assertEqual(result.code, 1)
+        self.assertEqual(result.err.splitlines(), [
+            "ERROR: access request nope is not in your current certificate (active requests: req-1); "
+            "'tsh status' lists them"])
+        self.assertEqual(self.api.reissues, before)
+        self.assertEqual(self.login_cert().access_requests, ("req-1",))
+
+    async def test_a_kube_certificate_of_the_dropped_elevation_is_not_reused(self):
+        # A 'tsh kube credentials' that read the elevated login before the drop
+        # may store its kube certificate after it (same key): it must not answer.
+        await self.login("--request-id=req-1")
+        store = self.store()
+        profile = store.profile()
+        identity = store.identity(profile)
+        self.assertEqual((await self.tsh("request", "drop")).code, 0)
+        now = utc_now()
+        stale = self.api.user_ca.issue_user_certificate(
+            identity.private_key.public_key(),
+            UserIdentity("alice", ["access", "kube-access", "role-req-1"], kube_cluster="my-cluster",
+                         access_requests=("req-1",), teleport_cluster=CLUSTER, expires=now + timedelta(hours=1)),
+            now - timedelta(minutes=1))
+        store.save_kube_certificate(profile, "my-cluster", stale)
+        before = self.api.reissues
+        result = await self.credentials()
+        self.assertEqual(self.api.reissues, before + 1)
+        self.assertNotEqual(json.loads(result.out)["status"]["clientCertificateData"], certificate_pem(stale).decode())
+        self.assertEqual(self.kube_cert().access_requests, ())
+
+
 class ProxyKubeTests(TshTestCase):
     async def test_kubectl_through_the_local_proxy(self):
         kubectl = require_tool("kubectl")

@@ -66,6 +66,11 @@ def parser() -> argparse.ArgumentParser:
     request_search.add_argument("--all-kube-namespaces", action="store_true", help="search pods in every namespace")
     request_search.add_argument("--search", default="",
                                 help="comma-separated keywords a resource's name, namespace or labels must all contain")
+    request_drop = request.add_parser(
+        "drop", help="drop the elevated access of these requests (all of them without IDs, or with '*') "
+                     "from your certificates")
+    request_drop.add_argument("request_ids", nargs="*", metavar="ID",
+                              help="request ids as 'tsh status' lists them under Active requests")
     request_show = request.add_parser("show", help="show one request with its reviews")
     request_show.add_argument("request_id", metavar="ID")
     request_review = request.add_parser("review", help="approve or deny someone else's request")

@@ -97,6 +97,13 @@ def _certificate_from_response(result: dict, private_key, user_cas) -> tuple[x50
     return certificate, identity
 
 
+def _login_identity(identity: IdentityFile) -> UserIdentity:
+    """What the stored login certificate says (its roles and access requests)."""
+    _, user = _certificate_from_response(
+        {"cert": certificate_pem(identity.certificate).decode()}, identity.private_key, identity.user_cas)
+    return user
+
+
 def _cas_from_response(result: dict) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
     try:
         cas = result["cas"]
@@ -226,9 +233,7 @@ class Tsh:
 
     def _print_status(self, profile: Profile, identity: IdentityFile) -> None:
         try:
-            _, user = _certificate_from_response(
-                {"cert": certificate_pem(identity.certificate).decode()}, identity.private_key, identity.user_cas
-            )
+            user = _login_identity(identity)
             roles = ", ".join(user.roles)
             requests = ", ".join(user.access_requests)
             resources = ", ".join(map(str, user.allowed_resources))
@@ -437,7 +442,8 @@ class Tsh:
 
     async def _elevated(self, profile: Profile, identity: IdentityFile, request_ids: list[str]) -> IdentityFile:
         """The login reissued with the roles of ``request_ids`` (approved
-        access requests), same key: Auth checks each is ours and approved."""
+        access requests; none: the user's own roles only), same key: Auth
+        checks each is ours and approved. It never outlives ``identity``."""
         result = await self._client(profile, identity).reissue(
             _public_key_pem(identity.private_key), "", list(dict.fromkeys(request_ids)))
         certificate, _ = _certificate_from_response(result, identity.private_key, identity.user_cas)
@@ -476,12 +482,36 @@ class Tsh:
         if state != "APPROVED":
             raise CLIError("request %s was %s%s" % (request_id, str(state).lower(), ": %s" % reason if reason else ""))
         self.print("Approved%s." % (": %s" % reason if reason else ""))
-        _, current = _certificate_from_response(
-            {"cert": certificate_pem(identity.certificate).decode()}, identity.private_key, identity.user_cas)
+        current = _login_identity(identity)
         elevated = await self._elevated(profile, identity, [*current.access_requests, request_id])
         async with self.store.lock(profile, self.reactor):
             self.store.save_login(profile, elevated)
         self._print_status(profile, elevated)
+
+    async def cmd_request_drop(self) -> None:
+        """Teleport's ``tsh request drop [ID ...]``: the login reissued from
+        the current certificate (no password) without the named requests'
+        roles and resources; no ID, or ``*``, drops them all. save_login
+        deletes the kube certificates and credential caches of the elevated
+        login, so kubectl's next call gets a certificate without them."""
+        profile, identity = self._logged_in()
+        active = _login_identity(identity).access_requests
+        wanted = list(dict.fromkeys(self.args.request_ids))
+        if not wanted or "*" in wanted:
+            wanted = list(active)
+        unknown = [request_id for request_id in wanted if request_id not in active]
+        if unknown:
+            raise CLIError("access request %s is not in your current certificate (%s); 'tsh status' lists them" % (
+                ", ".join(unknown), "active requests: %s" % ", ".join(active) if active else "it has none"))
+        if not wanted:
+            self.print("No access requests to drop: your certificate has none.")
+            self._print_status(profile, identity)
+            return
+        dropped = await self._elevated(profile, identity, [r for r in active if r not in wanted])
+        async with self.store.lock(profile, self.reactor):
+            self.store.save_login(profile, dropped)
+        self.print("Dropped access request%s %s." % ("s" if len(wanted) > 1 else "", ", ".join(wanted)))
+        self._print_status(profile, dropped)
 
     async def cmd_request_ls(self) -> None:
         profile, identity = self._logged_in()

@@ -40,13 +40,18 @@ def signed_user_identity(certificate, user_cas) -> UserIdentity | None:
 
 def usable_kube_certificate(certificate, identity_file, kube_cluster: str, now: datetime) -> bool:
     """Ours (our key), signed by the cluster's user CA, routed to ``kube_cluster``,
-    and with more than KUBE_CERT_MIN_REMAINING left."""
+    with more than KUBE_CERT_MIN_REMAINING left, and carrying exactly the
+    login's access requests and allowed resources: after ``tsh request
+    drop`` (same key) a kube certificate a concurrent reissue made from the
+    elevated login must not keep the dropped access."""
     if certificate.public_key() != identity_file.private_key.public_key():
         return False
     if certificate.not_valid_after_utc - now <= KUBE_CERT_MIN_REMAINING:
         return False
     issued = signed_user_identity(certificate, identity_file.user_cas)
-    return issued is not None and issued.kube_cluster == kube_cluster
+    login = signed_user_identity(identity_file.certificate, identity_file.user_cas)
+    return (issued is not None and login is not None and issued.kube_cluster == kube_cluster
+            and (issued.access_requests, issued.allowed_resources) == (login.access_requests, login.allowed_resources))
 
 
 def exec_credential(certificate, private_key) -> dict:

@@ -57,6 +57,7 @@ class FakeProxyAPI(Resource):
         self.requests = []
         self.ping_callers = []
         self.reissues = 0
+        self.approved_requests = {"req-1", "req-2"}
 
     def render(self, request):
         request.setHeader(b"content-type", b"application/json")
@@ -77,12 +78,13 @@ class FakeProxyAPI(Resource):
         request.setResponseCode(status)
         return json.dumps({"error": {"kind": "x", "message": message}}).encode()
 
-    def issue(self, username, public_key_pem, ttl, kube_cluster="", not_after=None):
+    def issue(self, username, public_key_pem, ttl, kube_cluster="", not_after=None, access_requests=()):
         now = utc_now()
         expires = now + timedelta(seconds=ttl)
         if not_after is not None:
             expires = min(expires, not_after)
-        identity = UserIdentity(username, ["access", "kube-access"], kube_cluster=kube_cluster,
+        identity = UserIdentity(username, ["access", "kube-access", *("role-" + r for r in access_requests)],
+                                kube_cluster=kube_cluster, access_requests=access_requests,
                                 teleport_cluster=CLUSTER, expires=expires)
         public_key = serialization.load_pem_public_key(public_key_pem.encode())
         cert = self.user_ca.issue_user_certificate(public_key, identity, now)
@@ -126,10 +128,15 @@ class FakeProxyAPI(Resource):
         caller = self.caller(request)
         if caller is None:
             return self.error(request, 403, "login required")
-        if body["kube_cluster"] not in {c["name"] for c in self.clusters}:
+        if body["kube_cluster"] and body["kube_cluster"] not in {c["name"] for c in self.clusters}:
             return self.error(request, 404, "kubernetes cluster %r not found" % body["kube_cluster"])
+        # Like Auth: a list sets the elevation (approved requests only), none keeps the caller's.
+        access_requests = tuple(sorted(set(body.get("access_requests", caller.access_requests))))
+        if not set(access_requests) <= self.approved_requests:
+            return self.error(request, 403, "access request not approved")
         self.reissues += 1
-        return self.issue(caller.username, body["public_key"], 3600, body["kube_cluster"], caller.expires)
+        return self.issue(caller.username, body["public_key"], 3600, body["kube_cluster"], caller.expires,
+                          access_requests)
 
 
 class TshTestCase(TestCase):
