@@ -2,8 +2,8 @@
 real chain (proxy, reverse tunnel, agent) to a real kube-apiserver.
 
 alice holds no kube access; she requests the ``kube-access`` role, bob
-reviews, and her kubectl works until the request's ``max_duration`` ends,
-and fails after. A denied request changes nothing."""
+reviews, and her kubectl works until ``tsh request drop`` (then is refused)
+and, back on the request, until its ``max_duration`` ends, and fails after. A denied request changes nothing."""
 from __future__ import annotations
 
 import os
@@ -100,6 +100,17 @@ class AccessRequestFlowTests(TestCase):
         await d.tsh("kube", "login", "my-cluster")
         pods = await d.kubectl("get", "pods", "-n", "default")
         self.assertEqual(pods.code, 0)
+        # 'tsh request drop' takes the elevation back off at once: the next
+        # kubectl is refused (the kube certificate kubectl held is gone with it).
+        dropped = await d.tsh("request", "drop", request_id)
+        self.assertIn(f"Dropped access request {request_id}.", dropped.out)
+        self.assertNotIn("Active requests", dropped.out)
+        refused = await d.kubectl("get", "pods", "-n", "default", expect=None)
+        self.assertNotEqual(refused.code, 0, refused.out)
+        self.assertIn('kubernetes cluster "my-cluster" not found', refused.err)
+        # Back to the approved request for the rest of the walk (it has time left).
+        await d.tsh("login", f"--proxy={d.proxy}", "--user=alice", "--insecure", f"--request-id={request_id}",
+                    stdin=PASSWORD.encode() + b"\n")
         events = await d.wait_for_events(
             "kube.request", until=lambda evs: any(e.get("user") == "alice" for e in evs))
         mine = [e for e in events if e.get("user") == "alice"]
