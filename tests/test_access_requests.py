@@ -179,6 +179,26 @@ class AccessRequestTests(TestCase):
         cert_events = [e for e in await self.events_of(events.CERT_CREATE) if e.get("access_requests")]
         self.assertEqual(cert_events[0]["access_requests"], [request_id])
 
+    async def test_dropping_one_of_two_requests(self):
+        """``tsh request drop ID``: a reissue from the elevated certificate
+        with the other requests only; audited as cert.create."""
+        alice = self.identity("alice", ["requester"])
+        bob = self.identity("bob", ["reviewer"])
+        ids = []
+        for reason in ("one", "two"):
+            request_id = (await self.auth.access_requests.create(alice, ["kube-access"], reason))["metadata"]["name"]
+            await self.auth.access_requests.review(bob, request_id, "APPROVED", "ok")
+            ids.append(request_id)
+        both = (await self.auth.user_certificates.reissue(alice, public_pem(), "", None, tuple(ids)))["access_requests"]
+        self.assertEqual(both, sorted(ids))
+        elevated = self.identity("alice", ["requester", "kube-access"], requests=tuple(sorted(ids)))
+        kept = await self.auth.user_certificates.reissue(elevated, public_pem(), "", None, (ids[1],))
+        self.assertEqual((kept["roles"], kept["access_requests"]), (["requester", "kube-access"], [ids[1]]))
+        dropped = await self.auth.user_certificates.reissue(elevated, public_pem(), "", None, ())
+        self.assertEqual((dropped["roles"], dropped["access_requests"]), (["requester"], []))
+        certs = [e for e in await self.events_of(events.CERT_CREATE) if e.get("user") == "alice"]
+        self.assertEqual([e.get("access_requests") or [] for e in certs][-2:], [[ids[1]], []])
+
     async def test_requester_cannot_review_own_request(self):
         mallory = self.identity("mallory", ["requester", "reviewer"])
         request_id = (await self.auth.access_requests.create(mallory, ["kube-access"], ""))["metadata"]["name"]
