@@ -139,6 +139,8 @@ class ProxyDiscovery:
         except CancelledError:
             return
         except Exception as e:
+            if not self._loop.running:
+                return  # stopped (or said goodbye) meanwhile: the HTTP client reports the cancel wrapped
             log.warn("proxy heartbeat failed: {error}", error=e)
             return
         metadata = {"proxies": sorted(filter(None, map(_listed, items)), key=lambda p: p["name"])}
