@@ -3,7 +3,8 @@
 headless chromium (selenium) for the invitation and sign-in pages.
 
 ``tctl users add`` invites alice; ``tsh signup`` is refused with a pointer to
-the invitation page; in the browser the page shows the OTP secret, refuses a
+the invitation page; in the browser the page shows the OTP secret (as text, as its
+otpauth:// URI and as that URI's QR code, drawn in the page), refuses a
 wrong code (showing the secret again) and registers the device with the
 right one; ``tsh login`` asks for a code after the password and refuses one
 used already and a missing one; the web sign-in page asks for the code too,
@@ -106,6 +107,7 @@ class OtpEndToEndTests(TestCase):
         self.assertEqual(cache, "no-store")
         secret = browser.find_element(By.ID, "otp-secret").text.replace(" ", "")
         self.assertIn(f"secret={secret}", browser.find_element(By.ID, "otp-uri").text)
+        self.qr_code_drawn(browser, wait, By)
         browser.save_screenshot(os.path.join(shots, "web-ui-invite-otp.png"))
         fill(totp.code_at(secret, time.time() + 600))
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
@@ -116,6 +118,25 @@ class OtpEndToEndTests(TestCase):
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         shown("body", "is ready")
         return secret, totp.step_at(now)
+
+    def qr_code_drawn(self, browser, wait, By):
+        """The otpauth:// URI is also drawn as a QR code: an SVG of a whole
+        QR symbol (17 + 4 x version modules, and the 4-module margin on each
+        side), 200 px square, with no console error (a CSP violation would show)."""
+        holder = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#otp-qr[data-rendered=svg]"))
+        uri = browser.find_element(By.ID, "otp-uri").text
+        self.assertEqual(holder.get_attribute("data-uri"), uri)
+        width, height, view_box = browser.execute_script(
+            "const s = document.querySelector('#otp-qr svg'); const r = s.getBoundingClientRect();"
+            "return [r.width, r.height, s.getAttribute('viewBox')]")
+        self.assertEqual((width, height), (200, 200))
+        x, y, w, h = (int(n) for n in view_box.split())
+        self.assertEqual((x, y, w), (0, 0, h))
+        version, rest = divmod(w - 8 - 17, 4)
+        self.assertEqual(rest, 0, view_box)
+        self.assertTrue(2 <= version <= 40, view_box)  # an otpauth URI needs more than version 1's 14 bytes
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        self.assertEqual(errors, [], "console errors on the invitation page")
 
     def sign_in(self, browser, base, secret, used, shots):
         from selenium.webdriver.common.by import By

@@ -4,11 +4,12 @@ processes, a real kube-apiserver and the kubelet stand-in.
 
 alice (``access``, ``kube-sessions``) signs in, picks the cluster, namespace,
 pod and container the proxy lists through the agent as her, runs ``sh`` and
-types a command whose output shows in the terminal; resizes the terminal
-(the shell's ``stty size`` sees it); exits with status 3 (the page says so).
+types a command whose output shows in the terminal, which fills the window
+(the shell's ``stty size`` sees its columns and rows); shrinks the window
+(the terminal follows, and the shell sees the new size); exits with status 3 (the page says so).
 The agent audited and recorded it as her exec: the audit log holds her
 ``exec`` and ``session.start``/``session.end`` events and a ``resize`` to
-the size she chose, and the recording plays in the UI's player with what she
+the smaller size, and the recording plays in the UI's player with what she
 typed. vic (only ``kube-readers``: get/list/watch, no ``exec``; ``access`` would allow every verb) sees the pods but
 his terminal is refused with the agent's message, and no exec reached the
 API server (the kubelet stand-in saw no new upgrade). Screenshots go to
@@ -83,7 +84,7 @@ class WebTerminalTests(SessionsMixin, TestCase):
         browser = start_browser(self)
         base = f"https://{d.proxy}"
         try:
-            await threads.deferToThread(self.alices_terminal, browser, base, shots)
+            cols, rows = await threads.deferToThread(self.alices_terminal, browser, base, shots)
             # The agent recorded and audited it as alice's exec.
             events = await d.wait_for_events(
                 "exec", "session.start", "session.end", "resize",
@@ -93,14 +94,14 @@ class WebTerminalTests(SessionsMixin, TestCase):
             [execs] = [[e for e in alices if e["event"] == "exec"]]
             self.assertEqual([(e.get("kubernetes_pod_name"), e.get("kubernetes_container_name"), e.get("command"), e.get("exitCode")) for e in execs],
                              [(self.pod, "app", "sh", "3")], execs)
-            self.assertIn("120:40", [e.get("terminal_size") for e in alices if e["event"] == "resize"], alices)
+            self.assertIn(f"{cols}:{rows}", [e.get("terminal_size") for e in alices if e["event"] == "resize"], alices)
             deadline = self.reactor.seconds() + 60
             while not [r for r in await self.recordings() if r[4] == "sh" and r[6] == "yes"]:
                 self.assertLess(self.reactor.seconds(), deadline, await self.recordings())
                 await self.sleep(1)
             [sid] = [r[0] for r in await self.recordings() if r[4] == "sh" and r[6] == "yes"]
             before = len(self.standin.negotiated)
-            await threads.deferToThread(self.played_and_refused, browser, base, sid, shots)
+            await threads.deferToThread(self.played_and_refused, browser, base, sid, shots, (cols, rows))
             # vic's refused exec never reached the API server (nor the kubelet behind it).
             self.assertEqual(len(self.standin.negotiated), before, self.standin.negotiated)
             await d.wait_for_events("kube.request", until=lambda es: any(
@@ -174,21 +175,41 @@ class WebTerminalTests(SessionsMixin, TestCase):
                 time.sleep(0.1)
 
         typed("echo web-$((6*7))\n", "web-42")
-        # The page's size reached the shell; then a resize does too.
-        typed("stty size\n", "30 100")
-        find("#cols").clear()
-        find("#cols").send_keys("120")
-        find("#rows").clear()
-        find("#rows").send_keys("40")
-        find("#resize").click()
+        # The terminal fills the window and the shell sees its size; a
+        # smaller window gives fewer columns and rows, and the shell sees those.
+        large = self._fills_the_window(browser)
+        typed("stty size\n", f"{large[1]} {large[0]}")
+        browser.set_window_size(1000, 700)
+        wait.until(lambda b: self._size(b) != large)
+        small = self._fills_the_window(browser)
+        self.assertLess(small[0], large[0])
+        self.assertLess(small[1], large[1])
         find("#terminal .xterm-screen").click()
-        typed("stty size\n", "40 120")
+        typed("stty size\n", f"{small[1]} {small[0]}")
         browser.save_screenshot(os.path.join(shots, "web-ui-terminal.png"))
         type_keys("exit 3\n")
         wait.until(lambda b: find("#terminal-state").get_attribute("data-state") == "exited")
         self.assertIn("exited with status 3", find("#terminal-state").text)
+        browser.set_window_size(1280, 900)
+        return small
 
-    def played_and_refused(self, browser, base, sid, shots):
+    @staticmethod
+    def _size(browser):
+        return tuple(browser.execute_script("return [window.teleportTerminal.cols, window.teleportTerminal.rows]"))
+
+    def _fills_the_window(self, browser):
+        """The terminal's (columns, rows), once it fits the window: inside it,
+        with less than a cell (and the page's margins) left over to the right."""
+        cols, rows = self._size(browser)
+        right, bottom, width, inner_width, inner_height = browser.execute_script(
+            "const r = document.querySelector('#terminal .xterm-screen').getBoundingClientRect();"
+            "return [r.right, r.bottom, r.width, window.innerWidth, window.innerHeight]")
+        self.assertLessEqual(right, inner_width)
+        self.assertLessEqual(bottom, inner_height)
+        self.assertLess(inner_width - right, width / cols + 64, (cols, rows, right, inner_width))
+        return cols, rows
+
+    def played_and_refused(self, browser, base, sid, shots, size):
         wait, find, sign_in, By = self._helpers(browser, base)
         # alice's web exec plays in the UI's player.
         browser.get(f"{base}/web/recordings/{sid}")
@@ -197,8 +218,8 @@ class WebTerminalTests(SessionsMixin, TestCase):
             "const s = document.getElementById('seek'); s.value = s.max; s.dispatchEvent(new Event('input'));")
         screen = browser.execute_async_script(FLUSH_PLAYER)
         self.assertIn("web-42", screen)
-        self.assertIn("40 120", screen)
-        self.assertEqual(find("#size").get_attribute("data-size"), "120x40")
+        self.assertIn(f"{size[1]} {size[0]}", screen)
+        self.assertEqual(find("#size").get_attribute("data-size"), f"{size[0]}x{size[1]}")
 
         # vic may list the pods, but not exec: the agent's refusal, in the page.
         sign_in("vic")

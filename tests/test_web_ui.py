@@ -363,3 +363,15 @@ class WebAccessRequestTests(TestCase):
         code, body = await self.browsers["mallory"].json("POST", f"/web/api/access_requests/{own}/reviews",
                                                          {"state": "APPROVED"})
         self.assertEqual(code, 403, body)
+
+
+class BundleScriptTests(TestCase):
+    def test_an_entrys_script_is_found_by_its_name_in_the_bundle(self):
+        from teleport_py.web.assets import Assets
+
+        bundle = Assets({"index.html": b"", "assets/app-AAAA.js": b"", "assets/invite-BBBB.js": b"",
+                         "assets/invite-BBBB.js.LEGAL.txt": b"", "assets/app-AAAA.css": b""})
+        self.assertEqual(bundle.script("invite"), "/web/assets/invite-BBBB.js")
+        self.assertEqual(bundle.script("app"), "/web/assets/app-AAAA.js")
+        self.assertIsNone(bundle.script("other"))
+        self.assertIsNone(Assets({}).script("invite"))

@@ -180,10 +180,12 @@ class ProxyService(RoleService):
             proxy_resource(host.host_id, self.config.nodename, str(self._tunnel_addr()), public_addr),
             self.registry.all_tunnels)
         tunnels = AgentTunnels(self.reactor, self.registry, identity.host_cas[0], auth_endpoint, discovery)
+        assets = await Assets.load(self.reactor)
         api = WebAPI(self.auth_client, cluster_name=host.teleport_cluster, public_addr=public_addr,
-                     user_ca=identity.user_cas[0], kube_search=KubeResourceSearch(self.reactor, self.registry))
+                     user_ca=identity.user_cas[0], kube_search=KubeResourceSearch(self.reactor, self.registry),
+                     invite_script=assets.script("invite"))
         self.web_sessions = WebSessions(self.reactor, self.auth_client)
-        ui = WebUI(self.reactor, self.auth_client, self.web_sessions, await Assets.load(self.reactor),
+        ui = WebUI(self.reactor, self.auth_client, self.web_sessions, assets,
                    user_ca=identity.user_cas[0], cluster_name=host.teleport_cluster, public_addr=public_addr,
                    kube=WebKube(self.reactor, self.registry, identity.user_cas[0]))
         site = WebSite(WebRoot(api, ui), reactor=self.reactor)

@@ -87,9 +87,12 @@ def _only(body: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
 class WebAPI(resource.Resource):
     isLeaf = True
 
-    def __init__(self, auth_client, *, cluster_name: str, public_addr: str, user_ca, kube_search=None):
+    def __init__(self, auth_client, *, cluster_name: str, public_addr: str, user_ca, kube_search=None,
+                 invite_script: str | None = None):
         super().__init__()
         self._auth = auth_client
+        #: The built script that draws the invitation page's QR code (web.assets), if any.
+        self._invite_script = invite_script
         #: proxy.kube_search.KubeResourceSearch: pods and namespaces, asked of an agent.
         self._kube_search = kube_search
         self._cluster_name = cluster_name
@@ -264,7 +267,7 @@ class WebAPI(resource.Resource):
                 finish(request, 502, "text/html; charset=utf-8", _message_page(
                     "Try again later", "The auth server is unavailable."))
                 return
-            finish(request, 200, "text/html; charset=utf-8", _invite_page(token, invited=invited))
+            finish(request, 200, "text/html; charset=utf-8", _invite_page(token, invited=invited, script=self._invite_script))
             return
         password = request.args.get(b"password", [b""])[0].decode("utf-8", "replace")
         confirm = request.args.get(b"password_confirm", [b""])[0].decode("utf-8", "replace")
@@ -280,7 +283,7 @@ class WebAPI(resource.Resource):
                 # Shown again with the device to register, the token still unused.
                 try:
                     page = _invite_page(token, e.message, await self._relay(request).call(
-                        "GET", f"signup/{quote(token, safe='')}"))
+                        "GET", f"signup/{quote(token, safe='')}"), script=self._invite_script)
                 except AuthError as gone:
                     page = _invalid_invite_page(gone)
             finish(request, e.status, "text/html; charset=utf-8", page)
@@ -306,10 +309,11 @@ def _invalid_invite_page(error: AuthError) -> bytes:
         "(tctl users reset <user>)." if error.status == 404 else error.message)
 
 
-def _invite_page(token: str, error: str = "", invited: dict | None = None) -> bytes:
+def _invite_page(token: str, error: str = "", invited: dict | None = None, script: str | None = None) -> bytes:
     """The sign-up form; with ``second_factor: otp`` also the OTP device to
-    register (its secret and otpauth:// URI for an authenticator app) and a
-    field for the first code it shows."""
+    register (its secret and otpauth:// URI for an authenticator app; with the
+    built ``script``, also as a QR code it draws) and a field for the first
+    code it shows."""
     invited = invited or {}
     user = str(invited.get("user", ""))
     problem = f'<p role="alert">{html.escape(error)}</p>' if error else ""
@@ -323,11 +327,15 @@ def _invite_page(token: str, error: str = "", invited: dict | None = None) -> by
             "secret to an authenticator app (time-based, SHA-1, 6 digits, 30 s), then enter the code it shows.</p>"
             f'<p>Secret: <code id="otp-secret">{html.escape(grouped)}</code></p>'
             f'<p>Or open: <code id="otp-uri">{html.escape(str(invited.get("otp_uri", "")))}</code></p>'
+            + (f'<p>Or scan:</p><div id="otp-qr" data-uri="{html.escape(str(invited.get("otp_uri", "")), quote=True)}">'
+               "</div>" if script else "") +
             '<label>OTP code <input name="otp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" '
             "required></label>"
         )
     return (
-        "<!doctype html><title>Set your password</title><h1>Set your password</h1>"
+        '<!doctype html><title>Set your password</title><link rel="icon" href="data:,">'
+        + (f'<script defer src="{html.escape(script, quote=True)}"></script>' if script else "")
+        + "<h1>Set your password</h1>"
         f"{who}{problem}"
         f'<form method="post" action="/web/invite/{html.escape(token, quote=True)}">'
         '<label>Password <input type="password" name="password" autocomplete="new-password" required></label>'

@@ -60,6 +60,12 @@ class Assets:
     def built(self) -> bool:
         return "index.html" in self._files
 
+    def script(self, entry: str) -> str | None:
+        """The URL of the built script of ``entry`` (``assets/<entry>-<hash>.js``,
+        build.mjs), or None without a bundle."""
+        names = sorted(p for p in self._files if p.startswith(f"assets/{entry}-") and p.endswith(".js"))
+        return f"/web/{names[0]}" if names else None
+
     def render(self, request, path: str) -> bytes:
         """``path`` is relative to ``/web/``."""
         if request.method not in (b"GET", b"HEAD"):

@@ -3,8 +3,11 @@
 // command, and get an xterm.js terminal on it over a WebSocket to the proxy
 // (docs/web-ui.md). The socket speaks Kubernetes' v5.channel.k8s.io: binary
 // messages of a channel byte and its bytes (0 stdin, 1 stdout, 2 stderr,
-// 3 the exit Status, 4 resize events).
+// 3 the exit Status, 4 resize events). The terminal fills the window below
+// the picker (xterm.js's fit addon picks its columns and rows); resizing the
+// window resizes it, and each new size goes to the exec as a resize event.
 import { Terminal } from "@xterm/xterm";
+import { FitAddon } from "@xterm/addon-fit";
 
 const STDIN = 0, STDOUT = 1, STDERR = 2, ERROR = 3, RESIZE = 4;
 const encoder = new TextEncoder();
@@ -42,13 +45,9 @@ export async function terminalPage({ api, el, show, onLeave, session }) {
   const connect = el("button", { type: "submit", id: "connect" }, "Connect");
   const form = el("form", { id: "terminal-form", class: "filters" }, clusterLabel, namespaceLabel, podLabel, containerLabel,
     el("label", {}, "Command", command), connect);
-  const cols = el("input", { type: "number", id: "cols", min: "20", max: "500", value: "100" });
-  const rows = el("input", { type: "number", id: "rows", min: "5", max: "200", value: "30" });
-  const resize = el("button", { type: "button", id: "resize", disabled: true }, "Resize");
   const state = el("p", { id: "terminal-state", dataset: { state: "idle" } }, "");
-  const screen = el("div", { id: "terminal" });
-  show(el("h1", {}, "Terminal"), form, problemLine,
-    el("div", { class: "controls" }, el("label", {}, "Columns ", cols), el("label", {}, "Rows ", rows), resize), state, screen);
+  const screen = el("div", { id: "terminal", class: "fitted" });
+  show(el("h1", {}, "Terminal"), form, problemLine, state, screen);
 
   const fill = (node, names, wanted) => {
     node.replaceChildren(...names.map((n) => el("option", { value: n, selected: n === wanted }, n)));
@@ -87,7 +86,22 @@ export async function terminalPage({ api, el, show, onLeave, session }) {
 
   let socket = null;
   let terminal = null;
+  let fitAddon = null;
+  // The terminal takes the window's height below its top (at least 10 rows'
+  // worth) and the page's width; the fit addon turns that into columns and rows.
+  let fitting = 0;
+  const fit = () => {
+    fitting = 0;
+    if (!terminal) return;
+    const top = screen.getBoundingClientRect().top + window.scrollY;
+    screen.style.height = `${Math.max(160, window.innerHeight - top - 48)}px`;
+    fitAddon.fit();
+  };
+  const refit = () => { if (!fitting) fitting = requestAnimationFrame(fit); };
+  window.addEventListener("resize", refit);
   onLeave(() => {
+    window.removeEventListener("resize", refit);
+    if (fitting) cancelAnimationFrame(fitting);
     if (socket) socket.close();
     if (terminal) terminal.dispose();
   });
@@ -95,17 +109,17 @@ export async function terminalPage({ api, el, show, onLeave, session }) {
   const send = (channel, bytes) => { if (socket && socket.readyState === WebSocket.OPEN) socket.send(message(channel, bytes)); };
   const sendSize = () => send(RESIZE, encoder.encode(JSON.stringify({ Width: terminal.cols, Height: terminal.rows })));
 
-  resize.addEventListener("click", () => {
-    if (terminal) terminal.resize(Number(cols.value), Number(rows.value));
-  });
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     problemLine.textContent = "";
     if (socket) socket.close();
     if (terminal) terminal.dispose();
     screen.replaceChildren();
-    terminal = new Terminal({ cols: Number(cols.value), rows: Number(rows.value), scrollback: 5000 });
+    terminal = new Terminal({ scrollback: 5000 });
+    fitAddon = new FitAddon();
+    terminal.loadAddon(fitAddon);
     terminal.open(screen);
+    fit();
     window.teleportTerminal = terminal; // what the browser tests read
     const query = new URLSearchParams({
       namespace: namespace.value, pod: pod.value, container: container.value, command: command.value, csrf: session.csrf_token,
@@ -118,7 +132,6 @@ export async function terminalPage({ api, el, show, onLeave, session }) {
     let wrote = false;
     socket.onopen = () => {
       setState("open", `${session.user} on ${cluster.value}: ${namespace.value}/${pod.value} [${container.value}] $ ${command.value}`);
-      resize.disabled = false;
       sendSize();
       terminal.focus();
     };
@@ -147,7 +160,6 @@ export async function terminalPage({ api, el, show, onLeave, session }) {
       }
     };
     socket.onclose = () => {
-      resize.disabled = true;
       if (!ended) setState("closed", "The connection closed.");
       socket = null;
     };
