@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-import treq
 from cryptography import x509
 from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
@@ -34,6 +33,7 @@ from twisted.web.client import Agent
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from teleport_py.bounded_body import BodyTooLarge, read_bounded
 from teleport_py.lifecycle import StartError
 from teleport_py.pki import ca_pin, load_certificates_pem
 from teleport_py.quiet import QuietHTTPConnectionPool
@@ -105,7 +105,10 @@ async def trusted_host_cas(reactor, url: str, pins: Sequence[str], http: HTTPCli
                                     pool=QuietHTTPConnectionPool(reactor, persistent=False)))
     try:
         response = await http.get(url, timeout=FETCH_TIMEOUT)
-        body = await _bounded_body(response)
+        try:
+            body = await read_bounded(response, MAX_CA_ANSWER)
+        except BodyTooLarge:
+            raise PinError(f"the CA answer is larger than {MAX_CA_ANSWER} bytes") from None
     except PinError:
         raise
     except Exception as e:
@@ -126,21 +129,6 @@ async def trusted_host_cas(reactor, url: str, pins: Sequence[str], http: HTTPCli
             "refusing to join (compare with 'tctl status' on the auth host)"
         )
     return pinned
-
-
-async def _bounded_body(response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > MAX_CA_ANSWER:
-            raise PinError(f"the CA answer is larger than {MAX_CA_ANSWER} bytes")
-        chunks.append(data)
-
-    await treq.collect(response, collect)
-    return b"".join(chunks)
 
 
 def _host_cas(body: bytes, url: str) -> tuple[x509.Certificate, ...]:

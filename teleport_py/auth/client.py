@@ -12,7 +12,6 @@ import json
 from typing import Any, Iterable
 from urllib.parse import urlencode
 
-import treq
 from treq.client import HTTPClient
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -20,6 +19,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from teleport_py.auth.errors import AuthError, error_from_json
+from teleport_py.bounded_body import BodyTooLarge, read_bounded
 from teleport_py.pki import AUTH_SERVER_NAME, client_tls_options
 from teleport_py.quiet import QuietHTTPConnectionPool
 
@@ -113,9 +113,10 @@ class AuthClient:
             data = None
         # treq cancels the call when no response has arrived in time.
         response = await self.http.request(method, url, data=data, headers=headers, timeout=self.timeout)
-        content = await treq.content(response)
-        if len(content) > MAX_RESPONSE:
-            raise AuthError("auth server response too large")
+        try:
+            content = await read_bounded(response, MAX_RESPONSE)
+        except BodyTooLarge:
+            raise AuthError(f"auth server response larger than {MAX_RESPONSE} bytes") from None
         try:
             payload = json.loads(content) if content else {}
         except ValueError:

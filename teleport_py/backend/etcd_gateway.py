@@ -18,7 +18,6 @@ from typing import Sequence
 from urllib.parse import urlsplit
 
 import attrs
-import treq
 from cryptography import x509
 from OpenSSL import SSL
 from treq.client import HTTPClient
@@ -31,6 +30,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from teleport_py.backend.interface import BackendUnavailableError
+from teleport_py.bounded_body import BodyTooLarge, read_bounded
 from teleport_py.pki import client_tls_options
 from teleport_py.quiet import QuietHTTPConnectionPool
 
@@ -111,19 +111,11 @@ def check_peer(peer: str, tls: EtcdTLS | None) -> str:
     return peer.rstrip("/")
 
 
-class _BoundedBody:
-    """Collects a body, refusing more than ``limit`` bytes."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def __call__(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            raise EtcdError(8, f"answer larger than {self.limit} bytes")
-        self.chunks.append(data)
+async def _read(response, limit: int) -> bytes:
+    try:
+        return await read_bounded(response, limit)
+    except BodyTooLarge:
+        raise EtcdError(8, f"answer larger than {limit} bytes") from None
 
 
 class Gateway:
@@ -176,9 +168,7 @@ class Gateway:
 
     async def _call_once(self, path: str, body: dict) -> dict:
         response = await self._post("/v3/" + path, body, timeout=self._timeout)
-        collected = _BoundedBody(self._max_response)
-        await treq.collect(response, collected)
-        return _answer(response.code, b"".join(collected.chunks))
+        return _answer(response.code, await _read(response, self._max_response))
 
     async def stream(self, path: str, body: dict, on_data) -> "Stream":
         """POST ``body`` and feed the streamed answer to ``on_data``; fires
@@ -186,9 +176,7 @@ class Gateway:
         stream and fails ``Stream.ended``)."""
         response = await self._post("/v3/" + path, body, unbuffered=True)
         if response.code != 200:
-            collected = _BoundedBody(1 << 16)
-            await treq.collect(response, collected)
-            _answer(response.code, b"".join(collected.chunks))
+            _answer(response.code, await _read(response, 1 << 16))
             raise EtcdError(2, f"stream answered HTTP {response.code}")
         stream = Stream(on_data)
         response.deliverBody(stream)

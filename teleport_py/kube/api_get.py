@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-import treq
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
+from teleport_py.bounded_body import BodyTooLarge, read_bounded
 from teleport_py.kube.credentials import ClusterCredentials, ClusterTLSPolicy
 
 
@@ -38,15 +38,7 @@ async def api_get(reactor, credentials: ClusterCredentials, path: str, *, max_bo
             headers.addRawHeader(b"impersonate-group", group.encode("utf-8"))
     agent = Agent(reactor, contextFactory=ClusterTLSPolicy(credentials))
     response = await agent.request(b"GET", f"https://{host}:{credentials.port}{path}".encode("ascii"), headers)
-    chunks: list[bytes] = []
-    size = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > max_body:
-            raise APIGetError(f"GET {path}: answer larger than {max_body} bytes")
-        chunks.append(data)
-
-    await treq.collect(response, collect)
-    return response.code, b"".join(chunks)
+    try:
+        return response.code, await read_bounded(response, max_body)
+    except BodyTooLarge:
+        raise APIGetError(f"GET {path}: answer larger than {max_body} bytes") from None

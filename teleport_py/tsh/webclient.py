@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import treq
 from attrs import frozen
 from cryptography import x509
 from OpenSSL import SSL
@@ -27,6 +26,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from teleport_py.bounded_body import BodyTooLarge, read_bounded
 from teleport_py.pki import certificate_pem, private_key_pem
 
 MAX_RESPONSE = 16 << 20
@@ -134,9 +134,10 @@ class WebClient:
             data = json.dumps(body).encode()
             headers[b"content-type"] = [b"application/json"]
         response = await self.http.request(method, self.base_url + path, data=data, headers=headers)
-        content = await treq.content(response)
-        if len(content) > MAX_RESPONSE:
-            raise WebError("the proxy's answer is too large")
+        try:
+            content = await read_bounded(response, MAX_RESPONSE)
+        except BodyTooLarge:
+            raise WebError(f"the proxy's answer is larger than {MAX_RESPONSE} bytes") from None
         try:
             payload = json.loads(content) if content else {}
         except ValueError:
