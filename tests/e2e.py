@@ -207,8 +207,17 @@ class Deployment:
         token = re.search(r"/web/invite/([0-9a-f]+)", out).group(1)
         await self.tsh("signup", f"--proxy={self.proxy}", "--insecure", token, stdin=PASSWORD.encode() + b"\n")
 
-    async def login(self, user: str) -> None:
-        await self.tsh("login", f"--proxy={self.proxy}", f"--user={user}", "--insecure", stdin=PASSWORD.encode() + b"\n")
+    def user_env(self, user: str) -> dict[str, str]:
+        """``env()`` with a home of ``user``'s own: tsh keeps one login per
+        proxy, so several users logged in at once each need one."""
+        home = self.path(f"home-{user}")
+        os.makedirs(home, exist_ok=True)
+        return {**self.env(), "HOME": home, "TELEPORT_HOME": os.path.join(home, ".tsh"),
+                "KUBECONFIG": os.path.join(home, ".kube", "config")}
+
+    async def login(self, user: str, env: dict[str, str] | None = None) -> None:
+        await self.tsh("login", f"--proxy={self.proxy}", f"--user={user}", "--insecure",
+                       stdin=PASSWORD.encode() + b"\n", env=env)
 
     async def login_with_kube_access(self, user: str = "alice") -> None:
         """The seed's steps 2-3: the kube-access role, a user holding it, logged in with tsh."""

@@ -6,7 +6,6 @@ reviews, and her kubectl works until ``tsh request drop`` (then is refused)
 and, back on the request, until its ``max_duration`` ends, and fails after. A denied request changes nothing."""
 from __future__ import annotations
 
-import os
 import re
 
 from twisted.internet import reactor
@@ -28,17 +27,6 @@ REQUESTER_ROLE = requester_role(f"{ACCESS_SECONDS}s")
 class AccessRequestFlowTests(TestCase):
     timeout = 400
 
-    def env_of(self, d: Deployment, user: str) -> dict[str, str]:
-        """A user's own home: tsh keeps one login per proxy."""
-        home = d.path(f"home-{user}")
-        os.makedirs(home, exist_ok=True)
-        return {**d.env(), "HOME": home, "TELEPORT_HOME": os.path.join(home, ".tsh"),
-                "KUBECONFIG": os.path.join(home, ".kube", "config")}
-
-    async def login(self, d: Deployment, user: str, env=None) -> None:
-        await d.tsh("login", f"--proxy={d.proxy}", f"--user={user}", "--insecure",
-                    stdin=PASSWORD.encode() + b"\n", env=env)
-
     async def pending_id(self, d: Deployment, env) -> str:
         """The id of the one PENDING request bob sees, once it is there."""
         for _ in range(120):
@@ -57,10 +45,10 @@ class AccessRequestFlowTests(TestCase):
         await d.add_user("alice", "requester")
         await d.add_user("bob", "reviewer")
         await d.add_user("ops", "access,kube-access")
-        bob, ops = self.env_of(d, "bob"), self.env_of(d, "ops")
-        await self.login(d, "bob", bob)
-        await self.login(d, "ops", ops)
-        await self.login(d, "alice")
+        bob, ops = d.user_env("bob"), d.user_env("ops")
+        await d.login("bob", bob)
+        await d.login("ops", ops)
+        await d.login("alice")
         # The agent is up (ops sees the cluster); alice, without kube access, does not.
         for _ in range(120):
             if "my-cluster" in (await d.tsh("kube", "ls", env=ops)).out:
@@ -131,7 +119,7 @@ class AccessRequestFlowTests(TestCase):
             "access_request.expire", until=lambda evs: any(e.get("id") == request_id for e in evs))
         self.assertTrue(expired)
         # A plain login is back to alice's own roles.
-        await self.login(d, "alice")
+        await d.login("alice")
         status = (await d.tsh("status")).out
         self.assertNotIn("kube-access", status)
         self.assertNotIn("Active requests", status)

@@ -75,16 +75,6 @@ _names = itertools.count()
 class ResourceRequestFlowTests(TestCase):
     timeout = 600
 
-    def env_of(self, d: Deployment, user: str) -> dict[str, str]:
-        home = d.path(f"home-{user}")
-        os.makedirs(home, exist_ok=True)
-        return {**d.env(), "HOME": home, "TELEPORT_HOME": os.path.join(home, ".tsh"),
-                "KUBECONFIG": os.path.join(home, ".kube", "config")}
-
-    async def login(self, d: Deployment, user: str, env=None) -> None:
-        await d.tsh("login", f"--proxy={d.proxy}", f"--user={user}", "--insecure",
-                    stdin=PASSWORD.encode() + b"\n", env=env)
-
     async def pending_id(self, d: Deployment, env) -> str:
         for _ in range(120):
             out = (await d.tsh("request", "ls", env=env)).out
@@ -126,9 +116,9 @@ class ResourceRequestFlowTests(TestCase):
             await d.tctl("create", "-f", d.write(f"{name}.yaml", text))
         await d.add_user("alice", "pod-requester")
         await d.add_user("bob", "pod-reviewer")
-        bob = self.env_of(d, "bob")
-        await self.login(d, "bob", bob)
-        await self.login(d, "alice")
+        bob = d.user_env("bob")
+        await d.login("bob", bob)
+        await d.login("alice")
         that, other, elsewhere = await self.pods(d)
         # No kube access: alice sees no cluster and gets no kube certificate.
         self.assertNotIn("my-cluster", (await d.tsh("kube", "ls")).out)
@@ -223,7 +213,7 @@ class ResourceRequestFlowTests(TestCase):
             await deferLater(reactor, 2, lambda: None)
         self.assertIn("expired", after.err)
         await d.kubectl("exec", that, "--", "true", expect=1)
-        await self.login(d, "alice")
+        await d.login("alice")
         self.assertNotIn("my-cluster", (await d.tsh("kube", "ls")).out)
         await d.tsh("kube", "login", "my-cluster", expect=1)
 
